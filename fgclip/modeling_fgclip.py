@@ -1,0 +1,393 @@
+"""FG-CLIP: a CLIP dual encoder with a long-text path, dense patch features and region features.
+
+The encoders are transformers' own CLIP modules (``CLIPTextModel``, ``CLIPVisionModel``);
+FG-CLIP adds
+
+* a 248-row position table for long captions (``position_embedding_ori`` rows ``0..keep-1``
+  and ``position_embedding_res`` rows ``keep..``, the upstream checkpoint layout) with its own
+  projection ``text_filip_projection``;
+* dense features: the input of the last vision block is run through that block's value path
+  (attention replaced by ``out_proj(v_proj(.))``), then ``post_layernorm`` and
+  ``visual_projection``, giving one embedding per patch;
+* region features: RoIAlign (1x1, aligned) of the dense map;
+* two extra temperatures, ``logit_scale_finegraind`` (regions) and ``logit_scale_hardneg``.
+
+Parameter names follow the upstream checkpoints, so ``from_pretrained`` reads them directly.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+from transformers import CLIPModel, CLIPTextModel, CLIPVisionModel
+from transformers import initialization as init
+from transformers.models.clip.modeling_clip import CLIPPreTrainedModel, CLIPTextEmbeddings
+from transformers.utils import ModelOutput
+
+from .configuration_fgclip import FGCLIPConfig
+
+TEXT_KINDS = ("short", "long", "region")
+
+
+def interpolate_long_positions(short_table: torch.Tensor, keep: int, stretch: int) -> torch.Tensor:
+    """Stretch a CLIP position table into FG-CLIP's long table.
+
+    Rows ``0..keep-1`` are copied; each later pair ``(p[i], p[i+1])`` becomes ``stretch`` rows
+    ``p[i] * (1 - j/stretch) + p[i+1] * j/stretch``; the last ``stretch`` rows extrapolate
+    ``p[-1] + j * (p[-1] - p[-2]) / stretch``.
+
+    Args:
+        short_table: (L, C) position embeddings, L = 77 for CLIP.
+    Returns:
+        (keep + stretch * (L - keep), C), 248 rows for CLIP with keep 20 and stretch 4.
+    """
+    steps = torch.arange(stretch, dtype=short_table.dtype, device=short_table.device) / stretch
+    left, right = short_table[keep:-1], short_table[keep + 1:]
+    middle = left[:, None] * (1 - steps)[None, :, None] + right[:, None] * steps[None, :, None]
+    slope = short_table[-1] - short_table[-2]
+    tail = short_table[-1][None] + steps[:, None] * slope[None]
+    return torch.cat([short_table[:keep], middle.flatten(0, 1), tail])
+
+
+class FGCLIPTextEmbeddings(CLIPTextEmbeddings):
+    """CLIP token + position embeddings with a second, long position table.
+
+    Position ids ``0..short-1`` index the short (77-row) table; ids ``short..short+long-1``
+    index the long table, so one module serves both paths and the choice travels with the
+    ``position_ids`` that :meth:`FGCLIPModel.get_text_features` passes.
+    """
+
+    def __init__(self, config, long_length: int, keep_positions: int):
+        super().__init__(config)
+        self.keep_positions = keep_positions
+        self.position_embedding_ori = nn.Embedding(long_length, config.hidden_size)
+        self.position_embedding_res = nn.Embedding(long_length, config.hidden_size)
+
+    def long_position_table(self) -> torch.Tensor:
+        """(long_length, C): rows ``0..keep-1`` of ``_ori`` then rows ``keep..`` of ``_res``."""
+        keep = self.keep_positions
+        return torch.cat([self.position_embedding_ori.weight[:keep], self.position_embedding_res.weight[keep:]])
+
+    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None) -> torch.Tensor:
+        seq_length = input_ids.shape[-1] if input_ids is not None else inputs_embeds.shape[-2]
+        if position_ids is None:
+            position_ids = self.position_ids[:, :seq_length]
+        if inputs_embeds is None:
+            inputs_embeds = self.token_embedding(input_ids)
+        table = torch.cat([self.position_embedding.weight, self.long_position_table()])
+        return inputs_embeds + F.embedding(position_ids, table)
+
+
+@dataclass
+class FGCLIPImageOutput(ModelOutput):
+    """Outputs of one vision-tower pass.
+
+    Args:
+        image_embeds: (B, D) projected global embeddings (CLS path), unnormalised.
+        dense_features: (B, h, w, D) projected patch embeddings (value path), unnormalised,
+            or ``None`` when not requested.
+    """
+
+    image_embeds: torch.Tensor | None = None
+    dense_features: torch.Tensor | None = None
+
+
+@dataclass
+class FGCLIPOutput(ModelOutput):
+    """Image-text similarities of :meth:`FGCLIPModel.forward` (embeddings L2-normalised)."""
+
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+
+
+class FGCLIPModel(CLIPPreTrainedModel):
+    """FG-CLIP dual encoder. See the module docstring for what it adds to CLIP."""
+
+    config_class = FGCLIPConfig
+    config: FGCLIPConfig
+    _no_split_modules = ["FGCLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+
+    def __init__(self, config: FGCLIPConfig):
+        super().__init__(config)
+        text_config, vision_config = config.text_config, config.vision_config
+        self.projection_dim = config.projection_dim
+        self.text_embed_dim = text_config.hidden_size
+        self.vision_embed_dim = vision_config.hidden_size
+
+        self.text_model = CLIPTextModel._from_config(text_config)
+        self.text_model.embeddings = FGCLIPTextEmbeddings(
+            text_config, config.long_text_length, config.long_keep_positions
+        )
+        self.vision_model = CLIPVisionModel._from_config(vision_config)
+
+        self.visual_projection = nn.Linear(self.vision_embed_dim, self.projection_dim, bias=False)
+        self.text_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
+        self.text_filip_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.logit_scale_finegraind = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.logit_scale_hardneg = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+
+        # Position ids of the long path: rows short..short+long-1 of the joined table.
+        long_ids = torch.arange(config.long_text_length) + config.short_text_length
+        self.long_position_ids = nn.Buffer(long_ids[None], persistent=False)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        factor = self.config.initializer_factor
+        if isinstance(module, FGCLIPTextEmbeddings):
+            for table in (module.position_embedding_ori, module.position_embedding_res):
+                init.normal_(table.weight, std=factor * 0.02)
+        elif isinstance(module, FGCLIPModel):
+            init.normal_(module.visual_projection.weight, std=module.vision_embed_dim**-0.5 * factor)
+            for projection in (module.text_projection, module.text_filip_projection):
+                init.normal_(projection.weight, std=module.text_embed_dim**-0.5 * factor)
+            for scale in (module.logit_scale, module.logit_scale_finegraind, module.logit_scale_hardneg):
+                init.constant_(scale, self.config.logit_scale_init_value)
+            long_ids = torch.arange(self.config.long_text_length) + self.config.short_text_length
+            init.copy_(module.long_position_ids, long_ids[None])
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_clip(cls, clip: str | os.PathLike | CLIPModel, **kwargs) -> "FGCLIPModel":
+        """Stage-1 initialisation from a plain CLIP checkpoint (a path, hub id or ``CLIPModel``).
+
+        Copies every CLIP weight, builds both long position tables from the 77-row table by
+        :func:`interpolate_long_positions`, copies ``text_projection`` into
+        ``text_filip_projection`` and ``logit_scale`` into the two extra temperatures.
+        ``kwargs`` go to ``CLIPModel.from_pretrained`` when ``clip`` is a path.
+        """
+        if not isinstance(clip, CLIPModel):
+            clip = CLIPModel.from_pretrained(clip, **kwargs)
+        clip_config = clip.config
+        config = cls.config_class(
+            text_config=clip_config.text_config.to_dict(),
+            vision_config=clip_config.vision_config.to_dict(),
+            projection_dim=clip_config.projection_dim,
+            logit_scale_init_value=clip_config.logit_scale_init_value,
+        )
+        model = cls(config).to(clip.dtype)
+        missing, unexpected = model.load_state_dict(clip.state_dict(), strict=False)
+        new_keys = {
+            "text_model.embeddings.position_embedding_ori.weight",
+            "text_model.embeddings.position_embedding_res.weight",
+            "text_filip_projection.weight",
+            "logit_scale_finegraind",
+            "logit_scale_hardneg",
+        }
+        if unexpected or set(missing) - new_keys:
+            raise ValueError(
+                f"CLIP checkpoint does not match the FG-CLIP layout: missing {sorted(set(missing) - new_keys)}, "
+                f"unexpected {sorted(unexpected)}"
+            )
+        embeddings = model.text_model.embeddings
+        with torch.no_grad():
+            long_table = interpolate_long_positions(
+                embeddings.position_embedding.weight, config.long_keep_positions, config.long_position_stretch
+            )
+            embeddings.position_embedding_ori.weight.copy_(long_table)
+            embeddings.position_embedding_res.weight.copy_(long_table)
+            model.text_filip_projection.weight.copy_(model.text_projection.weight)
+            model.logit_scale_finegraind.copy_(model.logit_scale)
+            model.logit_scale_hardneg.copy_(model.logit_scale)
+        return model
+
+    # ------------------------------------------------------------------ text
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        kind: str = "short",
+        attention_mask: torch.Tensor | None = None,
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """Embed token ids of one text kind.
+
+        Args:
+            input_ids: (N, L) CLIP BPE ids, each row containing the eos token; padding may be
+                shorter than the kind's maximum (causal mask + first-eos pooling).
+            kind: ``"short"`` and ``"region"`` use the 77-row table and ``text_projection``;
+                ``"long"`` uses the 248-row table and ``text_filip_projection``.
+        Returns:
+            (N, D) text embeddings.
+        """
+        if kind not in TEXT_KINDS:
+            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
+        if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be a non-empty (N, L) tensor, got shape {tuple(input_ids.shape)}")
+        is_long = kind == "long"
+        max_length = self.config.long_text_length if is_long else self.config.short_text_length
+        if input_ids.shape[1] > max_length:
+            raise ValueError(
+                f"{kind} texts take at most {max_length} tokens, got {input_ids.shape[1]}; "
+                f"tokenize with FGCLIPProcessor.tokenize(texts, kind={kind!r})"
+            )
+        eos = self.config.text_config.eos_token_id
+        if eos != 2 and not bool((input_ids == eos).any(dim=1).all()):
+            raise ValueError(f"every text must contain the eos token {eos} (its features are pooled there)")
+        position_ids = self.long_position_ids[:, : input_ids.shape[1]] if is_long else None
+        pooled = self.text_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).pooler_output
+        projection = self.text_filip_projection if is_long else self.text_projection
+        features = projection(pooled)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    # ------------------------------------------------------------------ vision
+    def _check_pixels(self, pixel_values: torch.Tensor) -> tuple[int, int]:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.vision_config.num_channels:
+            raise ValueError(
+                f"pixel_values must be (B, {self.config.vision_config.num_channels}, H, W), "
+                f"got shape {tuple(pixel_values.shape)}"
+            )
+        patch = self.config.vision_config.patch_size
+        height, width = pixel_values.shape[-2:]
+        if height < patch or width < patch:
+            raise ValueError(f"images must be at least {patch}x{patch} pixels, got {height}x{width}")
+        return height // patch, width // patch
+
+    def _hidden_before_last_block(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + h*w, C): the vision tokens entering the last block (``hidden_states[-2]``)."""
+        vision = self.vision_model
+        size = self.config.vision_config.image_size
+        interpolate = tuple(pixel_values.shape[-2:]) != (size, size)
+        hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=interpolate)
+        hidden = vision.pre_layrnorm(hidden)
+        for layer in vision.encoder.layers[:-1]:
+            hidden = layer(hidden, None)
+        return hidden
+
+    def value_path_features(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Run the last vision block with attention replaced by its value path.
+
+        Args:
+            hidden_states: (B, 1 + h*w, C) tokens entering the last block.
+        Returns:
+            (B, h*w, D) projected patch embeddings (CLS dropped), unnormalised.
+        """
+        block = self.vision_model.encoder.layers[-1]
+        attention = block.self_attn
+        hidden = hidden_states + attention.out_proj(attention.v_proj(block.layer_norm1(hidden_states)))
+        hidden = hidden + block.mlp(block.layer_norm2(hidden))
+        return self.visual_projection(self.vision_model.post_layernorm(hidden[:, 1:]))
+
+    def encode_image(self, pixel_values: torch.Tensor, dense: bool = True, normalize: bool = False) -> FGCLIPImageOutput:
+        """One backbone pass giving the global embedding and, if ``dense``, the patch embeddings.
+
+        Args:
+            pixel_values: (B, 3, H, W); sizes other than the training size use bicubically
+                interpolated position embeddings.
+        """
+        grid_h, grid_w = self._check_pixels(pixel_values)
+        hidden = self._hidden_before_last_block(pixel_values)
+        last = self.vision_model.encoder.layers[-1](hidden, None)
+        image_embeds = self.visual_projection(self.vision_model.post_layernorm(last[:, 0]))
+        dense_features = None
+        if dense:
+            tokens = self.value_path_features(hidden)
+            dense_features = tokens.reshape(tokens.shape[0], grid_h, grid_w, tokens.shape[-1])
+        if normalize:
+            image_embeds = F.normalize(image_embeds, dim=-1)
+            dense_features = None if dense_features is None else F.normalize(dense_features, dim=-1)
+        return FGCLIPImageOutput(image_embeds=image_embeds, dense_features=dense_features)
+
+    def get_image_features(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D) global image embeddings (CLS -> post_layernorm -> projection)."""
+        return self.encode_image(pixel_values, dense=False, normalize=normalize).image_embeds
+
+    def get_dense_features(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, H/p, W/p, D) patch embeddings; the last block's attention is skipped."""
+        grid_h, grid_w = self._check_pixels(pixel_values)
+        tokens = self.value_path_features(self._hidden_before_last_block(pixel_values))
+        dense = tokens.reshape(tokens.shape[0], grid_h, grid_w, tokens.shape[-1])
+        return F.normalize(dense, dim=-1) if normalize else dense
+
+    def pool_regions(self, dense_features: torch.Tensor, boxes: list[torch.Tensor], normalize: bool = False) -> torch.Tensor:
+        """RoIAlign (1x1, aligned, adaptive sampling) of a dense map.
+
+        Args:
+            dense_features: (B, h, w, D) from :meth:`get_dense_features` / :meth:`encode_image`.
+            boxes: one (K_i, 4) xyxy tensor per image, in input-pixel coordinates.
+        Returns:
+            (sum K_i, D) region embeddings in the order of ``boxes``.
+        """
+        patch = self.config.vision_config.patch_size
+        num_images, grid_h, grid_w = dense_features.shape[:3]
+        checked = check_boxes(boxes, num_images, grid_h * patch, grid_w * patch)
+        return self._roi_align(dense_features, checked, normalize)
+
+    def _roi_align(self, dense_features: torch.Tensor, boxes: list[torch.Tensor], normalize: bool) -> torch.Tensor:
+        feature_map = dense_features.permute(0, 3, 1, 2).float()
+        regions = roi_align(
+            feature_map,
+            [b.to(feature_map) for b in boxes],
+            output_size=1,
+            spatial_scale=1.0 / self.config.vision_config.patch_size,
+            sampling_ratio=-1,
+            aligned=True,
+        )[:, :, 0, 0].to(dense_features.dtype)
+        return F.normalize(regions, dim=-1) if normalize else regions
+
+    def get_region_features(
+        self, pixel_values: torch.Tensor, boxes: list[torch.Tensor], normalize: bool = False
+    ) -> torch.Tensor:
+        """Region embeddings of many boxes from one backbone pass per image.
+
+        Args:
+            pixel_values: (B, 3, H, W).
+            boxes: list of B tensors (K_i, 4), xyxy in input-pixel coordinates.
+        Returns:
+            (sum K_i, D), image 0's boxes first.
+        """
+        checked = check_boxes(boxes, pixel_values.shape[0], *pixel_values.shape[-2:])
+        return self._roi_align(self.get_dense_features(pixel_values), checked, normalize)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        kind: str = "short",
+        attention_mask: torch.Tensor | None = None,
+    ) -> FGCLIPOutput:
+        """CLIP-style image-text logits for one text kind, scaled by ``exp(logit_scale)``."""
+        image_embeds = self.get_image_features(pixel_values, normalize=True)
+        text_embeds = self.get_text_features(input_ids, kind=kind, attention_mask=attention_mask, normalize=True)
+        logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp()
+        return FGCLIPOutput(
+            logits_per_image=logits_per_text.t(),
+            logits_per_text=logits_per_text,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+        )
+
+
+def check_boxes(boxes: list[torch.Tensor], num_images: int, height: int, width: int) -> list[torch.Tensor]:
+    """Validate per-image xyxy boxes against an image of ``height`` x ``width`` pixels.
+
+    Raises ``ValueError`` naming the image and box index for a wrong count or shape, a
+    non-finite coordinate, a zero- or negative-area box, or a box outside the image.
+    """
+    if isinstance(boxes, torch.Tensor) or len(boxes) != num_images:
+        raise ValueError(f"boxes must be a list with one (K, 4) tensor per image ({num_images} images)")
+    checked = []
+    for image_index, image_boxes in enumerate(boxes):
+        image_boxes = torch.as_tensor(image_boxes, dtype=torch.float32)
+        if image_boxes.ndim != 2 or image_boxes.shape[-1] != 4:
+            raise ValueError(f"image {image_index}: boxes must have shape (K, 4), got {tuple(image_boxes.shape)}")
+        for box_index, (x1, y1, x2, y2) in enumerate(image_boxes.tolist()):
+            where = f"image {image_index} box {box_index} {[x1, y1, x2, y2]}"
+            if not all(map(math.isfinite, (x1, y1, x2, y2))):
+                raise ValueError(f"{where}: coordinates must be finite numbers")
+            if x2 <= x1 or y2 <= y1:
+                raise ValueError(f"{where}: zero or negative area (need x2 > x1 and y2 > y1)")
+            if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+                raise ValueError(f"{where}: outside the {width}x{height} image")
+        checked.append(image_boxes)
+    return checked
