@@ -120,12 +120,16 @@ class FGCLIPProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> "FGCLIPProcessor":
-        """Load a processor saved by :meth:`save_pretrained`, or derive one from a model directory.
+        """Load a processor saved by :meth:`save_pretrained`, or derive one from a model directory or hub id.
 
         A model directory without processor files (e.g. an upstream checkpoint) gets a
         processor built from its ``config.json`` and the offline CLIP vocabulary.
         """
         directory = Path(directory)
+        if not directory.is_dir():  # a hub id: only its config.json is needed
+            from transformers.utils import cached_file
+
+            directory = Path(cached_file(str(directory), "config.json")).parent
         settings_file = directory / PROCESSOR_FILE
         if settings_file.is_file():
             settings = json.loads(settings_file.read_text())

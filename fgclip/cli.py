@@ -1,0 +1,123 @@
+"""The ``fgclip`` command: region-text scores and patch-similarity heatmaps from any checkpoint.
+
+    fgclip score IMAGE --box x1,y1,x2,y2 --box ... --text "a black dog" --text ...
+    fgclip heatmap IMAGE "black dog" -o out.png
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .modeling_fgclip import FGCLIPModel
+from .processing_fgclip import FGCLIPProcessor, load_image
+
+DEFAULT_MODEL = "qihoo360/fg-clip-base"
+
+
+def load_pretrained(path: str, device: str = "cpu") -> tuple[FGCLIPModel, FGCLIPProcessor]:
+    """An FG-CLIP model (ours or upstream layout) in eval mode and its processor."""
+    model = FGCLIPModel.from_pretrained(path).to(device).eval()
+    return model, FGCLIPProcessor.from_pretrained(path)
+
+
+def parse_box(text: str) -> list[float]:
+    """``"x1,y1,x2,y2"`` -> four floats (original image pixels)."""
+    parts = text.split(",")
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"a box is x1,y1,x2,y2 in pixels, got {text!r}")
+    return values
+
+
+@torch.no_grad()
+def score_regions(model, processor, image, boxes: list[list[float]], texts: list[str]) -> torch.Tensor:
+    """(K boxes, T texts) cosine similarities between region features and region texts."""
+    image = load_image(image)
+    pixels, (mapped,) = processor.preprocess(image, [torch.tensor(boxes)])
+    device = model.device
+    regions = model.get_region_features(pixels.to(device), [mapped.to(device)], normalize=True)
+    text = model.get_text_features(processor.tokenize(texts, kind="region").to(device), kind="region", normalize=True)
+    return (regions @ text.t()).cpu()
+
+
+@torch.no_grad()
+def similarity_map(model, processor, image, text: str) -> torch.Tensor:
+    """(H, W) cosine similarity between each patch and ``text``, upsampled to the image size."""
+    image = load_image(image)
+    pixels = processor.preprocess(image).to(model.device)
+    dense = model.get_dense_features(pixels, normalize=True)[0]
+    query = model.get_text_features(processor.tokenize([text]).to(model.device), normalize=True)[0]
+    grid = (dense @ query)[None, None].float()
+    return F.interpolate(grid, size=(image.height, image.width), mode="bilinear", align_corners=False)[0, 0].cpu()
+
+
+def save_heatmap(image, similarity: torch.Tensor, text: str, output: str | Path, alpha: float = 0.5) -> None:
+    """Blend ``similarity`` over ``image`` (jet colour map, as in the paper's figures) into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = load_image(image)
+    figure, axis = plt.subplots(figsize=(6, 6 * image.height / image.width))
+    axis.imshow(image)
+    overlay = axis.imshow(similarity.numpy(), cmap="jet", alpha=alpha)
+    figure.colorbar(overlay, ax=axis, fraction=0.046, pad=0.04, label="cosine similarity")
+    axis.set_title(text)
+    axis.axis("off")
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def format_table(scores: torch.Tensor, boxes: list[list[float]], texts: list[str]) -> str:
+    header = ["box"] + texts
+    rows = [[",".join(f"{v:g}" for v in box)] + [f"{s:.4f}" for s in row] for box, row in zip(boxes, scores.tolist())]
+    widths = [max(len(line[i]) for line in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in [header] + rows]
+    return "\n".join(lines[:1] + ["  ".join("-" * width for width in widths)] + lines[1:])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fgclip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+
+    def add_common(sub):
+        sub.add_argument("image", help="image file")
+        sub.add_argument("--model", default=DEFAULT_MODEL, help="FG-CLIP checkpoint directory or hub id")
+        sub.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+    score = subparsers.add_parser("score", help="print a region x text cosine-similarity table")
+    add_common(score)
+    score.add_argument("--box", type=parse_box, action="append", required=True, help="x1,y1,x2,y2 in pixels")
+    score.add_argument("--text", action="append", required=True, help="a region description")
+
+    heatmap = subparsers.add_parser("heatmap", help="write the patch-text similarity map blended over the image")
+    add_common(heatmap)
+    heatmap.add_argument("text", help="what to look for, e.g. 'black dog'")
+    heatmap.add_argument("-o", "--output", required=True, help="output PNG")
+    heatmap.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    model, processor = load_pretrained(args.model, args.device)
+    if args.command == "score":
+        print(format_table(score_regions(model, processor, args.image, args.box, args.text), args.box, args.text))
+    elif args.command == "heatmap":
+        save_heatmap(args.image, similarity_map(model, processor, args.image, args.text), args.text,
+                     args.output, args.alpha)
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The fgclip console script: score table and heatmap, checked against direct model calls."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from fgclip import FGCLIPModel, FGCLIPProcessor
+from fgclip.cli import main, parse_box, similarity_map
+from fgclip.testing import tiny_config
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("model")
+    config = tiny_config()
+    model = FGCLIPModel(config).eval()
+    model.save_pretrained(directory)
+    FGCLIPProcessor.for_config(config).save_pretrained(directory)
+    image = Image.new("RGB", (64, 48), (200, 30, 30))
+    image.paste((20, 20, 200), (32, 0, 64, 48))
+    image.save(directory / "scene.png")
+    return directory, model
+
+
+def test_score_table_matches_model(saved, capsys):
+    directory, model = saved
+    texts = ["a red square", "a blue square"]
+    main(["score", str(directory / "scene.png"), "--model", str(directory), "--device", "cpu",
+          "--box", "0,0,32,48", "--box", "32,8,64,40", "--text", texts[0], "--text", texts[1]])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[0] == "box" and len(lines) == 4
+    printed = torch.tensor([[float(v) for v in line.split()[1:]] for line in lines[2:]])
+    # Boxes mapped by hand: 64x48 image squashed to 32x32.
+    boxes = torch.tensor([[0, 0, 32 / 2, 48 * 32 / 48], [32 / 2, 8 * 32 / 48, 64 / 2, 40 * 32 / 48]])
+    processor = FGCLIPProcessor.from_pretrained(directory)
+    with torch.no_grad():
+        pixels = processor.preprocess(str(directory / "scene.png"))
+        regions = F.normalize(model.get_region_features(pixels, [boxes]), dim=-1)
+        text = F.normalize(model.get_text_features(processor.tokenize(texts), kind="region"), dim=-1)
+    torch.testing.assert_close(printed, regions @ text.t(), atol=1e-4, rtol=0)
+
+
+def test_heatmap_png_and_values(saved, tmp_path):
+    directory, model = saved
+    output = tmp_path / "map.png"
+    main(["heatmap", str(directory / "scene.png"), "red square", "--model", str(directory), "-o", str(output)])
+    with Image.open(output) as png:
+        assert png.format == "PNG" and png.width > 100
+    processor = FGCLIPProcessor.from_pretrained(directory)
+    small = Image.open(directory / "scene.png").resize((20, 12))
+    similarity = similarity_map(model, processor, small, "red square")
+    assert similarity.shape == (12, 20)
+    with torch.no_grad():
+        dense = F.normalize(model.get_dense_features(processor.preprocess(small)), dim=-1)[0]
+        query = F.normalize(model.get_text_features(processor.tokenize(["red square"])), dim=-1)[0]
+    # The 4x4 patch grid is stretched 3x vertically and 5x horizontally (odd factors), so
+    # patch (1, 2) lands exactly on pixel (1 * 3 + 1, 2 * 5 + 2) = (4, 12).
+    torch.testing.assert_close(similarity[4, 12], dense[1, 2] @ query, atol=1e-5, rtol=0)
+
+
+def test_console_script_errors_are_readable(saved):
+    directory, _ = saved
+    with pytest.raises(Exception, match="x1,y1,x2,y2"):
+        parse_box("1,2,3")
+    result = subprocess.run([sys.executable, "-m", "fgclip.cli", "score", str(directory / "scene.png"),
+                             "--model", str(directory), "--box", "0,0,100,10", "--text", "a cat"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "outside the 32x32 image" in result.stderr

@@ -1,0 +1,89 @@
+"""FGCLIPProcessor: tokenisation against open_clip's independent CLIP tokenizer, image and box mapping."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+from PIL import Image
+
+from fgclip import FGCLIPProcessor
+
+TEXTS = [
+    "a photo of a cat",
+    "A Black plastic telephone with red buttons, and a dark-grey bezel!",
+    "two  dogs\tplaying in the snow's edge (left) 3 times",
+]
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return FGCLIPProcessor(image_size=32)
+
+
+def test_tokens_match_open_clip(processor):
+    reference = SimpleTokenizer()(TEXTS, context_length=77)
+    ids = processor.tokenize(TEXTS, kind="short")
+    assert ids.shape == (3, 77)
+    for row, ref in zip(ids, reference):
+        length = int((ref != 0).sum())
+        assert row[:length].tolist() == ref[:length].tolist()
+        assert (row[length:] == 49407).all()  # pad = eos
+
+
+def test_long_texts_pad_to_248_and_truncation_is_counted(processor):
+    long_text = " ".join(["red"] * 300)
+    assert processor.tokenize(["a dog"], kind="long").shape == (1, 248)
+    with pytest.warns(UserWarning, match="1 of 2 long texts exceed 248 tokens"):
+        ids = processor.tokenize([long_text, "a dog"], kind="long")
+    assert ids[0, 0] == 49406 and ids[0, -1] == 49407
+    with pytest.warns(UserWarning, match="2 of 2 region texts exceed 77"):
+        processor.tokenize([long_text, long_text], kind="region")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        processor.tokenize(TEXTS, kind="short")
+
+
+def test_images_are_squashed_with_clip_normalisation(processor):
+    array = np.zeros((20, 40, 3), dtype=np.uint8)
+    array[:, :20] = 255
+    pixels = processor.preprocess(Image.fromarray(array))
+    assert pixels.shape == (1, 3, 32, 32)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711])
+    torch.testing.assert_close(pixels[0, :, 16, 2], (1 - mean) / std, atol=1e-3, rtol=0)
+    torch.testing.assert_close(pixels[0, :, 16, 29], (0 - mean) / std, atol=1e-3, rtol=0)
+
+
+def test_grayscale_and_rgba_images_are_converted(processor):
+    gray = Image.fromarray(np.full((10, 10), 128, dtype=np.uint8), mode="L")
+    rgba = Image.fromarray(np.full((10, 10, 4), 128, dtype=np.uint8), mode="RGBA")
+    pixels = processor.preprocess([gray, rgba])
+    assert pixels.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(pixels[0], pixels[1])
+
+
+def test_box_mapping_squash_and_pad():
+    image = Image.new("RGB", (200, 100))
+    boxes = [torch.tensor([[20.0, 10.0, 120.0, 90.0]])]
+    _, squashed = FGCLIPProcessor(image_size=32).preprocess(image, boxes)
+    torch.testing.assert_close(squashed[0], torch.tensor([[20 * 32 / 200, 10 * 32 / 100, 120 * 32 / 200, 90 * 32 / 100]]))
+    _, padded = FGCLIPProcessor(image_size=32, resize_mode="pad").preprocess(image, boxes)
+    scale = 32 / 200  # padded to 200x200, image pasted 50 px down
+    torch.testing.assert_close(padded[0], torch.tensor([[20 * scale, 60 * scale, 120 * scale, 140 * scale]]))
+
+
+def test_pad_mode_fills_with_mean_colour():
+    pixels = FGCLIPProcessor(image_size=32, resize_mode="pad").preprocess(Image.new("RGB", (64, 16), (255, 255, 255)))
+    assert pixels[0, :, 1, 16].abs().max() < 0.02  # the mean colour normalises to ~0
+    assert pixels[0, 0, 16, 16] > 1.5  # white
+
+
+def test_bad_images(processor, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        processor.preprocess(str(tmp_path / "missing.png"))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.png"):
+        processor.preprocess(str(tmp_path / "broken.png"))
+    with pytest.raises(ValueError, match="resize_mode"):
+        FGCLIPProcessor(resize_mode="crop")
