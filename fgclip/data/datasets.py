@@ -1,0 +1,193 @@
+"""Torch datasets over FineHARD records: map-style (JSON / JSONL + image root) and
+iterable (webdataset tar shards).
+
+Both produce the same per-image sample (a dict; `fgclip.data.collate.FineHARDCollator`
+batches it)::
+
+    pixel_values         (3, S, S) float tensor from `preprocess`
+    long_text            str, the record's `caption`
+    short_text           str, the record's `short_caption`
+    boxes                (K, 4) float tensor, xyxy in input pixels (0..S), K <= max_boxes
+    region_texts         K str, each region's short_expr or long_expr (chosen at random)
+    hard_negative_texts  H lists of 1 + 10 str: [short_expr, negative "0", ..., negative "9"]
+    hard_negative_regions H int, the region (0..K-1) each group belongs to
+    skipped_records      list of `RecordError.reason` of bad shard samples skipped just
+                         before this one (always empty for the map-style dataset, whose
+                         skips are counted up front in `reader.stats`)
+
+The `preprocess` contract is the one of `FGCLIPProcessor.preprocess`: it is called as
+``preprocess([image], [boxes])`` with an RGB PIL image and a (K, 4) float tensor of xyxy
+boxes in *original image pixels*, and returns ``(pixel_values (1, 3, S, S), [boxes (K, 4)])``
+with the boxes mapped to *input pixels* of the S x S model input.
+
+Randomness (the region-caption choice) comes from a generator seeded by
+(seed, epoch, sample index), so a run is reproducible whatever the worker layout, and
+shards written by `write_finehard_shards` give the same samples as their source file;
+call `set_epoch` before each epoch (before the DataLoader starts its workers).
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, IterableDataset
+
+from .finehard import FineHARDReader, FineHARDRecord, SkipStats, expand_shard_urls, iter_shard_records, load_rgb
+
+Preprocess = Callable[[list[Image.Image], list[torch.Tensor]], tuple[torch.Tensor, list[torch.Tensor]]]
+DEFAULT_MAX_BOXES = 4
+
+
+def build_sample(
+    image: Image.Image,
+    record: FineHARDRecord,
+    preprocess: Preprocess,
+    max_boxes: int,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """One training sample from an RGB image and its record (see the module docstring).
+
+    The first `max_boxes` regions of the record are kept (upstream's rule). Each kept
+    region's caption is its short or long expression with probability 1/2; regions with
+    negatives also give a hard-negative group whose positive is always `short_expr`.
+    """
+    regions = record.regions[:max_boxes]
+    width, height = image.size
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    boxes = torch.tensor([region.box for region in regions], dtype=torch.float32).reshape(-1, 4) * scale
+    pixel_values, (input_boxes,) = preprocess([image], [boxes])
+    use_long = rng.random(len(regions)) < 0.5
+    hard_regions = [index for index, region in enumerate(regions) if region.negatives is not None]
+    return {
+        "pixel_values": pixel_values[0],
+        "long_text": record.caption,
+        "short_text": record.short_caption,
+        "boxes": input_boxes.reshape(-1, 4).float(),
+        "region_texts": [r.long_expr if long else r.short_expr for r, long in zip(regions, use_long)],
+        "hard_negative_texts": [[regions[i].short_expr, *regions[i].negatives] for i in hard_regions],
+        "hard_negative_regions": hard_regions,
+        "skipped_records": [],
+    }
+
+
+def _key_index(key: str) -> int:
+    """The sample index of a shard key: the record position for keys written by
+    `write_finehard_shards` (so shards and the source file give the same samples), else a hash."""
+    return int(key) if key.isdigit() else zlib.crc32(key.encode("utf-8"))
+
+
+def _check_max_boxes(max_boxes: int) -> int:
+    if not isinstance(max_boxes, int) or max_boxes < 0:
+        raise ValueError(f"max_boxes must be an integer >= 0, got {max_boxes!r}")
+    return max_boxes
+
+
+class FineHARDDataset(Dataset):
+    """Map-style FineHARD dataset: records from a JSON / JSONL file, images from a root.
+
+    Args:
+        source: a FineHARD file or a `FineHARDReader` over one.
+        image_root: directory that the records' `f_path` are relative to.
+        preprocess: e.g. `FGCLIPProcessor.preprocess` (contract in the module docstring).
+        max_boxes: regions kept per image (default 4, as upstream).
+        seed: seed of the region-caption choice.
+        skip_bad_records: when `source` is a path, skip and count malformed records
+            (see `stats`) instead of raising.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike | FineHARDReader,
+        image_root: str | os.PathLike,
+        preprocess: Preprocess,
+        max_boxes: int = DEFAULT_MAX_BOXES,
+        seed: int = 0,
+        skip_bad_records: bool = False,
+    ):
+        self.reader = source if isinstance(source, FineHARDReader) else FineHARDReader(source, skip_bad_records)
+        self.image_root = Path(image_root)
+        self.preprocess = preprocess
+        self.max_boxes = _check_max_boxes(max_boxes)
+        self.seed = seed
+        self.epoch = 0
+
+    @property
+    def stats(self) -> SkipStats:
+        """Records seen and skipped while indexing the file."""
+        return self.reader.stats
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.reader[index]
+        path = self.image_root / record.f_path
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.reader.location(index)}: f_path: image not found: {path}")
+        try:
+            image = load_rgb(path)
+        except OSError as error:
+            raise ValueError(f"{self.reader.location(index)}: f_path: cannot read image {path}: {error}") from None
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        return build_sample(image, record, self.preprocess, self.max_boxes, rng)
+
+
+class FineHARDShardDataset(IterableDataset):
+    """Iterable FineHARD dataset over webdataset tar shards (image + json per sample).
+
+    Shards are shuffled per epoch (seeded) when `shuffle_shards` is set, then split
+    across distributed ranks and DataLoader workers. Malformed samples are skipped when
+    `skip_bad_records` is set; their reasons travel with the next sample
+    (``sample["skipped_records"]``) and the collated batch, so the trainer can count
+    them whatever the number of workers.
+
+    Args:
+        urls: shard paths or a brace pattern, e.g. ``"shards/finehard-{000000..000009}.tar"``.
+        preprocess / max_boxes / seed: as for `FineHARDDataset`.
+        shuffle_shards: shuffle the shard order each epoch.
+        skip_bad_records: skip malformed samples instead of raising `RecordError`.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        preprocess: Preprocess,
+        max_boxes: int = DEFAULT_MAX_BOXES,
+        seed: int = 0,
+        shuffle_shards: bool = False,
+        skip_bad_records: bool = False,
+    ):
+        self.urls = expand_shard_urls(urls)
+        if not self.urls:
+            raise ValueError(f"no shards in {urls!r}")
+        self.preprocess = preprocess
+        self.max_boxes = _check_max_boxes(max_boxes)
+        self.seed = seed
+        self.shuffle_shards = shuffle_shards
+        self.skip_bad_records = skip_bad_records
+        self.stats = SkipStats()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if len(self.urls) < world_size:
+            raise ValueError(f"{len(self.urls)} shards cannot be split across {world_size} ranks")
+        urls = list(self.urls)
+        if self.shuffle_shards:
+            np.random.default_rng((self.seed, self.epoch)).shuffle(urls)
+        for key, image, record, skipped in iter_shard_records(urls, self.skip_bad_records, self.stats):
+            rng = np.random.default_rng((self.seed, self.epoch, _key_index(key)))
+            sample = build_sample(image, record, self.preprocess, self.max_boxes, rng)
+            sample["skipped_records"] = list(skipped)
+            yield sample
