@@ -1,0 +1,236 @@
+"""Contrastive losses: FG-CLIP's global, regional and hard-negative losses, and the
+region-vs-all-texts InfoNCE of FG-CLIP 2's hard-negative block.
+
+Conventions shared by every loss here:
+
+* Features are L2-normalised inside the loss (raw or normalised inputs both work) and
+  the loss is computed in float32 at least, outside any autocast region.
+* Logit scales are passed to ``forward`` as log-scale tensors owned by the model;
+  the loss uses ``exp(logit_scale)`` clamped at ``max_logit_scale`` (100, as CLIP).
+* With ``across_ranks=True`` and an initialised process group the loss combines the
+  batch of all ranks (see :mod:`fgclip.distributed` for the gradient convention): each
+  rank returns a value whose mean over ranks equals the loss of the joined batch.
+  Every rank must then call the loss, with the same set of inputs, at every step.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import distributed
+from .utils import (
+    batch_count,
+    check_candidates,
+    check_features,
+    connected_zero,
+    normalize,
+    outside_autocast,
+    scale_from_log,
+)
+
+
+class GlobalContrastiveLoss(nn.Module):
+    """Symmetric InfoNCE between images and one or more sets of captions (weight 1 each).
+
+    Across ranks, images and captions are all-gathered with gradients and each rank
+    scores its local rows against all gathered columns with labels ``rank * B + arange(B)``
+    (open_clip's "local loss"). Per caption set:
+    ``(CE(s * I_local @ T_all.T, labels) + CE(s * T_local @ I_all.T, labels)) / 2``.
+    Every rank must hold the same batch size B.
+    """
+
+    def __init__(self, across_ranks: bool = True, max_logit_scale: float | None = 100.0):
+        super().__init__()
+        self.across_ranks = across_ranks
+        self.max_logit_scale = max_logit_scale
+
+    @outside_autocast
+    def per_text_losses(
+        self, image_embeds: torch.Tensor, text_embeds: Sequence[torch.Tensor], logit_scale: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """One loss per caption set.
+
+        Args:
+            image_embeds: (B, D) image embeddings.
+            text_embeds: caption embeddings, each (B, D), row i paired with image i.
+            logit_scale: scalar log temperature.
+        """
+        check_features("image_embeds", image_embeds, 2)
+        if image_embeds.shape[0] == 0:
+            raise ValueError("image_embeds: the global loss needs at least one image")
+        for index, text in enumerate(text_embeds):
+            if text.shape != image_embeds.shape:
+                raise ValueError(
+                    f"text_embeds[{index}]: expected shape {tuple(image_embeds.shape)} like image_embeds, "
+                    f"got {tuple(text.shape)}"
+                )
+        batch_size = image_embeds.shape[0]
+        features = [normalize(image_embeds)] + [normalize(text) for text in text_embeds]
+        if self.across_ranks and distributed.get_world_size() > 1:
+            gathered = distributed.all_gather_with_grad(torch.cat(features, dim=1))
+            columns = list(gathered.split(features[0].shape[1], dim=1))
+            offset = distributed.get_rank() * batch_size
+        else:
+            columns, offset = features, 0
+        labels = torch.arange(batch_size, device=image_embeds.device) + offset
+        scale = scale_from_log(logit_scale, self.max_logit_scale)
+        image, all_images = features[0], columns[0]
+        losses = []
+        for text, all_texts in zip(features[1:], columns[1:]):
+            image_to_text = F.cross_entropy(scale * image @ all_texts.T, labels)
+            text_to_image = F.cross_entropy(scale * text @ all_images.T, labels)
+            losses.append((image_to_text + text_to_image) / 2)
+        return losses
+
+    def forward(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor | Sequence[torch.Tensor],
+        logit_scale: torch.Tensor,
+    ) -> torch.Tensor:
+        """Sum of :meth:`per_text_losses` over the caption sets (e.g. long and short)."""
+        if isinstance(text_embeds, torch.Tensor):
+            text_embeds = [text_embeds]
+        return torch.stack(self.per_text_losses(image_embeds, text_embeds, logit_scale)).sum()
+
+
+class RegionalContrastiveLoss(nn.Module):
+    """Symmetric InfoNCE between region (RoI) features and their region captions.
+
+    Only valid boxes are passed in (K rows, K may be 0 or 1). With ``across_ranks``
+    the region and caption features of all ranks are gathered (variable K per rank,
+    padded and masked), so every region also sees the other ranks' captions as
+    negatives -- upstream FG-CLIP uses only the local ones. With K_total boxes over all
+    ranks, rank r returns ``world_size / K_total * sum_i (CE_region_i + CE_text_i) / 2``
+    over its K_r local rows. With no box anywhere the result is a connected zero.
+    """
+
+    def __init__(self, across_ranks: bool = True, max_logit_scale: float | None = 100.0):
+        super().__init__()
+        self.across_ranks = across_ranks
+        self.max_logit_scale = max_logit_scale
+
+    @outside_autocast
+    def forward(
+        self, region_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        Args:
+            region_embeds: (K, D) RoI features of the valid boxes.
+            text_embeds: (K, D) embeddings of their captions, row-aligned.
+            logit_scale: scalar log temperature (``logit_scale_finegraind``).
+        """
+        check_features("region_embeds", region_embeds, 2)
+        if text_embeds.shape != region_embeds.shape:
+            raise ValueError(
+                f"text_embeds: expected shape {tuple(region_embeds.shape)} like region_embeds, "
+                f"got {tuple(text_embeds.shape)}"
+            )
+        regions, texts = normalize(region_embeds), normalize(text_embeds)
+        num_local, device = regions.shape[0], regions.device
+        if self.across_ranks and distributed.get_world_size() > 1:
+            gathered, valid, counts = distributed.all_gather_padded_with_grad(torch.cat([regions, texts], dim=1))
+            all_regions, all_texts = gathered.split(regions.shape[1], dim=1)
+            offset, world_size, total = distributed.get_rank() * max(counts), len(counts), sum(counts)
+        else:
+            all_regions, all_texts, valid = regions, texts, None
+            offset, world_size, total = 0, 1, num_local
+        if total == 0:
+            return connected_zero(region_embeds, text_embeds, logit_scale)
+        scale = scale_from_log(logit_scale, self.max_logit_scale)
+        region_logits = scale * regions @ all_texts.T
+        text_logits = scale * texts @ all_regions.T
+        if valid is not None:
+            region_logits = region_logits.masked_fill(~valid, float("-inf"))
+            text_logits = text_logits.masked_fill(~valid, float("-inf"))
+        labels = torch.arange(num_local, device=device) + offset
+        loss_sum = F.cross_entropy(region_logits, labels, reduction="sum") + F.cross_entropy(
+            text_logits, labels, reduction="sum"
+        )
+        return loss_sum / 2 * world_size / total
+
+
+class HardNegativeLoss(nn.Module):
+    """Per region, (1 + N)-way cross-entropy over its positive caption and N negatives.
+
+    ``loss_r = -log softmax(s * <region_r, candidate_rk>)_0`` over the unmasked candidates
+    k (the positive is candidate 0), averaged over the regions of the whole batch (with
+    ``across_ranks`` the region count is summed over ranks so that the mean over ranks is
+    the joined-batch mean). With no region anywhere the result is a connected zero.
+    """
+
+    def __init__(self, across_ranks: bool = True, max_logit_scale: float | None = 100.0):
+        super().__init__()
+        self.across_ranks = across_ranks
+        self.max_logit_scale = max_logit_scale
+
+    @outside_autocast
+    def forward(
+        self,
+        region_embeds: torch.Tensor,
+        candidate_embeds: torch.Tensor,
+        logit_scale: torch.Tensor,
+        candidate_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            region_embeds: (R, D) RoI features.
+            candidate_embeds: (R, 1 + N, D) texts per region, positive first (default N = 10).
+            logit_scale: scalar log temperature (``logit_scale_hardneg``).
+            candidate_mask: optional (R, 1 + N) bool, False on missing negatives (padding);
+                column 0 must be True.
+        """
+        mask = check_candidates(region_embeds, candidate_embeds, candidate_mask)
+        world_size, total = batch_count(region_embeds.shape[0], region_embeds.device, self.across_ranks)
+        if total == 0:
+            return connected_zero(region_embeds, candidate_embeds, logit_scale)
+        scale = scale_from_log(logit_scale, self.max_logit_scale)
+        logits = scale * torch.einsum("rd,rkd->rk", normalize(region_embeds), normalize(candidate_embeds))
+        logits = logits.masked_fill(~mask, float("-inf"))
+        targets = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return F.cross_entropy(logits, targets, reduction="sum") * world_size / total
+
+
+class RegionToAllTextsLoss(nn.Module):
+    """Region-vs-all-texts InfoNCE (FG-CLIP 2's hard-negative block, weight 0.6 there).
+
+    Each region is scored against every valid candidate text of the batch -- all regions'
+    positives and hard negatives, gathered over ranks with ``across_ranks`` -- and the
+    target is its own positive. One direction (region -> text), averaged over the regions
+    of the whole batch. With no region anywhere the result is a connected zero.
+    """
+
+    def __init__(self, across_ranks: bool = True, max_logit_scale: float | None = 100.0):
+        super().__init__()
+        self.across_ranks = across_ranks
+        self.max_logit_scale = max_logit_scale
+
+    @outside_autocast
+    def forward(
+        self,
+        region_embeds: torch.Tensor,
+        candidate_embeds: torch.Tensor,
+        logit_scale: torch.Tensor,
+        candidate_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Same arguments as :meth:`HardNegativeLoss.forward`."""
+        mask = check_candidates(region_embeds, candidate_embeds, candidate_mask)
+        world_size, total = batch_count(region_embeds.shape[0], region_embeds.device, self.across_ranks)
+        if total == 0:
+            return connected_zero(region_embeds, candidate_embeds, logit_scale)
+        regions = normalize(region_embeds)
+        texts = normalize(candidate_embeds)[mask]  # (M, D), region-major; each region's positive first
+        per_region = mask.sum(dim=1)
+        positive_index = per_region.cumsum(0) - per_region
+        if world_size > 1:
+            all_texts, valid, counts = distributed.all_gather_padded_with_grad(texts)
+            positive_index = positive_index + distributed.get_rank() * max(counts)
+        else:
+            all_texts, valid = texts, None
+        logits = scale_from_log(logit_scale, self.max_logit_scale) * regions @ all_texts.T
+        if valid is not None:
+            logits = logits.masked_fill(~valid, float("-inf"))
+        return F.cross_entropy(logits, positive_index, reduction="sum") * world_size / total

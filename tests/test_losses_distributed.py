@@ -1,0 +1,242 @@
+"""Two gloo processes give the same loss and gradients as one process on the joined batch.
+
+Each scenario splits a deterministic batch between 2 ranks (row counts may differ per
+rank, including 0), runs the loss on every rank, and compares with the single-process
+loss on the whole batch. The scaling convention checked here (see fgclip.distributed):
+
+* loss: the mean over ranks of the per-rank losses equals the joined-batch loss;
+* inputs: a rank's gradient w.r.t. its own rows is the gradient of the SUM of all ranks'
+  losses (the all-gather backward sums over ranks), i.e. world_size x the joined-batch
+  gradient of those rows -- DDP's averaging of parameter gradients divides it back;
+* logit scale / bias (replicated, like a DDP parameter): the mean over ranks of their
+  gradients equals the joined-batch gradient.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from fgclip.losses import (
+    CrossModalRankLoss,
+    GlobalContrastiveLoss,
+    HardNegativeLoss,
+    RegionalContrastiveLoss,
+    RegionToAllTextsLoss,
+    SigmoidGlobalLoss,
+)
+
+WORLD_SIZE = 2
+TOL = 1e-5
+DEADLINE_SECONDS = 120.0
+
+
+def randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def negative_mask(count: int, candidates: int) -> torch.Tensor:
+    """Positive always kept; row i keeps (i * 3) % candidates negatives."""
+    kept = torch.tensor([(i * 3) % candidates for i in range(count)])
+    return torch.arange(candidates).unsqueeze(0) <= kept.unsqueeze(1)
+
+
+def candidates_near(regions: torch.Tensor, candidates: int, seed: int) -> torch.Tensor:
+    """(R, candidates, D) texts whose positive (index 0) is close to its region."""
+    texts = randn(regions.shape[0], candidates, regions.shape[1], seed=seed)
+    texts[:, 0] = regions + randn(*regions.shape, seed=seed + 1)
+    return texts
+
+
+@dataclass
+class Scenario:
+    """counts: rows per rank; rows(): inputs split by rows; shared(): replicated scalars."""
+
+    counts: tuple[int, int]
+    rows: Callable[[], dict[str, torch.Tensor]]
+    shared: Callable[[], dict[str, torch.Tensor]]
+    make_loss: Callable[[], torch.nn.Module]
+    call: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def _regional(counts: tuple[int, int], seed: int) -> Scenario:
+    total = sum(counts)
+    return Scenario(
+        counts,
+        lambda: {"regions": randn(total, 8, seed=seed), "texts": randn(total, 8, seed=seed + 1)},
+        lambda: {"scale": torch.tensor(math.log(20.0), dtype=torch.float64)},
+        RegionalContrastiveLoss,
+        lambda loss, x: loss(x["regions"], x["texts"], x["scale"]),
+    )
+
+
+def _hard_rows(total: int, seed: int) -> Callable[[], dict[str, torch.Tensor]]:
+    def rows() -> dict[str, torch.Tensor]:
+        regions = randn(total, 8, seed=seed)
+        candidates = candidates_near(regions, 6, seed + 1)
+        return {"regions": regions, "candidates": candidates, "mask": negative_mask(total, 6)}
+
+    return rows
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "global": Scenario(
+        (3, 3),
+        lambda: {"images": randn(6, 8, seed=1), "long": randn(6, 8, seed=2), "short": randn(6, 8, seed=3)},
+        lambda: {"scale": torch.tensor(math.log(1 / 0.07), dtype=torch.float64)},
+        GlobalContrastiveLoss,
+        lambda loss, x: loss(x["images"], [x["long"], x["short"]], x["scale"]),
+    ),
+    "sigmoid": Scenario(
+        (3, 3),
+        lambda: {"images": randn(6, 8, seed=4), "long": randn(6, 8, seed=5), "short": randn(6, 8, seed=6)},
+        lambda: {
+            "scale": torch.tensor(math.log(10.0), dtype=torch.float64),
+            "bias": torch.tensor(-2.0, dtype=torch.float64),
+        },
+        SigmoidGlobalLoss,
+        lambda loss, x: loss(x["images"], [x["long"], x["short"]], x["scale"], x["bias"]),
+    ),
+    "regional_2_1": _regional((2, 1), seed=10),
+    "regional_3_0": _regional((3, 0), seed=20),
+    "hard_negative": Scenario(
+        (3, 1),
+        _hard_rows(4, seed=30),
+        lambda: {"scale": torch.tensor(math.log(10.0), dtype=torch.float64)},
+        HardNegativeLoss,
+        lambda loss, x: loss(x["regions"], x["candidates"], x["scale"], x["mask"]),
+    ),
+    "region_to_all": Scenario(
+        (2, 3),
+        _hard_rows(5, seed=40),
+        lambda: {"scale": torch.tensor(math.log(10.0), dtype=torch.float64)},
+        RegionToAllTextsLoss,
+        lambda loss, x: loss(x["regions"], x["candidates"], x["scale"], x["mask"]),
+    ),
+    "rank": Scenario(
+        (2, 4),
+        _hard_rows(6, seed=50),
+        lambda: {"scale": torch.tensor(math.log(5.0), dtype=torch.float64)},
+        CrossModalRankLoss,
+        lambda loss, x: loss(x["regions"], x["candidates"], x["mask"], x["scale"]),
+    ),
+}
+
+
+def run_scenario(scenario: Scenario, rank: int | None) -> dict:
+    """Run on rank ``rank``'s rows (None: the whole batch); return loss, gradients and state."""
+    rows = scenario.rows()
+    if rank is not None:
+        start = sum(scenario.counts[:rank])
+        rows = {name: value[start : start + scenario.counts[rank]] for name, value in rows.items()}
+    inputs = {**rows, **scenario.shared()}
+    for value in inputs.values():
+        if value.is_floating_point():
+            value.requires_grad_()
+    loss_fn = scenario.make_loss()
+    loss = scenario.call(loss_fn, inputs)
+    loss.backward()
+    grads = {name: value.grad for name, value in inputs.items() if value.is_floating_point()}
+    return {"loss": loss.detach(), "grads": grads, "state": {k: v.clone() for k, v in loss_fn.state_dict().items()}}
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    # Forked from the pytest process: one intra-op thread, so no OpenMP pool inherited
+    # from the parent is used (DataLoader workers do the same).
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # talk over loopback, whatever the hostname
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=timedelta(seconds=60),
+    )
+    try:
+        results = {name: run_scenario(scenario, rank) for name, scenario in SCENARIOS.items()}
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def rank_results(tmp_path_factory) -> list[dict]:
+    """Run every scenario once in 2 gloo processes; return each rank's results.
+
+    The workers are forked: they inherit the imported modules, which keeps this under a
+    few seconds (a spawned worker re-imports torch and transformers, about 10 s each).
+    """
+    out_dir = tmp_path_factory.mktemp("losses_distributed")
+    context = mp.start_processes(
+        _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="fork"
+    )
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            pytest.fail(f"distributed loss workers did not finish within {DEADLINE_SECONDS:.0f} s")
+    return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_two_ranks_match_joined_batch(rank_results, name):
+    scenario = SCENARIOS[name]
+    single = run_scenario(scenario, rank=None)
+    per_rank = [results[name] for results in rank_results]
+
+    mean_loss = sum(result["loss"] for result in per_rank) / WORLD_SIZE
+    assert mean_loss.item() == pytest.approx(single["loss"].item(), abs=TOL)
+
+    row_names = set(scenario.rows())
+    for input_name, full_grad in single["grads"].items():
+        if input_name in row_names:
+            joined = torch.cat([result["grads"][input_name] for result in per_rank]) / WORLD_SIZE
+            torch.testing.assert_close(joined, full_grad, atol=TOL, rtol=0, msg=f"{name}: grad of {input_name}")
+        else:
+            averaged = sum(result["grads"][input_name] for result in per_rank) / WORLD_SIZE
+            torch.testing.assert_close(averaged, full_grad, atol=TOL, rtol=0, msg=f"{name}: grad of {input_name}")
+    for input_name, grad in single["grads"].items():  # gradients well above the tolerance
+        assert grad.abs().max() > 100 * TOL, f"{name}: gradient of {input_name} too small to test"
+
+
+def test_rank_loss_theta_is_synchronised(rank_results):
+    single = run_scenario(SCENARIOS["rank"], rank=None)
+    theta = single["state"]["theta"].item()
+    assert 0.0 < theta < 10.0
+    for results in rank_results:
+        assert results["rank"]["state"]["theta"].item() == pytest.approx(theta, abs=1e-12)
+    local_thetas = []
+    for rank in range(WORLD_SIZE):  # each rank alone would have picked a different threshold
+        scenario = SCENARIOS["rank"]
+        start = sum(scenario.counts[:rank])
+        rows = {k: v[start : start + scenario.counts[rank]] for k, v in scenario.rows().items()}
+        loss_fn = CrossModalRankLoss()
+        scenario.call(loss_fn, {**rows, **scenario.shared()})
+        local_thetas.append(loss_fn.theta.item())
+    assert all(abs(local - theta) > 1e-3 for local in local_thetas)
+
+
+def test_regional_rank_without_boxes_still_gets_gradients(rank_results):
+    """Rank 1 holds no box in "regional_3_0": its loss is 0 but rank 0's columns came from it."""
+    empty_rank = rank_results[1]["regional_3_0"]
+    assert empty_rank["loss"].item() == 0.0
+    assert empty_rank["grads"]["regions"].shape == (0, 8)
+    assert torch.count_nonzero(rank_results[0]["regional_3_0"]["grads"]["regions"]) > 0
