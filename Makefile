@@ -10,7 +10,7 @@ setup:
 	bash tools/setup_env.sh
 
 demo: setup
-	$(PY) tools/demo.py --out outputs/demo
+	$(PY) tools/shapes_recipe.py --out outputs/shapes
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -1,0 +1,34 @@
+"""Train FG-CLIP from a YAML recipe (configs/fgclip/*.yaml).
+
+    python tools/train_fgclip.py configs/fgclip/stage2_vitb16.yaml data.train=finehard.jsonl
+    torchrun --nproc_per_node 8 tools/train_fgclip.py configs/fgclip/stage2_vitb16.yaml
+    python tools/train_fgclip.py CONFIG --resume          # from the last complete checkpoint
+
+Overrides are ``section.key=value`` (sections: model, data, loss, training).
+"""
+import argparse
+import json
+import logging
+import sys
+
+from fgclip.training import load_config, train
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="recipe YAML")
+    parser.add_argument("overrides", nargs="*", help="section.key=value")
+    parser.add_argument("--resume", nargs="?", const=True, default=False,
+                        help="resume from the last complete checkpoint of training.output_dir, or from a given one")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(args.config, args.overrides)
+    print(json.dumps(config.to_dict(), indent=2, default=str))
+    result = train(config, resume=args.resume)
+    print(f"final model: {result.final_model_dir}")
+    print(result.skipped_summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
