@@ -1,0 +1,173 @@
+"""Assemble LLaVA-1.5 from a causal language model and an FG-CLIP checkpoint.
+
+The model is transformers' own ``LlavaForConditionalGeneration``:
+
+* vision tower: :class:`~mllm.tower.FGCLIPVisionTower`, read at ``vision_feature_layer=-2``
+  with ``vision_feature_select_strategy="default"`` (penultimate layer, CLS dropped);
+* projector: ``LlavaMultiModalProjector`` with ``projector_hidden_act="gelu"`` and biases, which
+  is LLaVA-1.5's ``mlp2x_gelu``: Linear(tower hidden -> LM hidden), GELU, Linear(LM hidden -> LM hidden);
+* language model: the causal LM's decoder and ``lm_head``, with ``<image>`` added to the
+  vocabulary and the embeddings resized.
+
+The processor is transformers' ``LlavaProcessor`` whose ``LlavaImageProcessor`` pads every
+image to a square with the mean colour (LLaVA-1.5's ``image_aspect_ratio pad``) before the
+resize. A directory written by :func:`save_llava` reloads with :func:`load_llava` alone.
+
+    python -m mllm.builder --language-model lmsys/vicuna-7b-v1.5 --fgclip FG_CLIP_DIR --output LLAVA_DIR
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoProcessor,
+    AutoTokenizer,
+    GenerationConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaImageProcessor,
+    LlavaProcessor,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+from fgclip import FGCLIPProcessor
+
+from .tower import FGCLIPVisionTower, FGCLIPVisionTowerConfig
+
+IMAGE_TOKEN = "<image>"
+PAD_TOKEN = "<pad>"
+VISION_FEATURE_LAYER = -2
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Add ``<image>`` as a special token and make sure a pad token exists.
+
+    Vicuna has no pad token; like LLaVA we pad with ``unk`` when the tokenizer has one, and
+    add ``<pad>`` otherwise.
+    """
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        if tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return tokenizer
+
+
+def build_processor(
+    tokenizer: PreTrainedTokenizerBase,
+    tower_config: FGCLIPVisionTowerConfig,
+    image_mean: tuple[float, float, float],
+    image_std: tuple[float, float, float],
+) -> LlavaProcessor:
+    """LLaVA processor: pad to square with the mean colour, resize to the tower size, normalise."""
+    size = tower_config.image_size
+    image_processor = LlavaImageProcessor(
+        do_pad=True,
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=tower_config.patch_size,
+        vision_feature_select_strategy="default",
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,  # the CLS token, dropped again by the "default" strategy
+    )
+
+
+def build_llava(
+    language_model_path: str | os.PathLike,
+    fgclip_path: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """LLaVA-1.5 with an FG-CLIP tower and a freshly initialised ``mlp2x_gelu`` projector.
+
+    Args:
+        language_model_path: a causal LM directory (e.g. Vicuna-7B-v1.5) with its tokenizer.
+        fgclip_path: an FG-CLIP checkpoint directory (ours or the upstream layout).
+        dtype: dtype of every weight of the assembled model.
+    Returns:
+        ``(model, processor)``; ``model.config.image_token_id`` is the id of ``<image>`` and
+        ``model.config.image_seq_length`` the number of patch tokens per image.
+    """
+    tower = FGCLIPVisionTower.from_fgclip(fgclip_path)
+    fgclip_processor = FGCLIPProcessor.from_pretrained(fgclip_path)
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(language_model_path))
+    language_model = AutoModelForCausalLM.from_pretrained(language_model_path, dtype=torch.float32)
+    language_model.config.pad_token_id = tokenizer.pad_token_id
+
+    config = LlavaConfig(
+        vision_config=tower.config,
+        text_config=language_model.config,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=tower.num_patches,
+        projector_hidden_act="gelu",
+        vision_feature_layer=VISION_FEATURE_LAYER,
+        vision_feature_select_strategy="default",
+        multimodal_projector_bias=True,
+    )
+    # Build the shell without allocating weights, then move the loaded parts in.
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower = tower
+    model.model.language_model = language_model.get_decoder()
+    model.lm_head = language_model.get_output_embeddings()
+    model.model.multi_modal_projector = LlavaMultiModalProjector(config)
+    left_on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if left_on_meta:
+        raise RuntimeError(f"LLaVA assembly left weights unset: {left_on_meta[:5]}")
+    model.resize_token_embeddings(len(tokenizer))
+    model.generation_config = GenerationConfig.from_model_config(language_model.config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model = model.to(dtype)
+
+    image_processor = fgclip_processor.image_processor
+    processor = build_processor(
+        tokenizer, tower.config, tuple(image_processor.image_mean), tuple(image_processor.image_std)
+    )
+    return model, processor
+
+
+def save_llava(model: LlavaForConditionalGeneration, processor: LlavaProcessor, directory: str | os.PathLike) -> None:
+    """Write the assembled model and its processor; :func:`load_llava` needs nothing else."""
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+
+
+def load_llava(
+    directory: str | os.PathLike, dtype: torch.dtype | None = None
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """Reload a model saved by :func:`save_llava` (or by ``mllm.train`` / ``mllm.merge_lora``)."""
+    model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype or torch.float32)
+    processor = AutoProcessor.from_pretrained(directory)
+    if not isinstance(model.model.vision_tower, FGCLIPVisionTower):
+        raise ValueError(
+            f"{directory}: vision tower is {type(model.model.vision_tower).__name__}, expected an FG-CLIP tower"
+        )
+    return model, processor
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Assemble LLaVA-1.5 from a causal LM and an FG-CLIP checkpoint.")
+    parser.add_argument("--language-model", required=True, help="causal LM directory or hub id (e.g. Vicuna)")
+    parser.add_argument("--fgclip", required=True, help="FG-CLIP checkpoint directory")
+    parser.add_argument("--output", required=True, help="where to write the assembled model and processor")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = parser.parse_args(argv)
+    model, processor = build_llava(args.language_model, args.fgclip, dtype=getattr(torch, args.dtype))
+    save_llava(model, processor, args.output)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

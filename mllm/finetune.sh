@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Stage 2 of LLaVA-1.5 with an FG-CLIP tower: instruction tuning on llava_v1_5_mix665k, starting
+# from the stage-1 output. Published settings: lr 2e-5, global batch 128, 1 epoch, cosine with
+# 3% warm-up, no weight decay, bf16, ZeRO-3, Vicuna v1 prompts, batches grouped by modality.
+# LORA=1 trains LoRA adapters (r 128, alpha 256, dropout 0.05) on the language model's linear
+# layers, the projector fully at 2e-5; LLaVA-1.5's LoRA script uses lr 2e-4 for the adapters.
+# Merge the adapters afterwards with: python -m mllm.merge_lora --adapter OUTPUT --output MERGED
+#
+#   PRETRAINED=checkpoints/llava-fgclip-pretrain DATA=llava_v1_5_mix665k.json IMAGES=data \
+#   OUTPUT=checkpoints/llava-fgclip NPROC=8 bash mllm/finetune.sh
+#
+# CPU smoke run (one process, no DeepSpeed): set NPROC=1 DEEPSPEED= BF16=false PER_DEVICE_BATCH=2
+# GLOBAL_BATCH=2 and append overrides such as --max_steps 2; extra arguments go to mllm/train.py.
+set -euo pipefail
+
+: "${PRETRAINED:?set PRETRAINED to the stage-1 output directory}"
+: "${DATA:?set DATA to the llava_v1_5_mix665k conversation JSON}"
+: "${IMAGES:?set IMAGES to the folder the records image paths are relative to}"
+: "${OUTPUT:?set OUTPUT to the output directory}"
+LORA=${LORA:-0}
+NPROC=${NPROC:-8}
+GLOBAL_BATCH=${GLOBAL_BATCH:-128}
+PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-16}
+EPOCHS=${EPOCHS:-1}
+BF16=${BF16:-true}
+DEEPSPEED=${DEEPSPEED-mllm/configs/zero3.json}
+LORA_R=${LORA_R:-128}
+LORA_ALPHA=${LORA_ALPHA:-256}
+LORA_DROPOUT=${LORA_DROPOUT:-0.05}
+PROJECTOR_LR=${PROJECTOR_LR:-2e-5}
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PYTHONPATH="${ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
+PYTHON=${PYTHON:-python}
+if (( GLOBAL_BATCH % (NPROC * PER_DEVICE_BATCH) )); then
+    echo "GLOBAL_BATCH=${GLOBAL_BATCH} is not a multiple of NPROC*PER_DEVICE_BATCH=$((NPROC * PER_DEVICE_BATCH))" >&2
+    exit 1
+fi
+ACCUMULATION=$(( GLOBAL_BATCH / (NPROC * PER_DEVICE_BATCH) ))
+DEEPSPEED_ARGS=()
+if [[ -n "${DEEPSPEED}" ]]; then
+    [[ "${DEEPSPEED}" = /* ]] || DEEPSPEED="${ROOT}/${DEEPSPEED}"
+    DEEPSPEED_ARGS=(--deepspeed "${DEEPSPEED}")
+fi
+if [[ "${LORA}" = 1 ]]; then
+    LR=${LR:-2e-4}
+    LORA_ARGS=(--lora true --lora_r "${LORA_R}" --lora_alpha "${LORA_ALPHA}" --lora_dropout "${LORA_DROPOUT}"
+               --projector_lr "${PROJECTOR_LR}")
+else
+    LR=${LR:-2e-5}
+    LORA_ARGS=()
+fi
+
+"${PYTHON}" -m torch.distributed.run --standalone --nproc_per_node "${NPROC}" -m mllm.train \
+    "${DEEPSPEED_ARGS[@]}" \
+    "${LORA_ARGS[@]}" \
+    --stage finetune \
+    --model_name_or_path "${PRETRAINED}" \
+    --data_path "${DATA}" \
+    --image_folder "${IMAGES}" \
+    --conversation_format v1 \
+    --group_by_modality_length true \
+    --output_dir "${OUTPUT}" \
+    --bf16 "${BF16}" \
+    --num_train_epochs "${EPOCHS}" \
+    --per_device_train_batch_size "${PER_DEVICE_BATCH}" \
+    --gradient_accumulation_steps "${ACCUMULATION}" \
+    --learning_rate "${LR}" \
+    --weight_decay 0.0 \
+    --warmup_steps 0.03 \
+    --lr_scheduler_type cosine \
+    --model_max_length 2048 \
+    --gradient_checkpointing true \
+    --dataloader_num_workers 4 \
+    --save_strategy steps \
+    --save_steps 50000 \
+    --save_total_limit 1 \
+    --logging_steps 1 \
+    --report_to none \
+    "$@"

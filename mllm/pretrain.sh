@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Stage 1 of LLaVA-1.5 with an FG-CLIP tower: train the mlp2x_gelu projector only on LCS-558K.
+# Published settings: lr 1e-3, global batch 256, 1 epoch, cosine with 3% warm-up, no weight
+# decay, bf16, ZeRO-2, model_max_length 2048, plain prompt format.
+#
+#   LANGUAGE_MODEL=lmsys/vicuna-7b-v1.5 FGCLIP=qihoo360/fg-clip-large \
+#   DATA=LLaVA-Pretrain/blip_laion_cc_sbu_558k.json IMAGES=LLaVA-Pretrain/images \
+#   OUTPUT=checkpoints/llava-fgclip-pretrain NPROC=8 bash mllm/pretrain.sh
+#
+# CPU smoke run (one process, no DeepSpeed): set NPROC=1 DEEPSPEED= BF16=false PER_DEVICE_BATCH=2
+# GLOBAL_BATCH=2 and append overrides such as --max_steps 2; extra arguments go to mllm/train.py.
+set -euo pipefail
+
+: "${LANGUAGE_MODEL:?set LANGUAGE_MODEL to the causal LM (e.g. vicuna-7b-v1.5)}"
+: "${FGCLIP:?set FGCLIP to the FG-CLIP checkpoint directory}"
+: "${DATA:?set DATA to the LCS-558K conversation JSON}"
+: "${IMAGES:?set IMAGES to the LCS-558K image folder}"
+: "${OUTPUT:?set OUTPUT to the output directory}"
+NPROC=${NPROC:-8}
+GLOBAL_BATCH=${GLOBAL_BATCH:-256}
+PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-32}
+LR=${LR:-1e-3}
+EPOCHS=${EPOCHS:-1}
+BF16=${BF16:-true}
+DEEPSPEED=${DEEPSPEED-mllm/configs/zero2.json}
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PYTHONPATH="${ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
+PYTHON=${PYTHON:-python}
+if (( GLOBAL_BATCH % (NPROC * PER_DEVICE_BATCH) )); then
+    echo "GLOBAL_BATCH=${GLOBAL_BATCH} is not a multiple of NPROC*PER_DEVICE_BATCH=$((NPROC * PER_DEVICE_BATCH))" >&2
+    exit 1
+fi
+ACCUMULATION=$(( GLOBAL_BATCH / (NPROC * PER_DEVICE_BATCH) ))
+DEEPSPEED_ARGS=()
+if [[ -n "${DEEPSPEED}" ]]; then
+    [[ "${DEEPSPEED}" = /* ]] || DEEPSPEED="${ROOT}/${DEEPSPEED}"
+    DEEPSPEED_ARGS=(--deepspeed "${DEEPSPEED}")
+fi
+
+"${PYTHON}" -m torch.distributed.run --standalone --nproc_per_node "${NPROC}" -m mllm.train \
+    "${DEEPSPEED_ARGS[@]}" \
+    --stage pretrain \
+    --language_model "${LANGUAGE_MODEL}" \
+    --vision_tower "${FGCLIP}" \
+    --data_path "${DATA}" \
+    --image_folder "${IMAGES}" \
+    --conversation_format plain \
+    --output_dir "${OUTPUT}" \
+    --bf16 "${BF16}" \
+    --num_train_epochs "${EPOCHS}" \
+    --per_device_train_batch_size "${PER_DEVICE_BATCH}" \
+    --gradient_accumulation_steps "${ACCUMULATION}" \
+    --learning_rate "${LR}" \
+    --weight_decay 0.0 \
+    --warmup_steps 0.03 \
+    --lr_scheduler_type cosine \
+    --model_max_length 2048 \
+    --gradient_checkpointing true \
+    --dataloader_num_workers 4 \
+    --save_strategy steps \
+    --save_steps 24000 \
+    --save_total_limit 1 \
+    --logging_steps 1 \
+    --report_to none \
+    "$@"

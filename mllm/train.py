@@ -1,0 +1,246 @@
+"""Train LLaVA-1.5 with an FG-CLIP tower on HF Trainer (+ DeepSpeed when launched distributed).
+
+Stage 1 (``--stage pretrain``): only the projector trains. Stage 2 (``--stage finetune``):
+the language model and the projector train; with ``--lora`` the language model's linear
+layers get peft LoRA adapters instead (the tower and the projector never get LoRA; the
+projector trains fully, with its own ``--projector_lr``). The tower is always frozen.
+
+    torchrun --nproc_per_node 8 -m mllm.train --deepspeed mllm/configs/zero2.json \\
+        --stage pretrain --language_model lmsys/vicuna-7b-v1.5 --vision_tower FG_CLIP_DIR \\
+        --data_path blip_laion_cc_sbu_558k.json --image_folder IMAGES --conversation_format plain ...
+
+Started as plain ``python`` (no launcher) a ``--deepspeed`` config is dropped with a warning
+and the run uses the plain Trainer on one process: DeepSpeed needs a launcher (``torchrun``).
+See ``mllm/pretrain.sh`` and ``mllm/finetune.sh`` for the published settings.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.models.llava.modeling_llava import LlavaModel
+from transformers.utils import logging
+
+from .builder import build_llava, load_llava
+from .data import ConversationCollator, ConversationDataset, ModalityLengthGroupedSampler
+
+PROJECTOR = "multi_modal_projector"
+STAGES = ("pretrain", "finetune")
+LAUNCHER_VARIABLES = ("LOCAL_RANK", "WORLD_SIZE")
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "an assembled LLaVA directory (mllm.builder, stage 1 or merge output)"}
+    )
+    language_model: str | None = field(default=None, metadata={"help": "causal LM to build from (e.g. Vicuna)"})
+    vision_tower: str | None = field(default=None, metadata={"help": "FG-CLIP checkpoint to build from"})
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(metadata={"help": "LLaVA conversation JSON / JSONL"})
+    image_folder: str = field(default="", metadata={"help": "base directory of the records' image paths"})
+    conversation_format: str = field(default="v1", metadata={"help": "plain (stage 1) or v1 (Vicuna, stage 2)"})
+    check_image_files: bool = field(default=True, metadata={"help": "check every image file exists before training"})
+
+
+@dataclass
+class LlavaTrainingArguments(TrainingArguments):
+    stage: str = field(default="finetune", metadata={"help": "pretrain: projector only; finetune: LM + projector"})
+    model_max_length: int = field(default=2048, metadata={"help": "longest token sequence (image tokens included)"})
+    lora: bool = field(default=False, metadata={"help": "finetune the LM with LoRA adapters instead of fully"})
+    lora_r: int = field(default=128, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=256, metadata={"help": "LoRA scale numerator (update = alpha / r * B A)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    projector_lr: float | None = field(
+        default=None, metadata={"help": "projector learning rate (default: learning_rate)"}
+    )
+    group_by_modality_length: bool = field(
+        default=False, metadata={"help": "batches of one modality (image / text-only) and similar lengths"}
+    )
+    remove_unused_columns: bool = False
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"--stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.lora and self.stage != "finetune":
+            raise ValueError("--lora applies to --stage finetune only")
+        if self.deepspeed and not any(name in os.environ for name in LAUNCHER_VARIABLES):
+            logger.warning(
+                "no distributed launcher detected: running without DeepSpeed on one process "
+                "(start with torchrun to use the DeepSpeed config)"
+            )
+            self.deepspeed = None
+        super().__post_init__()
+
+
+def find_llava(model: nn.Module) -> LlavaModel:
+    """The ``LlavaModel`` inside a Llava, a peft wrapper or a DeepSpeed engine."""
+    for module in model.modules():
+        if isinstance(module, LlavaModel):
+            return module
+    raise TypeError(f"{type(model).__name__} holds no LlavaModel")
+
+
+def set_trainable(model: nn.Module, stage: str) -> None:
+    """Freeze per stage: pretrain trains the projector; finetune the projector and the LM."""
+    llava = find_llava(model)
+    model.requires_grad_(False)
+    llava.multi_modal_projector.requires_grad_(True)
+    if stage == "finetune":
+        llava.language_model.requires_grad_(True)
+        model.get_output_embeddings().requires_grad_(True)
+
+
+def language_model_lora_targets(model: nn.Module) -> str:
+    """A peft regex matching every ``nn.Linear`` of the language model and nothing else."""
+    llava = find_llava(model)
+    modules = llava.language_model.named_modules()
+    names = {name.rsplit(".", 1)[-1] for name, module in modules if isinstance(module, nn.Linear)}
+    if not names:
+        raise ValueError("the language model has no nn.Linear layers to adapt")
+    prefix = next(name for name, module in model.named_modules() if module is llava.language_model)
+    return rf"{re.escape(prefix)}\..*\.({'|'.join(sorted(names))})"
+
+
+def add_lora(model: nn.Module, args: LlavaTrainingArguments) -> nn.Module:
+    """peft LoRA on the LM's linear layers; the projector trains fully as a saved module."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=language_model_lora_targets(model),
+        modules_to_save=[PROJECTOR],
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+class LlavaTrainer(Trainer):
+    """Trainer with a projector learning rate, modality-grouped batches and a vision path that
+    runs in every step (a batch without images still passes a blank image through the tower and
+    projector with weight 0, so ZeRO-3 and DDP see the same modules and gradients on every rank)."""
+
+    args: LlavaTrainingArguments
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.llava = find_llava(self.model)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.args.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        return ModalityLengthGroupedSampler(
+            dataset.modality_lengths,
+            batch_size=self.args.train_batch_size,
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            seed=self.args.seed,
+        )
+
+    def create_optimizer(self, model=None):
+        if self.args.projector_lr is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        groups = {}
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                key = (PROJECTOR in name, name in decay)
+                groups.setdefault(key, []).append(parameter)
+        # Language-model groups first, so the logged learning rate is --learning_rate.
+        parameter_groups = [
+            {
+                "params": params,
+                "weight_decay": self.args.weight_decay if decays else 0.0,
+                **({"lr": self.args.projector_lr} if is_projector else {}),
+            }
+            for (is_projector, decays), params in sorted(groups.items())
+        ]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(parameter_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        llava = self.llava
+        if "pixel_values" in inputs or not any(p.requires_grad for p in llava.multi_modal_projector.parameters()):
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        size = llava.config.vision_config.image_size
+        tower_dtype = next(llava.vision_tower.parameters()).dtype
+        blank = torch.zeros(1, 3, size, size, dtype=tower_dtype, device=inputs["input_ids"].device)
+        features = llava.get_image_features(pixel_values=blank).pooler_output
+        loss = loss + 0.0 * sum(feature.sum() for feature in features)
+        return (loss, outputs) if return_outputs else loss
+
+
+def load_model(model_args: ModelArguments, args: LlavaTrainingArguments):
+    dtype = torch.bfloat16 if args.bf16 and args.deepspeed else torch.float32
+    if model_args.model_name_or_path:
+        if model_args.language_model or model_args.vision_tower:
+            raise ValueError("give either --model_name_or_path or --language_model with --vision_tower, not both")
+        return load_llava(model_args.model_name_or_path, dtype=dtype)
+    if not (model_args.language_model and model_args.vision_tower):
+        raise ValueError("give --model_name_or_path, or both --language_model and --vision_tower")
+    if args.lora:
+        raise ValueError("--lora needs --model_name_or_path (an assembled model the adapter refers to)")
+    if is_deepspeed_zero3_enabled():
+        raise ValueError(
+            "ZeRO-3 partitions weights while loading: assemble the model first (stage 1 output or "
+            "python -m mllm.builder) and pass it as --model_name_or_path"
+        )
+    return build_llava(model_args.language_model, model_args.vision_tower, dtype=dtype)
+
+
+def main(argv: list[str] | None = None) -> Trainer:
+    parser = HfArgumentParser((ModelArguments, DataArguments, LlavaTrainingArguments))
+    model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    model, processor = load_model(model_args, args)
+    model.config.use_cache = False
+
+    set_trainable(model, args.stage)
+    if args.lora:
+        model = add_lora(model, args)
+    if args.gradient_checkpointing:
+        model.enable_input_require_grads()
+
+    dataset = ConversationDataset(
+        data_args.data_path,
+        processor.tokenizer,
+        processor.image_processor,
+        image_tokens=find_llava(model).config.image_seq_length,
+        image_folder=data_args.image_folder,
+        conversation_format=data_args.conversation_format,
+        max_length=args.model_max_length,
+        check_image_files=data_args.check_image_files,
+    )
+    trainer = LlavaTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=ConversationCollator(processor.tokenizer.pad_token_id),
+        processing_class=processor,
+    )
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_state()
+    model.config.use_cache = True
+    # The assembled model, or with --lora the adapter plus the projector; the processor with both.
+    trainer.save_model(args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

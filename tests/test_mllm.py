@@ -1,0 +1,384 @@
+"""LLaVA with an FG-CLIP tower (mllm/): assembly, preprocessing, data, training stages, LoRA merge
+and generation, on a tiny Llama and a tiny FG-CLIP saved to temporary directories."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from fgclip import FGCLIPModel
+from mllm import FGCLIPVisionTower, build_llava, load_llava, save_llava
+from mllm.data import (
+    IGNORE_INDEX,
+    VICUNA_SYSTEM,
+    ConversationCollator,
+    ConversationDataset,
+    RecordError,
+    encode_text,
+    modality_grouped_indices,
+)
+from mllm.eval.generate import generate_answers
+from mllm.merge_lora import merge_lora
+from mllm.testing import save_tiny_fgclip, save_tiny_llama, tiny_llama_tokenizer, write_conversations
+from mllm.train import LlavaTrainer, LlavaTrainingArguments, find_llava
+from mllm.train import main as train_main
+
+PATCH_TOKENS = 16  # tiny FG-CLIP: 32 px images, 8 px patches
+MLLM_DIR = Path(__file__).resolve().parents[1] / "mllm"
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    lm, fgclip = save_tiny_llama(root / "lm"), save_tiny_fgclip(root / "fgclip")
+    pretrain_json, finetune_json = write_conversations(root / "data")
+    return {"lm": lm, "fgclip": fgclip, "pretrain": pretrain_json, "finetune": finetune_json,
+            "images": root / "data" / "images", "root": root}
+
+
+@pytest.fixture(scope="module")
+def llava(sources):
+    torch.manual_seed(0)
+    return build_llava(sources["lm"], sources["fgclip"])
+
+
+def common_train_args(output_dir, steps=3):
+    return ["--output_dir", str(output_dir), "--per_device_train_batch_size", "2", "--max_steps", str(steps),
+            "--report_to", "none", "--save_strategy", "no", "--use_cpu", "true", "--logging_steps", "1",
+            "--disable_tqdm", "true", "--dataloader_num_workers", "0"]
+
+
+def state(model):
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------- model and processor
+def test_image_features_are_projected_penultimate_patch_tokens(llava, sources):
+    """Llava's image features = mlp2x_gelu(penultimate FG-CLIP layer without CLS), written out by hand."""
+    model, _ = llava
+    fgclip = FGCLIPModel.from_pretrained(sources["fgclip"]).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    vision = fgclip.vision_model
+    hidden = vision.pre_layrnorm(vision.embeddings(pixels))
+    for layer in vision.encoder.layers[:-1]:
+        hidden = layer(hidden, None)
+    patches = hidden[:, 1:]
+    projector = model.model.multi_modal_projector
+    expected = F.linear(F.gelu(F.linear(patches, projector.linear_1.weight, projector.linear_1.bias)),
+                        projector.linear_2.weight, projector.linear_2.bias)
+    with torch.no_grad():
+        features = torch.stack(model.model.get_image_features(pixel_values=pixels).pooler_output)
+    assert features.shape == (2, PATCH_TOKENS, 32)
+    torch.testing.assert_close(features, expected)
+    assert isinstance(model.model.vision_tower, FGCLIPVisionTower)
+    assert model.config.image_seq_length == PATCH_TOKENS
+    tokenizer = llava[1].tokenizer
+    assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<image>") == len(tiny_llama_tokenizer())
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+
+
+def test_processor_pads_to_a_square_with_the_mean_colour(llava):
+    """A 40x20 red image: rows above and below are the mean colour int(255 * mean) (LLaVA's fill)."""
+    processor = llava[1]
+    pixels = processor.image_processor(Image.new("RGB", (40, 20), (255, 0, 0)), return_tensors="pt")["pixel_values"]
+    mean = torch.tensor(processor.image_processor.image_mean)
+    std = torch.tensor(processor.image_processor.image_std)
+    fill = (torch.tensor([int(255 * m) for m in mean.tolist()]) / 255 - mean) / std
+    red = (torch.tensor([1.0, 0.0, 0.0]) - mean) / std
+    assert pixels.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(pixels[0, :, 0, 16], fill, atol=1e-3, rtol=0)
+    torch.testing.assert_close(pixels[0, :, 31, 16], fill, atol=1e-3, rtol=0)
+    torch.testing.assert_close(pixels[0, :, 16, 16], red, atol=1e-3, rtol=0)
+
+
+def test_saved_model_reloads_from_a_fresh_directory_without_its_sources(tmp_path):
+    lm, fgclip = save_tiny_llama(tmp_path / "lm"), save_tiny_fgclip(tmp_path / "fgclip")
+    model, processor = build_llava(lm, fgclip)
+    save_llava(model, processor, tmp_path / "saved")
+    shutil.rmtree(lm)
+    shutil.rmtree(fgclip)
+    shutil.move(tmp_path / "saved", tmp_path / "moved")
+    config = json.loads((tmp_path / "moved" / "config.json").read_text())
+    assert config["vision_config"]["model_type"] == "fgclip_vision_tower"
+    reloaded, reloaded_processor = load_llava(tmp_path / "moved")
+    before, after = model.state_dict(), reloaded.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert reloaded_processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+    assert reloaded_processor.image_processor.do_pad
+
+
+# ---------------------------------------------------------------- data
+def test_prompt_formats_and_answer_only_labels(llava, sources):
+    model, processor = llava
+    tokenizer = processor.tokenizer
+    plain = ConversationDataset(sources["pretrain"], tokenizer, processor.image_processor, PATCH_TOKENS,
+                                sources["images"], "plain")
+    item = plain[0]
+    assert tokenizer.decode(item["input_ids"]) == "<s>" + "<image>" * PATCH_TOKENS + "a red square on grey\n"
+    assert tokenizer.decode(item["input_ids"][item["labels"] != IGNORE_INDEX]) == "a red square on grey\n"
+    assert item["pixel_values"].shape == (3, 32, 32)
+
+    v1 = ConversationDataset(sources["finetune"], tokenizer, processor.image_processor, PATCH_TOKENS,
+                             sources["images"], "v1")
+    item = v1[0]
+    expected = (f"<s> {VICUNA_SYSTEM} USER: " + "<image>" * PATCH_TOKENS + "\nWhat color is the square? "
+                "ASSISTANT: red</s>USER: Is there a circle? ASSISTANT: No</s>")
+    assert tokenizer.decode(item["input_ids"]) == expected
+    targets = item["labels"] != IGNORE_INDEX
+    assert tokenizer.decode(item["input_ids"][targets]) == "red</s>No</s>"
+    assert int((item["input_ids"] == model.config.image_token_id).sum()) == PATCH_TOKENS
+    # the labels equal the ids where they are targets
+    assert torch.equal(item["labels"][targets], item["input_ids"][targets])
+    text_only = v1[len(v1) - 1]
+    assert "pixel_values" not in text_only
+    assert tokenizer.decode(text_only["input_ids"][text_only["labels"] != IGNORE_INDEX]) == "Hello!</s>"
+    assert v1.modality_lengths == [12, 12, 12, 12, -3]
+
+
+def test_collator_pads_right_and_stacks_images_in_batch_order(llava, sources):
+    processor = llava[1]
+    dataset = ConversationDataset(sources["finetune"], processor.tokenizer, processor.image_processor,
+                                  PATCH_TOKENS, sources["images"], "v1")
+    items = [dataset[4], dataset[1], dataset[2]]  # text-only first
+    batch = ConversationCollator(pad_token_id=processor.tokenizer.pad_token_id)(items)
+    lengths = [len(item["input_ids"]) for item in items]
+    assert batch["input_ids"].shape == (3, max(lengths))
+    for row, item in enumerate(items):
+        size = lengths[row]
+        assert torch.equal(batch["input_ids"][row, :size], item["input_ids"])
+        assert (batch["input_ids"][row, size:] == processor.tokenizer.pad_token_id).all()
+        assert (batch["labels"][row, size:] == IGNORE_INDEX).all()
+        assert batch["attention_mask"][row].tolist() == [1] * size + [0] * (max(lengths) - size)
+    assert torch.equal(batch["pixel_values"], torch.stack([items[1]["pixel_values"], items[2]["pixel_values"]]))
+    assert "pixel_values" not in ConversationCollator(0)([items[0]])
+
+
+def test_modality_grouped_batches():
+    lengths = [5, -3, 8, 2, -7, 9, -1, 4, 6, -2, 3]  # 7 image records, 4 text-only
+    batch, world = 2, 2
+    order = modality_grouped_indices(lengths, batch, world, torch.Generator().manual_seed(0))
+    assert sorted(order) == list(range(len(lengths)))
+    megabatch = batch * world
+    full_megabatches = 7 // megabatch + 4 // megabatch  # 1 image + 1 text-only
+    for start in range(0, full_megabatches * megabatch, megabatch):
+        chunk = order[start : start + megabatch]
+        assert len({lengths[i] > 0 for i in chunk}) == 1, "a full mega-batch mixes modalities"
+        sizes = [abs(lengths[i]) for i in chunk]
+        assert sizes == sorted(sizes, reverse=True)
+    # the remainders (3 image records, then 0 text-only) come last
+    assert all(lengths[i] > 0 for i in order[full_megabatches * megabatch :])
+
+
+BAD_RECORDS = {
+    "missing image": ({"id": "bad", "image": "nowhere.png", "conversations": [
+        {"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}, "image file not found"),
+    "image without placeholder": ({"id": "bad", "image": "000_red.png", "conversations": [
+        {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}, "exactly one <image>"),
+    "two placeholders": ({"id": "bad", "image": "000_red.png", "conversations": [
+        {"from": "human", "value": "<image> and <image>"}, {"from": "gpt", "value": "a"}]}, "found 2"),
+    "placeholder without image": ({"id": "bad", "conversations": [
+        {"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}, "no 'image' field"),
+    "empty conversation": ({"id": "bad", "image": "000_red.png", "conversations": []}, "missing or empty"),
+    "roles out of order": ({"id": "bad", "conversations": [
+        {"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}, "conversations\\[0\\] must be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RECORDS))
+def test_bad_records_raise_errors_naming_the_record(case, llava, sources, tmp_path):
+    record, message = BAD_RECORDS[case]
+    good = json.loads(sources["finetune"].read_text())[0]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([good, record]))
+    processor = llava[1]
+    with pytest.raises((ValueError, FileNotFoundError), match=f"record 1 \\(id 'bad'\\).*{message}"):
+        ConversationDataset(path, processor.tokenizer, processor.image_processor, PATCH_TOKENS, sources["images"])
+
+
+def test_image_token_count_mismatch_is_reported():
+    """A tokenizer that does not know <image> splits it into characters: no image tokens come out."""
+    tokenizer = tiny_llama_tokenizer()
+    with pytest.raises(RecordError, match="record 7: tokenized text holds 0 image tokens, expected 1 x 4"):
+        encode_text(tokenizer, "<image>\nq", [], image_tokens=4, max_length=None, where="record 7")
+
+
+# ---------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def pretrained(sources, tmp_path_factory):
+    """Stage 1 from the raw sources; returns the output directory and the model before training."""
+    output = tmp_path_factory.mktemp("pretrain")
+    argv = ["--stage", "pretrain", "--language_model", str(sources["lm"]), "--vision_tower", str(sources["fgclip"]),
+            "--data_path", str(sources["pretrain"]), "--image_folder", str(sources["images"]),
+            "--conversation_format", "plain", "--learning_rate", "1e-2", *common_train_args(output)]
+    torch.manual_seed(1)
+    initial, _ = build_llava(sources["lm"], sources["fgclip"])
+    torch.manual_seed(1)  # the same initial projector and new embedding rows inside main()
+    train_main(argv)
+    return output, state(initial)
+
+
+def test_pretrain_changes_only_the_projector(pretrained):
+    output, before = pretrained
+    after = state(load_llava(output)[0])
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {f"model.multi_modal_projector.linear_{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
+
+
+@pytest.fixture(scope="module")
+def lora_run(pretrained, sources, tmp_path_factory):
+    base_dir = pretrained[0]
+    output = tmp_path_factory.mktemp("lora")
+    argv = ["--stage", "finetune", "--lora", "true", "--lora_r", "4", "--lora_alpha", "8",
+            "--projector_lr", "3e-3", "--learning_rate", "1e-2", "--model_name_or_path", str(base_dir),
+            "--data_path", str(sources["finetune"]), "--image_folder", str(sources["images"]),
+            "--group_by_modality_length", "true", *common_train_args(output)]
+    trainer = train_main(argv)
+    return base_dir, output, trainer
+
+
+def test_lora_finetune_changes_only_lora_and_projector(lora_run):
+    base_dir, output, trainer = lora_run
+    base = state(load_llava(base_dir)[0])
+    peft_model = trainer.model
+    trained = dict(peft_model.named_parameters())
+    lora = {name for name in trained if "lora_" in name}
+    assert lora and all(".language_model." in name for name in lora)
+    assert all(not trained[name].requires_grad for name in trained if "vision_tower" in name)
+    assert any(trained[name].abs().sum() > 0 for name in lora if "lora_B" in name)  # B starts at zero
+    for name, tensor in peft_model.get_base_model().state_dict().items():
+        if "lora_" in name:
+            continue
+        plain = name.replace(".base_layer", "").replace(".original_module", "")
+        if ".modules_to_save.default" in name:
+            assert not torch.equal(tensor, base[plain.replace(".modules_to_save.default", "")]), name
+        else:
+            assert torch.equal(tensor, base[plain]), name
+    projector = list(find_llava(peft_model).multi_modal_projector.parameters())
+    projector_lr = {group["initial_lr"] for group in trainer.optimizer.param_groups
+                    if any(p is q for p in group["params"] for q in projector)}
+    assert projector_lr == {3e-3}
+
+
+def test_merged_lora_is_base_plus_scaled_low_rank_update(lora_run):
+    base_dir, output, trainer = lora_run
+    base = state(load_llava(base_dir)[0])
+    merged, processor = merge_lora(output)
+    merged_state = state(merged)
+    assert merged_state.keys() == base.keys()
+    adapter = {name: tensor for name, tensor in trainer.model.named_parameters() if "lora_" in name}
+    scale = 8 / 4
+    for name in base:
+        prefix = "base_model.model." + name.removesuffix(".weight")
+        lora_a = adapter.get(f"{prefix}.lora_A.default.weight")
+        if lora_a is not None:
+            expected = base[name] + scale * adapter[f"{prefix}.lora_B.default.weight"] @ lora_a
+            torch.testing.assert_close(merged_state[name], expected.detach())
+        elif "multi_modal_projector" in name:
+            trained = dict(trainer.model.named_parameters())
+            copy = "base_model.model." + name.replace("projector.", "projector.modules_to_save.default.")
+            assert torch.equal(merged_state[name], trained[copy].detach())
+        else:
+            assert torch.equal(merged_state[name], base[name]), name
+
+
+def test_text_only_batch_still_runs_the_vision_path(pretrained, sources, tmp_path):
+    model, processor = load_llava(pretrained[0])
+    model.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(True)
+    model.lm_head.requires_grad_(True)
+    args = LlavaTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = LlavaTrainer(model=model, args=args)
+    dataset = ConversationDataset(sources["finetune"], processor.tokenizer, processor.image_processor,
+                                  PATCH_TOKENS, sources["images"], "v1")
+    batch = ConversationCollator(processor.tokenizer.pad_token_id)([dataset[4]])
+    assert "pixel_values" not in batch
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    reference = model(**batch).loss
+    torch.testing.assert_close(loss.detach(), reference.detach())
+    for parameter in model.model.multi_modal_projector.parameters():
+        assert parameter.grad is not None and not parameter.grad.any()
+    assert model.lm_head.weight.grad.any()
+
+
+def test_deepspeed_config_is_dropped_without_a_launcher(monkeypatch, tmp_path):
+    for name in ("LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    args = LlavaTrainingArguments(output_dir=str(tmp_path), deepspeed=str(MLLM_DIR / "configs" / "zero2.json"),
+                                  use_cpu=True, report_to="none")
+    assert args.deepspeed is None
+    with pytest.raises(ValueError, match="--lora applies to --stage finetune only"):
+        LlavaTrainingArguments(output_dir=str(tmp_path), stage="pretrain", lora=True, report_to="none")
+
+
+# ---------------------------------------------------------------- generation
+def greedy_reference(model, processor, question, image_path, steps):
+    """Greedy decoding written out: one full forward per new token, image features placed by hand."""
+    tokenizer = processor.tokenizer
+    image_part = "<image>" * PATCH_TOKENS + "\n" if image_path else ""
+    prompt = f"{VICUNA_SYSTEM} USER: {image_part}{question} ASSISTANT:"
+    input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    features = None
+    if image_path:
+        pixels = processor.image_processor(Image.open(image_path), return_tensors="pt")["pixel_values"]
+        features = torch.cat(model.model.get_image_features(pixel_values=pixels).pooler_output)
+    generated = []
+    for _ in range(steps):
+        embeds = model.get_input_embeddings()(input_ids)
+        if features is not None:
+            embeds[input_ids == model.config.image_token_id] = features
+        next_id = model(inputs_embeds=embeds).logits[0, -1].argmax()
+        if next_id == tokenizer.eos_token_id:
+            break
+        generated.append(int(next_id))
+        input_ids = torch.cat([input_ids, next_id.view(1, 1)], dim=1)
+    return tokenizer.decode(generated, skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def test_batched_greedy_generation_matches_a_token_by_token_argmax(pretrained, sources):
+    model, processor = load_llava(pretrained[0])
+    model.eval()
+    questions = [
+        {"question_id": "q0", "image": "000_red.png", "text": "What color is the square?"},
+        {"question_id": "q1", "text": "Say hello."},  # shortest prompt: left-padded in the batch
+        {"question_id": "q2", "image": "001_green.png", "text": "What color is the square?"},
+    ]
+    answers = generate_answers(model, processor, questions, sources["images"], batch_size=3, max_new_tokens=6)
+    assert [answer["question_id"] for answer in answers] == ["q0", "q1", "q2"]
+    for question, answer in zip(questions, answers):
+        image_path = sources["images"] / question["image"] if "image" in question else None
+        assert answer["text"] == greedy_reference(model, processor, question["text"], image_path, steps=6)
+    assert answers[0]["text"] != answers[2]["text"]  # same question, different image
+
+
+# ---------------------------------------------------------------- shell scripts
+def run_script(name, arguments, env):
+    result = subprocess.run(["bash", str(MLLM_DIR / name), *arguments], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{name} failed:\n{result.stderr[-4000:]}"
+
+
+@pytest.mark.slow
+def test_pretrain_and_lora_finetune_scripts_run_on_one_cpu_process(sources, tmp_path):
+    """Both scripts under torchrun with one process and no DeepSpeed, paths from variables."""
+    env = {**os.environ, "PYTHON": sys.executable, "NPROC": "1", "DEEPSPEED": "", "BF16": "false",
+           "PER_DEVICE_BATCH": "2", "GLOBAL_BATCH": "2", "OMP_NUM_THREADS": "1", "IMAGES": str(sources["images"])}
+    overrides = ["--max_steps", "1", "--dataloader_num_workers", "0", "--save_strategy", "no", "--disable_tqdm", "true"]
+    pretrain_env = {**env, "LANGUAGE_MODEL": str(sources["lm"]), "FGCLIP": str(sources["fgclip"]),
+                    "DATA": str(sources["pretrain"]), "OUTPUT": str(tmp_path / "stage1")}
+    run_script("pretrain.sh", overrides, pretrain_env)
+    finetune_env = {**env, "LORA": "1", "LORA_R": "4", "LORA_ALPHA": "8", "PRETRAINED": str(tmp_path / "stage1"),
+                    "DATA": str(sources["finetune"]), "OUTPUT": str(tmp_path / "stage2")}
+    run_script("finetune.sh", overrides, finetune_env)
+    adapter = json.loads((tmp_path / "stage2" / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"]) == (4, 8, 0.05)
+    assert adapter["modules_to_save"] == ["multi_modal_projector"]
+    assert json.loads((tmp_path / "stage1" / "trainer_state.json").read_text())["global_step"] == 1
