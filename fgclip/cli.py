@@ -2,6 +2,7 @@
 
     fgclip score IMAGE --box x1,y1,x2,y2 --box ... --text "a black dog" --text ...
     fgclip heatmap IMAGE "black dog" -o out.png
+    fgclip eval --model PATH --tasks fgovd,boxcls,retrieval,zeroshot --data-root DIR
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .eval.cli import add_eval_subcommand
 from .modeling_fgclip import FGCLIPModel
 from .processing_fgclip import FGCLIPProcessor, load_image
 
@@ -104,11 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("text", help="what to look for, e.g. 'black dog'")
     heatmap.add_argument("-o", "--output", required=True, help="output PNG")
     heatmap.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
+    add_eval_subcommand(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "eval":
+        return args.func(args)
     model, processor = load_pretrained(args.model, args.device)
     if args.command == "score":
         print(format_table(score_regions(model, processor, args.image, args.box, args.text), args.box, args.text))

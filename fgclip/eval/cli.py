@@ -1,0 +1,145 @@
+"""Command line of the evaluation suite: ``tools/eval_fgclip.py`` and ``fgclip eval``.
+
+    python tools/eval_fgclip.py --model PATH --tasks fgovd,boxcls,retrieval,zeroshot --data-root DIR
+    torchrun --nproc_per_node 8 tools/eval_fgclip.py --model fgclip=PATH --model clip=CLIP_PATH ...
+
+:func:`add_eval_subcommand` registers the same arguments as an ``eval`` sub-command of
+another parser; :func:`run_eval` runs a parsed namespace.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+
+from ..distributed import get_rank
+from .interface import MODEL_TYPES, detect_model_type, load_eval_model, resolve_device
+from .runner import (
+    TASKS,
+    EvalOptions,
+    RunConfig,
+    describe_layout,
+    markdown_table,
+    parse_path_overrides,
+    run_evaluation,
+)
+
+DESCRIPTION = (
+    "Evaluate FG-CLIP (and plain CLIP baselines) on FG-OVD, box classification, retrieval and "
+    "zero-shot classification; writes results.json and results.md."
+)
+
+
+def _comma_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the evaluation options to ``parser``."""
+    parser.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
+                        help="checkpoint directory; repeat to evaluate models side by side")
+    parser.add_argument("--model-type", choices=MODEL_TYPES, default="auto",
+                        help="fgclip, clip (plain transformers CLIP baseline) or auto-detect (default)")
+    parser.add_argument("--tasks", type=_comma_list, default=list(TASKS),
+                        help=f"comma-separated tasks (default: {','.join(TASKS)})")
+    parser.add_argument("--datasets", type=_comma_list, default=None,
+                        help="comma-separated benchmark names (see --list-datasets); absent files are then errors")
+    parser.add_argument("--data-root", default=None, help="root of the benchmark layout (see --list-datasets)")
+    parser.add_argument("--path", action="append", default=[], metavar="DATASET.KEY=PATH",
+                        help="override one path of the layout, e.g. coco_boxes.ann=/data/instances_val2017.json")
+    parser.add_argument("--output-dir", default="eval_results", help="where results.json and results.md go")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (torchrun: cuda:LOCAL_RANK)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--text-batch-size", type=int, default=256, help="texts per forward pass")
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers reading images")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPUs, recent CPUs)")
+    parser.add_argument("--fgovd-subsets", type=_comma_list, default=None,
+                        help="FG-OVD subsets to run (default: every subset file found)")
+    parser.add_argument("--max-captions", type=int, default=5,
+                        help="captions kept per image for COCO / Flickr30k (0: all)")
+    parser.add_argument("--tsv-text-kind", choices=("short", "long"), default="short",
+                        help="text path of image<TAB>caption files")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--list-datasets", action="store_true", help="print the expected layout and exit")
+    return parser
+
+
+def add_eval_subcommand(subparsers) -> argparse.ArgumentParser:
+    """Register ``eval`` on an ``argparse`` sub-parser collection; it runs :func:`run_eval`."""
+    parser = subparsers.add_parser("eval", help="evaluate models on the FG-CLIP benchmarks", description=DESCRIPTION)
+    add_eval_arguments(parser)
+    parser.set_defaults(func=run_eval)
+    return parser
+
+
+def _model_entries(specs: Sequence[str], model_type: str, device: torch.device) -> list:
+    entries, names = [], set()
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).name or spec, spec
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"--model {spec}: {path} is not a directory")
+        base, count = name, 1
+        while name in names:
+            count += 1
+            name = f"{base}-{count}"
+        names.add(name)
+        kind = detect_model_type(path) if model_type == "auto" else model_type
+        entries.append((name, lambda path=path, kind=kind: load_eval_model(path, kind, device),
+                        {"path": str(path), "type": kind}))
+    return entries
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run the evaluation described by parsed arguments (see :func:`add_eval_arguments`)."""
+    if args.list_datasets:
+        print(describe_layout(args.data_root))
+        return 0
+    if not args.model:
+        raise SystemExit("fgclip eval: give at least one --model")
+    device = resolve_device(args.device)
+    started_group = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        started_group = True
+    logging.basicConfig(level=logging.INFO if get_rank() == 0 else logging.WARNING, format="%(message)s")
+    try:
+        config = RunConfig(
+            data_root=args.data_root,
+            output_dir=args.output_dir,
+            tasks=args.tasks,
+            datasets=args.datasets,
+            overrides=parse_path_overrides(args.path),
+            options=EvalOptions(
+                fgovd_subsets=args.fgovd_subsets,
+                max_captions=args.max_captions or None,
+                tsv_text_kind=args.tsv_text_kind,
+            ),
+            batch_size=args.batch_size,
+            text_batch_size=args.text_batch_size,
+            num_workers=args.workers,
+            bf16=args.bf16,
+            progress=not args.no_progress,
+        )
+        report = run_evaluation(_model_entries(args.model, args.model_type, device), config)
+        if get_rank() == 0:
+            print(markdown_table(report), end="")
+            print(f"wrote {Path(args.output_dir, 'results.json')} and {Path(args.output_dir, 'results.md')}")
+    finally:
+        if started_group:
+            dist.destroy_process_group()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tools/eval_fgclip.py``."""
+    parser = add_eval_arguments(argparse.ArgumentParser(description=DESCRIPTION))
+    return run_eval(parser.parse_args(argv))

@@ -1,0 +1,235 @@
+"""Batched, sharded feature extraction shared by every benchmark.
+
+:class:`FeatureExtractor` encodes
+
+* images: one backbone pass per image gives its global embedding (:meth:`encode_images`) or
+  the region embeddings of all its boxes (:meth:`encode_regions`); images are read and
+  pre-processed in DataLoader workers, batched, and sharded across ranks (rank ``r`` takes
+  images ``r, r + W, ...``);
+* texts: each distinct text is encoded once per text path and cached for the whole run;
+  texts are sorted by length so batches pad little, and batches are sharded across ranks.
+
+Under ``torch.distributed`` every rank ends with the features of all images and texts
+(gathered in rank order, then put back in request order), so the metrics are computed the
+same way whatever the world size; the world size is read from the process group.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..distributed import gather_counts, get_rank, get_world_size
+from ..processing_fgclip import load_image
+from .common import DataError, ImageRequest
+from .interface import EvalModel
+
+
+@dataclass
+class RegionFeatures:
+    """Region embeddings of a list of :class:`ImageRequest`, in request order.
+
+    Args:
+        features: (R, D), request 0's boxes first.
+        offsets: (N + 1,) start of each request's boxes in ``features``.
+    """
+
+    features: torch.Tensor
+    offsets: torch.Tensor
+
+    def rows(self, handles: Iterable[tuple[int, int]]) -> torch.Tensor:
+        """Embeddings of ``(image index, box index)`` handles (see :class:`RegionRequests`), (len, D)."""
+        handles = torch.as_tensor(list(handles), dtype=torch.long).reshape(-1, 2)
+        return self.features[self.offsets[handles[:, 0]] + handles[:, 1]]
+
+
+class _ImageDataset(Dataset):
+    """Reads and pre-processes the images of one shard; boxes are mapped to input pixels."""
+
+    def __init__(self, requests: Sequence[ImageRequest], processor, with_boxes: bool):
+        self.requests = list(requests)
+        self.processor = processor
+        self.with_boxes = with_boxes
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def __getitem__(self, position: int):
+        request = self.requests[position]
+        try:
+            image = load_image(request.path)
+        except (FileNotFoundError, ValueError) as error:
+            raise DataError(f"{request.source}: {error}") from error
+        width, height = image.size
+        if request.size is not None and tuple(request.size) != (width, height):
+            raise DataError(
+                f"{request.source}: image {request.path} is {width}x{height} but the annotation says "
+                f"{request.size[0]}x{request.size[1]}"
+            )
+        if not self.with_boxes:
+            return self.processor.preprocess(image)[0], None
+        boxes = torch.as_tensor(request.boxes, dtype=torch.float64)
+        if request.normalized:
+            boxes = boxes * torch.tensor([width, height, width, height], dtype=torch.float64)
+        pixel_values, mapped = self.processor.preprocess(image, boxes=[boxes.float()])
+        side = float(pixel_values.shape[-1])
+        return pixel_values[0], mapped[0].clamp(0.0, side)
+
+
+def _collate(batch):
+    pixels, boxes = zip(*batch)
+    return torch.stack(pixels), None if boxes[0] is None else list(boxes)
+
+
+def _comm_device() -> torch.device:
+    """Device for collectives: the current CUDA device with NCCL, the CPU otherwise."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_rows(local: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's (N_r, D) tensor, in rank order (N_r may differ); ``[local]`` when not distributed."""
+    if get_world_size() == 1:
+        return [local]
+    device = _comm_device()
+    counts = gather_counts(local.shape[0], device)
+    padded = local.new_zeros((max(counts), *local.shape[1:])).to(device)
+    padded[: local.shape[0]] = local.to(device)
+    pieces = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(pieces, padded)
+    return [piece[:count].to(local.device) for piece, count in zip(pieces, counts)]
+
+
+class FeatureExtractor:
+    """Encodes images and texts of the benchmarks with an :class:`EvalModel`.
+
+    Args:
+        batch_size: images per forward pass.
+        text_batch_size: texts per forward pass.
+        num_workers: DataLoader workers reading and pre-processing images.
+        bf16: run the towers under bfloat16 autocast (features are returned as float32).
+        progress: show tqdm bars (rank 0 only).
+    """
+
+    def __init__(
+        self,
+        model: EvalModel,
+        batch_size: int = 64,
+        text_batch_size: int = 256,
+        num_workers: int = 2,
+        bf16: bool = False,
+        progress: bool = True,
+    ):
+        if batch_size < 1 or text_batch_size < 1 or num_workers < 0:
+            raise ValueError("batch sizes must be >= 1 and num_workers >= 0")
+        self.model = model
+        self.batch_size = batch_size
+        self.text_batch_size = text_batch_size
+        self.num_workers = num_workers
+        self.bf16 = bf16
+        self.progress = progress
+        self._text_index: dict[str, dict[str, int]] = {}
+        self._text_bank: dict[str, torch.Tensor] = {}
+
+    def _autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
+
+    def _bar(self, iterable, desc: str, total: int):
+        disable = not self.progress or get_rank() != 0
+        return tqdm(iterable, desc=desc, total=total, disable=disable, dynamic_ncols=True)
+
+    # ------------------------------------------------------------------ images
+    def _encode_shard(self, requests: Sequence[ImageRequest], with_boxes: bool, desc: str) -> torch.Tensor:
+        """This rank's images (``rank, rank + W, ...``) through the model, rows in shard order."""
+        shard = requests[get_rank() :: get_world_size()]
+        loader = DataLoader(
+            _ImageDataset(shard, self.model.processor, with_boxes),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+        )
+        device, pieces = self.model.device, []
+        for pixel_values, boxes in self._bar(loader, desc, len(loader)):
+            pixel_values = pixel_values.to(device, non_blocking=True)
+            with self._autocast():
+                if with_boxes:
+                    features = self.model.encode_regions(pixel_values, [b.to(device) for b in boxes])
+                else:
+                    features = self.model.encode_images(pixel_values)
+            pieces.append(features.float().cpu())
+        return torch.cat(pieces) if pieces else torch.zeros(0, self._feature_dim())
+
+    @torch.inference_mode()
+    def encode_images(self, requests: Sequence[ImageRequest], desc: str = "images") -> torch.Tensor:
+        """(N, D) global embeddings of ``requests`` (boxes ignored), gathered over ranks."""
+        if not requests:
+            raise ValueError("no images to encode")
+        world = get_world_size()
+        pieces = gather_rows(self._encode_shard(requests, with_boxes=False, desc=desc))
+        features = torch.empty(len(requests), pieces[0].shape[-1])
+        for source_rank, rows in enumerate(pieces):
+            features[list(range(source_rank, len(requests), world))] = rows
+        return features
+
+    @torch.inference_mode()
+    def encode_regions(self, requests: Sequence[ImageRequest], desc: str = "images") -> RegionFeatures:
+        """Region embeddings of every box of ``requests`` (one backbone pass per image), gathered over ranks."""
+        if not requests:
+            raise ValueError("no images to encode")
+        empty = next((r for r in requests if r.num_boxes == 0), None)
+        if empty is not None:
+            raise ValueError(f"{empty.source}: image {empty.path} has no boxes")
+        world = get_world_size()
+        counts = torch.tensor([r.num_boxes for r in requests], dtype=torch.long)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        pieces = gather_rows(self._encode_shard(requests, with_boxes=True, desc=desc))
+        features = torch.empty(int(offsets[-1]), pieces[0].shape[-1])
+        for source_rank, rows in enumerate(pieces):
+            owned = range(source_rank, len(requests), world)
+            destination = [torch.arange(offsets[i], offsets[i + 1]) for i in owned]
+            if destination:
+                features[torch.cat(destination)] = rows
+        return RegionFeatures(features, offsets)
+
+    def _feature_dim(self) -> int:
+        """Embedding width, from a one-text probe (for ranks whose shard is empty)."""
+        return self.model.encode_texts(["a"], "short").shape[-1]
+
+    # ------------------------------------------------------------------ texts
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], kind: str, desc: str = "texts") -> torch.Tensor:
+        """(len(texts), D) features; each distinct text of a path is encoded once per run."""
+        path = self.model.text_kind(kind)
+        index = self._text_index.setdefault(path, {})
+        missing = sorted({t for t in texts if t not in index}, key=lambda t: (len(t), t))
+        if missing:
+            rank, world = get_rank(), get_world_size()
+            batches = [missing[i : i + self.text_batch_size] for i in range(0, len(missing), self.text_batch_size)]
+            mine = batches[rank::world]
+            encoded = []
+            for batch in self._bar(mine, f"{desc} ({path})", len(mine)):
+                with self._autocast():
+                    encoded.append(self.model.encode_texts(batch, path).float().cpu())
+            local = torch.cat(encoded) if encoded else torch.zeros(0, self._feature_dim())
+            new_rows = torch.empty(len(missing), local.shape[-1])
+            for source_rank, rows in enumerate(gather_rows(local)):
+                size = self.text_batch_size
+                owned = range(source_rank, len(batches), world)
+                destination = [torch.arange(b * size, b * size + len(batches[b])) for b in owned]
+                if destination:
+                    new_rows[torch.cat(destination)] = rows
+            base = len(index)
+            for offset, text in enumerate(missing):
+                index[text] = base + offset
+            bank = self._text_bank.get(path)
+            self._text_bank[path] = new_rows if bank is None else torch.cat([bank, new_rows])
+        rows = torch.tensor([index[t] for t in texts], dtype=torch.long)
+        return self._text_bank[path][rows]

@@ -1,0 +1,215 @@
+"""Image-text retrieval: Recall@1/5/10, image-to-text and text-to-image.
+
+An image may own several captions (COCO: 5, Flickr30k: 5): image-to-text counts a hit when
+any of its captions is in the top k; text-to-image ranks each caption's own image.
+Captions of the same image file are grouped whatever the file format.
+
+Readers (each returns a :class:`RetrievalSet`):
+
+* :func:`load_sharegpt4v`: ShareGPT4V JSON list; the first 1000 records, text = the first
+  ``gpt`` turn of ``conversations``, image = ``image`` under the image root (or its base name
+  there, as upstream keeps the images in one folder). Long texts.
+* :func:`load_dci`: DCI annotation folder, one JSON per image with ``image`` and
+  ``extra_caption``. Long texts.
+* :func:`load_caption_file`: COCO captions json (``captions_val2017.json``: 5k images),
+  Karpathy split files (``dataset_coco.json`` / ``dataset_flickr30k.json``, ``test`` split)
+  or BLIP-style lists (``[{"image", "caption": [...]}]``, e.g. ``flickr30k_test.json``);
+  at most ``max_captions`` per image (5, as upstream). Short texts.
+* :func:`load_tsv`: ``image<TAB>caption`` lines (Chinese benchmarks such as COCO-CN or
+  Flickr30k-CNA); any language, the model's tokenizer decides.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .common import DataError, ImageRequest, coco_image_path, read_json, require, require_text, resolve_image
+from .features import FeatureExtractor
+from .metrics import retrieval_recall
+
+SHAREGPT4V_SIZE = 1000
+
+
+@dataclass
+class RetrievalSet:
+    """Images and captions; ``text_to_image[t]`` is the index in ``images`` of caption ``t``."""
+
+    name: str
+    source: str
+    images: list[str]
+    texts: list[str]
+    text_to_image: list[int]
+    text_kind: str
+    image_sources: list[str]
+
+
+class _Builder:
+    """Groups captions by image path, in first-seen order."""
+
+    def __init__(self, max_captions: int | None = None):
+        self.max_captions = max_captions
+        self.index: dict[str, int] = {}
+        self.images: list[str] = []
+        self.sources: list[str] = []
+        self.texts: list[str] = []
+        self.text_to_image: list[int] = []
+        self.counts: list[int] = []
+
+    def add(self, image: str, captions: list[str], where: str) -> None:
+        if image not in self.index:
+            self.index[image] = len(self.images)
+            self.images.append(image)
+            self.sources.append(where)
+            self.counts.append(0)
+        image_index = self.index[image]
+        for caption in captions:
+            if self.max_captions is not None and self.counts[image_index] >= self.max_captions:
+                break
+            self.texts.append(caption)
+            self.text_to_image.append(image_index)
+            self.counts[image_index] += 1
+
+    def build(self, name: str, source: str, text_kind: str) -> RetrievalSet:
+        if not self.texts:
+            raise DataError(f"{source}: no image-caption pairs")
+        return RetrievalSet(name, source, self.images, self.texts, self.text_to_image, text_kind, self.sources)
+
+
+def load_sharegpt4v(
+    json_file: str | os.PathLike, image_root: str | os.PathLike, limit: int = SHAREGPT4V_SIZE
+) -> RetrievalSet:
+    """ShareGPT4V-1k: the first ``limit`` records of a share-captioner JSON list."""
+    data = read_json(json_file)
+    if not isinstance(data, list):
+        raise DataError(f"{json_file}: expected a JSON list of records")
+    if len(data) < limit:
+        raise DataError(f"{json_file}: {len(data)} records, fewer than the {limit} the benchmark uses")
+    builder = _Builder()
+    for index, record in enumerate(data[:limit]):
+        where = f"{json_file} record {index}"
+        relative = require_text(record, "image", where)
+        turns = require(record, "conversations", where, list)
+        answers = [t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "gpt"]
+        if not answers or not isinstance(answers[0], str) or not answers[0].strip():
+            raise DataError(f"{where}: 'conversations' has no 'gpt' turn with a caption")
+        builder.add(resolve_image(image_root, relative, where, basename_fallback=True), [answers[0]], where)
+    return builder.build("sharegpt4v", str(json_file), "long")
+
+
+def load_dci(annotation_dir: str | os.PathLike, image_root: str | os.PathLike) -> RetrievalSet:
+    """DCI: every ``*.json`` of ``annotation_dir`` (sorted) gives ``image`` and ``extra_caption``."""
+    directory = Path(annotation_dir)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: annotation folder not found")
+    files = sorted(directory.glob("*.json"))
+    if not files:
+        raise DataError(f"{directory}: no .json annotation files")
+    builder = _Builder()
+    for path in files:
+        record = read_json(path)
+        where = str(path)
+        relative = require_text(record, "image", where)
+        caption = require_text(record, "extra_caption", where)
+        builder.add(resolve_image(image_root, relative, where), [caption], where)
+    return builder.build("dci", str(directory), "long")
+
+
+def load_caption_file(
+    path: str | os.PathLike, image_root: str | os.PathLike, name: str, max_captions: int | None = 5,
+    split: str = "test",
+) -> RetrievalSet:
+    """COCO captions json, Karpathy split json or BLIP-style list (format detected from the content)."""
+    data = read_json(path)
+    builder = _Builder(max_captions)
+    if isinstance(data, dict) and "annotations" in data:
+        _read_coco_captions(data, path, image_root, builder)
+    elif isinstance(data, dict) and "images" in data:
+        _read_karpathy(data, path, image_root, builder, split)
+    elif isinstance(data, list):
+        for index, record in enumerate(data):
+            where = f"{path} record {index}"
+            image = resolve_image(image_root, require_text(record, "image", where), where, basename_fallback=True)
+            captions = require(record, "caption", where, (str, list))
+            builder.add(image, _captions(captions, "caption", where), where)
+    else:
+        raise DataError(
+            f"{path}: unknown caption format (expected COCO captions with 'images' and 'annotations', "
+            "a Karpathy split file with 'images', or a list of {'image', 'caption'} records)"
+        )
+    return builder.build(name, str(path), "short")
+
+
+def _captions(value, key: str, where: str) -> list[str]:
+    values = [value] if isinstance(value, str) else value
+    for index, caption in enumerate(values):
+        if not isinstance(caption, str) or not caption.strip():
+            raise DataError(f"{where}: {key}[{index}] must be a non-empty string")
+    if not values:
+        raise DataError(f"{where}: {key!r} is empty")
+    return values
+
+
+def _read_coco_captions(data: dict, path, image_root, builder: _Builder) -> None:
+    images = {}
+    for index, image in enumerate(require(data, "images", str(path), list)):
+        where = f"{path} images[{index}]"
+        images[require(image, "id", where)] = (image, where)
+    captions: dict = {}
+    for index, annotation in enumerate(require(data, "annotations", str(path), list)):
+        where = f"{path} annotations[{index}]"
+        image_id = require(annotation, "image_id", where)
+        if image_id not in images:
+            raise DataError(f"{where}: unknown image_id {image_id!r} (not in 'images')")
+        captions.setdefault(image_id, []).append(require_text(annotation, "caption", where))
+    for image_id, (image, where) in images.items():
+        if image_id in captions:
+            builder.add(resolve_image(image_root, coco_image_path(image, where), where), captions[image_id], where)
+
+
+def _read_karpathy(data: dict, path, image_root, builder: _Builder, split: str) -> None:
+    for index, image in enumerate(require(data, "images", str(path), list)):
+        where = f"{path} images[{index}]"
+        if require(image, "split", where) != split:
+            continue
+        relative = require_text(image, "filename", where)
+        if image.get("filepath"):
+            relative = f"{image['filepath']}/{relative}"
+        sentences = require(image, "sentences", where, list)
+        texts = [require_text(s, "raw", f"{where} sentences[{i}]") for i, s in enumerate(sentences)]
+        image_path = resolve_image(image_root, relative, where, basename_fallback=True)
+        builder.add(image_path, _captions(texts, "sentences", where), where)
+
+
+def load_tsv(
+    path: str | os.PathLike, image_root: str | os.PathLike | None = None, text_kind: str = "short",
+    name: str | None = None,
+) -> RetrievalSet:
+    """``image<TAB>caption`` lines; images relative to ``image_root`` (default: the file's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    image_root = path.parent if image_root is None else image_root
+    builder = _Builder()
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            where = f"{path} line {line_number}"
+            parts = line.split("\t")
+            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+                raise DataError(f"{where}: expected 'image<TAB>caption', got {line[:80]!r}")
+            builder.add(resolve_image(image_root, parts[0].strip(), where), [parts[1].strip()], where)
+    return builder.build(name or path.stem, str(path), text_kind)
+
+
+def evaluate_retrieval(extractor: FeatureExtractor, dataset: RetrievalSet) -> dict[str, float]:
+    """Recall@1/5/10 in both directions, with the dataset's text path."""
+    requests = [ImageRequest(path, source=where) for path, where in zip(dataset.images, dataset.image_sources)]
+    images = extractor.encode_images(requests, desc=f"{dataset.name} images")
+    texts = extractor.encode_texts(dataset.texts, dataset.text_kind, desc=f"{dataset.name} captions")
+    metrics = retrieval_recall(images, texts, torch.tensor(dataset.text_to_image))
+    return {**metrics, "num_images": len(dataset.images), "num_texts": len(dataset.texts)}

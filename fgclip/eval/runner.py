@@ -1,0 +1,340 @@
+"""One-command evaluation: find the benchmarks under a data root, evaluate one or more models,
+write ``results.json`` and a markdown table.
+
+Layout under ``--data-root`` (each path can be overridden with ``--path DATASET.KEY=PATH``)::
+
+    fgovd/                      FG-OVD files: 1_attributes.jsonl / hard.jsonl / 1_attributes.json ...
+    coco/val2017/               COCO val2017 images (FG-OVD, COCO boxes, COCO captions)
+    coco/train2017/             COCO train2017 images (LVIS val uses some)
+    coco/annotations/instances_val2017.json, coco/annotations/captions_val2017.json
+    lvis/lvis_v1_val.json
+    openimages/validation-annotations-bbox.csv, openimages/class-descriptions-boxable.csv,
+    openimages/validation/      <ImageID>.jpg
+    sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json, sharegpt4v/images/
+    dci/annotations/*.json, dci/photos/
+    flickr30k/dataset_flickr30k.json, flickr30k/flickr30k-images/
+    imagenet/val/<wnid>/        ImageNet-1K validation, one folder per class
+    imagenetv2/<0..999>/        ImageNetV2
+    tsv/*.tsv                   image<TAB>caption retrieval files (e.g. Chinese), images relative to tsv/
+
+Benchmarks whose files are absent are skipped (and listed in ``results.json``) unless they
+were asked for by name with ``--datasets``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence, Union
+
+from ..distributed import get_rank, get_world_size
+from .boxcls import evaluate_boxcls, load_coco_boxes, load_lvis_boxes, load_openimages_boxes
+from .common import DataError
+from .features import FeatureExtractor
+from .fgovd import FGOVD_SUBSETS, evaluate_fgovd, find_fgovd_files, load_fgovd
+from .interface import EvalModel
+from .retrieval import evaluate_retrieval, load_caption_file, load_dci, load_sharegpt4v, load_tsv
+from .zeroshot import evaluate_zeroshot, load_image_folder, read_classnames
+
+logger = logging.getLogger("fgclip.eval")
+
+TASKS = ("fgovd", "boxcls", "retrieval", "zeroshot")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A benchmark: its task, the label of its results and its paths (key -> default under the data root;
+    ``None`` for optional paths). The first path decides whether the benchmark is present."""
+
+    name: str
+    task: str
+    label: str
+    paths: tuple[tuple[str, str | None], ...]
+    description: str
+
+
+DATASETS: tuple[DatasetSpec, ...] = (
+    DatasetSpec("fgovd", "fgovd", "fgovd", (("dir", "fgovd"), ("images", "coco")),
+                "FG-OVD subsets (FG-CLIP JSONL or original JSON) on COCO val2017"),
+    DatasetSpec("coco_boxes", "boxcls", "boxcls/coco",
+                (("ann", "coco/annotations/instances_val2017.json"), ("images", "coco")),
+                "COCO val2017 boxes, 80 classes"),
+    DatasetSpec("lvis_boxes", "boxcls", "boxcls/lvis", (("ann", "lvis/lvis_v1_val.json"), ("images", "coco")),
+                "LVIS v1 val boxes, 1203 classes"),
+    DatasetSpec("openimages_boxes", "boxcls", "boxcls/openimages",
+                (("ann", "openimages/validation-annotations-bbox.csv"),
+                 ("classes", "openimages/class-descriptions-boxable.csv"), ("images", "openimages/validation")),
+                "Open Images validation boxes"),
+    DatasetSpec("sharegpt4v", "retrieval", "retrieval/sharegpt4v",
+                (("ann", "sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json"), ("images", "sharegpt4v/images")),
+                "ShareGPT4V-1k long-caption retrieval"),
+    DatasetSpec("dci", "retrieval", "retrieval/dci", (("ann", "dci/annotations"), ("images", "dci/photos")),
+                "DCI long-caption retrieval (extra_caption)"),
+    DatasetSpec("coco_captions", "retrieval", "retrieval/coco",
+                (("ann", "coco/annotations/captions_val2017.json"), ("images", "coco")),
+                "COCO 5k short-caption retrieval"),
+    DatasetSpec("flickr30k", "retrieval", "retrieval/flickr30k",
+                (("ann", "flickr30k/dataset_flickr30k.json"), ("images", "flickr30k/flickr30k-images")),
+                "Flickr30k 1k test short-caption retrieval"),
+    DatasetSpec("tsv", "retrieval", "retrieval/tsv", (("dir", "tsv"),),
+                "image<TAB>caption retrieval files (one benchmark per .tsv)"),
+    DatasetSpec("imagenet", "zeroshot", "zeroshot/imagenet", (("dir", "imagenet/val"), ("classnames", None)),
+                "ImageNet-1K validation, 80 templates"),
+    DatasetSpec("imagenetv2", "zeroshot", "zeroshot/imagenetv2", (("dir", "imagenetv2"), ("classnames", None)),
+                "ImageNetV2, 80 templates"),
+)
+DATASETS_BY_NAME = {spec.name: spec for spec in DATASETS}
+
+
+@dataclass
+class EvalOptions:
+    """Benchmark settings that are not paths.
+
+    Args:
+        fgovd_subsets: FG-OVD subsets to run (default: every subset found).
+        max_captions: captions kept per image in COCO / Flickr30k caption files.
+        tsv_text_kind: text path of TSV captions (``short`` or ``long``).
+        sharegpt4v_limit: records of the ShareGPT4V file used (the benchmark's 1000).
+    """
+
+    fgovd_subsets: Sequence[str] | None = None
+    max_captions: int | None = 5
+    tsv_text_kind: str = "short"
+    sharegpt4v_limit: int = 1000
+
+
+@dataclass
+class Prepared:
+    """A parsed benchmark ready for any model."""
+
+    spec: DatasetSpec
+    label: str
+    payload: Any
+
+
+def parse_path_overrides(items: Sequence[str]) -> dict[str, str]:
+    """``["coco_boxes.ann=/x.json", ...]`` -> ``{"coco_boxes.ann": "/x.json"}``, keys checked."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        name, dot, path_key = key.partition(".")
+        spec = DATASETS_BY_NAME.get(name)
+        if not sep or not dot or spec is None or path_key not in dict(spec.paths) or not value:
+            known = ", ".join(f"{s.name}.{k}" for s in DATASETS for k, _ in s.paths)
+            raise ValueError(f"bad --path {item!r}: expected DATASET.KEY=PATH with DATASET.KEY one of {known}")
+        overrides[key] = value
+    return overrides
+
+
+def resolve_paths(spec: DatasetSpec, data_root: str | os.PathLike | None, overrides: dict[str, str]) -> dict:
+    """Path key -> ``Path`` (or ``None`` for an unset optional path) of one benchmark."""
+    resolved = {}
+    for key, default in spec.paths:
+        value = overrides.get(f"{spec.name}.{key}")
+        if value is None and default is not None and data_root is not None:
+            value = Path(data_root, default)
+        resolved[key] = None if value is None else Path(value)
+    return resolved
+
+
+def describe_layout(data_root: str | os.PathLike | None = None) -> str:
+    """A table of the benchmarks, their path keys and where they are looked for."""
+    lines = []
+    for spec in DATASETS:
+        lines.append(f"{spec.name} [{spec.task}] {spec.description}")
+        for key, default in spec.paths:
+            where = "(optional, no default)" if default is None else (
+                str(Path(data_root, default)) if data_root else f"<data-root>/{default}")
+            lines.append(f"    {spec.name}.{key}: {where}")
+    return "\n".join(lines)
+
+
+def _load(spec: DatasetSpec, paths: dict, options: EvalOptions) -> list[Prepared]:
+    if spec.name == "fgovd":
+        found = find_fgovd_files(paths["dir"])
+        wanted = list(options.fgovd_subsets) if options.fgovd_subsets else list(found)
+        unknown = [s for s in wanted if s not in FGOVD_SUBSETS]
+        if unknown:
+            raise ValueError(f"unknown FG-OVD subset(s) {unknown}; expected {', '.join(FGOVD_SUBSETS)}")
+        missing = [s for s in wanted if s not in found]
+        if missing:
+            raise DataError(f"{paths['dir']}: no file for FG-OVD subset(s) {missing}")
+        if not wanted:
+            raise DataError(f"{paths['dir']}: no FG-OVD files (expected e.g. 1_attributes.jsonl or hard.jsonl)")
+        benchmarks = [load_fgovd(found[s], paths["images"], name=s) for s in wanted]
+        return [Prepared(spec, "fgovd", benchmarks)]
+    if spec.name == "coco_boxes":
+        return [Prepared(spec, spec.label, load_coco_boxes(paths["ann"], paths["images"]))]
+    if spec.name == "lvis_boxes":
+        return [Prepared(spec, spec.label, load_lvis_boxes(paths["ann"], paths["images"]))]
+    if spec.name == "openimages_boxes":
+        dataset = load_openimages_boxes(paths["ann"], paths["classes"], paths["images"])
+        return [Prepared(spec, spec.label, dataset)]
+    if spec.name == "sharegpt4v":
+        dataset = load_sharegpt4v(paths["ann"], paths["images"], limit=options.sharegpt4v_limit)
+        return [Prepared(spec, spec.label, dataset)]
+    if spec.name == "dci":
+        return [Prepared(spec, spec.label, load_dci(paths["ann"], paths["images"]))]
+    if spec.name in ("coco_captions", "flickr30k"):
+        dataset = load_caption_file(paths["ann"], paths["images"], spec.name, max_captions=options.max_captions)
+        return [Prepared(spec, spec.label, dataset)]
+    if spec.name == "tsv":
+        files = sorted(Path(paths["dir"]).glob("*.tsv"))
+        if not files:
+            raise DataError(f"{paths['dir']}: no .tsv files")
+        return [Prepared(spec, f"{spec.label}/{f.stem}", load_tsv(f, text_kind=options.tsv_text_kind)) for f in files]
+    if spec.task == "zeroshot":
+        classnames = read_classnames(paths["classnames"]) if paths["classnames"] else None
+        return [Prepared(spec, spec.label, load_image_folder(paths["dir"], classnames, name=spec.name))]
+    raise ValueError(f"no loader for dataset {spec.name!r}")
+
+
+def prepare(
+    data_root: str | os.PathLike | None,
+    tasks: Sequence[str] = TASKS,
+    datasets: Sequence[str] | None = None,
+    overrides: dict[str, str] | None = None,
+    options: EvalOptions | None = None,
+) -> tuple[list[Prepared], dict[str, str]]:
+    """Parse every present benchmark of ``tasks`` (or exactly ``datasets``).
+
+    Returns:
+        the parsed benchmarks, and ``{dataset name: reason}`` for those skipped as absent.
+    """
+    options = options or EvalOptions()
+    overrides = overrides or {}
+    unknown_tasks = [t for t in tasks if t not in TASKS]
+    if unknown_tasks:
+        raise ValueError(f"unknown task(s) {unknown_tasks}; expected {', '.join(TASKS)}")
+    if datasets:
+        unknown = [d for d in datasets if d not in DATASETS_BY_NAME]
+        if unknown:
+            raise ValueError(f"unknown dataset(s) {unknown}; expected {', '.join(DATASETS_BY_NAME)}")
+        specs = [DATASETS_BY_NAME[d] for d in datasets]
+    else:
+        specs = [spec for spec in DATASETS if spec.task in tasks]
+    prepared, skipped = [], {}
+    for spec in specs:
+        paths = resolve_paths(spec, data_root, overrides)
+        first = paths[spec.paths[0][0]]
+        if first is None or not first.exists():
+            reason = f"not found: {first}" if first is not None else "no path (give --data-root or --path)"
+            if datasets:
+                raise DataError(f"dataset {spec.name!r}: {reason}")
+            skipped[spec.name] = reason
+            continue
+        prepared.extend(_load(spec, paths, options))
+    if not prepared:
+        raise DataError(
+            "no benchmark found for tasks " + ", ".join(tasks) + "; expected layout:\n" + describe_layout(data_root)
+        )
+    return prepared, skipped
+
+
+def evaluate(extractor: FeatureExtractor, prepared: Sequence[Prepared]) -> dict[str, dict[str, float]]:
+    """Run every parsed benchmark with one model; ``{result label: metrics}`` (adds ``seconds``)."""
+    results = {}
+    for item in prepared:
+        start = time.perf_counter()
+        task = item.spec.task
+        if task == "fgovd":
+            metrics = {f"fgovd/{name}": m for name, m in evaluate_fgovd(extractor, item.payload).items()}
+        elif task == "boxcls":
+            metrics = {item.label: evaluate_boxcls(extractor, item.payload)}
+        elif task == "retrieval":
+            metrics = {item.label: evaluate_retrieval(extractor, item.payload)}
+        else:
+            metrics = {item.label: evaluate_zeroshot(extractor, item.payload)}
+        seconds = time.perf_counter() - start
+        for label, values in metrics.items():
+            results[label] = {**values, "seconds": round(seconds, 3)}
+            if get_rank() == 0:
+                summary = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
+                logger.info("%s: %s (%.1fs)", label, summary, seconds)
+    return results
+
+
+def _is_rate(key: str) -> bool:
+    return key not in ("seconds",) and not key.startswith("num_")
+
+
+def markdown_table(report: dict) -> str:
+    """Rows: benchmark and metric; columns: models; rates in percent."""
+    models = list(report["results"])
+    first = report["results"][models[0]]
+    lines = [
+        "| benchmark | metric | n | " + " | ".join(models) + " |",
+        "|---|---|---|" + "---|" * len(models),
+    ]
+    for label, metrics in first.items():
+        size = " / ".join(str(v) for k, v in metrics.items() if k.startswith("num_"))
+        for key in (k for k in metrics if _is_rate(k)):
+            values = [report["results"][m].get(label, {}).get(key) for m in models]
+            cells = ["-" if v is None else f"{100 * v:.2f}" for v in values]
+            lines.append(f"| {label} | {key} | {size} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class RunConfig:
+    """Everything :func:`run_evaluation` needs besides the models."""
+
+    data_root: str | None
+    output_dir: str
+    tasks: Sequence[str] = TASKS
+    datasets: Sequence[str] | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+    options: EvalOptions = field(default_factory=EvalOptions)
+    batch_size: int = 64
+    text_batch_size: int = 256
+    num_workers: int = 2
+    bf16: bool = False
+    progress: bool = True
+
+
+ModelEntry = tuple[str, Union[EvalModel, Callable[[], EvalModel]], dict]
+
+
+def run_evaluation(models: Sequence[ModelEntry], config: RunConfig) -> dict:
+    """Evaluate ``models`` on every benchmark found.
+
+    Args:
+        models: ``(name, model or zero-argument loader, info for the report)``; loaders are
+            called one model at a time, so only one model is in memory.
+    Every rank computes the same results; rank 0 writes ``results.json`` and ``results.md``
+    to ``config.output_dir``.
+    """
+    prepared, skipped = prepare(config.data_root, config.tasks, config.datasets, config.overrides, config.options)
+    if get_rank() == 0:
+        for name, reason in skipped.items():
+            logger.info("skipping %s: %s", name, reason)
+    report = {
+        "settings": {
+            "data_root": config.data_root,
+            "tasks": list(config.tasks),
+            "datasets": [item.label for item in prepared],
+            "batch_size": config.batch_size,
+            "bf16": config.bf16,
+            "world_size": get_world_size(),
+            "options": asdict(config.options),
+        },
+        "models": {name: info for name, _, info in models},
+        "skipped": skipped,
+        "results": {},
+    }
+    for name, model, _ in models:
+        model = model if isinstance(model, EvalModel) else model()
+        extractor = FeatureExtractor(
+            model, batch_size=config.batch_size, text_batch_size=config.text_batch_size,
+            num_workers=config.num_workers, bf16=config.bf16, progress=config.progress,
+        )
+        report["results"][name] = evaluate(extractor, prepared)
+    if get_rank() == 0:
+        output = Path(config.output_dir)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        (output / "results.md").write_text(markdown_table(report))
+    return report
