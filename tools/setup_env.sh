@@ -37,4 +37,7 @@ fi
 echo "[setup] installing fgclip and its dependencies"
 "$PY" -m pip install -q -e ".[all]"
 "$PY" -c "import torch, torchvision.ops; torchvision.ops.roi_align(torch.zeros(1, 1, 2, 2), [torch.zeros(1, 4)], 1)"
+
+# mmcv with its compiled ops for detection/ (built once per torch version, then cached).
+bash tools/install_mmcv.sh "$PY"
 echo "[setup] ready: $PY"

@@ -1,0 +1,48 @@
+# F-ViT with a frozen FG-CLIP ViT-L/14 (336 px) on OV-COCO (paper: AP50 novel / base / all 41.2 / 58.0 / 53.6).
+# 8 GPUs x 8 images, 3 epochs, 896 x 896 large-scale jitter (a 64 x 64 patch grid).
+#   python tools/dump_class_embeddings.py --config configs/fvit_fgclip_l14.py
+#   torchrun --nproc_per_node=8 tools/train_det.py configs/fvit_fgclip_l14.py
+_base_ = [
+    "_base_/models/fvit_fgclip.py",
+    "_base_/datasets/ov_coco.py",
+    "_base_/schedules/fvit_3e.py",
+    "_base_/default_runtime.py",
+]
+image_size = (896, 896)
+
+model = dict(
+    data_preprocessor=dict(pad_size_divisor=28),
+    backbone=dict(checkpoint="checkpoints/fg-clip-large", out_indices=(6, 10, 14, 23)),
+    neck=dict(in_channels=[1024, 1024, 1024, 1024]),
+    # Patch 14: pyramid strides 3.5, 7, 14, 28 and an FPN top level of 56.
+    rpn_head=dict(anchor_generator=dict(strides=[3.5, 7, 14, 28, 56])),
+    roi_head=dict(
+        bbox_roi_extractor=dict(featmap_strides=[3.5, 7, 14, 28]),
+        bbox_head=dict(
+            class_embeddings="data/embeddings/ov_coco_fg-clip-large.pt",
+            class_names=_base_.classes,
+            novel_classes=_base_.novel_classes,
+        ),
+    ),
+)
+
+train_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadAnnotations", with_bbox=True),
+    dict(type="RandomResize", scale=image_size, ratio_range=(0.1, 2.0), keep_ratio=True),
+    dict(type="RandomCrop", crop_type="absolute_range", crop_size=image_size, recompute_bbox=True, allow_negative_crop=True),
+    dict(type="FilterAnnotations", min_gt_bbox_wh=(1e-2, 1e-2)),
+    dict(type="RandomFlip", prob=0.5),
+    dict(type="Pad", size=image_size),
+    dict(type="PackDetInputs"),
+]
+test_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="Resize", scale=image_size, keep_ratio=True),
+    dict(type="Pad", size=image_size),
+    dict(type="LoadAnnotations", with_bbox=True),
+    dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
+]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader

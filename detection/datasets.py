@@ -1,0 +1,123 @@
+"""OV-COCO: COCO detection restricted to 65 classes, 48 base (trained on) and 17 novel (held out).
+
+:class:`OVCocoDataset` is mmdet's ``CocoDataset`` with two changes:
+
+* labels follow the order of ``metainfo['classes']`` (mmdet's own follows the category order of
+  the annotation file), and a class the annotation file does not define is an error;
+* with ``base_only=True`` (training) the annotations of the novel classes are dropped, and
+  ``filter_empty_gt`` then drops images left without annotations.
+
+The base / novel split is a constructor argument, so a config can hold out any classes.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mmdet.datasets import CocoDataset
+from mmdet.datasets.api_wrappers import COCO
+from mmdet.registry import DATASETS
+
+# The 65 OV-COCO classes in COCO category order (48 base + 17 novel).
+OV_COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "bench",
+    "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe",
+    "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "kite",
+    "skateboard", "surfboard", "bottle", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "pizza", "donut", "cake", "chair", "couch", "bed",
+    "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "toothbrush",
+)  # fmt: skip
+OV_COCO_NOVEL_CLASSES = (
+    "airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie", "snowboard", "skateboard",
+    "cup", "knife", "cake", "couch", "keyboard", "sink", "scissors",
+)  # fmt: skip
+OV_COCO_BASE_CLASSES = tuple(name for name in OV_COCO_CLASSES if name not in OV_COCO_NOVEL_CLASSES)
+
+
+def check_novel_classes(classes: Sequence[str], novel_classes: Sequence[str], where: str) -> tuple[str, ...]:
+    """Validate that ``novel_classes`` is a duplicate-free subset of ``classes``; return it as a tuple."""
+    unknown = [name for name in novel_classes if name not in classes]
+    if unknown:
+        raise ValueError(f"{where}: novel classes {unknown} are not among the classes {list(classes)}")
+    if len(set(novel_classes)) != len(novel_classes):
+        raise ValueError(f"{where}: novel_classes has duplicates: {list(novel_classes)}")
+    return tuple(novel_classes)
+
+
+def category_ids_by_name(coco: COCO, class_names: Sequence[str], ann_file: str) -> list[int]:
+    """COCO category ids of ``class_names``, in that order.
+
+    Raises:
+        ValueError: naming ``ann_file`` and the class names it does not define.
+    """
+    ids_by_name = {category["name"]: category["id"] for category in coco.dataset["categories"]}
+    missing = [name for name in class_names if name not in ids_by_name]
+    if missing:
+        raise ValueError(
+            f"{ann_file}: field 'categories' has no category named {missing} "
+            f"(it defines {sorted(ids_by_name)})"
+        )
+    return [ids_by_name[name] for name in class_names]
+
+
+class NameOrderedCOCO(COCO):
+    """mmdet's COCO API whose ``get_cat_ids(cat_names=...)`` keeps the order of the names
+    (mmdet's follows the file) and rejects names the file does not define."""
+
+    def __init__(self, annotation_file: str | None = None):
+        self.annotation_file = annotation_file
+        super().__init__(annotation_file)
+
+    def get_cat_ids(self, cat_names=(), sup_names=(), cat_ids=()) -> list[int]:
+        if not cat_names or sup_names or cat_ids:
+            return super().get_cat_ids(list(cat_names), list(sup_names), list(cat_ids))
+        return category_ids_by_name(self, cat_names, str(self.annotation_file))
+
+
+@DATASETS.register_module()
+class OVCocoDataset(CocoDataset):
+    """COCO-format dataset with a base / novel split of its classes.
+
+    Labels follow the order of ``metainfo['classes']``.
+
+    Args:
+        novel_classes: names (a subset of ``metainfo['classes']``) held out from training.
+        base_only: drop the annotations of novel classes (use for the training split).
+        **kwargs: as for ``mmdet.datasets.CocoDataset`` (``ann_file``, ``data_prefix``,
+            ``metainfo=dict(classes=...)``, ``filter_cfg``, ``pipeline``, ...).
+    """
+
+    METAINFO = {"classes": OV_COCO_CLASSES}
+    COCOAPI = NameOrderedCOCO
+
+    def __init__(self, *args, novel_classes: Sequence[str] = OV_COCO_NOVEL_CLASSES, base_only: bool = False, **kwargs):
+        self.novel_classes = tuple(novel_classes)
+        self.base_only = base_only
+        super().__init__(*args, **kwargs)
+
+    def load_data_list(self) -> list[dict]:
+        classes = self.metainfo["classes"]
+        check_novel_classes(classes, self.novel_classes, f"{type(self).__name__} ({self.ann_file})")
+        self._novel_labels = {classes.index(name) for name in self.novel_classes}
+        return super().load_data_list()
+
+    def parse_data_info(self, raw_data_info: dict) -> dict:
+        """mmdet's parsing; with ``base_only`` the novel-class instances are dropped."""
+        data_info = super().parse_data_info(raw_data_info)
+        if self.base_only:
+            data_info["instances"] = [
+                instance for instance in data_info["instances"] if instance["bbox_label"] not in self._novel_labels
+            ]
+        return data_info
+
+    def filter_data(self) -> list[dict]:
+        """Keep images with at least one (base, if ``base_only``) annotation and sides >= ``min_size``."""
+        if self.test_mode or self.filter_cfg is None:
+            return self.data_list
+        filter_empty_gt = self.filter_cfg.get("filter_empty_gt", False)
+        min_size = self.filter_cfg.get("min_size", 0)
+        return [
+            info
+            for info in self.data_list
+            if (not filter_empty_gt or info["instances"]) and min(info["width"], info["height"]) >= min_size
+        ]

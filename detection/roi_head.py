@@ -1,0 +1,250 @@
+"""F-ViT RoI head: a cosine-similarity classifier over class-name embeddings, trained on base
+classes, and a test-time geometric-mean ensemble with the frozen CLIP's region scores."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from mmengine.structures import InstanceData
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from mmdet.models.layers import multiclass_nms
+from mmdet.models.roi_heads import StandardRoIHead
+from mmdet.models.roi_heads.bbox_heads import ConvFCBBoxHead
+from mmdet.registry import MODELS
+from mmdet.structures.bbox import bbox2roi
+
+from .class_embeddings import load_class_embeddings
+from .datasets import check_novel_classes
+
+
+def ensemble_scores(det_probs: Tensor, clip_probs: Tensor, is_novel: Tensor, alpha: float, beta: float) -> Tensor:
+    """Geometric-mean ensemble of detector and CLIP class probabilities.
+
+    ``p = p_det^(1 - w) * p_clip^w`` with ``w = beta`` for novel classes and ``w = alpha`` for
+    base classes and the background.
+
+    Args:
+        det_probs, clip_probs: (N, C + 1) probabilities, background last.
+        is_novel: (C + 1,) bool, False for the background.
+    Returns:
+        (N, C + 1) ensembled scores (not renormalised).
+    """
+    weight = torch.where(is_novel, torch.as_tensor(beta), torch.as_tensor(alpha)).to(det_probs)
+    return det_probs.pow(1 - weight) * clip_probs.pow(weight)
+
+
+@MODELS.register_module()
+class FViTBBoxHead(ConvFCBBoxHead):
+    """4 conv + 2 fc box head whose region embedding is classified by cosine similarity.
+
+    The shared branch (4 convs, 2 fcs) maps a RoI feature to a region embedding of the CLIP
+    embedding width D (no ReLU after the last fc). Logits are ``exp(logit_scale) *
+    cos(region, [class embeddings; background])``, with a learned temperature (initially
+    ``temperature``) and a learned background embedding; mmdet's linear classifier is not built
+    (``with_cls=False``). Box regression is class-agnostic, from the region embedding.
+
+    Training weights the cross-entropy by class: base 1, novel ``novel_weight``, background
+    ``background_weight``. At test time, with region CLIP features (:meth:`predict_by_feat`),
+    scores are ``p_det^(1-w) * p_clip^w`` where ``p_clip = softmax(clip_temperature *
+    cos(clip region, [classes; background]))`` and ``w = alpha`` (base, background) or ``beta``
+    (novel).
+
+    Args:
+        class_embeddings: embedding file of the classes (``tools/dump_class_embeddings.py``).
+        class_names: expected class names in label order; must equal the file's names.
+            ``None`` takes the file's names as they are.
+        novel_classes: names among ``class_names`` treated as novel.
+    """
+
+    def __init__(
+        self,
+        class_embeddings: str,
+        class_names: Sequence[str] | None = None,
+        novel_classes: Sequence[str] = (),
+        temperature: float = 50.0,
+        clip_temperature: float = 75.0,
+        alpha: float = 0.1,
+        beta: float = 0.8,
+        background_weight: float = 0.6,
+        novel_weight: float = 0.0,
+        num_classes: int | None = None,
+        num_shared_convs: int = 4,
+        num_shared_fcs: int = 2,
+        reg_class_agnostic: bool = True,
+        loss_cls: dict | None = None,
+        **kwargs,
+    ):
+        names, embeddings = load_class_embeddings(class_embeddings, "model.roi_head.bbox_head.class_embeddings")
+        if class_names is not None and list(class_names) != names:
+            raise ValueError(
+                f"{class_embeddings}: its class_names {names} differ from the configured "
+                f"model.roi_head.bbox_head.class_names {list(class_names)} (same names, same order needed)"
+            )
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(f"num_classes={num_classes} but {class_embeddings} holds {len(names)} classes")
+        novel = check_novel_classes(names, novel_classes, "model.roi_head.bbox_head")
+        loss_cls = dict(loss_cls or dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
+        loss_cls["class_weight"] = self._class_weights(names, novel, novel_weight, background_weight)
+        super().__init__(
+            num_shared_convs=num_shared_convs,
+            num_shared_fcs=num_shared_fcs,
+            fc_out_channels=embeddings.shape[1],
+            num_classes=len(names),
+            with_cls=False,
+            reg_class_agnostic=reg_class_agnostic,
+            loss_cls=loss_cls,
+            **kwargs,
+        )
+        self.class_names = names
+        self.novel_weight, self.background_weight = novel_weight, background_weight
+        self.clip_temperature, self.alpha, self.beta = clip_temperature, alpha, beta
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(temperature)))
+        self.background_embedding = nn.Parameter(F.normalize(torch.randn(embeddings.shape[1]), dim=0))
+        # The vocabulary is configuration, not learned state: kept out of checkpoints.
+        self.register_buffer("class_embeddings", F.normalize(embeddings, dim=-1), persistent=False)
+        self.register_buffer("is_novel", self._novel_mask(names, novel), persistent=False)
+
+    @staticmethod
+    def _class_weights(names: Sequence[str], novel: Sequence[str], novel_weight: float, background_weight: float) -> list[float]:
+        return [novel_weight if name in novel else 1.0 for name in names] + [background_weight]
+
+    @staticmethod
+    def _novel_mask(names: Sequence[str], novel: Sequence[str]) -> Tensor:
+        return torch.tensor([name in novel for name in names] + [False])
+
+    def set_vocabulary(self, class_names: Sequence[str], embeddings: Tensor, novel_classes: Sequence[str]) -> None:
+        """Replace the classes (e.g. a user vocabulary at inference); ``embeddings`` is (C, D)."""
+        if embeddings.ndim != 2 or embeddings.shape != (len(class_names), self.class_embeddings.shape[1]):
+            raise ValueError(
+                f"embeddings must be ({len(class_names)}, {self.class_embeddings.shape[1]}), got {tuple(embeddings.shape)}"
+            )
+        novel = check_novel_classes(class_names, novel_classes, "set_vocabulary")
+        device = self.class_embeddings.device
+        self.class_names = list(class_names)
+        self.num_classes = len(class_names)
+        self.class_embeddings = F.normalize(embeddings.float(), dim=-1).to(device)
+        self.is_novel = self._novel_mask(class_names, novel).to(device)
+        self.loss_cls.class_weight = self._class_weights(class_names, novel, self.novel_weight, self.background_weight)
+
+    def class_and_background_embeddings(self) -> Tensor:
+        """(C + 1, D) unit vectors: the classes, then the background."""
+        background = F.normalize(self.background_embedding, dim=0).to(self.class_embeddings)
+        return torch.cat([self.class_embeddings, background[None]])
+
+    def region_embeddings(self, x: Tensor) -> Tensor:
+        """(N, 256, 7, 7) RoI features -> (N, D) region embeddings (convs, then fcs; no ReLU at the end)."""
+        for conv in self.shared_convs:
+            x = conv(x)
+        x = x.flatten(1)
+        for index, fc in enumerate(self.shared_fcs):
+            x = fc(x)
+            if index < len(self.shared_fcs) - 1:
+                x = self.relu(x)
+        return x
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, 256, 7, 7) -> class logits (N, C + 1) and class-agnostic box deltas (N, 4)."""
+        regions = self.region_embeddings(x)
+        classes = self.class_and_background_embeddings().to(regions.dtype)
+        cls_score = self.logit_scale.exp() * F.normalize(regions, dim=-1) @ classes.t()
+        return cls_score, self.fc_reg(regions)
+
+    def clip_probabilities(self, clip_region_embeds: Tensor) -> Tensor:
+        """(N, D) CLIP region features -> (N, C + 1) ``softmax(clip_temperature * cos)``."""
+        classes = self.class_and_background_embeddings()
+        cosine = F.normalize(clip_region_embeds.float(), dim=-1) @ classes.float().t()
+        return (self.clip_temperature * cosine).softmax(dim=-1)
+
+    def predict_by_feat(
+        self,
+        rois: tuple[Tensor, ...],
+        cls_scores: tuple[Tensor, ...],
+        bbox_preds: tuple[Tensor, ...],
+        batch_img_metas: list[dict],
+        rcnn_test_cfg=None,
+        rescale: bool = False,
+        clip_region_embeds: tuple[Tensor, ...] | None = None,
+    ) -> list[InstanceData]:
+        """mmdet's box decoding and NMS on ensembled scores (detector-only scores without ``clip_region_embeds``)."""
+        if clip_region_embeds is None:
+            return super().predict_by_feat(rois, cls_scores, bbox_preds, batch_img_metas, rcnn_test_cfg, rescale)
+        results = []
+        for roi, cls_score, bbox_pred, clip_embeds, img_meta in zip(
+            rois, cls_scores, bbox_preds, clip_region_embeds, batch_img_metas
+        ):
+            if roi.shape[0] == 0:
+                results.append(self._predict_by_feat_single(roi, cls_score, bbox_pred, img_meta, rescale, rcnn_test_cfg))
+                continue
+            scores = ensemble_scores(
+                cls_score.float().softmax(dim=-1), self.clip_probabilities(clip_embeds), self.is_novel, self.alpha, self.beta
+            )
+            # mmdet's decoding (and rescaling) without NMS, then NMS on the ensembled scores.
+            decoded = self._predict_by_feat_single(roi, cls_score, bbox_pred, img_meta, rescale, rcnn_test_cfg=None)
+            decoded.scores = scores
+            if rcnn_test_cfg is None:
+                results.append(decoded)
+                continue
+            det_bboxes, det_labels = multiclass_nms(
+                decoded.bboxes, scores, rcnn_test_cfg.score_thr, rcnn_test_cfg.nms, rcnn_test_cfg.max_per_img, box_dim=4
+            )
+            results.append(InstanceData(bboxes=det_bboxes[:, :-1], scores=det_bboxes[:, -1], labels=det_labels))
+        return results
+
+
+@MODELS.register_module()
+class FViTRoIHead(StandardRoIHead):
+    """Standard RoI head that, at test time, pools a CLIP region feature for each proposal
+    (RoIAlign 1x1, aligned, on the dense CLIP map) and hands it to :class:`FViTBBoxHead`."""
+
+    def predict(
+        self,
+        x: tuple[Tensor, ...],
+        rpn_results_list: list[InstanceData],
+        batch_data_samples: list,
+        rescale: bool = False,
+        clip_map: Tensor | None = None,
+        clip_map_stride: float | None = None,
+    ) -> list[InstanceData]:
+        """As ``StandardRoIHead.predict``; ``clip_map`` (B, D, h, w) of stride ``clip_map_stride``
+        switches on the CLIP ensemble."""
+        if clip_map is None:
+            return super().predict(x, rpn_results_list, batch_data_samples, rescale)
+        if self.with_mask:
+            raise NotImplementedError("FViTRoIHead's CLIP ensemble covers boxes only; configure it without a mask head")
+        batch_img_metas = [sample.metainfo for sample in batch_data_samples]
+        return self.predict_bbox(
+            x, batch_img_metas, rpn_results_list, self.test_cfg, rescale, clip_map=clip_map, clip_map_stride=clip_map_stride
+        )
+
+    def predict_bbox(
+        self,
+        x: tuple[Tensor, ...],
+        batch_img_metas: list[dict],
+        rpn_results_list: list[InstanceData],
+        rcnn_test_cfg,
+        rescale: bool = False,
+        clip_map: Tensor | None = None,
+        clip_map_stride: float | None = None,
+    ) -> list[InstanceData]:
+        proposals = [result.bboxes for result in rpn_results_list]
+        rois = bbox2roi(proposals)
+        if clip_map is None or rois.shape[0] == 0:
+            return super().predict_bbox(x, batch_img_metas, rpn_results_list, rcnn_test_cfg, rescale)
+        bbox_results = self._bbox_forward(x, rois)
+        clip_embeds = roi_align(
+            clip_map.float(), rois.float(), output_size=1, spatial_scale=1.0 / clip_map_stride, sampling_ratio=-1, aligned=True
+        ).flatten(1)
+        counts = [len(p) for p in proposals]
+        return self.bbox_head.predict_by_feat(
+            rois=rois.split(counts),
+            cls_scores=bbox_results["cls_score"].split(counts),
+            bbox_preds=bbox_results["bbox_pred"].split(counts),
+            batch_img_metas=batch_img_metas,
+            rcnn_test_cfg=rcnn_test_cfg,
+            rescale=rescale,
+            clip_region_embeds=clip_embeds.split(counts),
+        )

@@ -1,0 +1,88 @@
+"""Embed class names with FG-CLIP's text tower (prompt-template ensemble) and save them for F-ViT.
+
+    # the vocabulary, model and output file of a detection config
+    python tools/dump_class_embeddings.py --config configs/fvit_fgclip_b16.py
+    # any vocabulary
+    python tools/dump_class_embeddings.py --model checkpoints/fg-clip-base \
+        --vocab "cat,red cup,traffic cone" --out data/embeddings/my_vocab.pt
+
+Each name fills every template (default: ``detection.PROMPT_TEMPLATES``); the normalised
+text embeddings are averaged over the templates and normalised again. The file holds the
+class names, the (C, D) embeddings, the templates and the model path (see
+``detection.class_embeddings``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+
+from detection.class_embeddings import PROMPT_TEMPLATES, embed_class_names, save_class_embeddings
+from fgclip import FGCLIPModel, FGCLIPProcessor
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="detection config: default vocabulary (bbox_head.class_names), "
+                        "model (backbone.checkpoint) and output (bbox_head.class_embeddings)")
+    parser.add_argument("--model", help="FG-CLIP checkpoint directory or hub id")
+    vocab = parser.add_mutually_exclusive_group()
+    vocab.add_argument("--vocab", help='comma-separated class names, e.g. "cat,red cup"')
+    vocab.add_argument("--vocab-file", help="text file with one class name per line")
+    parser.add_argument("--templates-file", help="text file with one prompt template per line, '{}' = class name")
+    parser.add_argument("--out", help="output .pt file")
+    parser.add_argument("--batch-size", type=int, default=256, help="prompts per text-tower call")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser.parse_args(argv)
+
+
+def read_lines(path: str, what: str) -> list[str]:
+    """Non-empty stripped lines of ``path``; an error names the file if there are none."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ValueError(f"{path}: no {what} (one per line expected)")
+    return lines
+
+
+def resolve(args: argparse.Namespace) -> tuple[list[str], str, str]:
+    """(class names, model path, output path) from the flags, falling back on ``--config``."""
+    names = model = out = None
+    if args.config:
+        cfg = Config.fromfile(args.config)
+        head = cfg.model.roi_head.bbox_head
+        names = list(head.get("class_names") or cfg.test_dataloader.dataset.metainfo.classes)
+        model = cfg.model.backbone.checkpoint
+        out = head.class_embeddings
+    if args.vocab:
+        names = [name.strip() for name in args.vocab.split(",") if name.strip()]
+    elif args.vocab_file:
+        names = read_lines(args.vocab_file, "class names")
+    model, out = args.model or model, args.out or out
+    missing = [flag for flag, value in (("--vocab/--vocab-file", names), ("--model", model), ("--out", out)) if not value]
+    if missing:
+        raise SystemExit(f"missing {', '.join(missing)} (give them, or a --config that defines them)")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise SystemExit(f"duplicate class names: {duplicates}")
+    return names, model, out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    names, model_path, out = resolve(args)
+    templates = read_lines(args.templates_file, "prompt templates") if args.templates_file else list(PROMPT_TEMPLATES)
+    model = FGCLIPModel.from_pretrained(model_path, dtype=torch.float32).to(args.device).eval()
+    processor = FGCLIPProcessor.from_pretrained(model_path)
+    embeddings = embed_class_names(model, processor, names, templates, batch_size=args.batch_size)
+    save_class_embeddings(out, names, embeddings, templates, model_path)
+    print(f"wrote {len(names)} x {embeddings.shape[1]} embeddings ({len(templates)} templates) to {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Evaluate a trained detector with mmengine's Runner and print its metrics as JSON.
+
+    python tools/test_det.py configs/fvit_fgclip_b16.py work_dirs/fvit_fgclip_b16/epoch_3.pth
+    torchrun --nproc_per_node=8 tools/test_det.py CONFIG CHECKPOINT --out metrics.json
+
+For OV-COCO configs the metrics are ``ov_coco/AP50_novel``, ``ov_coco/AP50_base`` and
+``ov_coco/AP50_all`` (percent).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.dist import is_main_process
+from mmengine.runner import Runner
+
+from detection.launch import setup_launcher
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Evaluate a detector checkpoint with mmengine's Runner")
+    parser.add_argument("config", help="config file")
+    parser.add_argument("checkpoint", help="checkpoint file (.pth) written by tools/train_det.py")
+    parser.add_argument("--work-dir", help="where logs go (default work_dirs/<config name>)")
+    parser.add_argument("--out", help="also write the metrics to this JSON file")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries, key=value")
+    return parser.parse_args(argv)
+
+
+def setup_config(args: argparse.Namespace) -> Config:
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    setup_launcher(cfg)
+    cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    runner = Runner.from_cfg(setup_config(args))
+    metrics = runner.test()
+    if is_main_process():
+        text = json.dumps(metrics, indent=2)
+        print(text)
+        if args.out:
+            os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
