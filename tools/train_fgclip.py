@@ -9,6 +9,7 @@ Overrides are ``section.key=value`` (sections: model, data, loss, training).
 import argparse
 import json
 import logging
+import os
 import sys
 
 from fgclip.training import load_config, train
@@ -23,10 +24,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config, args.overrides)
-    print(json.dumps(config.to_dict(), indent=2, default=str))
+    main_process = int(os.environ.get("RANK", "0")) == 0  # set by torchrun
+    if main_process:
+        print(json.dumps(config.to_dict(), indent=2, default=str))
     result = train(config, resume=args.resume)
-    print(f"final model: {result.final_model_dir}")
-    print(result.skipped_summary)
+    if main_process:
+        print(f"final model: {result.final_model_dir}")
+        print(result.skipped_summary)
     return 0
 
 

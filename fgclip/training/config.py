@@ -2,23 +2,56 @@
 
 A recipe may start from others with ``_base_: other.yaml`` (a path relative to the file, or
 a list of them, merged in order), as MMDetection configs do; ``key.sub=value`` overrides
-from the command line are applied last, their values parsed as YAML (``1e-4``, ``true``...).
-The ``training`` section holds ``transformers.TrainingArguments`` fields verbatim.
+from the command line are applied last, their values parsed as YAML (``1e-4``, ``true``,
+``null``, ``{preset: tiny}``...). Numbers in exponent form without a dot (``1e-4``) are
+read as floats, as in YAML 1.2 (PyYAML's YAML 1.1 reads them as strings).
+
+The ``training`` section holds ``transformers.TrainingArguments`` fields verbatim. Other
+paths in a recipe (data files, output and DeepSpeed config) are relative to the working
+directory, the repository root for the shipped recipes.
+
+Every key is checked: an unknown section or key, or a value of the wrong type, raises a
+``ValueError`` naming the recipe and the key.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import TrainingArguments
 
 from ..configuration_fgclip import FGCLIPConfig
 from ..testing import tiny_config
 
 MODEL_PRESETS = {"vit_b16": FGCLIPConfig.vit_b16, "vit_l14_336": FGCLIPConfig.vit_l14_336, "tiny": tiny_config}
 MODEL_INITS = ("config", "clip", "pretrained")
+SECTIONS = ("model", "data", "loss", "training")
+
+# TrainingArguments defaults of every recipe: the collator's keys are not forward()'s
+# column names, nothing is reported unless asked, and FGCLIPForTraining gives every
+# trainable parameter a gradient at every step (no DDP search for unused ones).
+TRAINING_DEFAULTS = {"remove_unused_columns": False, "report_to": "none", "ddp_find_unused_parameters": False}
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-4`` / ``3E+2`` (no dot) as floats."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def parse_value(text: str) -> Any:
+    """A YAML scalar or flow collection, e.g. ``"1e-4"`` -> 0.0001, ``"[a, b]"`` -> ["a", "b"]."""
+    return yaml.load(text, Loader=RecipeLoader)
 
 
 @dataclass
@@ -63,6 +96,8 @@ class DataSettings:
     def __post_init__(self):
         if not self.train:
             raise ValueError("data.train: path of the FineHARD file (or shard pattern) is required")
+        if self.max_boxes < 0:
+            raise ValueError(f"data.max_boxes: expected an integer >= 0, got {self.max_boxes}")
 
 
 @dataclass
@@ -87,6 +122,10 @@ class TrainConfig:
         return {"model": vars(self.model), "data": vars(self.data), "loss": vars(self.loss),
                 "training": self.training}
 
+    def training_arguments(self) -> TrainingArguments:
+        """``TrainingArguments`` of the ``training`` section over :data:`TRAINING_DEFAULTS`."""
+        return TrainingArguments(**{**TRAINING_DEFAULTS, **self.training})
+
 
 def _merge(base: dict, update: dict) -> dict:
     merged = copy.deepcopy(base)
@@ -101,46 +140,115 @@ def _merge(base: dict, update: dict) -> dict:
 def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in chain:
-        raise ValueError(f"{path}: _base_ cycle through {' -> '.join(map(str, chain))}")
+        raise ValueError(f"{path}: _base_ cycle through {' -> '.join(map(str, chain + (path,)))}")
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    content = yaml.safe_load(path.read_text()) or {}
+        where = f" (_base_ of {chain[-1]})" if chain else ""
+        raise FileNotFoundError(f"config file not found: {path}{where}")
+    content = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
     if not isinstance(content, dict):
         raise ValueError(f"{path}: a recipe is a mapping of sections, got {type(content).__name__}")
     bases = content.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise ValueError(f"{path}: _base_: expected a path or a list of paths, got {bases!r}")
     merged: dict = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         merged = _merge(merged, _read(path.parent / base, chain + (path,)))
     return _merge(merged, content)
 
 
 def apply_overrides(content: dict, overrides: list[str]) -> dict:
-    """Apply ``section.key=value`` strings; the value is parsed as YAML."""
+    """Apply ``section.key=value`` strings; the value is parsed by :func:`parse_value`."""
     content = copy.deepcopy(content)
     for override in overrides:
-        if "=" not in override:
-            raise ValueError(f"override {override!r}: expected key.path=value")
-        dotted, raw = override.split("=", 1)
+        dotted, separator, raw = override.partition("=")
         keys = dotted.split(".")
+        if not separator or not all(keys):
+            raise ValueError(f"override {override!r}: expected section.key=value")
         node = content
-        for key in keys[:-1]:
+        for depth, key in enumerate(keys[:-1]):
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {override!r}: {key} is not a section")
-        node[keys[-1]] = yaml.safe_load(raw)
+                raise ValueError(f"override {override!r}: {'.'.join(keys[:depth + 1])} is not a section")
+        node[keys[-1]] = parse_value(raw)
     return content
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-    """Read a recipe with its ``_base_`` chain and overrides; unknown keys are errors."""
-    content = apply_overrides(_read(Path(path)), list(overrides))
-    unknown = set(content) - {"model", "data", "loss", "training"}
+def _type_name(expected: Any) -> str:
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return "null"
+    return getattr(typing.get_origin(expected) or expected, "__name__", str(expected))
+
+
+def _check_type(value: Any, expected: Any, key: str, source: str) -> Any:
+    """``value`` checked against a simple annotation (bool / int / float / str / dict / list, unions
+    of them; ints are accepted for floats). Other annotations (enums...) pass through."""
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        options = typing.get_args(expected)
+        for option in options:
+            try:
+                return _check_type(value, option, key, source)
+            except ValueError:
+                continue
+        raise ValueError(f"{source}: {key}: expected {_type_name(expected)}, got {value!r}")
+    base = typing.get_origin(expected) or expected
+    if base is type(None):
+        ok = value is None
+    elif base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif base in (str, dict, list):
+        ok = isinstance(value, base)
+    else:
+        return value
+    if not ok:
+        raise ValueError(f"{source}: {key}: expected {_type_name(expected)}, got {value!r}")
+    return value
+
+
+def _check_keys(values: Any, known: list[str], section: str, source: str) -> dict:
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: {section}: expected a mapping of keys, got {values!r}")
+    unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; expected model, data, loss, training")
-    sections = {}
-    for name, settings in (("model", ModelSettings), ("data", DataSettings), ("loss", LossSettings)):
-        try:
-            sections[name] = settings(**content.get(name, {}))
-        except TypeError as error:
-            raise ValueError(f"{path}: section {name}: {error}") from None
-    return TrainConfig(training=dict(content.get("training", {})), source=str(path), **sections)
+        names = ", ".join(f"{section}.{key}" for key in unknown)
+        raise ValueError(f"{source}: unknown key(s) {names}; {section} takes: {', '.join(sorted(known))}")
+    return values
+
+
+def _build_section(settings: type, values: Any, section: str, source: str):
+    hints = typing.get_type_hints(settings)
+    names = [item.name for item in dataclasses.fields(settings)]
+    values = _check_keys(values, names, section, source)
+    checked = {key: _check_type(value, hints[key], f"{section}.{key}", source) for key, value in values.items()}
+    try:
+        return settings(**checked)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
+def _check_training(values: Any, source: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainingArguments)
+    names = [item.name for item in dataclasses.fields(TrainingArguments) if item.init]
+    values = _check_keys(values, names, "training", source)
+    return {key: _check_type(value, hints[key], f"training.{key}", source) for key, value in values.items()}
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Read a recipe with its ``_base_`` chain and overrides; unknown or mistyped keys are errors."""
+    source = str(path)
+    content = apply_overrides(_read(Path(path)), list(overrides))
+    unknown = sorted(set(content) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"{source}: unknown section(s) {unknown}; expected {', '.join(SECTIONS)}")
+    sections = {
+        name: _build_section(settings, content.get(name, {}), name, source)
+        for name, settings in (("model", ModelSettings), ("data", DataSettings), ("loss", LossSettings))
+    }
+    return TrainConfig(training=_check_training(content.get("training", {}), source), source=source, **sections)

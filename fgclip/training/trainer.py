@@ -2,27 +2,42 @@
 
 What this adds to ``Trainer``:
 
-* the step is :class:`FGCLIPForTraining` (model + loss), and the per-term losses are
-  averaged between two log lines and logged next to the total;
+* the step is :class:`FGCLIPForTraining` (model + loss); the per-term losses are averaged
+  over the micro-batches (and ranks) between two log lines and logged next to the total;
+* the dataset's ``set_epoch`` is called at the start of every epoch (accelerate skips it
+  under DDP and when a resumed run fast-forwards its data), so the region-caption draw of a
+  resumed run is the one of an uninterrupted run;
 * a checkpoint directory counts only once its ``COMPLETE`` marker is written, after every
-  file of it (and after all ranks are done): :func:`last_complete_checkpoint` is what a
-  resumed run starts from, so a run killed mid-save resumes from the previous checkpoint;
-* bad FineHARD records skipped under ``skip_bad_records`` are counted in the log and the
-  final summary;
+  file of it (and after all ranks are done); :func:`last_complete_checkpoint` is what a
+  resumed run starts from, so a run killed mid-save resumes from the previous checkpoint.
+  Old checkpoints are rotated (``save_total_limit``) only after the new one is complete;
+* boxes stay float32 on the device (DeepSpeed would cast every float input to bf16);
+  no weight decay on 1-d parameters (biases, norm gains, class embedding, temperatures);
+* under DeepSpeed the 0-dim temperatures are held as (1,) tensors while training:
+  DeepSpeed 0.19 broadcasts every parameter as ``p.data.view(torch.uint8)`` at start-up,
+  which fails on 0-dim tensors; the final model gets them back as scalars;
+* webdataset shards, which split themselves by rank and worker, are read by a plain
+  DataLoader on every rank (accelerate would read them on rank 0 only and dispatch);
+* bad FineHARD records skipped under ``skip_bad_records`` are counted, by reason, in the
+  log and the final summary;
 * the final model is written with ``save_pretrained`` (safetensors) together with its
-  processor, ready for ``FGCLIPModel.from_pretrained``.
+  processor, ready for ``FGCLIPModel.from_pretrained``, and replaces ``final/`` atomically.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
-from collections import Counter, defaultdict
-from dataclasses import dataclass
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+from transformers import Trainer, TrainerCallback, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data import FineHARDCollator, FineHARDDataset, FineHARDShardDataset
 from ..losses import FGCLIPLoss
@@ -34,17 +49,53 @@ from .module import FGCLIPForTraining
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE"
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def _checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path, bool]]:
+    """(step, path, complete) of every ``checkpoint-N`` directory, by step."""
+    directory = Path(output_dir)
+    if not directory.is_dir():
+        return []
+    found = [(int(match.group(1)), path, (path / COMPLETE_MARKER).is_file()) for path in directory.iterdir()
+             if path.is_dir() and (match := CHECKPOINT_PATTERN.match(path.name))]
+    return sorted(found)
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     """The newest ``checkpoint-N`` of ``output_dir`` whose ``COMPLETE`` marker exists."""
-    directory = Path(output_dir)
-    if not directory.is_dir():
-        return None
-    complete = [(int(match.group(1)), path) for path in directory.iterdir()
-                if (match := CHECKPOINT_PATTERN.match(path.name)) and (path / COMPLETE_MARKER).is_file()]
-    return str(max(complete)[1]) if complete else None
+    complete = [path for _, path, is_complete in _checkpoints(output_dir) if is_complete]
+    return str(complete[-1]) if complete else None
+
+
+def _write_marker(checkpoint: Path, step: int) -> None:
+    temporary = checkpoint / f"{COMPLETE_MARKER}.tmp"
+    with open(temporary, "w") as handle:
+        handle.write(f"{step}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, checkpoint / COMPLETE_MARKER)
+
+
+def _remove_checkpoint(path: Path) -> None:
+    (path / COMPLETE_MARKER).unlink(missing_ok=True)  # a kill mid-delete leaves an incomplete directory
+    shutil.rmtree(path)
+
+
+class DatasetEpochCallback(TrainerCallback):
+    """Call ``dataset.set_epoch(epoch)`` at the start of every epoch, before its data is read.
+
+    accelerate's ``DataLoaderShard.set_epoch`` reaches the dataset only when the batch
+    sampler is a plain one: not under DDP (``BatchSamplerShard``) nor in the epoch a resumed
+    run fast-forwards (``SkipBatchSampler``). ``state.epoch`` is the integer epoch at an epoch
+    start and ``epoch + fraction done`` when resumed mid-epoch, hence the floor.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch or 0))
 
 
 class FGCLIPTrainer(Trainer):
@@ -52,45 +103,132 @@ class FGCLIPTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._term_sums: dict[str, float] = defaultdict(float)
+        self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0
-        self.skipped_records: Counter = Counter()
+        self.stream_skips: Counter = Counter()  # bad shard samples met by this rank, by reason
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.add_callback(DatasetEpochCallback(self.train_dataset))
+        scalars = [parameter for parameter in self.model.parameters() if parameter.ndim == 0]
+        self.scalar_parameters = scalars if self.is_deepspeed_enabled else []
+        for parameter in self.scalar_parameters:
+            parameter.data = parameter.data.reshape(1)
 
+    def restore_scalar_parameters(self) -> None:
+        """Give the parameters held as (1,) tensors for DeepSpeed their 0-dim shape back."""
+        for parameter in self.scalar_parameters:
+            parameter.data = parameter.data.reshape(())
+
+    # ------------------------------------------------------------------ data
+    def get_train_dataloader(self) -> DataLoader:
+        if not isinstance(self.train_dataset, IterableDataset):
+            return super().get_train_dataloader()
+        args = self.args
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers,
+            prefetch_factor=args.dataloader_prefetch_factor,
+            drop_last=args.dataloader_drop_last,
+        )
+
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        boxes = inputs.pop("boxes", None)
+        inputs = super()._prepare_inputs(inputs)
+        if boxes is not None:
+            inputs["boxes"] = [box.to(device=self.args.device, dtype=torch.float32) for box in boxes]
+        return inputs
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """Matrices and embedding tables decay; 1-d parameters and scalars do not (as open_clip)."""
+        return [name for name, parameter in model.named_parameters() if parameter.ndim >= 2]
+
+    # ------------------------------------------------------------------ loss and logging
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self.skipped_records.update(inputs.pop("skipped_records", ()))
+        self.stream_skips.update(inputs.pop("skipped_records", ()))
         outputs = model(**inputs)
         for name, value in outputs["terms"].items():
-            self._term_sums[name] += float(value)
+            self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach().float()
         self._term_steps += 1
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
+    def indexed_skips(self) -> Counter:
+        """Records dropped while indexing a FineHARD file (the same on every rank), by reason."""
+        dataset = self.train_dataset
+        return Counter(dataset.stats.reasons) if isinstance(dataset, FineHARDDataset) else Counter()
+
+    def skipped_records(self) -> Counter:
+        """Every bad record skipped so far, by reason, over all ranks (a collective call)."""
+        streamed = Counter(self.stream_skips)
+        if self.args.world_size > 1:
+            gathered: list = [None] * self.args.world_size
+            torch.distributed.all_gather_object(gathered, dict(self.stream_skips))
+            streamed = sum((Counter(counts) for counts in gathered), Counter())
+        return self.indexed_skips() + streamed
+
+    def _logged_terms(self) -> dict[str, float]:
+        """Mean of every loss term since the last log line over micro-batches and ranks, and the
+        number of records skipped so far (a collective call under DDP)."""
+        names = sorted(self._term_sums)
+        device = self.args.device
+        values = [self._term_sums[name].to(device=device, dtype=torch.float64) for name in names]
+        counts = [float(self._term_steps), float(sum(self.stream_skips.values()))]
+        reduced = torch.stack(values + [torch.tensor(count, dtype=torch.float64, device=device) for count in counts])
+        if self.args.world_size > 1:
+            torch.distributed.all_reduce(reduced)
+        steps, streamed = reduced[-2].item(), reduced[-1].item()
+        logs = {f"loss_{name}": reduced[index].item() / steps for index, name in enumerate(names)}
+        skipped = sum(self.indexed_skips().values()) + int(streamed)
+        if skipped:
+            logs["skipped_records"] = skipped
+        self._term_sums.clear()
+        self._term_steps = 0
+        return logs
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._term_steps:
-            logs.update({f"loss_{name}": round(total / self._term_steps, 6) for name, total in self._term_sums.items()})
-            self._term_sums.clear()
-            self._term_steps = 0
-        if self.skipped_records:
-            logs["skipped_records"] = sum(self.skipped_records.values())
+            logs.update(self._logged_terms())
         super().log(logs, start_time)
 
+    # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        if self.args.world_size > 1:
-            torch.distributed.barrier()
+        run_dir = Path(self._get_output_dir(trial=trial))
+        checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
-            checkpoint = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            marker = checkpoint / COMPLETE_MARKER
-            temporary = marker.with_suffix(".tmp")
-            temporary.write_text(f"{self.state.global_step}\n")
-            os.replace(temporary, marker)
+            (checkpoint / COMPLETE_MARKER).unlink(missing_ok=True)  # about to be rewritten
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotate once complete
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            _write_marker(checkpoint, self.state.global_step)
+            self._rotate_complete_checkpoints(run_dir)
+
+    def _rotate_complete_checkpoints(self, run_dir: Path) -> None:
+        limit = self.args.save_total_limit
+        if not limit or limit <= 0:
+            return
+        complete = [path for _, path, is_complete in _checkpoints(run_dir) if is_complete]
+        best = self.state.best_model_checkpoint
+        for path in complete[:-limit]:
+            if best is None or Path(best).resolve() != path.resolve():
+                _remove_checkpoint(path)
 
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: where the run wrote, its log (one entry per log line, as
+    ``trainer_state.json``) and the bad records skipped over all ranks, by reason."""
+
     output_dir: str
     final_model_dir: str
     log_history: list[dict]
     skipped_summary: str
+    skipped_records: dict[str, int] = field(default_factory=dict)
 
 
 def build_model(config: TrainConfig) -> FGCLIPModel:
@@ -107,8 +245,34 @@ def build_dataset(config: TrainConfig, processor: FGCLIPProcessor, seed: int):
     if data.shards:
         return FineHARDShardDataset(data.train, processor.preprocess, data.max_boxes, seed=seed,
                                     shuffle_shards=True, skip_bad_records=data.skip_bad_records)
-    return FineHARDDataset(data.train, data.image_root, processor.preprocess, data.max_boxes, seed=seed,
-                           skip_bad_records=data.skip_bad_records)
+    dataset = FineHARDDataset(data.train, data.image_root, processor.preprocess, data.max_boxes, seed=seed,
+                              skip_bad_records=data.skip_bad_records)
+    if dataset.stats.skipped:
+        logger.warning("%s; first: %s", dataset.stats.summary(), " | ".join(dataset.stats.examples))
+    return dataset
+
+
+def _discard_incomplete_checkpoints(output_dir: str, resume_from: str | None) -> None:
+    """Remove the incomplete checkpoints a resumed run would overwrite (those after its start):
+    HF's rotation would otherwise count them as the newest checkpoints and delete complete ones."""
+    start = int(CHECKPOINT_PATTERN.match(Path(resume_from).name).group(1)) if resume_from else -1
+    for step, path, is_complete in _checkpoints(output_dir):
+        if not is_complete and step > start:
+            logger.warning("removing incomplete checkpoint %s (no %s marker)", path, COMPLETE_MARKER)
+            shutil.rmtree(path)
+
+
+def _save_final(model: FGCLIPModel, processor: FGCLIPProcessor, final_dir: Path) -> None:
+    """``save_pretrained`` into a staging directory, then swap it in for ``final_dir``."""
+    staging, previous = final_dir.with_name(final_dir.name + ".tmp"), final_dir.with_name(final_dir.name + ".old")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    if final_dir.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        final_dir.rename(previous)
+    staging.rename(final_dir)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def train(config: TrainConfig, resume: bool | str = False, callbacks: list | None = None) -> TrainResult:
@@ -119,30 +283,35 @@ def train(config: TrainConfig, resume: bool | str = False, callbacks: list | Non
             (a fresh start if there is none); a path resumes from that checkpoint.
         callbacks: extra ``TrainerCallback`` objects.
     """
-    arguments = TrainingArguments(**{"remove_unused_columns": False,
-                                     "report_to": "none", **config.training})
+    arguments = config.training_arguments()
+    set_seed(arguments.seed)  # the random initialisation of `init: config` models
     model = build_model(config)
     processor = FGCLIPProcessor.for_config(model.config, resize_mode=config.data.resize_mode)
-    dataset = build_dataset(config, processor, arguments.data_seed if arguments.data_seed is not None else arguments.seed)
+    data_seed = arguments.data_seed if arguments.data_seed is not None else arguments.seed
+    dataset = build_dataset(config, processor, data_seed)
     objective = FGCLIPLoss(regional_weight=config.loss.regional_weight,
                            hard_negative_weight=config.loss.hard_negative_weight)
     step = FGCLIPForTraining(model, objective, regional=config.loss.regional,
                              hard_negatives=config.loss.hard_negatives)
     trainer = FGCLIPTrainer(model=step, args=arguments, train_dataset=dataset,
                             data_collator=FineHARDCollator(processor.tokenize), callbacks=callbacks)
+
     checkpoint = last_complete_checkpoint(arguments.output_dir) if resume is True else (resume or None)
+    if checkpoint and not (Path(checkpoint) / COMPLETE_MARKER).is_file():
+        logger.warning("%s has no %s marker: it may be incomplete", checkpoint, COMPLETE_MARKER)
+    if resume is True and trainer.args.should_save:
+        _discard_incomplete_checkpoints(arguments.output_dir, checkpoint)
+    trainer.accelerator.wait_for_everyone()
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
 
-    final_dir = os.path.join(arguments.output_dir, "final")
+    final_dir = Path(arguments.output_dir) / "final"
+    trainer.restore_scalar_parameters()
     if trainer.args.should_save:
-        model.save_pretrained(final_dir)
-        processor.save_pretrained(final_dir)
-    stats = getattr(dataset, "stats", None)
-    skipped = Counter(trainer.skipped_records)
-    if stats is not None and not config.data.shards:
-        skipped.update(stats.reasons)
+        _save_final(model, processor, final_dir)
+    trainer.accelerator.wait_for_everyone()
+    skipped = trainer.skipped_records()
     summary = f"skipped {sum(skipped.values())} bad record(s)" + (
         " (" + ", ".join(f"{reason}: {count}" for reason, count in skipped.most_common()) + ")" if skipped else "")
-    return TrainResult(arguments.output_dir, final_dir, trainer.state.log_history, summary)
+    return TrainResult(arguments.output_dir, str(final_dir), trainer.state.log_history, summary, dict(skipped))
