@@ -16,6 +16,21 @@ def _require(term: str, **inputs: torch.Tensor | None) -> None:
         raise ValueError(f"{term} loss: missing input(s) {', '.join(missing)}")
 
 
+def _check_caption_sets(text_embeds: Mapping[str, torch.Tensor]) -> None:
+    if not text_embeds:
+        raise ValueError("text_embeds: needs at least one caption set")
+
+
+def _add_global_terms(
+    terms: dict[str, torch.Tensor], text_embeds: Mapping[str, torch.Tensor], losses: list[torch.Tensor]
+) -> torch.Tensor:
+    """Record ``global_<name>`` per caption set and their sum ``global``; return the sum."""
+    for name, value in zip(text_embeds, losses):
+        terms[f"global_{name}"] = value
+    terms["global"] = torch.stack(losses).sum()
+    return terms["global"]
+
+
 class FGCLIPLoss(nn.Module):
     """FG-CLIP objective ``L = L_global + alpha * L_regional + beta * L_hard``.
 
@@ -68,14 +83,11 @@ class FGCLIPLoss(nn.Module):
             hard_candidate_mask: optional (R, 1 + N) bool, False on missing negatives.
             logit_scale_hardneg: scalar log scale of the hard-negative loss.
         """
-        if not text_embeds:
-            raise ValueError("text_embeds: needs at least one caption set")
+        _check_caption_sets(text_embeds)
         terms: dict[str, torch.Tensor] = {}
-        global_terms = self.global_loss.per_text_losses(image_embeds, list(text_embeds.values()), logit_scale)
-        for name, value in zip(text_embeds, global_terms):
-            terms[f"global_{name}"] = value
-        total = torch.stack(global_terms).sum()
-        terms["global"] = total
+        total = _add_global_terms(
+            terms, text_embeds, self.global_loss.per_text_losses(image_embeds, list(text_embeds.values()), logit_scale)
+        )
         if region_embeds is not None or region_text_embeds is not None:
             _require(
                 "regional",
@@ -163,16 +175,12 @@ class FGCLIP2Loss(nn.Module):
         logit_scale_hardneg: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Arguments as :meth:`FGCLIPLoss.forward`, plus the scalar ``logit_bias`` of the sigmoid loss."""
-        if not text_embeds:
-            raise ValueError("text_embeds: needs at least one caption set")
+        _check_caption_sets(text_embeds)
         terms: dict[str, torch.Tensor] = {}
-        global_terms = self.global_loss.per_text_losses(
-            image_embeds, list(text_embeds.values()), logit_scale, logit_bias
+        total = _add_global_terms(
+            terms, text_embeds,
+            self.global_loss.per_text_losses(image_embeds, list(text_embeds.values()), logit_scale, logit_bias),
         )
-        for name, value in zip(text_embeds, global_terms):
-            terms[f"global_{name}"] = value
-        total = torch.stack(global_terms).sum()
-        terms["global"] = total
         if region_embeds is not None or region_text_embeds is not None:
             _require(
                 "regional",

@@ -25,6 +25,7 @@ from .utils import (
     batch_count,
     check_candidates,
     check_features,
+    check_paired,
     connected_zero,
     normalize,
     outside_autocast,
@@ -58,15 +59,7 @@ class GlobalContrastiveLoss(nn.Module):
             text_embeds: caption embeddings, each (B, D), row i paired with image i.
             logit_scale: scalar log temperature.
         """
-        check_features("image_embeds", image_embeds, 2)
-        if image_embeds.shape[0] == 0:
-            raise ValueError("image_embeds: the global loss needs at least one image")
-        for index, text in enumerate(text_embeds):
-            if text.shape != image_embeds.shape:
-                raise ValueError(
-                    f"text_embeds[{index}]: expected shape {tuple(image_embeds.shape)} like image_embeds, "
-                    f"got {tuple(text.shape)}"
-                )
+        check_paired(image_embeds, text_embeds, "global")
         batch_size = image_embeds.shape[0]
         features = [normalize(image_embeds)] + [normalize(text) for text in text_embeds]
         if self.across_ranks and distributed.get_world_size() > 1:

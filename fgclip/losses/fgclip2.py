@@ -18,6 +18,7 @@ from .utils import (
     batch_count,
     check_candidates,
     check_features,
+    check_paired,
     connected_zero,
     normalize,
     outside_autocast,
@@ -48,15 +49,7 @@ class SigmoidGlobalLoss(nn.Module):
         logit_bias: torch.Tensor,
     ) -> list[torch.Tensor]:
         """One loss per caption set; image_embeds (B, D), each text (B, D), scalar scale and bias."""
-        check_features("image_embeds", image_embeds, 2)
-        if image_embeds.shape[0] == 0:
-            raise ValueError("image_embeds: the sigmoid loss needs at least one image")
-        for index, text in enumerate(text_embeds):
-            if text.shape != image_embeds.shape:
-                raise ValueError(
-                    f"text_embeds[{index}]: expected shape {tuple(image_embeds.shape)} like image_embeds, "
-                    f"got {tuple(text.shape)}"
-                )
+        check_paired(image_embeds, text_embeds, "sigmoid")
         batch_size = image_embeds.shape[0]
         images = normalize(image_embeds)
         texts = [normalize(text) for text in text_embeds]

@@ -107,3 +107,16 @@ def check_candidates(
         missing = torch.nonzero(~candidate_mask[:, 0]).flatten().tolist()
         raise ValueError(f"candidate_mask: the positive (column 0) is masked out for regions {missing}")
     return candidate_mask
+
+
+def check_paired(image_embeds: torch.Tensor, text_embeds, loss_name: str) -> None:
+    """Images (B, D), B >= 1, and every caption set of the same shape (row i paired with image i)."""
+    check_features("image_embeds", image_embeds, 2)
+    if image_embeds.shape[0] == 0:
+        raise ValueError(f"image_embeds: the {loss_name} loss needs at least one image")
+    for index, text in enumerate(text_embeds):
+        if text.shape != image_embeds.shape:
+            raise ValueError(
+                f"text_embeds[{index}]: expected shape {tuple(image_embeds.shape)} like image_embeds, "
+                f"got {tuple(text.shape)}"
+            )
