@@ -265,18 +265,8 @@ class FGCLIPModel(CLIPPreTrainedModel):
         return hidden
 
     def value_path_features(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Run the last vision block with attention replaced by its value path.
-
-        Args:
-            hidden_states: (B, 1 + h*w, C) tokens entering the last block.
-        Returns:
-            (B, h*w, D) projected patch embeddings (CLS dropped), unnormalised.
-        """
-        block = self.vision_model.encoder.layers[-1]
-        attention = block.self_attn
-        hidden = hidden_states + attention.out_proj(attention.v_proj(block.layer_norm1(hidden_states)))
-        hidden = hidden + block.mlp(block.layer_norm2(hidden))
-        return self.visual_projection(self.vision_model.post_layernorm(hidden[:, 1:]))
+        """(B, 1 + h*w, C) tokens entering the last block -> (B, h*w, D), see :func:`value_path_tokens`."""
+        return value_path_tokens(self.vision_model, self.visual_projection, hidden_states)
 
     def encode_image(self, pixel_values: torch.Tensor, dense: bool = True, normalize: bool = False) -> FGCLIPImageOutput:
         """One backbone pass giving the global embedding and, if ``dense``, the patch embeddings.
@@ -324,15 +314,7 @@ class FGCLIPModel(CLIPPreTrainedModel):
         return self._roi_align(dense_features, checked, normalize)
 
     def _roi_align(self, dense_features: torch.Tensor, boxes: list[torch.Tensor], normalize: bool) -> torch.Tensor:
-        feature_map = dense_features.permute(0, 3, 1, 2).float()
-        regions = roi_align(
-            feature_map,
-            [b.to(feature_map) for b in boxes],
-            output_size=1,
-            spatial_scale=1.0 / self.config.vision_config.patch_size,
-            sampling_ratio=-1,
-            aligned=True,
-        )[:, :, 0, 0].to(dense_features.dtype)
+        regions = roi_pool(dense_features, boxes, self.config.vision_config.patch_size)
         return F.normalize(regions, dim=-1) if normalize else regions
 
     def get_region_features(
@@ -366,6 +348,43 @@ class FGCLIPModel(CLIPPreTrainedModel):
             image_embeds=image_embeds,
             text_embeds=text_embeds,
         )
+
+
+def value_path_tokens(vision_model: nn.Module, visual_projection: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """Run the last block of a CLIP vision transformer with attention replaced by its value path.
+
+    ``x + out_proj(v_proj(ln1(x)))``, then the block's MLP, ``post_layernorm`` and the
+    projection; CLS is dropped. Works for FG-CLIP and plain CLIP towers alike.
+
+    Args:
+        vision_model: transformers ``CLIPVisionTransformer``.
+        hidden_states: (B, 1 + h*w, C) tokens entering the last block (``hidden_states[-2]``).
+    Returns:
+        (B, h*w, D) projected patch embeddings, unnormalised.
+    """
+    block = vision_model.encoder.layers[-1]
+    attention = block.self_attn
+    hidden = hidden_states + attention.out_proj(attention.v_proj(block.layer_norm1(hidden_states)))
+    hidden = hidden + block.mlp(block.layer_norm2(hidden))
+    return visual_projection(vision_model.post_layernorm(hidden[:, 1:]))
+
+
+def roi_pool(dense_features: torch.Tensor, boxes: list[torch.Tensor], patch_size: int) -> torch.Tensor:
+    """RoIAlign (1x1, aligned, adaptive sampling, float32) of a (B, h, w, D) patch map.
+
+    ``boxes``: one (K_i, 4) xyxy tensor per image in input pixels, already checked.
+    Returns (sum K_i, D) in the map's dtype, image 0's boxes first.
+    """
+    feature_map = dense_features.permute(0, 3, 1, 2).float()
+    regions = roi_align(
+        feature_map,
+        [b.to(feature_map) for b in boxes],
+        output_size=1,
+        spatial_scale=1.0 / patch_size,
+        sampling_ratio=-1,
+        aligned=True,
+    )[:, :, 0, 0]
+    return regions.to(dense_features.dtype)
 
 
 def check_boxes(boxes: list[torch.Tensor], num_images: int, height: int, width: int) -> list[torch.Tensor]:

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 from transformers import CLIPModel
 
-from ..modeling_fgclip import TEXT_KINDS, FGCLIPModel, check_boxes
+from ..modeling_fgclip import TEXT_KINDS, FGCLIPModel, check_boxes, roi_pool, value_path_tokens
 from ..processing_fgclip import FGCLIPProcessor
 
 MODEL_TYPES = ("auto", "fgclip", "clip")
@@ -107,29 +106,12 @@ class CLIPEvalModel(EvalModel):
     def encode_regions(self, pixel_values, boxes):
         vision = self.model.vision_model
         hidden = vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2]
-        tokens = self.value_path_tokens(hidden)
+        tokens = value_path_tokens(vision, self.model.visual_projection, hidden)
         patch = vision.config.patch_size
         grid_h, grid_w = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
-        feature_map = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid_h, grid_w).float()
+        dense = tokens.reshape(tokens.shape[0], grid_h, grid_w, tokens.shape[-1])
         checked = check_boxes(boxes, pixel_values.shape[0], *pixel_values.shape[-2:])
-        regions = roi_align(
-            feature_map, [b.to(feature_map) for b in checked], output_size=1,
-            spatial_scale=1.0 / patch, sampling_ratio=-1, aligned=True,
-        )[:, :, 0, 0]
-        return F.normalize(regions, dim=-1)
-
-    def value_path_tokens(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(B, 1 + h*w, C) tokens entering the last block -> (B, h*w, D) projected patch tokens.
-
-        The last block runs with attention replaced by its value path,
-        ``x + out_proj(v_proj(ln1(x)))``, then its MLP; CLS is dropped.
-        """
-        vision = self.model.vision_model
-        block = vision.encoder.layers[-1]
-        attention = block.self_attn
-        hidden = hidden_states + attention.out_proj(attention.v_proj(block.layer_norm1(hidden_states)))
-        hidden = hidden + block.mlp(block.layer_norm2(hidden))
-        return self.model.visual_projection(vision.post_layernorm(hidden[:, 1:]))
+        return F.normalize(roi_pool(dense, checked, patch).float(), dim=-1)
 
     def encode_texts(self, texts, kind="short"):
         kind = self.text_kind(kind)
