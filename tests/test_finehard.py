@@ -258,16 +258,26 @@ def test_shard_bad_samples_raise_or_are_skipped(tmp_path, image_root):
         ("b.png", png), ("b.json", json.dumps(bad).encode()),
         ("c.json", json.dumps(record(2)).encode()),
         ("d.png", png), ("d.json", json.dumps(record(3)).encode()),
+        ("e.png", png), ("e.json", b"{not json"),
     ])
     with pytest.raises(RecordError, match=rf"{shard} sample b: bbox_info\[0\]\.bbox: expected 4 or 5 numbers"):
         list(iter_shard_records([str(shard)]))
     dataset = FineHARDShardDataset([str(shard)], fake_preprocess(), skip_bad_records=True)
     samples = list(dataset)
     assert [s["short_text"] for s in samples] == ["a photo of image 0", "a photo of image 3"]
-    assert [s["skipped_records"] for s in samples] == [[], ["bbox_info[].bbox: wrong type", "image: missing"]]
-    assert (dataset.stats.seen, dataset.stats.skipped) == (4, 2)
+    # Skips travel with the next good sample; those after the last one travel with it.
+    assert [s["skipped_records"] for s in samples] == [
+        [], ["bbox_info[].bbox: wrong type", "image: missing", "invalid JSON"]]
+    assert (dataset.stats.seen, dataset.stats.skipped) == (5, 3)
     tokenize, _ = fake_tokenize_recorder()
     assert FineHARDCollator(tokenize)(samples)["skipped_records"] == samples[1]["skipped_records"]
+
+
+def test_shard_of_only_bad_samples_warns_with_its_count(tmp_path, image_root):
+    shard = tmp_path / "bad.tar"
+    _write_tar(shard, [("a.json", json.dumps(record(0)).encode()), ("b.png", b"not a png")])
+    with pytest.warns(UserWarning, match=r"all 2 samples .* skipped \((image: missing: 1, .*: 1|.*: 1, image: missing: 1)\)"):
+        assert list(iter_shard_records([str(shard)], skip_bad_records=True)) == []
 
 
 # ---------------------------------------------------------------------------- dataset

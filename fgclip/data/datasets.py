@@ -12,8 +12,9 @@ batches it)::
     hard_negative_texts  H lists of 1 + 10 str: [short_expr, negative "0", ..., negative "9"]
     hard_negative_regions H int, the region (0..K-1) each group belongs to
     skipped_records      list of `RecordError.reason` of bad shard samples skipped just
-                         before this one (always empty for the map-style dataset, whose
-                         skips are counted up front in `reader.stats`)
+                         before this one, and for a stream's last sample also after it
+                         (always empty for the map-style dataset, whose skips are
+                         counted up front in `reader.stats`)
 
 The `preprocess` contract is the one of `FGCLIPProcessor.preprocess`: it is called as
 ``preprocess([image], [boxes])`` with an RGB PIL image and a (K, 4) float tensor of xyxy
@@ -145,8 +146,8 @@ class FineHARDShardDataset(IterableDataset):
 
     Shards are shuffled per epoch (seeded) when `shuffle_shards` is set, then split
     across distributed ranks and DataLoader workers. Malformed samples are skipped when
-    `skip_bad_records` is set; their reasons travel with the next sample
-    (``sample["skipped_records"]``) and the collated batch, so the trainer can count
+    `skip_bad_records` is set; their reasons travel with the next sample, or the last
+    one at the end of a stream (``sample["skipped_records"]``), and the collated batch, so the trainer can count
     them whatever the number of workers.
 
     Args:

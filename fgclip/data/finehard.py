@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -474,8 +475,10 @@ def iter_shard_records(
 
     The shard list is split across distributed ranks and DataLoader workers
     (webdataset's ``split_by_node`` / ``split_by_worker``). `skipped_reasons` lists the
-    `RecordError.reason` of the bad samples skipped since the previous yield, so that a
-    count made in a DataLoader worker can travel to the training process with the batch.
+    `RecordError.reason` of the bad samples skipped since the previous yield -- for the last
+    sample of the stream also those after it -- so that a count made in a DataLoader worker
+    travels to the training process with the batch. A stream with no good sample at all
+    warns with its count instead.
 
     Args:
         urls: shard paths or a brace pattern (see `expand_shard_urls`).
@@ -491,6 +494,7 @@ def iter_shard_records(
         empty_check=False,
     )
     skipped: list[str] = []
+    held = None  # one good sample is held back so that skips after the last one travel with it
     for sample in pipeline:
         if stats is not None:
             stats.seen += 1
@@ -503,6 +507,17 @@ def iter_shard_records(
                 stats.add(error)
             skipped.append(error.reason)
             continue
-        yield sample["__key__"], image, record, skipped
+        if held is not None:
+            yield held
+        held = (sample["__key__"], image, record, skipped)
         skipped = []
+    if held is not None:
+        key, image, record, before = held
+        yield key, image, record, before + skipped
+    elif skipped:
+        warnings.warn(
+            f"all {len(skipped)} samples of this stream's shards were malformed and skipped "
+            f"({', '.join(f'{reason}: {n}' for reason, n in Counter(skipped).most_common())})",
+            stacklevel=2,
+        )
 
