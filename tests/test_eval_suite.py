@@ -28,7 +28,8 @@ from fgclip.processing_fgclip import CLIP_MEAN, CLIP_STD
 from fgclip.testing import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_FGOVD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fgovd_easy_sample.jsonl"
+# 200 records of FG-CLIP's FG-OVD easy-subset JSONL (3_attributes), as published.
+SHARED_FGOVD = Path(__file__).resolve().parent / "data" / "fgovd_easy_sample.jsonl"
 
 
 def noise_image(path: Path, width: int, height: int, seed: int) -> None:
@@ -260,8 +261,6 @@ def test_image_size_must_match_the_annotation(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- shared FG-OVD excerpt
-@pytest.mark.skipif(not SHARED_FGOVD.is_file(), reason=f"shared FG-OVD excerpt not found at {SHARED_FGOVD} "
-                    "(tests expect the shared/ folder beside the repository)")
 def test_shared_fgovd_excerpt_matches_one_box_per_forward(checkpoints, tmp_path):
     records = [json.loads(line) for line in SHARED_FGOVD.read_text().splitlines() if line.strip()]
     for seed, record in enumerate({r["img_path"]: r for r in records}.values()):
