@@ -2,13 +2,26 @@
 from transformers import AutoConfig, AutoModel
 
 from .configuration_fgclip import FGCLIPConfig
+from .configuration_fgclip2 import FGCLIP2Config, FGCLIP2TextConfig, FGCLIP2VisionConfig
 from .modeling_fgclip import FGCLIPImageOutput, FGCLIPModel, FGCLIPOutput, interpolate_long_positions
+from .modeling_fgclip2 import FGCLIP2ImageOutput, FGCLIP2Model, FGCLIP2Output
 from .processing_fgclip import FGCLIPProcessor
+from .processing_fgclip2 import FGCLIP2Images, FGCLIP2Processor
 
 AutoConfig.register(FGCLIPConfig.model_type, FGCLIPConfig)
 AutoModel.register(FGCLIPConfig, FGCLIPModel)
+AutoConfig.register(FGCLIP2Config.model_type, FGCLIP2Config)
+AutoModel.register(FGCLIP2Config, FGCLIP2Model)
 
 __all__ = [
+    "FGCLIP2Config",
+    "FGCLIP2ImageOutput",
+    "FGCLIP2Images",
+    "FGCLIP2Model",
+    "FGCLIP2Output",
+    "FGCLIP2Processor",
+    "FGCLIP2TextConfig",
+    "FGCLIP2VisionConfig",
     "FGCLIPConfig",
     "FGCLIPImageOutput",
     "FGCLIPModel",

@@ -54,12 +54,13 @@ def interpolate_long_positions(short_table: torch.Tensor, keep: int, stretch: in
     return torch.cat([short_table[:keep], middle.flatten(0, 1), tail])
 
 
-class FGCLIPTextEmbeddings(CLIPTextEmbeddings):
-    """CLIP token + position embeddings with a second, long position table.
+class LongPositionEmbeddings:
+    """Mixin for a text-embedding module (token + position tables): a second, long position table.
 
-    Position ids ``0..short-1`` index the short (77-row) table; ids ``short..short+long-1``
-    index the long table, so one module serves both paths and the choice travels with the
-    ``position_ids`` that :meth:`FGCLIPModel.get_text_features` passes.
+    Position ids ``0..short-1`` index the short table; ids ``short..short+long-1`` index the
+    long table, so one module serves both paths and the choice travels with the
+    ``position_ids`` the model passes. The long table is stored as upstream stores it: rows
+    ``0..keep-1`` of ``position_embedding_ori`` and rows ``keep..`` of ``position_embedding_res``.
     """
 
     def __init__(self, config, long_length: int, keep_positions: int):
@@ -81,6 +82,10 @@ class FGCLIPTextEmbeddings(CLIPTextEmbeddings):
             inputs_embeds = self.token_embedding(input_ids)
         table = torch.cat([self.position_embedding.weight, self.long_position_table()])
         return inputs_embeds + F.embedding(position_ids, table)
+
+
+class FGCLIPTextEmbeddings(LongPositionEmbeddings, CLIPTextEmbeddings):
+    """CLIP token + position embeddings with FG-CLIP's 248-row long position table."""
 
 
 @dataclass

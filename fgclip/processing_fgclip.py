@@ -48,6 +48,26 @@ def clip_bpe_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges))
 
 
+def check_texts(texts: list[str] | str) -> list[str]:
+    """``texts`` as a non-empty list of strings (one string is a list of one)."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if len(texts) == 0:
+        raise ValueError("texts is empty: give at least one text")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{index}] is {type(text).__name__}, expected str")
+    return list(texts)
+
+
+def warn_truncated(tokenizer, texts: list[str], max_length: int, kind: str) -> None:
+    """Warn, with their count, when texts are longer than ``max_length`` tokens (they will be cut)."""
+    full_lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    cut = sum(length > max_length for length in full_lengths)
+    if cut:
+        warnings.warn(f"{cut} of {len(texts)} {kind} texts exceed {max_length} tokens and were truncated", stacklevel=3)
+
+
 def load_image(image: Image.Image | str | os.PathLike) -> Image.Image:
     """Open a path or take a PIL image, as RGB (grayscale, palette and RGBA are converted)."""
     if isinstance(image, (str, os.PathLike)):
@@ -160,23 +180,11 @@ class FGCLIPProcessor:
             (N, L) ids; each row holds bos, the text and eos, padded with eos. Over-long texts
             are cut (eos kept) with a warning that counts them.
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        if len(texts) == 0:
-            raise ValueError("texts is empty: give at least one text")
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{index}] is {type(text).__name__}, expected str")
+        texts = check_texts(texts)
         if padding not in ("max_length", "longest"):
             raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
         max_length = self.max_length(kind)
-        full_lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
-        cut = sum(length > max_length for length in full_lengths)
-        if cut:
-            warnings.warn(
-                f"{cut} of {len(texts)} {kind} texts exceed {max_length} tokens and were truncated",
-                stacklevel=2,
-            )
+        warn_truncated(self.tokenizer, texts, max_length, kind)
         encoded = self.tokenizer(
             texts, padding=padding, truncation=True, max_length=max_length, return_tensors="pt"
         )

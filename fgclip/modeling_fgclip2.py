@@ -1,0 +1,298 @@
+"""FG-CLIP 2: the bilingual FG-CLIP on SigLIP 2 towers (NaFlex images, Gemma-tokenized text).
+
+The encoders are transformers' own ``Siglip2TextModel`` and ``Siglip2VisionModel``; FG-CLIP 2
+adds, under the upstream ``qihoo360/fg-clip2-*`` parameter names,
+
+* a 196-row long position table (``position_embedding_ori`` rows ``0..keep-1``,
+  ``position_embedding_res`` rows ``keep..``) built from the 64-row one as in FG-CLIP;
+* a head per text kind: ``text_model.head`` for short captions, ``longtext_head`` for long
+  ones, ``boxtext_head`` for region (box) captions, each on the last token's hidden state
+  (SigLIP pools the last position, so texts are padded to exactly 64 or 196 tokens);
+* ``dense_feature_head``: a multi-head-attention-pooling block whose attention runs with
+  every patch as its own query (no probe), giving one feature per patch; region features are
+  RoIAlign (1x1, aligned) of each image's own ``h x w`` patch grid, L2-normalised upstream;
+* ``logit_scale`` / ``logit_bias`` of the sigmoid loss.
+
+Images are NaFlex inputs: ``pixel_values`` (B, N, 3 * 16 * 16) patches, ``pixel_attention_mask``
+(B, N) and ``spatial_shapes`` (B, 2) = each image's patch grid ``(h, w)``, ``h * w <= N``.
+Boxes are xyxy in *input pixels* of each image's grid, ``0..w*16`` by ``0..h*16``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Siglip2Model, Siglip2TextModel, Siglip2VisionModel
+from transformers import initialization as init
+from transformers.models.siglip2.modeling_siglip2 import (
+    Siglip2MultiheadAttentionPoolingHead,
+    Siglip2PreTrainedModel,
+    Siglip2TextEmbeddings,
+)
+from transformers.utils import ModelOutput
+
+from .configuration_fgclip2 import FGCLIP2Config
+from .modeling_fgclip import TEXT_KINDS, LongPositionEmbeddings, check_boxes, interpolate_long_positions, roi_pool
+
+# SigLIP's initial temperature and bias (Zhai et al. 2023): t' = log 10, b = -10.
+LOGIT_SCALE_INIT = 2.302585092994046
+LOGIT_BIAS_INIT = -10.0
+
+
+class FGCLIP2TextEmbeddings(LongPositionEmbeddings, Siglip2TextEmbeddings):
+    """SigLIP 2 token + position embeddings with FG-CLIP 2's 196-row long position table."""
+
+
+@dataclass
+class FGCLIP2ImageOutput(ModelOutput):
+    """Outputs of one vision-tower pass.
+
+    Args:
+        image_embeds: (B, D) attention-pooled global embeddings, unnormalised.
+        dense_features: (B, N, D) per-patch features of the dense head, unnormalised; rows
+            past ``h * w`` of an image are padding. ``None`` when not requested.
+        spatial_shapes: (B, 2) patch grid ``(h, w)`` of each image.
+    """
+
+    image_embeds: torch.Tensor | None = None
+    dense_features: torch.Tensor | None = None
+    spatial_shapes: torch.Tensor | None = None
+
+
+@dataclass
+class FGCLIP2Output(ModelOutput):
+    """Sigmoid-loss logits of :meth:`FGCLIP2Model.forward` (embeddings L2-normalised)."""
+
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+
+
+class FGCLIP2Model(Siglip2PreTrainedModel):
+    """FG-CLIP 2 dual encoder. See the module docstring for what it adds to SigLIP 2."""
+
+    config_class = FGCLIP2Config
+    config: FGCLIP2Config
+    base_model_prefix = "fgclip2"
+    _no_split_modules = [*Siglip2PreTrainedModel._no_split_modules, "FGCLIP2TextEmbeddings"]
+
+    def __init__(self, config: FGCLIP2Config):
+        super().__init__(config)
+        text_config, vision_config = config.text_config, config.vision_config
+        self.text_model = Siglip2TextModel._from_config(text_config)
+        self.text_model.embeddings = FGCLIP2TextEmbeddings(text_config, text_config.longtext_len, text_config.keep_len)
+        self.vision_model = Siglip2VisionModel._from_config(vision_config)
+        width = text_config.hidden_size
+        self.longtext_head = nn.Linear(width, text_config.projection_size)
+        self.boxtext_head = nn.Linear(width, text_config.projection_size)
+        self.dense_feature_head = Siglip2MultiheadAttentionPoolingHead(vision_config)
+        self.logit_scale = nn.Parameter(torch.full((1,), LOGIT_SCALE_INIT))
+        self.logit_bias = nn.Parameter(torch.full((1,), LOGIT_BIAS_INIT))
+        long_ids = torch.arange(config.long_text_length) + config.short_text_length
+        self.long_position_ids = nn.Buffer(long_ids[None], persistent=False)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, FGCLIP2Model):
+            init.constant_(module.logit_scale, LOGIT_SCALE_INIT)
+            init.constant_(module.logit_bias, LOGIT_BIAS_INIT)
+            long_ids = torch.arange(self.config.long_text_length) + self.config.short_text_length
+            init.copy_(module.long_position_ids, long_ids[None])
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_siglip2(cls, siglip2: str | os.PathLike | Siglip2Model, **kwargs) -> "FGCLIP2Model":
+        """Initialisation from a plain SigLIP 2 checkpoint (a path, hub id or ``Siglip2Model``).
+
+        Copies every SigLIP 2 weight, builds both long position tables from the 64-row table by
+        :func:`~fgclip.interpolate_long_positions`, copies ``text_model.head`` into
+        ``longtext_head`` and ``boxtext_head`` and the vision attention-pooling head into
+        ``dense_feature_head``. ``kwargs`` go to ``Siglip2Model.from_pretrained``.
+        """
+        if not isinstance(siglip2, Siglip2Model):
+            siglip2 = Siglip2Model.from_pretrained(siglip2, **kwargs)
+        source = siglip2.config
+        config = cls.config_class(text_config=source.text_config.to_dict(), vision_config=source.vision_config.to_dict())
+        model = cls(config).to(siglip2.dtype)
+        missing, unexpected = model.load_state_dict(siglip2.state_dict(), strict=False)
+        new_prefixes = ("text_model.embeddings.position_embedding_ori.", "text_model.embeddings.position_embedding_res.",
+                        "longtext_head.", "boxtext_head.", "dense_feature_head.")
+        unmatched = [key for key in missing if not key.startswith(new_prefixes)]
+        if unexpected or unmatched:
+            raise ValueError(f"SigLIP 2 checkpoint does not match the FG-CLIP 2 layout: missing {sorted(unmatched)}, "
+                             f"unexpected {sorted(unexpected)}")
+        text_config = config.text_config
+        embeddings = model.text_model.embeddings
+        with torch.no_grad():
+            long_table = interpolate_long_positions(
+                embeddings.position_embedding.weight, text_config.keep_len, text_config.long_position_stretch
+            )
+            embeddings.position_embedding_ori.weight.copy_(long_table)
+            embeddings.position_embedding_res.weight.copy_(long_table)
+            model.longtext_head.load_state_dict(model.text_model.head.state_dict())
+            model.boxtext_head.load_state_dict(model.text_model.head.state_dict())
+            model.dense_feature_head.load_state_dict(model.vision_model.head.state_dict())
+        return model
+
+    # ------------------------------------------------------------------ text
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        kind: str = "short",
+        attention_mask: torch.Tensor | None = None,
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """Embed token ids of one text kind.
+
+        Args:
+            input_ids: (N, L) ids padded to exactly the kind's length (64 short / region, 196
+                long): the last position is pooled, padding or not.
+            kind: ``"short"`` (``text_model.head``), ``"region"`` (``boxtext_head``) or
+                ``"long"`` (long positions, ``longtext_head``).
+            attention_mask: (N, L), 1 on real tokens, as the tokenizer returns it.
+        Returns:
+            (N, D) text embeddings.
+        """
+        if kind not in TEXT_KINDS:
+            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
+        is_long = kind == "long"
+        length = self.config.long_text_length if is_long else self.config.short_text_length
+        if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] != length:
+            raise ValueError(
+                f"{kind} texts must be (N, {length}) token ids padded to exactly {length} (the last position is "
+                f"pooled), got shape {tuple(input_ids.shape)}; tokenize with FGCLIP2Processor.tokenize(texts, "
+                f"kind={kind!r})"
+            )
+        position_ids = self.long_position_ids if is_long else None
+        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        pooled = hidden.last_hidden_state[:, -1]
+        head = {"short": self.text_model.head, "region": self.boxtext_head, "long": self.longtext_head}[kind]
+        features = head(pooled)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    # ------------------------------------------------------------------ vision
+    def _check_images(self, pixel_values, pixel_attention_mask, spatial_shapes) -> None:
+        patch = self.config.vision_config.patch_size
+        channels = self.config.vision_config.num_channels * patch * patch
+        if pixel_values.ndim != 3 or pixel_values.shape[-1] != channels:
+            raise ValueError(f"pixel_values must be (B, N, {channels}) NaFlex patches, got {tuple(pixel_values.shape)}")
+        batch, length = pixel_values.shape[:2]
+        if tuple(pixel_attention_mask.shape) != (batch, length) or tuple(spatial_shapes.shape) != (batch, 2):
+            raise ValueError(
+                f"pixel_attention_mask must be ({batch}, {length}) and spatial_shapes ({batch}, 2), got "
+                f"{tuple(pixel_attention_mask.shape)} and {tuple(spatial_shapes.shape)}"
+            )
+        cells = spatial_shapes.prod(-1)
+        if bool((cells > length).any()) or bool((pixel_attention_mask.sum(-1) != cells).any()):
+            raise ValueError("spatial_shapes disagree with pixel_attention_mask: image i must have h_i * w_i <= N "
+                             "valid patches, first")
+
+    def dense_head_features(self, last_hidden_state: torch.Tensor, pixel_attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) post-layernorm patch tokens -> (B, N, D): the dense head with every patch as a query.
+
+        Attention over the image's valid patches, then ``x + mlp(layernorm(x))`` on its output.
+        """
+        head = self.dense_feature_head
+        padding = ~pixel_attention_mask.bool()
+        attended = head.attention(last_hidden_state, last_hidden_state, last_hidden_state,
+                                  key_padding_mask=padding, need_weights=False)[0]
+        return attended + head.mlp(head.layernorm(attended))
+
+    def encode_image(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        dense: bool = True,
+        normalize: bool = False,
+    ) -> FGCLIP2ImageOutput:
+        """One backbone pass giving the global embedding and, if ``dense``, the per-patch features."""
+        self._check_images(pixel_values, pixel_attention_mask, spatial_shapes)
+        outputs = self.vision_model(
+            pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes
+        )
+        image_embeds = outputs.pooler_output
+        dense_features = None
+        if dense:
+            dense_features = self.dense_head_features(outputs.last_hidden_state, pixel_attention_mask)
+        if normalize:
+            image_embeds = F.normalize(image_embeds, dim=-1)
+            dense_features = None if dense_features is None else F.normalize(dense_features, dim=-1)
+        return FGCLIP2ImageOutput(image_embeds=image_embeds, dense_features=dense_features, spatial_shapes=spatial_shapes)
+
+    def get_image_features(self, pixel_values, pixel_attention_mask, spatial_shapes, normalize: bool = False):
+        """(B, D) global image embeddings (the vision tower's attention-pooling head)."""
+        return self.encode_image(pixel_values, pixel_attention_mask, spatial_shapes, dense=False,
+                                 normalize=normalize).image_embeds
+
+    def dense_maps(self, dense_features: torch.Tensor, spatial_shapes: torch.Tensor) -> list[torch.Tensor]:
+        """(B, N, D) padded dense features -> B maps (h_i, w_i, D), padding rows dropped."""
+        return [
+            features[: h * w].reshape(h, w, -1)
+            for features, (h, w) in zip(dense_features, spatial_shapes.tolist())
+        ]
+
+    def pool_regions(
+        self, dense_features: torch.Tensor, spatial_shapes: torch.Tensor, boxes: list[torch.Tensor],
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """RoIAlign (1x1, aligned, adaptive sampling) of each image's own patch grid.
+
+        Args:
+            boxes: one (K_i, 4) xyxy tensor per image in its input pixels (``0..w_i * patch``).
+        Returns:
+            (sum K_i, D), image 0's boxes first.
+        """
+        patch = self.config.vision_config.patch_size
+        maps = self.dense_maps(dense_features, spatial_shapes)
+        if isinstance(boxes, torch.Tensor) or len(boxes) != len(maps):
+            raise ValueError(f"boxes must be a list with one (K, 4) tensor per image ({len(maps)} images)")
+        regions = []
+        for index, (feature_map, image_boxes) in enumerate(zip(maps, boxes)):
+            height, width = feature_map.shape[0] * patch, feature_map.shape[1] * patch
+            try:
+                checked = check_boxes([image_boxes], 1, height, width)
+            except ValueError as error:
+                raise ValueError(f"image {index}: {error}") from None
+            regions.append(roi_pool(feature_map[None], checked, patch))
+        pooled = torch.cat(regions)
+        return F.normalize(pooled, dim=-1) if normalize else pooled
+
+    def get_region_features(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        boxes: list[torch.Tensor],
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """Region embeddings of many boxes from one backbone pass per image, (sum K_i, D)."""
+        output = self.encode_image(pixel_values, pixel_attention_mask, spatial_shapes, dense=True)
+        return self.pool_regions(output.dense_features, spatial_shapes, boxes, normalize)
+
+    # ------------------------------------------------------------------ both
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        kind: str = "short",
+    ) -> FGCLIP2Output:
+        """Sigmoid-loss logits ``exp(t) * <text, image> + b`` between B images and T texts of one kind."""
+        image_embeds = self.get_image_features(pixel_values, pixel_attention_mask, spatial_shapes, normalize=True)
+        text_embeds = self.get_text_features(input_ids, kind, attention_mask, normalize=True)
+        logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp() + self.logit_bias
+        return FGCLIP2Output(
+            logits_per_image=logits_per_text.t(),
+            logits_per_text=logits_per_text,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+        )

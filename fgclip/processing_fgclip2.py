@@ -1,0 +1,146 @@
+"""Pre-processing for FG-CLIP 2: lower-cased multilingual tokenisation and NaFlex images with boxes.
+
+Texts are lower-cased (as FG-CLIP 2 was trained) and padded to exactly 64 tokens (short and
+region texts) or 196 (long texts), because SigLIP pools the last position. Images go through
+transformers' ``Siglip2ImageProcessor``: resized with their aspect ratio kept to at most
+``max_num_patches`` patches of 16 pixels, cut into patches and padded to ``max_num_patches``;
+boxes in original pixels are mapped to input pixels of each image's own patch grid.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, Siglip2ImageProcessor
+
+from .configuration_fgclip2 import FGCLIP2Config
+from .modeling_fgclip import TEXT_KINDS
+from .processing_fgclip import check_texts, load_image, warn_truncated
+
+
+@dataclass
+class FGCLIP2Images:
+    """A NaFlex image batch, the keyword arguments of :class:`~fgclip.FGCLIP2Model`'s image methods.
+
+    Args:
+        pixel_values: (B, N, 3 * p * p) patches, N = ``max_num_patches``.
+        pixel_attention_mask: (B, N), 1 on the ``h_i * w_i`` real patches of image i.
+        spatial_shapes: (B, 2) patch grid ``(h_i, w_i)``.
+    """
+
+    pixel_values: torch.Tensor
+    pixel_attention_mask: torch.Tensor
+    spatial_shapes: torch.Tensor
+
+    def to(self, device) -> "FGCLIP2Images":
+        return FGCLIP2Images(self.pixel_values.to(device), self.pixel_attention_mask.to(device),
+                             self.spatial_shapes.to(device))
+
+    def as_kwargs(self) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.pixel_values, "pixel_attention_mask": self.pixel_attention_mask,
+                "spatial_shapes": self.spatial_shapes}
+
+
+class FGCLIP2Processor:
+    """Tokenizer + NaFlex image processor of an FG-CLIP 2 model.
+
+    Args:
+        tokenizer: the checkpoint's tokenizer (Gemma's multilingual vocabulary for the
+            released models), e.g. ``AutoTokenizer.from_pretrained("qihoo360/fg-clip2-base")``.
+        image_processor: a ``Siglip2ImageProcessor``; built with ``patch_size`` and
+            ``max_num_patches`` if omitted.
+        short_length / long_length: token lengths of short (and region) and long texts.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        image_processor: Siglip2ImageProcessor | None = None,
+        short_length: int = 64,
+        long_length: int = 196,
+        patch_size: int = 16,
+        max_num_patches: int = 256,
+    ):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor or Siglip2ImageProcessor(
+            patch_size=patch_size, max_num_patches=max_num_patches
+        )
+        self.short_length = short_length
+        self.long_length = long_length
+
+    @classmethod
+    def for_config(cls, config: FGCLIP2Config, tokenizer, **kwargs) -> "FGCLIP2Processor":
+        """A processor matching a model configuration (text lengths, patch size, position grid)."""
+        vision = config.vision_config
+        return cls(tokenizer, short_length=config.short_text_length, long_length=config.long_text_length,
+                   patch_size=vision.patch_size, max_num_patches=vision.num_patches, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> "FGCLIP2Processor":
+        """Tokenizer, image processor and text lengths of a checkpoint directory or hub id."""
+        config = FGCLIP2Config.from_pretrained(path, **kwargs)
+        return cls(
+            AutoTokenizer.from_pretrained(path, **kwargs),
+            Siglip2ImageProcessor.from_pretrained(path, **kwargs),
+            short_length=config.short_text_length,
+            long_length=config.long_text_length,
+        )
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.tokenizer.save_pretrained(directory)
+        self.image_processor.save_pretrained(directory)
+
+    # ------------------------------------------------------------------ text
+    def max_length(self, kind: str) -> int:
+        if kind not in TEXT_KINDS:
+            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
+        return self.long_length if kind == "long" else self.short_length
+
+    def tokenize(self, texts: list[str] | str, kind: str = "short") -> dict[str, torch.Tensor]:
+        """Lower-cased ``texts`` as ``{"input_ids", "attention_mask"}``, (N, 64) or (N, 196) for long.
+
+        Over-long texts are cut with a warning that counts them.
+        """
+        texts = [text.lower() for text in check_texts(texts)]
+        max_length = self.max_length(kind)
+        warn_truncated(self.tokenizer, texts, max_length, kind)
+        encoded = self.tokenizer(texts, padding="max_length", truncation=True, max_length=max_length,
+                                 return_tensors="pt", return_attention_mask=True)
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    # ------------------------------------------------------------------ images
+    def preprocess(
+        self,
+        images: list[Image.Image | str | os.PathLike] | Image.Image | str | os.PathLike,
+        boxes: list[torch.Tensor] | None = None,
+        max_num_patches: int | None = None,
+    ) -> FGCLIP2Images | tuple[FGCLIP2Images, list[torch.Tensor]]:
+        """Images (PIL or paths) -> :class:`FGCLIP2Images`.
+
+        Args:
+            boxes: optional, one (K_i, 4) xyxy tensor per image in original pixels; returned
+                mapped to input pixels of the image's patch grid (``0..w_i * p`` by ``0..h_i * p``).
+            max_num_patches: overrides the processor's patch budget for this call.
+        """
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("images is empty: give at least one image")
+        if boxes is not None and len(boxes) != len(images):
+            raise ValueError(f"got {len(boxes)} box lists for {len(images)} images")
+        images = [load_image(image) for image in images]
+        options = {} if max_num_patches is None else {"max_num_patches": max_num_patches}
+        encoded = self.image_processor(images, return_tensors="pt", **options)
+        batch = FGCLIP2Images(encoded["pixel_values"], encoded["pixel_attention_mask"], encoded["spatial_shapes"])
+        if boxes is None:
+            return batch
+        patch = self.image_processor.patch_size
+        mapped = []
+        for image, image_boxes, (grid_h, grid_w) in zip(images, boxes, batch.spatial_shapes.tolist()):
+            width, height = image.size
+            scale = torch.tensor([grid_w * patch / width, grid_h * patch / height] * 2)
+            mapped.append(torch.as_tensor(image_boxes, dtype=torch.float32).reshape(-1, 4) * scale)
+        return batch, mapped

@@ -1,0 +1,254 @@
+"""FGCLIP2Model and FGCLIP2Processor against independent references: transformers' plain SigLIP 2,
+the long-position rule written out row by row, a hand-written dense head, closed-form RoIAlign
+cases and an upstream-layout checkpoint."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, Siglip2Config, Siglip2Model, Siglip2TextConfig, Siglip2TextModel
+
+from fgclip import FGCLIP2Config, FGCLIP2Model, FGCLIP2Processor
+from fgclip.testing import tiny_fgclip2_config, tiny_word_tokenizer
+
+KEEP, SHORT, LONG = 20, 64, 196
+WORDS = "a red car blue bird on the green grass small wooden chair with metal legs 一只 红色 的 汽车".split()
+
+
+def long_table_by_rule(p: torch.Tensor) -> torch.Tensor:
+    """REFERENCE sections 1 and 7: 196 = 20 + 4 * 43 + 4 rows, with the literal weights."""
+    rows = [p[i] for i in range(KEEP)]
+    for i in range(KEEP, SHORT - 1):
+        rows += [p[i], 3 / 4 * p[i] + 1 / 4 * p[i + 1], 2 / 4 * p[i] + 2 / 4 * p[i + 1], 1 / 4 * p[i] + 3 / 4 * p[i + 1]]
+    rows += [p[SHORT - 1] + k * (p[SHORT - 1] - p[SHORT - 2]) / 4 for k in range(4)]
+    return torch.stack(rows)
+
+
+def upstream_keys(layers: int) -> set[str]:
+    """Parameter names of an upstream ``qihoo360/fg-clip2-*`` checkpoint, written out."""
+    head = ["probe", "attention.in_proj_weight", "attention.in_proj_bias", "attention.out_proj.weight",
+            "attention.out_proj.bias", "layernorm.weight", "layernorm.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+            "mlp.fc2.weight", "mlp.fc2.bias"]
+    layer = [f"{module}.{kind}" for module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                               "self_attn.out_proj", "layer_norm1", "layer_norm2", "mlp.fc1",
+                                               "mlp.fc2") for kind in ("weight", "bias")]
+    keys = {f"text_model.embeddings.{table}.weight"
+            for table in ("token_embedding", "position_embedding", "position_embedding_ori", "position_embedding_res")}
+    keys |= {"text_model.final_layer_norm.weight", "text_model.final_layer_norm.bias", "text_model.head.weight",
+             "text_model.head.bias", "vision_model.embeddings.patch_embedding.weight",
+             "vision_model.embeddings.patch_embedding.bias", "vision_model.embeddings.position_embedding.weight",
+             "vision_model.post_layernorm.weight", "vision_model.post_layernorm.bias", "logit_scale", "logit_bias"}
+    keys |= {f"{tower}.encoder.layers.{n}.{name}" for tower in ("text_model", "vision_model")
+             for n in range(layers) for name in layer}
+    keys |= {f"{prefix}.{name}" for prefix in ("vision_model.head", "dense_feature_head") for name in head}
+    keys |= {f"{prefix}.{kind}" for prefix in ("longtext_head", "boxtext_head") for kind in ("weight", "bias")}
+    return keys
+
+
+@pytest.fixture(scope="module")
+def siglip2():
+    torch.manual_seed(0)
+    config = tiny_fgclip2_config()
+    plain = Siglip2Config(text_config={k: v for k, v in config.text_config.to_dict().items()
+                                       if k not in ("keep_len", "longtext_len", "model_type")},
+                          vision_config={k: v for k, v in config.vision_config.to_dict().items() if k != "model_type"})
+    return Siglip2Model(plain).eval()
+
+
+@pytest.fixture(scope="module")
+def model(siglip2):
+    torch.manual_seed(1)
+    fgclip2 = FGCLIP2Model.from_siglip2(siglip2).eval()
+    with torch.no_grad():  # make every FG-CLIP 2 addition differ from its SigLIP 2 source
+        for parameter in (*fgclip2.longtext_head.parameters(), *fgclip2.boxtext_head.parameters(),
+                          *fgclip2.dense_feature_head.parameters(),
+                          fgclip2.text_model.embeddings.position_embedding_ori.weight,
+                          fgclip2.text_model.embeddings.position_embedding_res.weight):
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return fgclip2
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return FGCLIP2Processor.for_config(tiny_fgclip2_config(), tiny_word_tokenizer(WORDS))
+
+
+def images_of(sizes, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8).numpy())
+            for w, h in sizes]
+
+
+# ---------------------------------------------------------------------------------------- from SigLIP 2
+def test_from_siglip2_keeps_siglip2_features_and_builds_long_table(siglip2, processor):
+    fgclip2 = FGCLIP2Model.from_siglip2(siglip2).eval()
+    texts = processor.tokenize(["a red car", "a small wooden chair with metal legs"])
+    batch = processor.preprocess(images_of([(40, 24), (16, 16)]))
+    with torch.no_grad():
+        expected_text = siglip2.get_text_features(**texts).pooler_output
+        expected_image = siglip2.get_image_features(**batch.as_kwargs()).pooler_output
+        torch.testing.assert_close(fgclip2.get_text_features(**texts), expected_text)
+        torch.testing.assert_close(fgclip2.get_text_features(**texts, kind="region"), expected_text)
+        torch.testing.assert_close(fgclip2.get_image_features(**batch.as_kwargs()), expected_image)
+    embeddings = fgclip2.text_model.embeddings
+    rule = long_table_by_rule(siglip2.text_model.embeddings.position_embedding.weight.detach())
+    torch.testing.assert_close(embeddings.position_embedding_ori.weight, rule)
+    torch.testing.assert_close(embeddings.position_embedding_res.weight, rule)
+    assert all(torch.equal(a, b) for a, b in zip(fgclip2.dense_feature_head.state_dict().values(),
+                                                 siglip2.vision_model.head.state_dict().values()))
+
+
+# ---------------------------------------------------------------------------------------- text paths
+def test_long_path_uses_ori_rows_then_res_rows_and_its_own_head(model, processor):
+    """Reference: a plain SigLIP 2 text tower whose 196-row table is ori[:20] + res[20:]."""
+    config = model.config.text_config
+    plain_config = Siglip2TextConfig(**{k: v for k, v in config.to_dict().items()
+                                        if k not in ("keep_len", "longtext_len", "model_type")})
+    plain_config.max_position_embeddings = LONG
+    plain = Siglip2TextModel(plain_config).eval()
+    state = {k: v for k, v in model.text_model.state_dict().items() if "position_embedding" not in k}
+    embeddings = model.text_model.embeddings
+    state["embeddings.position_embedding.weight"] = torch.cat(
+        [embeddings.position_embedding_ori.weight[:KEEP], embeddings.position_embedding_res.weight[KEEP:]])
+    plain.load_state_dict(state)
+    texts = processor.tokenize(["a blue bird on the green grass " * 6, "a red car"], kind="long")
+    assert texts["input_ids"].shape == (2, LONG)
+    with torch.no_grad():
+        pooled = plain(**texts).last_hidden_state[:, -1]
+        torch.testing.assert_close(model.get_text_features(**texts, kind="long"), model.longtext_head(pooled))
+        short = processor.tokenize(["a red car"])
+        pooled_short = model.text_model(**short).last_hidden_state[:, -1]
+        torch.testing.assert_close(model.get_text_features(**short, kind="region"), model.boxtext_head(pooled_short))
+
+
+def test_text_length_must_be_exact(model, processor):
+    texts = processor.tokenize(["a red car"])
+    with pytest.raises(ValueError, match=r"padded to exactly 64 .*got shape \(1, 10\)"):
+        model.get_text_features(texts["input_ids"][:, :10])
+    with pytest.raises(ValueError, match="padded to exactly 196"):
+        model.get_text_features(**texts, kind="long")
+    with pytest.raises(ValueError, match="unknown text kind 'box'"):
+        model.get_text_features(**texts, kind="box")
+
+
+# ---------------------------------------------------------------------------------------- dense and regions
+def dense_by_hand(model, tokens: torch.Tensor) -> torch.Tensor:
+    """The dense head on one image's (n, C) tokens, every token a query, written with plain tensor ops."""
+    head = model.dense_feature_head
+    width, heads = tokens.shape[-1], head.num_heads
+    q, k, v = (tokens @ head.attention.in_proj_weight.T + head.attention.in_proj_bias).split(width, dim=-1)
+    split = lambda x: x.reshape(-1, heads, width // heads).transpose(0, 1)  # noqa: E731
+    weights = torch.softmax(split(q) @ split(k).transpose(1, 2) / (width // heads) ** 0.5, dim=-1)
+    attended = (weights @ split(v)).transpose(0, 1).reshape(-1, width)
+    attended = head.attention.out_proj(attended)
+    return attended + head.mlp(head.layernorm(attended))
+
+
+def test_dense_features_per_image_match_an_unpadded_pass_by_hand(model, processor):
+    sizes = [(40, 24), (16, 16), (12, 28)]
+    batch = processor.preprocess(images_of(sizes))
+    assert batch.pixel_values.shape[1] == 16 and len(set(map(tuple, batch.spatial_shapes.tolist()))) > 1
+    with torch.no_grad():
+        dense = model.encode_image(**batch.as_kwargs()).dense_features
+        for index, (h, w) in enumerate(batch.spatial_shapes.tolist()):
+            alone = batch.pixel_values[index : index + 1, : h * w]
+            tokens = model.vision_model(pixel_values=alone, pixel_attention_mask=torch.ones(1, h * w, dtype=torch.long),
+                                        spatial_shapes=batch.spatial_shapes[index : index + 1]).last_hidden_state[0]
+            torch.testing.assert_close(dense[index, : h * w], dense_by_hand(model, tokens), atol=1e-5, rtol=1e-4)
+
+
+def test_region_features_closed_forms(model, processor):
+    """A whole-image box pools the mean of the image's patches; a one-cell box gives that cell."""
+    images = images_of([(40, 24), (16, 16)])
+    full = [torch.tensor([[0.0, 0.0, 40.0, 24.0]]), torch.tensor([[0.0, 0.0, 16.0, 16.0]])]
+    batch, mapped = processor.preprocess(images, boxes=full)
+    patch = 4
+    with torch.no_grad():
+        output = model.encode_image(**batch.as_kwargs())
+        maps = model.dense_maps(output.dense_features, batch.spatial_shapes)
+        (h0, w0), (h1, w1) = batch.spatial_shapes.tolist()
+        torch.testing.assert_close(mapped[0], torch.tensor([[0.0, 0.0, w0 * patch, h0 * patch]]))
+        cell = torch.tensor([[1 * patch, 2 * patch, 2 * patch, 3 * patch]], dtype=torch.float32)  # row 2, column 1
+        regions = model.get_region_features(**batch.as_kwargs(), boxes=[torch.cat([mapped[0], cell]), mapped[1]])
+    expected = torch.stack([maps[0].mean((0, 1)), maps[0][2, 1], maps[1].mean((0, 1))])
+    torch.testing.assert_close(regions, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_boxes_are_checked_against_each_images_own_grid(model, processor):
+    batch = processor.preprocess(images_of([(40, 24), (16, 16)]))
+    (h, w), _ = batch.spatial_shapes.tolist()
+    with pytest.raises(ValueError, match=rf"image 0: .*outside the {w * 4}x{h * 4} image"):
+        model.get_region_features(**batch.as_kwargs(), boxes=[torch.tensor([[0.0, 0.0, w * 4 + 1.0, 4.0]]),
+                                                              torch.tensor([[0.0, 0.0, 4.0, 4.0]])])
+
+
+# ---------------------------------------------------------------------------------------- logits
+def test_forward_gives_sigmoid_logits(model, processor):
+    texts = processor.tokenize(["a red car", "a blue bird", "the green grass"])
+    batch = processor.preprocess(images_of([(20, 20), (32, 16)]))
+    with torch.no_grad():
+        output = model(**texts, **batch.as_kwargs())
+        text = F.normalize(model.get_text_features(**texts), dim=-1)
+        image = F.normalize(model.get_image_features(**batch.as_kwargs()), dim=-1)
+    expected = text @ image.T * model.logit_scale.exp() + model.logit_bias
+    torch.testing.assert_close(output.logits_per_text, expected)
+    torch.testing.assert_close(output.logits_per_image, expected.T)
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+def test_upstream_layout_checkpoint_loads_and_saves_back(model, tmp_path):
+    assert set(model.state_dict()) - {"long_position_ids"} == upstream_keys(2)
+    config = model.config.to_dict()
+    config.update({"architectures": ["FG_CLIP2_Model"], "training_stage": 2,
+                   "auto_map": {"AutoModel": "modeling_fgclip2.FG_CLIP2_Model"}})
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    (upstream / "config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, upstream / "model.safetensors")
+    loaded, info = FGCLIP2Model.from_pretrained(upstream, output_loading_info=True)
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    assert isinstance(AutoModel.from_pretrained(upstream, trust_remote_code=False), FGCLIP2Model)
+    ours = tmp_path / "ours"
+    loaded.save_pretrained(ours)
+    assert set(load_file(ours / "model.safetensors")) == upstream_keys(2)
+    reloaded = FGCLIP2Model.from_pretrained(ours).eval()
+    assert reloaded.config.text_config.longtext_len == LONG and reloaded.config.model_type == "fgclip2"
+    ids = torch.randint(4, 40, (2, LONG))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.get_text_features(ids, "long"), model.get_text_features(ids, "long"))
+
+
+def test_presets_are_the_released_sizes():
+    base, so400m = FGCLIP2Config.base(), FGCLIP2Config.so400m()
+    assert (base.vision_config.hidden_size, base.vision_config.num_hidden_layers, base.vision_config.patch_size) == \
+        (768, 12, 16)
+    assert (so400m.vision_config.hidden_size, so400m.vision_config.intermediate_size,
+            so400m.vision_config.num_hidden_layers) == (1152, 4304, 27)
+    assert (base.short_text_length, base.long_text_length, base.text_config.vocab_size) == (64, 196, 256000)
+    with pytest.raises(ValueError, match="longtext_len must be keep_len"):
+        FGCLIP2Config(text_config={"longtext_len": 200})
+
+
+# ---------------------------------------------------------------------------------------- processor
+def test_tokenize_lowercases_pads_exactly_and_counts_truncation(processor):
+    upper, lower = processor.tokenize(["A Red CAR"]), processor.tokenize(["a red car"])
+    assert torch.equal(upper["input_ids"], lower["input_ids"])
+    assert lower["input_ids"][0, :5].tolist() == [2, 4, 5, 6, 1] and lower["input_ids"][0, 5:].eq(0).all()
+    assert lower["attention_mask"].sum().item() == 5
+    assert processor.tokenize(["a red car"], kind="long")["input_ids"].shape == (1, LONG)
+    with pytest.warns(UserWarning, match="1 of 2 region texts exceed 64 tokens"):
+        encoded = processor.tokenize(["a red car " * 30, "a red car"], kind="region")
+    assert encoded["input_ids"].shape == (2, SHORT)
+
+
+def test_preprocess_keeps_aspect_and_maps_boxes(processor):
+    image = images_of([(80, 40)])[0]
+    batch, (boxes,) = processor.preprocess([image], boxes=[torch.tensor([[0.0, 0.0, 80.0, 40.0], [20, 10, 40, 30]])])
+    h, w = batch.spatial_shapes[0].tolist()
+    assert (h, w) == (3, 5) and batch.pixel_attention_mask.sum().item() == h * w  # 2:1 in at most 16 patches
+    scale = torch.tensor([w * 4 / 80, h * 4 / 40] * 2)
+    torch.testing.assert_close(boxes, torch.tensor([[0.0, 0.0, 80.0, 40.0], [20, 10, 40, 30]]) * scale)
+    bigger = processor.preprocess([image], max_num_patches=64)
+    assert bigger.pixel_values.shape[1] == 64 and bigger.spatial_shapes.prod().item() > h * w
