@@ -34,9 +34,18 @@ class FGCLIP2Images:
     pixel_attention_mask: torch.Tensor
     spatial_shapes: torch.Tensor
 
-    def to(self, device) -> "FGCLIP2Images":
-        return FGCLIP2Images(self.pixel_values.to(device), self.pixel_attention_mask.to(device),
-                             self.spatial_shapes.to(device))
+    def to(self, device, non_blocking: bool = False) -> "FGCLIP2Images":
+        return FGCLIP2Images(*(tensor.to(device, non_blocking=non_blocking) for tensor in
+                               (self.pixel_values, self.pixel_attention_mask, self.spatial_shapes)))
+
+    @classmethod
+    def cat(cls, batches: list["FGCLIP2Images"]) -> "FGCLIP2Images":
+        """One batch of several (all padded to the same patch budget)."""
+        lengths = {batch.pixel_values.shape[1] for batch in batches}
+        if len(lengths) != 1:
+            raise ValueError(f"cannot join NaFlex batches padded to different patch counts {sorted(lengths)}")
+        return cls(torch.cat([b.pixel_values for b in batches]), torch.cat([b.pixel_attention_mask for b in batches]),
+                   torch.cat([b.spatial_shapes for b in batches]))
 
     def as_kwargs(self) -> dict[str, torch.Tensor]:
         return {"pixel_values": self.pixel_values, "pixel_attention_mask": self.pixel_attention_mask,

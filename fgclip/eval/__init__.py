@@ -9,7 +9,14 @@ from .boxcls import BoxClassificationSet, evaluate_boxcls, load_coco_boxes, load
 from .common import DataError, ImageRequest, RegionRequests
 from .features import FeatureExtractor, RegionFeatures
 from .fgovd import FGOVD_SUBSETS, FGOVDBenchmark, FGOVDItem, evaluate_fgovd, find_fgovd_files, load_fgovd
-from .interface import CLIPEvalModel, EvalModel, FGCLIPEvalModel, detect_model_type, load_eval_model
+from .interface import (
+    CLIPEvalModel,
+    EvalModel,
+    FGCLIP2EvalModel,
+    FGCLIPEvalModel,
+    detect_model_type,
+    load_eval_model,
+)
 from .metrics import classification_ranks, multiple_choice_accuracy, retrieval_recall, target_ranks, topk_accuracy
 from .retrieval import RetrievalSet, evaluate_retrieval, load_caption_file, load_dci, load_sharegpt4v, load_tsv
 from .runner import DATASETS, EvalOptions, RunConfig, markdown_table, prepare, run_evaluation
@@ -24,6 +31,7 @@ __all__ = [
     "DataError",
     "EvalModel",
     "EvalOptions",
+    "FGCLIP2EvalModel",
     "FGCLIPEvalModel",
     "FGOVDBenchmark",
     "FGOVDItem",

@@ -51,9 +51,9 @@ class RegionFeatures:
 class _ImageDataset(Dataset):
     """Reads and pre-processes the images of one shard; boxes are mapped to input pixels."""
 
-    def __init__(self, requests: Sequence[ImageRequest], processor, with_boxes: bool):
+    def __init__(self, requests: Sequence[ImageRequest], inputs, with_boxes: bool):
         self.requests = list(requests)
-        self.processor = processor
+        self.inputs = inputs
         self.with_boxes = with_boxes
 
     def __len__(self) -> int:
@@ -72,18 +72,15 @@ class _ImageDataset(Dataset):
                 f"{request.size[0]}x{request.size[1]}"
             )
         if not self.with_boxes:
-            return self.processor.preprocess(image)[0], None
+            return self.inputs.prepare(image, None)
         boxes = torch.as_tensor(request.boxes, dtype=torch.float64)
         if request.normalized:
             boxes = boxes * torch.tensor([width, height, width, height], dtype=torch.float64)
-        pixel_values, mapped = self.processor.preprocess(image, boxes=[boxes.float()])
-        side = float(pixel_values.shape[-1])
-        return pixel_values[0], mapped[0].clamp(0.0, side)
+        return self.inputs.prepare(image, boxes.float())
 
-
-def _collate(batch):
-    pixels, boxes = zip(*batch)
-    return torch.stack(pixels), None if boxes[0] is None else list(boxes)
+    def collate(self, batch):
+        pixels, boxes = zip(*batch)
+        return self.inputs.collate(list(pixels)), None if boxes[0] is None else list(boxes)
 
 
 def _comm_device() -> torch.device:
@@ -150,12 +147,9 @@ class FeatureExtractor:
     def _encode_shard(self, requests: Sequence[ImageRequest], with_boxes: bool, desc: str) -> torch.Tensor:
         """This rank's images (``rank, rank + W, ...``) through the model, rows in shard order."""
         shard = requests[get_rank() :: get_world_size()]
-        loader = DataLoader(
-            _ImageDataset(shard, self.model.processor, with_boxes),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=_collate,
-        )
+        dataset = _ImageDataset(shard, self.model.image_inputs, with_boxes)
+        loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                            collate_fn=dataset.collate)
         device, pieces = self.model.device, []
         for pixel_values, boxes in self._bar(loader, desc, len(loader)):
             pixel_values = pixel_values.to(device, non_blocking=True)

@@ -1,7 +1,7 @@
 """The small model interface the evaluation needs (an image tower, region features, a text
 tower) and checkpoint loaders.
 
-Two implementations:
+Three implementations:
 
 * :class:`FGCLIPEvalModel` wraps :class:`~fgclip.FGCLIPModel` (our checkpoints and upstream
   ``qihoo360/fg-clip-*`` ones): regions from its dense value-path features and RoIAlign,
@@ -10,10 +10,12 @@ Two implementations:
   features use the same recipe as FG-CLIP (the last block's value path on the tokens entering
   it, ``post_layernorm``, ``visual_projection``, RoIAlign 1x1 aligned). CLIP has no long-text
   path: long texts are cut to 77 tokens and go through its only text path.
+* :class:`FGCLIP2EvalModel` wraps :class:`~fgclip.FGCLIP2Model` (bilingual, NaFlex images):
+  regions from its dense head on each image's own patch grid, a text head per kind.
 
-Both read images through :class:`~fgclip.FGCLIPProcessor` (squash resize, CLIP mean / std), so
-boxes map to input pixels the same way for both. All returned features are L2-normalised
-float32.
+The first two read images through :class:`~fgclip.FGCLIPProcessor` (squash resize, CLIP mean /
+std), so boxes map to input pixels the same way for both; FG-CLIP 2 keeps each image's aspect
+ratio (:class:`NaFlexImageInputs`). All returned features are L2-normalised float32.
 """
 from __future__ import annotations
 
@@ -26,12 +28,51 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPModel
 
+from ..configuration_fgclip2 import FGCLIP2Config
 from ..modeling_fgclip import TEXT_KINDS, FGCLIPModel, check_boxes, roi_pool, value_path_tokens
+from ..modeling_fgclip2 import FGCLIP2Model
 from ..processing_fgclip import FGCLIPProcessor
+from ..processing_fgclip2 import FGCLIP2Images, FGCLIP2Processor
 
-MODEL_TYPES = ("auto", "fgclip", "clip")
+MODEL_TYPES = ("auto", "fgclip", "fgclip2", "clip")
 # A weight only FG-CLIP checkpoints have (upstream ones keep ``model_type: clip`` in config.json).
 FGCLIP_MARKER_KEY = "text_model.embeddings.position_embedding_res.weight"
+
+
+class SquareImageInputs:
+    """Square ``(B, 3, S, S)`` image batches of an :class:`~fgclip.FGCLIPProcessor` (FG-CLIP, CLIP).
+
+    Picklable: DataLoader workers call :meth:`prepare` per image, :meth:`collate` per batch.
+    """
+
+    def __init__(self, processor: FGCLIPProcessor):
+        self.processor = processor
+
+    def prepare(self, image, boxes: torch.Tensor | None):
+        """An RGB PIL image and optional (K, 4) xyxy boxes in its pixels -> (model input, boxes in input pixels)."""
+        if boxes is None:
+            return self.processor.preprocess(image)[0], None
+        pixel_values, (mapped,) = self.processor.preprocess(image, boxes=[boxes])
+        return pixel_values[0], mapped.clamp(0.0, float(pixel_values.shape[-1]))
+
+    def collate(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(inputs)
+
+
+class NaFlexImageInputs(SquareImageInputs):
+    """:class:`~fgclip.FGCLIP2Images` batches of an :class:`~fgclip.FGCLIP2Processor` (aspect ratio kept)."""
+
+    def prepare(self, image, boxes: torch.Tensor | None):
+        if boxes is None:
+            return self.processor.preprocess(image), None
+        batch, (mapped,) = self.processor.preprocess(image, boxes=[boxes])
+        patch = self.processor.image_processor.patch_size
+        grid_h, grid_w = batch.spatial_shapes[0].tolist()
+        extent = torch.tensor([grid_w, grid_h, grid_w, grid_h], dtype=torch.float32) * patch
+        return batch, torch.minimum(mapped.clamp(min=0.0), extent)
+
+    def collate(self, inputs: list[FGCLIP2Images]) -> FGCLIP2Images:
+        return FGCLIP2Images.cat(inputs)
 
 
 class EvalModel(ABC):
@@ -40,21 +81,25 @@ class EvalModel(ABC):
     float32 features.
 
     Attributes:
-        processor: turns PIL images (and boxes in original pixels) into model inputs; it is
-            pickled into DataLoader workers.
+        processor: turns PIL images (and boxes in original pixels) into model inputs.
         device: where the inputs of the ``encode_*`` methods must live.
     """
 
     processor: FGCLIPProcessor
     device: torch.device
 
-    @abstractmethod
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, D) global image embeddings."""
+    @property
+    def image_inputs(self) -> SquareImageInputs:
+        """How images become batches (pickled into DataLoader workers); square inputs by default."""
+        return SquareImageInputs(self.processor)
 
     @abstractmethod
-    def encode_regions(self, pixel_values: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
-        """(B, 3, S, S) and B (K_i, 4) xyxy boxes in input pixels -> (sum K_i, D) region embeddings."""
+    def encode_images(self, pixel_values) -> torch.Tensor:
+        """An image batch of :attr:`image_inputs` ((B, 3, S, S) by default) -> (B, D) global embeddings."""
+
+    @abstractmethod
+    def encode_regions(self, pixel_values, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """An image batch and B (K_i, 4) xyxy boxes in input pixels -> (sum K_i, D) region embeddings."""
 
     @abstractmethod
     def encode_texts(self, texts: list[str], kind: str = "short") -> torch.Tensor:
@@ -131,6 +176,30 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+class FGCLIP2EvalModel(EvalModel):
+    """:class:`EvalModel` over an :class:`~fgclip.FGCLIP2Model`; texts are padded to their kind's exact length."""
+
+    def __init__(self, model: FGCLIP2Model, processor: FGCLIP2Processor):
+        self.model = model.eval()
+        self.processor = processor
+        self.device = next(model.parameters()).device
+
+    @property
+    def image_inputs(self) -> NaFlexImageInputs:
+        return NaFlexImageInputs(self.processor)
+
+    def encode_images(self, pixel_values: FGCLIP2Images):
+        return F.normalize(self.model.get_image_features(**pixel_values.as_kwargs()).float(), dim=-1)
+
+    def encode_regions(self, pixel_values: FGCLIP2Images, boxes):
+        return F.normalize(self.model.get_region_features(**pixel_values.as_kwargs(), boxes=boxes).float(), dim=-1)
+
+    def encode_texts(self, texts, kind="short"):
+        kind = self.text_kind(kind)
+        encoded = {k: v.to(self.device) for k, v in self.processor.tokenize(texts, kind=kind).items()}
+        return F.normalize(self.model.get_text_features(**encoded, kind=kind).float(), dim=-1)
+
+
 def _checkpoint_keys(directory: Path) -> set[str]:
     """Parameter names stored in a transformers checkpoint directory (read without loading tensors)."""
     index_file = next((p for p in directory.glob("*.index.json")), None)
@@ -149,20 +218,21 @@ def _checkpoint_keys(directory: Path) -> set[str]:
 
 
 def detect_model_type(path: str | os.PathLike) -> str:
-    """``"fgclip"`` or ``"clip"`` for a checkpoint directory.
+    """``"fgclip"``, ``"fgclip2"`` or ``"clip"`` for a checkpoint directory.
 
-    ``model_type: fgclip`` in config.json means FG-CLIP; ``model_type: clip`` means FG-CLIP
-    when the weights hold the long position table (upstream checkpoints), else plain CLIP.
+    ``model_type: fgclip`` / ``fgclip2`` in config.json means FG-CLIP / FG-CLIP 2;
+    ``model_type: clip`` means FG-CLIP when the weights hold the long position table
+    (upstream checkpoints), else plain CLIP.
     """
     directory = Path(path)
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: no config.json (expected a transformers checkpoint directory)")
     model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type == "fgclip":
-        return "fgclip"
+    if model_type in ("fgclip", FGCLIP2Config.model_type):
+        return model_type
     if model_type != "clip":
-        raise ValueError(f"{config_file}: model_type {model_type!r} is neither 'fgclip' nor 'clip'")
+        raise ValueError(f"{config_file}: model_type {model_type!r} is not 'fgclip', 'fgclip2' or 'clip'")
     return "fgclip" if FGCLIP_MARKER_KEY in _checkpoint_keys(directory) else "clip"
 
 
@@ -172,14 +242,16 @@ def load_eval_model(
     """Load a checkpoint directory as an :class:`EvalModel` on ``device``.
 
     Args:
-        model_type: ``"fgclip"``, ``"clip"`` (plain transformers CLIP, the baseline) or
-            ``"auto"`` (see :func:`detect_model_type`).
+        model_type: ``"fgclip"``, ``"fgclip2"``, ``"clip"`` (plain transformers CLIP, the
+            baseline) or ``"auto"`` (see :func:`detect_model_type`).
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
     if model_type == "auto":
         model_type = detect_model_type(path)
     device = torch.device(device)
+    if model_type == "fgclip2":
+        return FGCLIP2EvalModel(FGCLIP2Model.from_pretrained(path).to(device), FGCLIP2Processor.from_pretrained(path))
     processor = FGCLIPProcessor.from_pretrained(path)
     if model_type == "fgclip":
         return FGCLIPEvalModel(FGCLIPModel.from_pretrained(path).to(device), processor)
