@@ -108,11 +108,14 @@ class FGCLIP2Processor:
             raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
         return self.long_length if kind == "long" else self.short_length
 
-    def tokenize(self, texts: list[str] | str, kind: str = "short") -> dict[str, torch.Tensor]:
+    def tokenize(self, texts: list[str] | str, kind: str = "short", padding: str = "max_length") -> dict[str, torch.Tensor]:
         """Lower-cased ``texts`` as ``{"input_ids", "attention_mask"}``, (N, 64) or (N, 196) for long.
 
-        Over-long texts are cut with a warning that counts them.
+        Over-long texts are cut with a warning that counts them. ``padding`` must be
+        ``"max_length"``: SigLIP pools the last position, so the length is part of the feature.
         """
+        if padding != "max_length":
+            raise ValueError(f"FG-CLIP 2 texts are padded to their exact length (padding='max_length'), got {padding!r}")
         texts = [text.lower() for text in check_texts(texts)]
         max_length = self.max_length(kind)
         warn_truncated(self.tokenizer, texts, max_length, kind)

@@ -2,6 +2,7 @@
 synthetic shapes scenes (`fgclip.data.shapes`)."""
 from .collate import FineHARDCollator, deduplicate
 from .datasets import FineHARDDataset, FineHARDShardDataset, build_sample
+from .sampler import LanguageGroupedBatchSampler
 from .finehard import (
     FineHARDReader,
     FineHARDRecord,
@@ -21,6 +22,7 @@ __all__ = [
     "FineHARDReader",
     "FineHARDRecord",
     "FineHARDShardDataset",
+    "LanguageGroupedBatchSampler",
     "RecordError",
     "Region",
     "SkipStats",

@@ -12,9 +12,12 @@ without negatives add no group, so no dummy box or dummy text is ever encoded.
 
 Batch (a plain dict, so HF Trainer / accelerate move its tensors to the device)::
 
-    pixel_values                (B, 3, S, S)
+    pixel_values                (B, 3, S, S), or the samples' image batches joined with
+                                their class's ``cat`` (FG-CLIP 2's `FGCLIP2Images`)
     long_input_ids              (B, L_long)
     short_input_ids             (T, L_short)   T unique short-path texts
+    long_attention_mask,        (B, L_long) / (T, L_short), only when ``tokenize`` returns
+    short_attention_mask        ``{"input_ids", "attention_mask"}`` (FG-CLIP 2)
     short_text_inverse          (B + R + H * (1 + N),) row of short_input_ids for each text slot
     short_text_ranges           {"short": (0, B), "region": (B, B + R),
                                  "hard_negative": (B + R, B + R + H * (1 + N))} slot ranges
@@ -47,15 +50,24 @@ class FineHARDCollator:
     """Collate FineHARD samples into one training batch (layout in the module docstring).
 
     Args:
-        tokenize: ``tokenize(texts, kind=..., padding=...) -> LongTensor (N, L)``, e.g.
-            `FGCLIPProcessor.tokenize`.
-        long_padding: padding of the long captions; ``"longest"`` (default) gives the same
-            features as ``"max_length"`` under the causal mask and first-eos pooling.
+        tokenize: ``tokenize(texts, kind=..., padding=...)`` returning a LongTensor (N, L)
+            (e.g. `FGCLIPProcessor.tokenize`) or ``{"input_ids", "attention_mask"}`` (e.g.
+            `FGCLIP2Processor.tokenize`).
+        long_padding / short_padding: ``"longest"`` (default) gives the same features as
+            ``"max_length"`` under CLIP's causal mask and first-eos pooling; FG-CLIP 2, which
+            pools the last position, needs ``"max_length"`` for both.
     """
 
-    def __init__(self, tokenize: Tokenize, long_padding: str = "longest"):
+    def __init__(self, tokenize: Tokenize, long_padding: str = "longest", short_padding: str = "longest"):
         self.tokenize = tokenize
         self.long_padding = long_padding
+        self.short_padding = short_padding
+
+    def _tokenize(self, texts: list[str], kind: str, padding: str) -> dict[str, torch.Tensor]:
+        encoded = self.tokenize(texts, kind=kind, padding=padding)
+        if isinstance(encoded, torch.Tensor):
+            return {"input_ids": encoded}
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
@@ -74,12 +86,14 @@ class FineHARDCollator:
                 hard_region_index.append(first_region + region)
         unique_texts, inverse = deduplicate(short_texts + region_texts + hard_texts)
         num_short, num_region = len(short_texts), len(region_texts)
+        images = [sample["pixel_values"] for sample in samples]
+        texts = {
+            "long": self._tokenize([sample["long_text"] for sample in samples], "long", self.long_padding),
+            "short": self._tokenize(unique_texts, "short", self.short_padding),
+        }
         return {
-            "pixel_values": torch.stack([sample["pixel_values"] for sample in samples]),
-            "long_input_ids": self.tokenize(
-                [sample["long_text"] for sample in samples], kind="long", padding=self.long_padding
-            ),
-            "short_input_ids": self.tokenize(unique_texts, kind="short", padding="longest"),
+            "pixel_values": torch.stack(images) if isinstance(images[0], torch.Tensor) else type(images[0]).cat(images),
+            **{f"{kind}_{key}": value for kind, encoded in texts.items() for key, value in encoded.items()},
             "short_text_inverse": inverse,
             "short_text_ranges": {
                 "short": (0, num_short),

@@ -4,7 +4,9 @@ iterable (webdataset tar shards).
 Both produce the same per-image sample (a dict; `fgclip.data.collate.FineHARDCollator`
 batches it)::
 
-    pixel_values         (3, S, S) float tensor from `preprocess`
+    pixel_values         (3, S, S) float tensor from `preprocess`, or the one-image batch it
+                         returns when that is not a tensor (FG-CLIP 2's `FGCLIP2Images`)
+    is_cn                bool, the record's `is_cn` (False when absent)
     long_text            str, the record's `caption`
     short_text           str, the record's `short_caption`
     boxes                (K, 4) float tensor, xyxy in input pixels (0..S), K <= max_boxes
@@ -16,10 +18,11 @@ batches it)::
                          (always empty for the map-style dataset, whose skips are
                          counted up front in `reader.stats`)
 
-The `preprocess` contract is the one of `FGCLIPProcessor.preprocess`: it is called as
-``preprocess([image], [boxes])`` with an RGB PIL image and a (K, 4) float tensor of xyxy
-boxes in *original image pixels*, and returns ``(pixel_values (1, 3, S, S), [boxes (K, 4)])``
-with the boxes mapped to *input pixels* of the S x S model input.
+The `preprocess` contract is the one of `FGCLIPProcessor.preprocess` (and
+`FGCLIP2Processor.preprocess`): it is called as ``preprocess([image], [boxes])`` with an RGB
+PIL image and a (K, 4) float tensor of xyxy boxes in *original image pixels*, and returns
+``(pixel_values, [boxes (K, 4)])``, a (1, 3, S, S) tensor or another one-image batch, with the
+boxes mapped to *input pixels* of the model input.
 
 Randomness (the region-caption choice) comes from a generator seeded by
 (seed, epoch, sample index), so a run is reproducible whatever the worker layout, and
@@ -65,7 +68,8 @@ def build_sample(
     use_long = rng.random(len(regions)) < 0.5
     hard_regions = [index for index, region in enumerate(regions) if region.negatives is not None]
     return {
-        "pixel_values": pixel_values[0],
+        "pixel_values": pixel_values[0] if isinstance(pixel_values, torch.Tensor) else pixel_values,
+        "is_cn": bool(record.is_cn),
         "long_text": record.caption,
         "short_text": record.short_caption,
         "boxes": input_boxes.reshape(-1, 4).float(),
@@ -124,6 +128,10 @@ class FineHARDDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def languages(self) -> list[bool]:
+        """Each record's ``is_cn`` (False when absent), for language-grouped batches."""
+        return [bool(record.is_cn) for record in self.reader]
 
     def __len__(self) -> int:
         return len(self.reader)
