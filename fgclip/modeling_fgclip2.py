@@ -169,12 +169,19 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
                 f"pooled), got shape {tuple(input_ids.shape)}; tokenize with FGCLIP2Processor.tokenize(texts, "
                 f"kind={kind!r})"
             )
-        position_ids = self.long_position_ids if is_long else None
-        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        pooled = hidden.last_hidden_state[:, -1]
-        head = {"short": self.text_model.head, "region": self.boxtext_head, "long": self.longtext_head}[kind]
-        features = head(pooled)
+        features = self.text_head(kind)(self.pooled_text(input_ids, attention_mask, long=is_long))
         return F.normalize(features, dim=-1) if normalize else features
+
+    def pooled_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    long: bool = False) -> torch.Tensor:
+        """(N, L) ids -> (N, C) last-position hidden states before any head (the short or long positions)."""
+        position_ids = self.long_position_ids if long else None
+        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return hidden.last_hidden_state[:, -1]
+
+    def text_head(self, kind: str) -> nn.Linear:
+        """The head of a text kind: ``text_model.head`` (short), ``boxtext_head`` (region), ``longtext_head``."""
+        return {"short": self.text_model.head, "region": self.boxtext_head, "long": self.longtext_head}[kind]
 
     # ------------------------------------------------------------------ vision
     def _check_images(self, pixel_values, pixel_attention_mask, spatial_shapes) -> None:

@@ -12,8 +12,9 @@ without negatives add no group, so no dummy box or dummy text is ever encoded.
 
 Batch (a plain dict, so HF Trainer / accelerate move its tensors to the device)::
 
-    pixel_values                (B, 3, S, S), or the samples' image batches joined with
-                                their class's ``cat`` (FG-CLIP 2's `FGCLIP2Images`)
+    pixel_values                (B, 3, S, S); for FG-CLIP 2 (samples holding `FGCLIP2Images`)
+                                (B, N, 3 * p * p) patches, with ``pixel_attention_mask`` (B, N)
+                                and ``spatial_shapes`` (B, 2) beside it
     long_input_ids              (B, L_long)
     short_input_ids             (T, L_short)   T unique short-path texts
     long_attention_mask,        (B, L_long) / (T, L_short), only when ``tokenize`` returns
@@ -91,8 +92,12 @@ class FineHARDCollator:
             "long": self._tokenize([sample["long_text"] for sample in samples], "long", self.long_padding),
             "short": self._tokenize(unique_texts, "short", self.short_padding),
         }
+        if isinstance(images[0], torch.Tensor):
+            image_inputs = {"pixel_values": torch.stack(images)}
+        else:
+            image_inputs = type(images[0]).cat(images).as_kwargs()
         return {
-            "pixel_values": torch.stack(images) if isinstance(images[0], torch.Tensor) else type(images[0]).cat(images),
+            **image_inputs,
             **{f"{kind}_{key}": value for kind, encoded in texts.items() for key, value in encoded.items()},
             "short_text_inverse": inverse,
             "short_text_ranges": {
