@@ -83,8 +83,9 @@ class FGCLIP2Processor:
     def for_config(cls, config: FGCLIP2Config, tokenizer, **kwargs) -> "FGCLIP2Processor":
         """A processor matching a model configuration (text lengths, patch size, position grid)."""
         vision = config.vision_config
+        kwargs.setdefault("max_num_patches", vision.num_patches)
         return cls(tokenizer, short_length=config.short_text_length, long_length=config.long_text_length,
-                   patch_size=vision.patch_size, max_num_patches=vision.num_patches, **kwargs)
+                   patch_size=vision.patch_size, **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> "FGCLIP2Processor":

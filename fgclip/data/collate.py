@@ -25,6 +25,7 @@ Batch (a plain dict, so HF Trainer / accelerate move its tensors to the device):
     boxes                       list of B (K_i, 4) tensors, xyxy in input pixels, sum K_i = R
     region_image_index          (R,) image of each region
     hard_negative_region_index  (H,) region (index into the R regions) of each group
+    is_cn                       (B,) bool, each record's language (bookkeeping)
     skipped_records             reasons of bad shard samples skipped before this batch
 
 The trainer encodes ``short_input_ids`` once, expands with
@@ -108,5 +109,6 @@ class FineHARDCollator:
             "boxes": [sample["boxes"] for sample in samples],
             "region_image_index": torch.tensor(region_image_index, dtype=torch.long),
             "hard_negative_region_index": torch.tensor(hard_region_index, dtype=torch.long),
+            "is_cn": torch.tensor([sample.get("is_cn", False) for sample in samples]),
             "skipped_records": [reason for sample in samples for reason in sample.get("skipped_records", ())],
         }

@@ -28,10 +28,16 @@ import yaml
 from transformers import TrainingArguments
 
 from ..configuration_fgclip import FGCLIPConfig
-from ..testing import tiny_config
+from ..configuration_fgclip2 import FGCLIP2Config
+from ..testing import tiny_config, tiny_fgclip2_config
 
-MODEL_PRESETS = {"vit_b16": FGCLIPConfig.vit_b16, "vit_l14_336": FGCLIPConfig.vit_l14_336, "tiny": tiny_config}
-MODEL_INITS = ("config", "clip", "pretrained")
+MODEL_PRESETS = {
+    "fgclip": {"vit_b16": FGCLIPConfig.vit_b16, "vit_l14_336": FGCLIPConfig.vit_l14_336, "tiny": tiny_config},
+    "fgclip2": {"base": FGCLIP2Config.base, "large": FGCLIP2Config.large, "so400m": FGCLIP2Config.so400m,
+                "tiny": tiny_fgclip2_config},
+}
+# How each family's weights may start: a random config, its plain dual encoder, or a checkpoint.
+MODEL_INITS = {"fgclip": ("config", "clip", "pretrained"), "fgclip2": ("config", "siglip2", "pretrained")}
 SECTIONS = ("model", "data", "loss", "training")
 
 # TrainingArguments defaults of every recipe: the collator's keys are not forward()'s
@@ -56,35 +62,49 @@ def parse_value(text: str) -> Any:
 
 @dataclass
 class ModelSettings:
-    """Where the weights come from.
+    """Which model (``family: fgclip`` or ``fgclip2``) and where its weights come from.
 
     ``init: config`` builds a random model from ``config`` (``preset`` plus keyword
-    arguments of the preset); ``init: clip`` is the stage-1 start from a plain CLIP checkpoint
-    at ``path`` (:meth:`FGCLIPModel.from_clip`); ``init: pretrained`` loads an FG-CLIP
-    checkpoint at ``path`` (stage 2).
+    arguments of the preset); ``init: clip`` (FG-CLIP) / ``siglip2`` (FG-CLIP 2) is the
+    stage-1 start from the plain dual encoder at ``path`` (:meth:`FGCLIPModel.from_clip`,
+    :meth:`FGCLIP2Model.from_siglip2`); ``init: pretrained`` loads a checkpoint at ``path``
+    (stage 2). FG-CLIP 2 reads its tokenizer from ``tokenizer`` (a directory or hub id),
+    by default from ``path``.
     """
 
+    family: str = "fgclip"
     init: str = "config"
     path: str | None = None
     config: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
+    tokenizer: str | None = None
 
     def __post_init__(self):
-        if self.init not in MODEL_INITS:
-            raise ValueError(f"model.init: expected one of {', '.join(MODEL_INITS)}, got {self.init!r}")
+        if self.family not in MODEL_INITS:
+            raise ValueError(f"model.family: expected one of {', '.join(MODEL_INITS)}, got {self.family!r}")
+        inits, presets = MODEL_INITS[self.family], MODEL_PRESETS[self.family]
+        if self.init not in inits:
+            raise ValueError(f"model.init: expected one of {', '.join(inits)} for {self.family}, got {self.init!r}")
         if self.init != "config" and not self.path:
             raise ValueError(f"model.path: required with model.init={self.init!r}")
-        if self.init == "config" and self.config.get("preset", "tiny") not in MODEL_PRESETS:
-            raise ValueError(f"model.config.preset: expected one of {', '.join(MODEL_PRESETS)}, "
+        if self.init == "config" and self.config.get("preset", "tiny") not in presets:
+            raise ValueError(f"model.config.preset: expected one of {', '.join(presets)} for {self.family}, "
                              f"got {self.config.get('preset')!r}")
+        if self.family == "fgclip2" and not (self.tokenizer or self.path):
+            raise ValueError("model.tokenizer: required for fgclip2 when model.path is not set")
 
-    def build_config(self) -> FGCLIPConfig:
+    def build_config(self) -> FGCLIPConfig | FGCLIP2Config:
         options = dict(self.config)
-        return MODEL_PRESETS[options.pop("preset", "tiny")](**options)
+        return MODEL_PRESETS[self.family][options.pop("preset", "tiny")](**options)
 
 
 @dataclass
 class DataSettings:
-    """FineHARD training data: a JSON / JSONL file with an image root, or webdataset shards."""
+    """FineHARD training data: a JSON / JSONL file with an image root, or webdataset shards.
+
+    ``resize_mode`` is FG-CLIP's (squash or pad to a square); ``max_num_patches`` is FG-CLIP 2's
+    NaFlex patch budget per image (upstream trains with 1024); ``group_by_language`` draws
+    batches of one language (the records' ``is_cn``), as FG-CLIP 2 trains.
+    """
 
     train: str = ""
     image_root: str = "."
@@ -92,22 +112,43 @@ class DataSettings:
     max_boxes: int = 4
     skip_bad_records: bool = False
     resize_mode: str = "squash"
+    group_by_language: bool = False
+    max_num_patches: int | None = None
 
     def __post_init__(self):
         if not self.train:
             raise ValueError("data.train: path of the FineHARD file (or shard pattern) is required")
         if self.max_boxes < 0:
             raise ValueError(f"data.max_boxes: expected an integer >= 0, got {self.max_boxes}")
+        if self.max_num_patches is not None and self.max_num_patches < 1:
+            raise ValueError(f"data.max_num_patches: expected an integer >= 1, got {self.max_num_patches}")
+        if self.group_by_language and self.shards:
+            raise ValueError("data.group_by_language: needs a JSON / JSONL file (shards stream in their own "
+                             "order); write one language per shard instead")
 
 
 @dataclass
 class LossSettings:
-    """Which FG-CLIP terms train: stage 1 uses the global loss only, stage 2 adds the others."""
+    """Which terms train (stage 1: the global loss only; stage 2 adds the others) and their weights.
+
+    Unset weights take the family's paper values: FG-CLIP regional 0.1, hard negatives 0.5;
+    FG-CLIP 2 regional 0.2, TIC 0.1 (``tic_weight``, FG-CLIP 2 only, with the regional term),
+    hard-negative block 0.5.
+    """
 
     regional: bool = False
     hard_negatives: bool = False
-    regional_weight: float = 0.1
-    hard_negative_weight: float = 0.5
+    regional_weight: float | None = None
+    hard_negative_weight: float | None = None
+    tic_weight: float | None = None
+
+    def weights(self, family: str) -> dict[str, float]:
+        """Keyword arguments of the family's loss class for the weights that are set."""
+        if family == "fgclip" and self.tic_weight is not None:
+            raise ValueError("loss.tic_weight: FG-CLIP has no TIC term (FG-CLIP 2 only)")
+        names = {"regional_weight": "regional_weight", "tic_weight": "tic_weight",
+                 "hard_negative_weight": "hard_negative_weight" if family == "fgclip" else "hard_block_weight"}
+        return {names[key]: value for key, value in vars(self).items() if key in names and value is not None}
 
 
 @dataclass

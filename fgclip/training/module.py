@@ -111,11 +111,12 @@ class FGCLIPForTraining(nn.Module):
         boxes: list[torch.Tensor],
         hard_negative_region_index: torch.Tensor,
         region_image_index: torch.Tensor | None = None,
+        is_cn: torch.Tensor | None = None,
         skipped_records: list[str] | None = None,
     ) -> dict[str, Any]:
         """Arguments are the keys of a :class:`~fgclip.data.FineHARDCollator` batch (its layout
-        is in `fgclip.data.collate`); ``region_image_index`` and ``skipped_records`` are
-        bookkeeping that the step does not need (``boxes`` already group the regions by image).
+        is in `fgclip.data.collate`); ``region_image_index``, ``is_cn`` and ``skipped_records``
+        are bookkeeping that the step does not need (``boxes`` already group the regions by image).
 
         Returns:
             ``{"loss": total (float32 scalar), "terms": {name: detached float32 value}}``.
@@ -215,6 +216,7 @@ class FGCLIP2ForTraining(nn.Module):
         boxes: list[torch.Tensor],
         hard_negative_region_index: torch.Tensor,
         region_image_index: torch.Tensor | None = None,
+        is_cn: torch.Tensor | None = None,
         skipped_records: list[str] | None = None,
     ) -> dict[str, Any]:
         """Arguments are the keys of a FG-CLIP 2 :class:`~fgclip.data.FineHARDCollator` batch.

@@ -21,7 +21,10 @@ What this adds to ``Trainer``:
 * bad FineHARD records skipped under ``skip_bad_records`` are counted, by reason, in the
   log and the final summary;
 * the final model is written with ``save_pretrained`` (safetensors) together with its
-  processor, ready for ``FGCLIPModel.from_pretrained``, and replaces ``final/`` atomically.
+  processor, ready for ``FGCLIPModel.from_pretrained``, and replaces ``final/`` atomically;
+* FG-CLIP 2 (``model.family: fgclip2``) trains the same way with :class:`FGCLIP2ForTraining`,
+  texts padded to their exact length, and batches of one language
+  (``data.group_by_language``), as the paper trains it.
 """
 from __future__ import annotations
 
@@ -36,15 +39,17 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
-from transformers import Trainer, TrainerCallback, set_seed
+from transformers import AutoTokenizer, Trainer, TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..data import FineHARDCollator, FineHARDDataset, FineHARDShardDataset
-from ..losses import FGCLIPLoss
+from ..data import FineHARDCollator, FineHARDDataset, FineHARDShardDataset, LanguageGroupedBatchSampler
+from ..losses import FGCLIP2Loss, FGCLIPLoss
 from ..modeling_fgclip import FGCLIPModel
+from ..modeling_fgclip2 import FGCLIP2Model
 from ..processing_fgclip import FGCLIPProcessor
+from ..processing_fgclip2 import FGCLIP2Processor
 from .config import TrainConfig
-from .module import FGCLIPForTraining
+from .module import FGCLIP2ForTraining, FGCLIPForTraining
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +88,8 @@ def _remove_checkpoint(path: Path) -> None:
 
 
 class DatasetEpochCallback(TrainerCallback):
-    """Call ``dataset.set_epoch(epoch)`` at the start of every epoch, before its data is read.
+    """Call ``set_epoch(epoch)`` of the dataset (and batch sampler) at the start of every epoch,
+    before its data is read.
 
     accelerate's ``DataLoaderShard.set_epoch`` reaches the dataset only when the batch
     sampler is a plain one: not under DDP (``BatchSamplerShard``) nor in the epoch a resumed
@@ -91,23 +97,35 @@ class DatasetEpochCallback(TrainerCallback):
     start and ``epoch + fraction done`` when resumed mid-epoch, hence the floor.
     """
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, *seeded):
+        self.seeded = seeded
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.dataset.set_epoch(int(state.epoch or 0))
+        for item in self.seeded:
+            item.set_epoch(int(state.epoch or 0))
 
 
 class FGCLIPTrainer(Trainer):
-    """``Trainer`` for :class:`FGCLIPForTraining` (see the module docstring)."""
+    """``Trainer`` for :class:`FGCLIPForTraining` / :class:`FGCLIP2ForTraining` (see the module docstring).
 
-    def __init__(self, *args, **kwargs):
+    Args:
+        group_by_language: draw batches with :class:`~fgclip.data.LanguageGroupedBatchSampler`
+            (a map-style dataset with ``languages()``), as FG-CLIP 2 trains.
+    """
+
+    def __init__(self, *args, group_by_language: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0
         self.stream_skips: Counter = Counter()  # bad shard samples met by this rank, by reason
-        if hasattr(self.train_dataset, "set_epoch"):
-            self.add_callback(DatasetEpochCallback(self.train_dataset))
+        self.language_sampler = None
+        if group_by_language:
+            self.language_sampler = LanguageGroupedBatchSampler(
+                self.train_dataset.languages(), self._train_batch_size, self.args.world_size,
+                seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+        seeded = [item for item in (self.train_dataset, self.language_sampler) if hasattr(item, "set_epoch")]
+        if seeded:
+            self.add_callback(DatasetEpochCallback(*seeded))
         scalars = [parameter for parameter in self.model.parameters() if parameter.ndim == 0]
         self.scalar_parameters = scalars if self.is_deepspeed_enabled else []
         for parameter in self.scalar_parameters:
@@ -120,19 +138,18 @@ class FGCLIPTrainer(Trainer):
 
     # ------------------------------------------------------------------ data
     def get_train_dataloader(self) -> DataLoader:
+        args = self.args
+        workers = {"num_workers": args.dataloader_num_workers, "pin_memory": args.dataloader_pin_memory,
+                   "persistent_workers": args.dataloader_persistent_workers,
+                   "prefetch_factor": args.dataloader_prefetch_factor}
+        if self.language_sampler is not None:  # accelerate shards it batch by batch across ranks
+            loader = DataLoader(self.train_dataset, batch_sampler=self.language_sampler,
+                                collate_fn=self.data_collator, **workers)
+            return self.accelerator.prepare(loader)
         if not isinstance(self.train_dataset, IterableDataset):
             return super().get_train_dataloader()
-        args = self.args
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self._train_batch_size,
-            collate_fn=self.data_collator,
-            num_workers=args.dataloader_num_workers,
-            pin_memory=args.dataloader_pin_memory,
-            persistent_workers=args.dataloader_persistent_workers,
-            prefetch_factor=args.dataloader_prefetch_factor,
-            drop_last=args.dataloader_drop_last,
-        )
+        return DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+                          drop_last=args.dataloader_drop_last, **workers)
 
     def _prepare_inputs(self, inputs: dict) -> dict:
         boxes = inputs.pop("boxes", None)
@@ -148,6 +165,7 @@ class FGCLIPTrainer(Trainer):
     # ------------------------------------------------------------------ loss and logging
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.stream_skips.update(inputs.pop("skipped_records", ()))
+        inputs.pop("is_cn", None)
         outputs = model(**inputs)
         for name, value in outputs["terms"].items():
             self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach().float()
@@ -231,16 +249,35 @@ class TrainResult:
     skipped_records: dict[str, int] = field(default_factory=dict)
 
 
-def build_model(config: TrainConfig) -> FGCLIPModel:
+def build_model(config: TrainConfig) -> FGCLIPModel | FGCLIP2Model:
     settings = config.model
     if settings.init == "clip":
         return FGCLIPModel.from_clip(settings.path)
+    if settings.init == "siglip2":
+        return FGCLIP2Model.from_siglip2(settings.path)
+    model_class = FGCLIP2Model if settings.family == "fgclip2" else FGCLIPModel
     if settings.init == "pretrained":
-        return FGCLIPModel.from_pretrained(settings.path)
-    return FGCLIPModel(settings.build_config())
+        return model_class.from_pretrained(settings.path)
+    return model_class(settings.build_config())
 
 
-def build_dataset(config: TrainConfig, processor: FGCLIPProcessor, seed: int):
+def build_processor(config: TrainConfig, model) -> FGCLIPProcessor | FGCLIP2Processor:
+    settings = config.model
+    if settings.family == "fgclip":
+        return FGCLIPProcessor.for_config(model.config, resize_mode=config.data.resize_mode)
+    tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer or settings.path)
+    budget = {} if config.data.max_num_patches is None else {"max_num_patches": config.data.max_num_patches}
+    return FGCLIP2Processor.for_config(model.config, tokenizer, **budget)
+
+
+def build_step(config: TrainConfig, model) -> FGCLIPForTraining | FGCLIP2ForTraining:
+    loss = config.loss
+    if config.model.family == "fgclip2":
+        return FGCLIP2ForTraining(model, FGCLIP2Loss(**loss.weights("fgclip2")), loss.regional, loss.hard_negatives)
+    return FGCLIPForTraining(model, FGCLIPLoss(**loss.weights("fgclip")), loss.regional, loss.hard_negatives)
+
+
+def build_dataset(config: TrainConfig, processor: FGCLIPProcessor | FGCLIP2Processor, seed: int):
     data = config.data
     if data.shards:
         return FineHARDShardDataset(data.train, processor.preprocess, data.max_boxes, seed=seed,
@@ -262,7 +299,7 @@ def _discard_incomplete_checkpoints(output_dir: str, resume_from: str | None) ->
             shutil.rmtree(path)
 
 
-def _save_final(model: FGCLIPModel, processor: FGCLIPProcessor, final_dir: Path) -> None:
+def _save_final(model, processor, final_dir: Path) -> None:
     """``save_pretrained`` into a staging directory, then swap it in for ``final_dir``."""
     staging, previous = final_dir.with_name(final_dir.name + ".tmp"), final_dir.with_name(final_dir.name + ".old")
     shutil.rmtree(staging, ignore_errors=True)
@@ -286,15 +323,13 @@ def train(config: TrainConfig, resume: bool | str = False, callbacks: list | Non
     arguments = config.training_arguments()
     set_seed(arguments.seed)  # the random initialisation of `init: config` models
     model = build_model(config)
-    processor = FGCLIPProcessor.for_config(model.config, resize_mode=config.data.resize_mode)
+    processor = build_processor(config, model)
     data_seed = arguments.data_seed if arguments.data_seed is not None else arguments.seed
     dataset = build_dataset(config, processor, data_seed)
-    objective = FGCLIPLoss(regional_weight=config.loss.regional_weight,
-                           hard_negative_weight=config.loss.hard_negative_weight)
-    step = FGCLIPForTraining(model, objective, regional=config.loss.regional,
-                             hard_negatives=config.loss.hard_negatives)
-    trainer = FGCLIPTrainer(model=step, args=arguments, train_dataset=dataset,
-                            data_collator=FineHARDCollator(processor.tokenize), callbacks=callbacks)
+    padding = "max_length" if config.model.family == "fgclip2" else "longest"  # SigLIP pools the last position
+    trainer = FGCLIPTrainer(model=build_step(config, model), args=arguments, train_dataset=dataset,
+                            data_collator=FineHARDCollator(processor.tokenize, padding, padding), callbacks=callbacks,
+                            group_by_language=config.data.group_by_language)
 
     checkpoint = last_complete_checkpoint(arguments.output_dir) if resume is True else (resume or None)
     if checkpoint and not (Path(checkpoint) / COMPLETE_MARKER).is_file():
