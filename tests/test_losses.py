@@ -70,15 +70,20 @@ def hard_negative_reference(regions: list, candidates: list, mask: list, scale: 
 
 
 def region_to_all_reference(regions: list, candidates: list, mask: list, scale: float) -> float:
+    """Mean of region -> every valid text (target: own positive) and positive -> every region."""
     pool, positives = [], []
     for texts, valid in zip(candidates, mask):
         positives.append(len(pool))
         pool.extend(text for text, keep in zip(texts, valid) if keep)
-    losses = [
+    region_to_text = [
         cross_entropy([scale * dot(region, text) for text in pool], positive)
         for region, positive in zip(regions, positives)
     ]
-    return sum(losses) / len(losses)
+    text_to_region = [
+        cross_entropy([scale * dot(pool[positive], region) for region in regions], index)
+        for index, positive in enumerate(positives)
+    ]
+    return (sum(region_to_text) + sum(text_to_region)) / 2 / len(regions)
 
 
 def log_sigmoid(x: float) -> float:

@@ -190,10 +190,12 @@ class HardNegativeLoss(nn.Module):
 class RegionToAllTextsLoss(nn.Module):
     """Region-vs-all-texts InfoNCE (FG-CLIP 2's hard-negative block, weight 0.6 there).
 
-    Each region is scored against every valid candidate text of the batch -- all regions'
-    positives and hard negatives, gathered over ranks with ``across_ranks`` -- and the
-    target is its own positive. One direction (region -> text), averaged over the regions
-    of the whole batch. With no region anywhere the result is a connected zero.
+    Region -> text: each region is scored against every valid candidate text of the batch
+    (all regions' positives and hard negatives) and the target is its own positive.
+    Text -> region: each region's positive is scored against every region, the target its
+    own region. Both are averaged over the regions of the whole batch (with
+    ``across_ranks``, texts and regions are gathered over ranks) and the loss is their mean,
+    as upstream FG-CLIP 2 computes it. With no region anywhere the result is a connected zero.
     """
 
     def __init__(self, across_ranks: bool = True, max_logit_scale: float | None = 100.0):
@@ -214,16 +216,23 @@ class RegionToAllTextsLoss(nn.Module):
         world_size, total = batch_count(region_embeds.shape[0], region_embeds.device, self.across_ranks)
         if total == 0:
             return connected_zero(region_embeds, candidate_embeds, logit_scale)
+        scale = scale_from_log(logit_scale, self.max_logit_scale)
         regions = normalize(region_embeds)
         texts = normalize(candidate_embeds)[mask]  # (M, D), region-major; each region's positive first
         per_region = mask.sum(dim=1)
         positive_index = per_region.cumsum(0) - per_region
+        own_region = torch.arange(regions.shape[0], device=regions.device)
+        region_to_text = self._cross_entropy(scale * regions, texts, positive_index, world_size)
+        text_to_region = self._cross_entropy(scale * texts[positive_index], regions, own_region, world_size)
+        return (region_to_text + text_to_region) / 2 * world_size / total
+
+    @staticmethod
+    def _cross_entropy(queries: torch.Tensor, keys: torch.Tensor, targets: torch.Tensor, world_size: int):
+        """Summed cross-entropy of ``queries`` against this rank's ``keys`` (or all ranks' keys)."""
         if world_size > 1:
-            all_texts, valid, counts = distributed.all_gather_padded_with_grad(texts)
-            positive_index = positive_index + distributed.get_rank() * max(counts)
+            keys, valid, counts = distributed.all_gather_padded_with_grad(keys)
+            targets = targets + distributed.get_rank() * max(counts)
+            logits = (queries @ keys.T).masked_fill(~valid, float("-inf"))
         else:
-            all_texts, valid = texts, None
-        logits = scale_from_log(logit_scale, self.max_logit_scale) * regions @ all_texts.T
-        if valid is not None:
-            logits = logits.masked_fill(~valid, float("-inf"))
-        return F.cross_entropy(logits, positive_index, reduction="sum") * world_size / total
+            logits = queries @ keys.T
+        return F.cross_entropy(logits, targets, reduction="sum")
