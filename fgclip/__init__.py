@@ -4,7 +4,7 @@ from transformers import AutoConfig, AutoModel
 from .configuration_fgclip import FGCLIPConfig
 from .configuration_fgclip2 import FGCLIP2Config, FGCLIP2TextConfig, FGCLIP2VisionConfig
 from .modeling_fgclip import FGCLIPImageOutput, FGCLIPModel, FGCLIPOutput, interpolate_long_positions
-from .modeling_fgclip2 import FGCLIP2ImageOutput, FGCLIP2Model, FGCLIP2Output
+from .modeling_fgclip2 import FGCLIP2ImageOutput, FGCLIP2Model
 from .processing_fgclip import FGCLIPProcessor
 from .processing_fgclip2 import FGCLIP2Images, FGCLIP2Processor
 
@@ -18,7 +18,6 @@ __all__ = [
     "FGCLIP2ImageOutput",
     "FGCLIP2Images",
     "FGCLIP2Model",
-    "FGCLIP2Output",
     "FGCLIP2Processor",
     "FGCLIP2TextConfig",
     "FGCLIP2VisionConfig",

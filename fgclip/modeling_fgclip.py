@@ -104,7 +104,7 @@ class FGCLIPImageOutput(ModelOutput):
 
 @dataclass
 class FGCLIPOutput(ModelOutput):
-    """Image-text similarities of :meth:`FGCLIPModel.forward` (embeddings L2-normalised)."""
+    """Image-text logits of :meth:`FGCLIPModel.forward` and :meth:`FGCLIP2Model.forward` (embeddings L2-normalised)."""
 
     logits_per_image: torch.Tensor | None = None
     logits_per_text: torch.Tensor | None = None

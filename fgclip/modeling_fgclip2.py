@@ -35,7 +35,14 @@ from transformers.models.siglip2.modeling_siglip2 import (
 from transformers.utils import ModelOutput
 
 from .configuration_fgclip2 import FGCLIP2Config
-from .modeling_fgclip import TEXT_KINDS, LongPositionEmbeddings, check_boxes, interpolate_long_positions, roi_pool
+from .modeling_fgclip import (
+    TEXT_KINDS,
+    FGCLIPOutput,
+    LongPositionEmbeddings,
+    check_boxes,
+    interpolate_long_positions,
+    roi_pool,
+)
 
 # SigLIP's initial temperature and bias (Zhai et al. 2023): t' = log 10, b = -10.
 LOGIT_SCALE_INIT = 2.302585092994046
@@ -60,16 +67,6 @@ class FGCLIP2ImageOutput(ModelOutput):
     image_embeds: torch.Tensor | None = None
     dense_features: torch.Tensor | None = None
     spatial_shapes: torch.Tensor | None = None
-
-
-@dataclass
-class FGCLIP2Output(ModelOutput):
-    """Sigmoid-loss logits of :meth:`FGCLIP2Model.forward` (embeddings L2-normalised)."""
-
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
 
 
 class FGCLIP2Model(Siglip2PreTrainedModel):
@@ -292,12 +289,12 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
         spatial_shapes: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         kind: str = "short",
-    ) -> FGCLIP2Output:
+    ) -> FGCLIPOutput:
         """Sigmoid-loss logits ``exp(t) * <text, image> + b`` between B images and T texts of one kind."""
         image_embeds = self.get_image_features(pixel_values, pixel_attention_mask, spatial_shapes, normalize=True)
         text_embeds = self.get_text_features(input_ids, kind, attention_mask, normalize=True)
         logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp() + self.logit_bias
-        return FGCLIP2Output(
+        return FGCLIPOutput(
             logits_per_image=logits_per_text.t(),
             logits_per_text=logits_per_text,
             image_embeds=image_embeds,

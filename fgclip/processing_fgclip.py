@@ -83,7 +83,19 @@ def load_image(image: Image.Image | str | os.PathLike) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-class FGCLIPProcessor:
+class TextLengths:
+    """Token lengths per text kind: ``long_length`` for long texts, ``short_length`` for the others."""
+
+    short_length: int
+    long_length: int
+
+    def max_length(self, kind: str) -> int:
+        if kind not in TEXT_KINDS:
+            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
+        return self.long_length if kind == "long" else self.short_length
+
+
+class FGCLIPProcessor(TextLengths):
     """Tokenizer + image processor of an FG-CLIP model.
 
     Args:
@@ -163,10 +175,6 @@ class FGCLIPProcessor:
         raise FileNotFoundError(f"no {PROCESSOR_FILE} or config.json in {directory}")
 
     # ------------------------------------------------------------------ text
-    def max_length(self, kind: str) -> int:
-        if kind not in TEXT_KINDS:
-            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
-        return self.long_length if kind == "long" else self.short_length
 
     def tokenize(self, texts: list[str] | str, kind: str = "short", padding: str = "max_length") -> torch.Tensor:
         """Token ids of ``texts`` for one text kind.

@@ -16,8 +16,7 @@ from PIL import Image
 from transformers import AutoTokenizer, Siglip2ImageProcessor
 
 from .configuration_fgclip2 import FGCLIP2Config
-from .modeling_fgclip import TEXT_KINDS
-from .processing_fgclip import check_texts, load_image, warn_truncated
+from .processing_fgclip import TextLengths, check_texts, load_image, warn_truncated
 
 
 @dataclass
@@ -52,7 +51,7 @@ class FGCLIP2Images:
                 "spatial_shapes": self.spatial_shapes}
 
 
-class FGCLIP2Processor:
+class FGCLIP2Processor(TextLengths):
     """Tokenizer + NaFlex image processor of an FG-CLIP 2 model.
 
     Args:
@@ -104,10 +103,6 @@ class FGCLIP2Processor:
         self.image_processor.save_pretrained(directory)
 
     # ------------------------------------------------------------------ text
-    def max_length(self, kind: str) -> int:
-        if kind not in TEXT_KINDS:
-            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
-        return self.long_length if kind == "long" else self.short_length
 
     def tokenize(self, texts: list[str] | str, kind: str = "short", padding: str = "max_length") -> dict[str, torch.Tensor]:
         """Lower-cased ``texts`` as ``{"input_ids", "attention_mask"}``, (N, 64) or (N, 196) for long.

@@ -1,7 +1,9 @@
-"""Tiny random FG-CLIP configurations for tests and CPU smoke runs (no hub access needed)."""
+"""Tiny random FG-CLIP / FG-CLIP 2 configurations and a word-level tokenizer for tests and CPU smoke runs
+(no hub access needed)."""
 from __future__ import annotations
 
 from .configuration_fgclip import FGCLIPConfig
+from .configuration_fgclip2 import GEMMA_BOS, GEMMA_EOS, GEMMA_PAD, FGCLIP2Config
 
 
 def tiny_config(
@@ -23,10 +25,8 @@ def tiny_config(
     )
 
 
-def tiny_fgclip2_config(hidden_size: int = 32, num_layers: int = 2, vocab_size: int = 64) -> "FGCLIP2Config":
+def tiny_fgclip2_config(hidden_size: int = 32, num_layers: int = 2, vocab_size: int = 64) -> FGCLIP2Config:
     """A tiny FG-CLIP 2 with the real text lengths (64 short, 196 long, keep 20), patch 4, a 4x4 position grid."""
-    from .configuration_fgclip2 import GEMMA_BOS, GEMMA_EOS, GEMMA_PAD, FGCLIP2Config
-
     tower = {"hidden_size": hidden_size, "intermediate_size": 2 * hidden_size, "num_attention_heads": 2,
              "num_hidden_layers": num_layers}
     return FGCLIP2Config(

@@ -22,7 +22,6 @@ from fgclip.data import (
     RecordError,
     iter_shard_records,
     load_rgb,
-    parse_record,
     write_finehard_shards,
 )
 

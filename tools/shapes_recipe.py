@@ -19,11 +19,8 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-
 from fgclip.cli import save_heatmap, similarity_map
 from fgclip.data.shapes import write_shapes_dataset
-from fgclip.eval.common import ImageRequest
 from fgclip.eval.features import FeatureExtractor
 from fgclip.eval.fgovd import evaluate_fgovd, load_fgovd
 from fgclip.eval.interface import load_eval_model
