@@ -3,7 +3,8 @@
 Texts are lower-cased (as FG-CLIP 2 was trained) and padded to exactly 64 tokens (short and
 region texts) or 196 (long texts), because SigLIP pools the last position. Images go through
 transformers' ``Siglip2ImageProcessor``: resized with their aspect ratio kept to at most
-``max_num_patches`` patches of 16 pixels, cut into patches and padded to ``max_num_patches``;
+``max_num_patches`` patches of 16 pixels (a fixed budget, or FG-CLIP 2's size-dependent
+inference rule), cut into patches and padded to the largest budget of the batch;
 boxes in original pixels are mapped to input pixels of each image's own patch grid.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoTokenizer, Siglip2ImageProcessor
 
@@ -24,7 +26,7 @@ class FGCLIP2Images:
     """A NaFlex image batch, the keyword arguments of :class:`~fgclip.FGCLIP2Model`'s image methods.
 
     Args:
-        pixel_values: (B, N, 3 * p * p) patches, N = ``max_num_patches``.
+        pixel_values: (B, N, 3 * p * p) patches, N = the largest patch budget of the batch.
         pixel_attention_mask: (B, N), 1 on the ``h_i * w_i`` real patches of image i.
         spatial_shapes: (B, 2) patch grid ``(h_i, w_i)``.
     """
@@ -39,16 +41,26 @@ class FGCLIP2Images:
 
     @classmethod
     def cat(cls, batches: list["FGCLIP2Images"]) -> "FGCLIP2Images":
-        """One batch of several (all padded to the same patch budget)."""
-        lengths = {batch.pixel_values.shape[1] for batch in batches}
-        if len(lengths) != 1:
-            raise ValueError(f"cannot join NaFlex batches padded to different patch counts {sorted(lengths)}")
-        return cls(torch.cat([b.pixel_values for b in batches]), torch.cat([b.pixel_attention_mask for b in batches]),
+        """One batch of several; shorter patch sequences are padded (masked) to the longest."""
+        length = max(batch.pixel_values.shape[1] for batch in batches)
+
+        def padded(tensor: torch.Tensor) -> torch.Tensor:
+            return F.pad(tensor, (0, 0, 0, length - tensor.shape[1]) if tensor.ndim == 3 else (0, length - tensor.shape[1]))
+
+        return cls(torch.cat([padded(b.pixel_values) for b in batches]),
+                   torch.cat([padded(b.pixel_attention_mask) for b in batches]),
                    torch.cat([b.spatial_shapes for b in batches]))
 
     def as_kwargs(self) -> dict[str, torch.Tensor]:
         return {"pixel_values": self.pixel_values, "pixel_attention_mask": self.pixel_attention_mask,
                 "spatial_shapes": self.spatial_shapes}
+
+
+def auto_patch_budget(image: Image.Image, patch_size: int = 16) -> int:
+    """FG-CLIP 2's inference patch budget: the smallest of 128 / 256 / 576 / 784 / 1024 patches
+    that holds the image's native ``(w // p) * (h // p)`` patches (1024 at most)."""
+    native = (image.width // patch_size) * (image.height // patch_size)
+    return next((budget for budget in (128, 256, 576, 784) if native <= budget), 1024)
 
 
 class FGCLIP2Processor(TextLengths):
@@ -57,9 +69,12 @@ class FGCLIP2Processor(TextLengths):
     Args:
         tokenizer: the checkpoint's tokenizer (Gemma's multilingual vocabulary for the
             released models), e.g. ``AutoTokenizer.from_pretrained("qihoo360/fg-clip2-base")``.
-        image_processor: a ``Siglip2ImageProcessor``; built with ``patch_size`` and
-            ``max_num_patches`` if omitted.
+        image_processor: a ``Siglip2ImageProcessor``; built with ``patch_size`` if omitted.
         short_length / long_length: token lengths of short (and region) and long texts.
+        max_num_patches: patch budget per image (default: the image processor's), or
+            ``"auto"``: FG-CLIP 2's inference rule, which grows the budget with the image
+            (:func:`auto_patch_budget`); images of one call are then padded to the largest
+            budget among them.
     """
 
     def __init__(
@@ -69,12 +84,17 @@ class FGCLIP2Processor(TextLengths):
         short_length: int = 64,
         long_length: int = 196,
         patch_size: int = 16,
-        max_num_patches: int = 256,
+        max_num_patches: int | str | None = None,
     ):
         self.tokenizer = tokenizer
-        self.image_processor = image_processor or Siglip2ImageProcessor(
-            patch_size=patch_size, max_num_patches=max_num_patches
-        )
+        self.image_processor = image_processor or Siglip2ImageProcessor(patch_size=patch_size)
+        if max_num_patches is None:
+            max_num_patches = self.image_processor.max_num_patches
+        if max_num_patches != "auto" and not (isinstance(max_num_patches, int) and max_num_patches > 0):
+            raise ValueError(f"max_num_patches must be a positive integer or 'auto', got {max_num_patches!r}")
+        if max_num_patches != "auto":
+            self.image_processor.max_num_patches = max_num_patches  # saved with the image processor
+        self.max_num_patches = max_num_patches
         self.short_length = short_length
         self.long_length = long_length
 
@@ -87,20 +107,29 @@ class FGCLIP2Processor(TextLengths):
                    patch_size=vision.patch_size, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> "FGCLIP2Processor":
-        """Tokenizer, image processor and text lengths of a checkpoint directory or hub id."""
+    def from_pretrained(
+        cls, path: str | os.PathLike, max_num_patches: int | str | None = "auto", **kwargs
+    ) -> "FGCLIP2Processor":
+        """Tokenizer, image processor and text lengths of a checkpoint directory or hub id. The patch
+        budget is FG-CLIP 2's inference rule by default; ``None`` keeps the saved image processor's."""
         config = FGCLIP2Config.from_pretrained(path, **kwargs)
         return cls(
             AutoTokenizer.from_pretrained(path, **kwargs),
             Siglip2ImageProcessor.from_pretrained(path, **kwargs),
             short_length=config.short_text_length,
             long_length=config.long_text_length,
+            max_num_patches=max_num_patches,
         )
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)
         self.tokenizer.save_pretrained(directory)
         self.image_processor.save_pretrained(directory)
+
+    def patch_budget(self, image: Image.Image, max_num_patches: int | str | None = None) -> int:
+        """The patch budget of ``image`` (the processor's, or ``max_num_patches`` for this call)."""
+        budget = self.max_num_patches if max_num_patches is None else max_num_patches
+        return auto_patch_budget(image, self.image_processor.patch_size) if budget == "auto" else budget
 
     # ------------------------------------------------------------------ text
 
@@ -131,7 +160,7 @@ class FGCLIP2Processor(TextLengths):
         Args:
             boxes: optional, one (K_i, 4) xyxy tensor per image in original pixels; returned
                 mapped to input pixels of the image's patch grid (``0..w_i * p`` by ``0..h_i * p``).
-            max_num_patches: overrides the processor's patch budget for this call.
+            max_num_patches: overrides the processor's patch budget (a number or ``"auto"``).
         """
         if not isinstance(images, (list, tuple)):
             images = [images]
@@ -140,9 +169,16 @@ class FGCLIP2Processor(TextLengths):
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"got {len(boxes)} box lists for {len(images)} images")
         images = [load_image(image) for image in images]
-        options = {} if max_num_patches is None else {"max_num_patches": max_num_patches}
-        encoded = self.image_processor(images, return_tensors="pt", **options)
-        batch = FGCLIP2Images(encoded["pixel_values"], encoded["pixel_attention_mask"], encoded["spatial_shapes"])
+        budgets = [self.patch_budget(image, max_num_patches) for image in images]
+        parts = []
+        for budget in dict.fromkeys(budgets):  # one processor call per budget, then back in order
+            members = [index for index, b in enumerate(budgets) if b == budget]
+            encoded = self.image_processor([images[i] for i in members], return_tensors="pt", max_num_patches=budget)
+            for row, index in enumerate(members):
+                parts.append((index, FGCLIP2Images(encoded["pixel_values"][row : row + 1],
+                                                   encoded["pixel_attention_mask"][row : row + 1],
+                                                   encoded["spatial_shapes"][row : row + 1])))
+        batch = FGCLIP2Images.cat([part for _, part in sorted(parts, key=lambda item: item[0])])
         if boxes is None:
             return batch
         patch = self.image_processor.patch_size

@@ -252,3 +252,20 @@ def test_preprocess_keeps_aspect_and_maps_boxes(processor):
     torch.testing.assert_close(boxes, torch.tensor([[0.0, 0.0, 80.0, 40.0], [20, 10, 40, 30]]) * scale)
     bigger = processor.preprocess([image], max_num_patches=64)
     assert bigger.pixel_values.shape[1] == 64 and bigger.spatial_shapes.prod().item() > h * w
+
+
+def test_auto_patch_budget_rule_and_mixed_budget_batches(model):
+    from fgclip.processing_fgclip2 import auto_patch_budget
+
+    sizes_and_budgets = {(16 * 16, 16 * 8): 128, (16 * 16, 16 * 9): 256, (16 * 24, 16 * 24): 576,
+                         (16 * 28, 16 * 28): 784, (16 * 29, 16 * 28): 1024, (4000, 3000): 1024}
+    for (width, height), budget in sizes_and_budgets.items():
+        assert auto_patch_budget(Image.new("RGB", (width, height))) == budget, (width, height)
+    processor = FGCLIP2Processor.for_config(model.config, tiny_word_tokenizer(WORDS), max_num_patches="auto")
+    small, large = images_of([(20, 12), (80, 80)])  # patch 4: 15 native patches -> 128, 400 -> 576
+    batch = processor.preprocess([small, large])
+    assert batch.pixel_values.shape[1] == 576 and batch.pixel_attention_mask[0].sum() <= 128
+    with torch.no_grad():
+        together = model.get_image_features(**batch.as_kwargs())
+        alone = torch.cat([model.get_image_features(**processor.preprocess(image).as_kwargs()) for image in (small, large)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)

@@ -84,7 +84,8 @@ def test_run_logs_every_term_and_writes_a_loadable_model(uninterrupted):
             "loss_hard_negative", "loss_rank", "loss_hard_block"} <= set(logged[-1])
     final = Path(uninterrupted.final_model_dir)
     assert isinstance(FGCLIP2Model.from_pretrained(final), FGCLIP2Model)
-    assert FGCLIP2Processor.from_pretrained(final).image_processor.max_num_patches == 16
+    assert FGCLIP2Processor.from_pretrained(final, max_num_patches=None).max_num_patches == 16
+    assert FGCLIP2Processor.from_pretrained(final).max_num_patches == "auto"
     assert isinstance(load_eval_model(final), FGCLIP2EvalModel)
     assert "logit_scale_hardneg" not in load_file(final / "model.safetensors")
 
