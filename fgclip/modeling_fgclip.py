@@ -103,6 +103,21 @@ class FGCLIPImageOutput(ModelOutput):
 
 
 @dataclass
+class TokenFeatures(ModelOutput):
+    """Per-token states of one tower, for a cross-encoder re-ranker.
+
+    Args:
+        tokens: (N, L, C) hidden states of the tower's last layer (after its final norm).
+        mask: (N, L) 1 on real tokens.
+        embeds: (N, D) the dual encoder's global embeddings of the same inputs, unnormalised.
+    """
+
+    tokens: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    embeds: torch.Tensor | None = None
+
+
+@dataclass
 class FGCLIPOutput(ModelOutput):
     """Image-text logits of :meth:`FGCLIPModel.forward` and :meth:`FGCLIP2Model.forward` (embeddings L2-normalised)."""
 
@@ -237,13 +252,25 @@ class FGCLIPModel(CLIPPreTrainedModel):
         eos = self.config.text_config.eos_token_id
         if eos != 2 and not bool((input_ids == eos).any(dim=1).all()):
             raise ValueError(f"every text must contain the eos token {eos} (its features are pooled there)")
-        position_ids = self.long_position_ids[:, : input_ids.shape[1]] if is_long else None
-        pooled = self.text_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-        ).pooler_output
+        pooled = self._text_outputs(input_ids, is_long, attention_mask).pooler_output
         projection = self.text_filip_projection if is_long else self.text_projection
         features = projection(pooled)
         return F.normalize(features, dim=-1) if normalize else features
+
+    def _text_outputs(self, input_ids: torch.Tensor, long: bool, attention_mask: torch.Tensor | None = None):
+        position_ids = self.long_position_ids[:, : input_ids.shape[1]] if long else None
+        return self.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+    def get_text_tokens(self, input_ids: torch.Tensor, kind: str = "short") -> TokenFeatures:
+        """Per-token text states (after ``final_layer_norm``) for a cross-encoder re-ranker; the mask is
+        1 up to and including each text's first eos (the causal tower's real tokens)."""
+        if kind not in TEXT_KINDS:
+            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
+        outputs = self._text_outputs(input_ids, kind == "long")
+        is_eos = (input_ids == self.config.text_config.eos_token_id).int()
+        mask = (is_eos.cumsum(dim=1) - is_eos == 0).long()  # no eos before this position
+        projection = self.text_filip_projection if kind == "long" else self.text_projection
+        return TokenFeatures(outputs.last_hidden_state, mask, projection(outputs.pooler_output))
 
     # ------------------------------------------------------------------ vision
     def _check_pixels(self, pixel_values: torch.Tensor) -> tuple[int, int]:
@@ -292,6 +319,15 @@ class FGCLIPModel(CLIPPreTrainedModel):
             image_embeds = F.normalize(image_embeds, dim=-1)
             dense_features = None if dense_features is None else F.normalize(dense_features, dim=-1)
         return FGCLIPImageOutput(image_embeds=image_embeds, dense_features=dense_features)
+
+    def get_image_tokens(self, pixel_values: torch.Tensor) -> TokenFeatures:
+        """(B, 3, H, W) -> the (B, 1 + h*w, C) vision tokens after ``post_layernorm`` (all real) and
+        the global embeddings: the image side of a cross-encoder re-ranker."""
+        self._check_pixels(pixel_values)
+        hidden = self.vision_model.encoder.layers[-1](self._hidden_before_last_block(pixel_values), None)
+        tokens = self.vision_model.post_layernorm(hidden)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        return TokenFeatures(tokens, mask, self.visual_projection(tokens[:, 0]))
 
     def get_image_features(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D) global image embeddings (CLS -> post_layernorm -> projection)."""

@@ -39,6 +39,7 @@ from .modeling_fgclip import (
     TEXT_KINDS,
     FGCLIPOutput,
     LongPositionEmbeddings,
+    TokenFeatures,
     check_boxes,
     interpolate_long_positions,
     roi_pool,
@@ -172,9 +173,31 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
     def pooled_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     long: bool = False) -> torch.Tensor:
         """(N, L) ids -> (N, C) last-position hidden states before any head (the short or long positions)."""
+        return self._text_states(input_ids, attention_mask, long)[:, -1]
+
+    def _text_states(self, input_ids, attention_mask, long: bool) -> torch.Tensor:
         position_ids = self.long_position_ids if long else None
-        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        return hidden.last_hidden_state[:, -1]
+        return self.text_model(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids).last_hidden_state
+
+    def get_text_tokens(
+        self, input_ids: torch.Tensor, kind: str = "short", attention_mask: torch.Tensor | None = None
+    ) -> TokenFeatures:
+        """Per-token text states (after ``final_layer_norm``) for a cross-encoder re-ranker, the mask of
+        real tokens and the kind's global embeddings."""
+        if kind not in TEXT_KINDS:
+            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
+        tokens = self._text_states(input_ids, attention_mask, kind == "long")
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        return TokenFeatures(tokens, mask.long(), self.text_head(kind)(tokens[:, -1]))
+
+    def get_image_tokens(self, pixel_values, pixel_attention_mask, spatial_shapes) -> TokenFeatures:
+        """NaFlex inputs -> the (B, N, C) post-layernorm patch tokens, the mask of real patches and the
+        global embeddings: the image side of a cross-encoder re-ranker."""
+        self._check_images(pixel_values, pixel_attention_mask, spatial_shapes)
+        outputs = self.vision_model(pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask,
+                                    spatial_shapes=spatial_shapes)
+        return TokenFeatures(outputs.last_hidden_state, pixel_attention_mask.long(), outputs.pooler_output)
 
     def text_head(self, kind: str) -> nn.Linear:
         """The head of a text kind: ``text_model.head`` (short), ``boxtext_head`` (region), ``longtext_head``."""

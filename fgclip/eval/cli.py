@@ -64,6 +64,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="captions kept per image for COCO / Flickr30k (0: all)")
     parser.add_argument("--tsv-text-kind", choices=("short", "long"), default="short",
                         help="text path of image<TAB>caption files")
+    parser.add_argument("--reranker", action="append", default=[], metavar="[NAME=]PATH",
+                        help="cross-encoder re-ranker (fgclip.rerank) for a model's retrieval; NAME picks the model "
+                             "when several are given")
+    parser.add_argument("--rerank-top-k", type=int, default=128, help="dual-encoder candidates each query re-ranks")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--list-datasets", action="store_true", help="print the expected layout and exit")
     return parser
@@ -94,6 +98,23 @@ def _model_entries(specs: Sequence[str], model_type: str, device: torch.device) 
         entries.append((name, lambda path=path, kind=kind: load_eval_model(path, kind, device),
                         {"path": str(path), "type": kind}))
     return entries
+
+
+def _reranker_paths(specs: Sequence[str], model_names: list[str]) -> dict[str, str]:
+    """``--reranker [NAME=]PATH`` values -> {model name: re-ranker directory}."""
+    paths = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            if len(model_names) != 1:
+                raise SystemExit(f"--reranker {spec}: name the model (NAME=PATH), one of {', '.join(model_names)}")
+            name, path = model_names[0], spec
+        if name not in model_names:
+            raise SystemExit(f"--reranker {spec}: no model named {name!r} (models: {', '.join(model_names)})")
+        if not Path(path).is_dir():
+            raise SystemExit(f"--reranker {spec}: {path} is not a directory")
+        paths[name] = path
+    return paths
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -128,8 +149,11 @@ def run_eval(args: argparse.Namespace) -> int:
             num_workers=args.workers,
             bf16=args.bf16,
             progress=not args.no_progress,
+            rerank_top_k=args.rerank_top_k,
         )
-        report = run_evaluation(_model_entries(args.model, args.model_type, device), config)
+        entries = _model_entries(args.model, args.model_type, device)
+        config.rerankers = _reranker_paths(args.reranker, [name for name, _, _ in entries])
+        report = run_evaluation(entries, config)
         if get_rank() == 0:
             print(markdown_table(report), end="")
             print(f"wrote {Path(args.output_dir, 'results.json')} and {Path(args.output_dir, 'results.md')}")

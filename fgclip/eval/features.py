@@ -83,6 +83,12 @@ class _ImageDataset(Dataset):
         return self.inputs.collate(list(pixels)), None if boxes[0] is None else list(boxes)
 
 
+def _real_tokens(features) -> list[torch.Tensor]:
+    """Rows of :class:`~fgclip.modeling_fgclip.TokenFeatures` without their padding, float16 on the CPU."""
+    tokens, mask = features.tokens.half().cpu(), features.mask.bool().cpu()
+    return [row[keep] for row, keep in zip(tokens, mask)]
+
+
 def _comm_device() -> torch.device:
     """Device for collectives: the current CUDA device with NCCL, the CPU otherwise."""
     if dist.get_backend() == "nccl":
@@ -196,6 +202,33 @@ class FeatureExtractor:
     def _feature_dim(self) -> int:
         """Embedding width, from a one-text probe (for ranks whose shard is empty)."""
         return self.model.encode_texts(["a"], "short").shape[-1]
+
+    # ------------------------------------------------------------------ tokens (re-ranking)
+    @torch.inference_mode()
+    def encode_image_tokens(self, requests: Sequence[ImageRequest], desc: str = "image tokens") -> list[torch.Tensor]:
+        """Per image, its real tokens (L_i, C) as float16 on the CPU, for a cross-encoder re-ranker.
+
+        Not sharded: under ``torch.distributed`` every rank encodes every image.
+        """
+        dataset = _ImageDataset(requests, self.model.image_inputs, with_boxes=False)
+        loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                            collate_fn=dataset.collate)
+        tokens = []
+        for pixel_values, _ in self._bar(loader, desc, len(loader)):
+            with self._autocast():
+                features = self.model.image_tokens(pixel_values.to(self.model.device, non_blocking=True))
+            tokens.extend(_real_tokens(features))
+        return tokens
+
+    @torch.inference_mode()
+    def encode_text_tokens(self, texts: Sequence[str], kind: str, desc: str = "text tokens") -> list[torch.Tensor]:
+        """Per text, its real tokens (L_t, C) as float16 on the CPU (not sharded)."""
+        batches = [texts[i : i + self.text_batch_size] for i in range(0, len(texts), self.text_batch_size)]
+        tokens = []
+        for batch in self._bar(batches, desc, len(batches)):
+            with self._autocast():
+                tokens.extend(_real_tokens(self.model.text_tokens(list(batch), kind)))
+        return tokens
 
     # ------------------------------------------------------------------ texts
     @torch.inference_mode()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from transformers import CLIPModel
 
 from ..configuration_fgclip2 import FGCLIP2Config
-from ..modeling_fgclip import TEXT_KINDS, FGCLIPModel, check_boxes, roi_pool, value_path_tokens
+from ..modeling_fgclip import TEXT_KINDS, FGCLIPModel, TokenFeatures, check_boxes, roi_pool, value_path_tokens
 from ..modeling_fgclip2 import FGCLIP2Model
 from ..processing_fgclip import FGCLIPProcessor
 from ..processing_fgclip2 import FGCLIP2Images, FGCLIP2Processor
@@ -105,6 +105,14 @@ class EvalModel(ABC):
     def encode_texts(self, texts: list[str], kind: str = "short") -> torch.Tensor:
         """(N, D) embeddings of ``texts`` for one text kind."""
 
+    def image_tokens(self, pixel_values) -> TokenFeatures:
+        """Per-token image features for a cross-encoder re-ranker (:mod:`fgclip.rerank`)."""
+        raise NotImplementedError(f"{type(self).__name__} gives no token features; re-ranking needs an FG-CLIP model")
+
+    def text_tokens(self, texts: list[str], kind: str = "short") -> TokenFeatures:
+        """Per-token text features for a cross-encoder re-ranker (:mod:`fgclip.rerank`)."""
+        raise NotImplementedError(f"{type(self).__name__} gives no token features; re-ranking needs an FG-CLIP model")
+
     def text_kind(self, kind: str) -> str:
         """The text path ``kind`` actually uses (texts embedded the same way share a cache)."""
         if kind not in TEXT_KINDS:
@@ -131,6 +139,13 @@ class FGCLIPEvalModel(EvalModel):
         kind = self.text_kind(kind)
         input_ids = self.processor.tokenize(texts, kind=kind, padding="longest").to(self.device)
         return F.normalize(self.model.get_text_features(input_ids, kind=kind).float(), dim=-1)
+
+    def image_tokens(self, pixel_values):
+        return self.model.get_image_tokens(pixel_values)
+
+    def text_tokens(self, texts, kind="short"):
+        kind = self.text_kind(kind)
+        return self.model.get_text_tokens(self.processor.tokenize(texts, kind=kind).to(self.device), kind)
 
 
 class CLIPEvalModel(EvalModel):
@@ -196,8 +211,17 @@ class FGCLIP2EvalModel(EvalModel):
 
     def encode_texts(self, texts, kind="short"):
         kind = self.text_kind(kind)
-        encoded = {k: v.to(self.device) for k, v in self.processor.tokenize(texts, kind=kind).items()}
-        return F.normalize(self.model.get_text_features(**encoded, kind=kind).float(), dim=-1)
+        return F.normalize(self.model.get_text_features(**self._tokenize(texts, kind), kind=kind).float(), dim=-1)
+
+    def image_tokens(self, pixel_values: FGCLIP2Images):
+        return self.model.get_image_tokens(**pixel_values.as_kwargs())
+
+    def text_tokens(self, texts, kind="short"):
+        encoded = self._tokenize(texts, self.text_kind(kind))
+        return self.model.get_text_tokens(encoded["input_ids"], kind, encoded["attention_mask"])
+
+    def _tokenize(self, texts, kind):
+        return {k: v.to(self.device) for k, v in self.processor.tokenize(texts, kind=kind).items()}
 
 
 def _checkpoint_keys(directory: Path) -> set[str]:

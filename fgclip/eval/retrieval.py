@@ -24,8 +24,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from typing import Sequence
 
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from ..rerank.ranking import ranked_recall, rerank_topk
 from .common import DataError, ImageRequest, coco_image_path, read_json, require, require_text, resolve_image
 from .features import FeatureExtractor
 from .metrics import retrieval_recall
@@ -206,10 +210,67 @@ def load_tsv(
     return builder.build(name or path.stem, str(path), text_kind)
 
 
-def evaluate_retrieval(extractor: FeatureExtractor, dataset: RetrievalSet) -> dict[str, float]:
-    """Recall@1/5/10 in both directions, with the dataset's text path."""
+def evaluate_retrieval(
+    extractor: FeatureExtractor, dataset: RetrievalSet, reranker=None, top_k: int = 128
+) -> dict[str, float]:
+    """Recall@1/5/10 in both directions, with the dataset's text path.
+
+    With a :class:`~fgclip.rerank.CrossEncoderReranker`, each query's ``top_k`` dual-encoder
+    candidates are re-ranked by it and ``rerank_*`` recalls are added (R2D2's pre-rank + rank).
+    """
     requests = [ImageRequest(path, source=where) for path, where in zip(dataset.images, dataset.image_sources)]
     images = extractor.encode_images(requests, desc=f"{dataset.name} images")
     texts = extractor.encode_texts(dataset.texts, dataset.text_kind, desc=f"{dataset.name} captions")
-    metrics = retrieval_recall(images, texts, torch.tensor(dataset.text_to_image))
+    text_to_image = torch.tensor(dataset.text_to_image)
+    metrics = retrieval_recall(images, texts, text_to_image)
+    if reranker is not None:
+        image_tokens = extractor.encode_image_tokens(requests, desc=f"{dataset.name} image tokens")
+        text_tokens = extractor.encode_text_tokens(dataset.texts, dataset.text_kind, desc=f"{dataset.name} text tokens")
+        metrics.update(reranked_recall(reranker, images @ texts.T, image_tokens, text_tokens, text_to_image, metrics,
+                                       top_k))
     return {**metrics, "num_images": len(dataset.images), "num_texts": len(dataset.texts)}
+
+
+def reranked_recall(
+    reranker, similarity: torch.Tensor, image_tokens: list[torch.Tensor], text_tokens: list[torch.Tensor],
+    text_to_image: torch.Tensor, dual_metrics: dict[str, float], top_k: int, ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
+    """``rerank_i2t_r{k}`` / ``rerank_t2i_r{k}``: recall after re-ranking each query's ``top_k``.
+
+    Re-ranking only permutes the top ``top_k``, so for ``k >= top_k`` the recall is the dual
+    encoder's (``dual_metrics``).
+    """
+    score = PairScorer(reranker, image_tokens, text_tokens)
+    is_own_text = text_to_image[None, :] == torch.arange(similarity.shape[0])[:, None]
+    results = {}
+    for direction, scores, positives, scorer in (
+        ("i2t", similarity, is_own_text, score),
+        ("t2i", similarity.T, is_own_text.T, lambda texts, images: score(images, texts)),
+    ):
+        ranked = rerank_topk(scores, top_k, scorer)
+        within = [k for k in ks if k <= ranked.shape[1]]
+        recalls = dict(zip(within, ranked_recall(ranked, positives, within))) if within else {}
+        for k in ks:
+            results[f"rerank_{direction}_r{k}"] = recalls.get(k, dual_metrics[f"{direction}_r{k}"])
+    return results
+
+
+class PairScorer:
+    """``(image index (P,), text index (P,)) -> (P,)`` re-ranker scores from per-item token lists."""
+
+    def __init__(self, reranker, image_tokens: list[torch.Tensor], text_tokens: list[torch.Tensor]):
+        self.reranker = reranker.eval()
+        self.image_tokens, self.text_tokens = image_tokens, text_tokens
+        parameter = next(reranker.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+
+    def _padded(self, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = pad_sequence([torch.ones(len(row), dtype=torch.long) for row in rows], batch_first=True)
+        tokens = pad_sequence(rows, batch_first=True)
+        return tokens.to(self.device, self.dtype), mask.to(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+        images = self._padded([self.image_tokens[i] for i in image_index.tolist()])
+        texts = self._padded([self.text_tokens[t] for t in text_index.tolist()])
+        return self.reranker(*images, *texts).scores

@@ -36,6 +36,7 @@ from .common import DataError
 from .features import FeatureExtractor
 from .fgovd import FGOVD_SUBSETS, evaluate_fgovd, find_fgovd_files, load_fgovd
 from .interface import EvalModel
+from ..rerank import CrossEncoderReranker
 from .retrieval import evaluate_retrieval, load_caption_file, load_dci, load_sharegpt4v, load_tsv
 from .zeroshot import evaluate_zeroshot, load_image_folder, read_classnames
 
@@ -234,8 +235,13 @@ def prepare(
     return prepared, skipped
 
 
-def evaluate(extractor: FeatureExtractor, prepared: Sequence[Prepared]) -> dict[str, dict[str, float]]:
-    """Run every parsed benchmark with one model; ``{result label: metrics}`` (adds ``seconds``)."""
+def evaluate(
+    extractor: FeatureExtractor, prepared: Sequence[Prepared], reranker=None, rerank_top_k: int = 128
+) -> dict[str, dict[str, float]]:
+    """Run every parsed benchmark with one model; ``{result label: metrics}`` (adds ``seconds``).
+
+    A :class:`~fgclip.rerank.CrossEncoderReranker` adds re-ranked recalls to the retrieval benchmarks.
+    """
     results = {}
     for item in prepared:
         start = time.perf_counter()
@@ -245,7 +251,7 @@ def evaluate(extractor: FeatureExtractor, prepared: Sequence[Prepared]) -> dict[
         elif task == "boxcls":
             metrics = {item.label: evaluate_boxcls(extractor, item.payload)}
         elif task == "retrieval":
-            metrics = {item.label: evaluate_retrieval(extractor, item.payload)}
+            metrics = {item.label: evaluate_retrieval(extractor, item.payload, reranker, rerank_top_k)}
         else:
             metrics = {item.label: evaluate_zeroshot(extractor, item.payload)}
         seconds = time.perf_counter() - start
@@ -293,6 +299,8 @@ class RunConfig:
     num_workers: int = 2
     bf16: bool = False
     progress: bool = True
+    rerankers: dict[str, str] = field(default_factory=dict)
+    rerank_top_k: int = 128
 
 
 ModelEntry = tuple[str, Union[EvalModel, Callable[[], EvalModel]], dict]
@@ -325,13 +333,20 @@ def run_evaluation(models: Sequence[ModelEntry], config: RunConfig) -> dict:
         "skipped": skipped,
         "results": {},
     }
+    unknown = sorted(set(config.rerankers) - {name for name, _, _ in models})
+    if unknown:
+        raise ValueError(f"re-rankers given for unknown model(s) {unknown}")
+    report["settings"]["rerankers"] = dict(config.rerankers)
     for name, model, _ in models:
         model = model if isinstance(model, EvalModel) else model()
         extractor = FeatureExtractor(
             model, batch_size=config.batch_size, text_batch_size=config.text_batch_size,
             num_workers=config.num_workers, bf16=config.bf16, progress=config.progress,
         )
-        report["results"][name] = evaluate(extractor, prepared)
+        reranker = None
+        if name in config.rerankers:
+            reranker = CrossEncoderReranker.from_pretrained(config.rerankers[name]).to(model.device).eval()
+        report["results"][name] = evaluate(extractor, prepared, reranker, config.rerank_top_k)
     if get_rank() == 0:
         output = Path(config.output_dir)
         output.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,9 @@ MODEL_PRESETS = {
 }
 # How each family's weights may start: a random config, its plain dual encoder, or a checkpoint.
 MODEL_INITS = {"fgclip": ("config", "clip", "pretrained"), "fgclip2": ("config", "siglip2", "pretrained")}
+# model.reranker: the caption kind it learns to match, hard negatives per positive, cross-encoder size.
+RERANKER_KEYS = ("text_kind", "negatives", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "intermediate_size", "dropout")
 SECTIONS = ("model", "data", "loss", "training")
 
 # TrainingArguments defaults of every recipe: the collator's keys are not forward()'s
@@ -70,6 +73,9 @@ class ModelSettings:
     :meth:`FGCLIP2Model.from_siglip2`); ``init: pretrained`` loads a checkpoint at ``path``
     (stage 2). FG-CLIP 2 reads its tokenizer from ``tokenizer`` (a directory or hub id),
     by default from ``path``.
+
+    ``reranker`` (a mapping of :data:`RERANKER_KEYS`) trains an R2D2-style cross-encoder
+    re-ranker (:mod:`fgclip.rerank`) on the frozen model instead of the model itself.
     """
 
     family: str = "fgclip"
@@ -77,6 +83,7 @@ class ModelSettings:
     path: str | None = None
     config: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
     tokenizer: str | None = None
+    reranker: dict[str, Any] | None = None
 
     def __post_init__(self):
         if self.family not in MODEL_INITS:
@@ -91,6 +98,9 @@ class ModelSettings:
                              f"got {self.config.get('preset')!r}")
         if self.family == "fgclip2" and not (self.tokenizer or self.path):
             raise ValueError("model.tokenizer: required for fgclip2 when model.path is not set")
+        unknown = sorted(set(self.reranker or {}) - set(RERANKER_KEYS))
+        if unknown:
+            raise ValueError(f"model.reranker: unknown key(s) {unknown}; it takes {', '.join(RERANKER_KEYS)}")
 
     def build_config(self) -> FGCLIPConfig | FGCLIP2Config:
         options = dict(self.config)
@@ -158,6 +168,11 @@ class TrainConfig:
     loss: LossSettings
     training: dict[str, Any]
     source: str = ""
+
+    def __post_init__(self):
+        if self.model.reranker is not None and (self.loss.regional or self.loss.hard_negatives):
+            raise ValueError(f"{self.source}: model.reranker trains a re-ranker on the frozen model; "
+                             "loss.regional / loss.hard_negatives do not apply")
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": vars(self.model), "data": vars(self.data), "loss": vars(self.loss),

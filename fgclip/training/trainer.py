@@ -24,7 +24,9 @@ What this adds to ``Trainer``:
   processor, ready for ``FGCLIPModel.from_pretrained``, and replaces ``final/`` atomically;
 * FG-CLIP 2 (``model.family: fgclip2``) trains the same way with :class:`FGCLIP2ForTraining`,
   texts padded to their exact length, and batches of one language
-  (``data.group_by_language``), as the paper trains it.
+  (``data.group_by_language``), as the paper trains it;
+* ``model.reranker`` trains an R2D2-style cross-encoder re-ranker on the frozen model
+  (:class:`~fgclip.rerank.RerankerForTraining`); ``final/`` then holds the re-ranker.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ from ..modeling_fgclip import FGCLIPModel
 from ..modeling_fgclip2 import FGCLIP2Model
 from ..processing_fgclip import FGCLIPProcessor
 from ..processing_fgclip2 import FGCLIP2Processor
+from ..rerank import CrossEncoderReranker, CrossEncoderRerankerConfig, RerankerForTraining
 from .config import TrainConfig
 from .module import FGCLIP2ForTraining, FGCLIPForTraining
 
@@ -270,8 +273,16 @@ def build_processor(config: TrainConfig, model) -> FGCLIPProcessor | FGCLIP2Proc
     return FGCLIP2Processor.for_config(model.config, tokenizer, **budget)
 
 
-def build_step(config: TrainConfig, model) -> FGCLIPForTraining | FGCLIP2ForTraining:
+def build_step(config: TrainConfig, model) -> FGCLIPForTraining | FGCLIP2ForTraining | RerankerForTraining:
     loss = config.loss
+    if config.model.reranker is not None:
+        options = dict(config.model.reranker)
+        text_kind, negatives = options.pop("text_kind", "long"), options.pop("negatives", 2)
+        reranker = CrossEncoderReranker(CrossEncoderRerankerConfig(
+            image_width=model.config.vision_config.hidden_size, text_width=model.config.text_config.hidden_size,
+            **options))
+        seed = config.training.get("seed", 42)
+        return RerankerForTraining(model, reranker, text_kind=text_kind, negatives=negatives, seed=seed)
     if config.model.family == "fgclip2":
         return FGCLIP2ForTraining(model, FGCLIP2Loss(**loss.weights("fgclip2")), loss.regional, loss.hard_negatives)
     return FGCLIPForTraining(model, FGCLIPLoss(**loss.weights("fgclip")), loss.regional, loss.hard_negatives)
@@ -300,11 +311,13 @@ def _discard_incomplete_checkpoints(output_dir: str, resume_from: str | None) ->
 
 
 def _save_final(model, processor, final_dir: Path) -> None:
-    """``save_pretrained`` into a staging directory, then swap it in for ``final_dir``."""
+    """``save_pretrained`` (of the model and, if given, its processor) into a staging directory,
+    then swap it in for ``final_dir``."""
     staging, previous = final_dir.with_name(final_dir.name + ".tmp"), final_dir.with_name(final_dir.name + ".old")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
-    processor.save_pretrained(staging)
+    if processor is not None:
+        processor.save_pretrained(staging)
     if final_dir.exists():
         shutil.rmtree(previous, ignore_errors=True)
         final_dir.rename(previous)
@@ -327,7 +340,8 @@ def train(config: TrainConfig, resume: bool | str = False, callbacks: list | Non
     data_seed = arguments.data_seed if arguments.data_seed is not None else arguments.seed
     dataset = build_dataset(config, processor, data_seed)
     padding = "max_length" if config.model.family == "fgclip2" else "longest"  # SigLIP pools the last position
-    trainer = FGCLIPTrainer(model=build_step(config, model), args=arguments, train_dataset=dataset,
+    step = build_step(config, model)
+    trainer = FGCLIPTrainer(model=step, args=arguments, train_dataset=dataset,
                             data_collator=FineHARDCollator(processor.tokenize, padding, padding), callbacks=callbacks,
                             group_by_language=config.data.group_by_language)
 
@@ -344,7 +358,10 @@ def train(config: TrainConfig, resume: bool | str = False, callbacks: list | Non
     final_dir = Path(arguments.output_dir) / "final"
     trainer.restore_scalar_parameters()
     if trainer.args.should_save:
-        _save_final(model, processor, final_dir)
+        if isinstance(step, RerankerForTraining):
+            _save_final(step.reranker, None, final_dir)
+        else:
+            _save_final(model, processor, final_dir)
     trainer.accelerator.wait_for_everyone()
     skipped = trainer.skipped_records()
     summary = f"skipped {sum(skipped.values())} bad record(s)" + (
