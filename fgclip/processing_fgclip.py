@@ -60,6 +60,17 @@ def check_texts(texts: list[str] | str) -> list[str]:
     return list(texts)
 
 
+def check_images(images, boxes: list | None = None) -> list:
+    """``images`` as a non-empty list (one image is a list of one), with one box list each if boxes are given."""
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if len(images) == 0:
+        raise ValueError("images is empty: give at least one image")
+    if boxes is not None and len(boxes) != len(images):
+        raise ValueError(f"got {len(boxes)} box lists for {len(images)} images")
+    return list(images)
+
+
 def warn_truncated(tokenizer, texts: list[str], max_length: int, kind: str) -> None:
     """Warn, with their count, when texts are longer than ``max_length`` tokens (they will be cut)."""
     full_lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
@@ -222,12 +233,7 @@ class FGCLIPProcessor(TextLengths):
             boxes: optional, one (K_i, 4) xyxy tensor per image in original pixels; returned
                 mapped to input pixels of the (S, S) model input.
         """
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        if len(images) == 0:
-            raise ValueError("images is empty: give at least one image")
-        if boxes is not None and len(boxes) != len(images):
-            raise ValueError(f"got {len(boxes)} box lists for {len(images)} images")
+        images = check_images(images, boxes)
         squares, mapped = [], []
         for index, image in enumerate(images):
             image = load_image(image)

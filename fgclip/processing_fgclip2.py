@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import AutoTokenizer, Siglip2ImageProcessor
 
 from .configuration_fgclip2 import FGCLIP2Config
-from .processing_fgclip import TextLengths, check_texts, load_image, warn_truncated
+from .processing_fgclip import TextLengths, check_images, check_texts, load_image, warn_truncated
 
 
 @dataclass
@@ -162,13 +162,7 @@ class FGCLIP2Processor(TextLengths):
                 mapped to input pixels of the image's patch grid (``0..w_i * p`` by ``0..h_i * p``).
             max_num_patches: overrides the processor's patch budget (a number or ``"auto"``).
         """
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        if len(images) == 0:
-            raise ValueError("images is empty: give at least one image")
-        if boxes is not None and len(boxes) != len(images):
-            raise ValueError(f"got {len(boxes)} box lists for {len(images)} images")
-        images = [load_image(image) for image in images]
+        images = [load_image(image) for image in check_images(images, boxes)]
         budgets = [self.patch_budget(image, max_num_patches) for image in images]
         parts = []
         for budget in dict.fromkeys(budgets):  # one processor call per budget, then back in order
