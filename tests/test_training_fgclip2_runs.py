@@ -5,8 +5,11 @@ weights."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,31 @@ def test_resume_mid_epoch_gives_the_uninterrupted_run(data, uninterrupted, tmp_p
     weights, reference = (load_file(Path(run.final_model_dir) / "model.safetensors") for run in (resumed, uninterrupted))
     for name in reference:
         torch.testing.assert_close(weights[name], reference[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_two_gloo_ranks_match_one_process_on_the_joined_batch(data, tmp_path):
+    """Runs of one language split across ranks: 2 ranks x 2 give the batches of 1 process x 4.
+
+    TIC is computed on each rank's own region captions (as upstream), so it is weighted 0 here;
+    every other term, the rank threshold (synchronised from global sums) and the weights agree.
+    """
+    steps = ["training.max_steps=3", "training.lr_scheduler_type=constant", "loss.tic_weight=0"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "tools" / "train_fgclip.py"), str(RECIPE),
+               *overrides(data, tmp_path / "ddp", *steps), "training.per_device_train_batch_size=2"]
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    single = train(load_config(RECIPE, overrides(data, tmp_path / "single", *steps,
+                                                 "training.per_device_train_batch_size=4")))
+    expected = {entry["step"]: entry for entry in single.log_history if "loss" in entry}
+    state = json.loads((tmp_path / "ddp" / "checkpoint-3" / "trainer_state.json").read_text())
+    logged = {entry["step"]: entry for entry in state["log_history"] if "loss" in entry}
+    assert sorted(logged) == sorted(expected) == [1, 2, 3]
+    for step in (1, 2, 3):
+        for key in ("loss", "loss_global_long", "loss_global_short", "loss_regional", "loss_region_to_all",
+                    "loss_hard_negative", "loss_rank", "loss_rank_theta", "grad_norm"):
+            assert logged[step][key] == pytest.approx(expected[step][key], rel=1e-4, abs=1e-5), (step, key)
+    ddp_weights = load_file(tmp_path / "ddp" / "final" / "model.safetensors")
+    for name, value in load_file(Path(single.final_model_dir) / "model.safetensors").items():
+        torch.testing.assert_close(ddp_weights[name], value, rtol=1e-4, atol=1e-5, msg=name)
