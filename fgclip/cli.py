@@ -7,23 +7,30 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers.utils import cached_file
 
 from .eval.cli import add_eval_subcommand
+from .eval.interface import EvalModel, FGCLIP2EvalModel, FGCLIPEvalModel
 from .modeling_fgclip import FGCLIPModel
+from .modeling_fgclip2 import FGCLIP2Model
 from .processing_fgclip import FGCLIPProcessor, load_image
+from .processing_fgclip2 import FGCLIP2Processor
 
 DEFAULT_MODEL = "qihoo360/fg-clip-base"
 
 
-def load_pretrained(path: str, device: str = "cpu") -> tuple[FGCLIPModel, FGCLIPProcessor]:
-    """An FG-CLIP model (ours or upstream layout) in eval mode and its processor."""
-    model = FGCLIPModel.from_pretrained(path).to(device).eval()
-    return model, FGCLIPProcessor.from_pretrained(path)
+def load_pretrained(path: str, device: str = "cpu") -> EvalModel:
+    """An FG-CLIP (ours or upstream layout) or FG-CLIP 2 checkpoint (a directory or hub id), in eval mode."""
+    config_file = Path(path, "config.json") if Path(path).is_dir() else Path(cached_file(path, "config.json"))
+    if json.loads(config_file.read_text()).get("model_type") == "fgclip2":
+        return FGCLIP2EvalModel(FGCLIP2Model.from_pretrained(path).to(device), FGCLIP2Processor.from_pretrained(path))
+    return FGCLIPEvalModel(FGCLIPModel.from_pretrained(path).to(device), FGCLIPProcessor.from_pretrained(path))
 
 
 def parse_box(text: str) -> list[float]:
@@ -38,24 +45,28 @@ def parse_box(text: str) -> list[float]:
     return values
 
 
+def _one_image(model: EvalModel, image, boxes: torch.Tensor | None = None):
+    """One image (and boxes, checked, not clamped) as a model batch on the model's device."""
+    inputs = model.image_inputs
+    pixels, mapped = inputs.prepare(load_image(image), boxes, clamp=False)
+    batch = inputs.collate([pixels]).to(model.device)
+    return batch, None if mapped is None else [mapped.to(model.device)]
+
+
 @torch.no_grad()
-def score_regions(model, processor, image, boxes: list[list[float]], texts: list[str]) -> torch.Tensor:
+def score_regions(model: EvalModel, image, boxes: list[list[float]], texts: list[str]) -> torch.Tensor:
     """(K boxes, T texts) cosine similarities between region features and region texts."""
-    image = load_image(image)
-    pixels, (mapped,) = processor.preprocess(image, [torch.tensor(boxes)])
-    device = model.device
-    regions = model.get_region_features(pixels.to(device), [mapped.to(device)], normalize=True)
-    text = model.get_text_features(processor.tokenize(texts, kind="region").to(device), kind="region", normalize=True)
-    return (regions @ text.t()).cpu()
+    batch, mapped = _one_image(model, image, torch.tensor(boxes, dtype=torch.float32))
+    regions = model.encode_regions(batch, mapped)
+    return (regions @ model.encode_texts(texts, "region").t()).cpu()
 
 
 @torch.no_grad()
-def similarity_map(model, processor, image, text: str) -> torch.Tensor:
+def similarity_map(model: EvalModel, image, text: str) -> torch.Tensor:
     """(H, W) cosine similarity between each patch and ``text``, upsampled to the image size."""
     image = load_image(image)
-    pixels = processor.preprocess(image).to(model.device)
-    dense = model.get_dense_features(pixels, normalize=True)[0]
-    query = model.get_text_features(processor.tokenize([text]).to(model.device), normalize=True)[0]
+    dense = model.dense_maps(_one_image(model, image)[0])[0]
+    query = model.encode_texts([text], "short")[0]
     grid = (dense @ query)[None, None].float()
     return F.interpolate(grid, size=(image.height, image.width), mode="bilinear", align_corners=False)[0, 0].cpu()
 
@@ -93,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_common(sub):
         sub.add_argument("image", help="image file")
-        sub.add_argument("--model", default=DEFAULT_MODEL, help="FG-CLIP checkpoint directory or hub id")
+        sub.add_argument("--model", default=DEFAULT_MODEL, help="FG-CLIP or FG-CLIP 2 checkpoint directory or hub id")
         sub.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
     score = subparsers.add_parser("score", help="print a region x text cosine-similarity table")
@@ -114,12 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "eval":
         return args.func(args)
-    model, processor = load_pretrained(args.model, args.device)
+    model = load_pretrained(args.model, args.device)
     if args.command == "score":
-        print(format_table(score_regions(model, processor, args.image, args.box, args.text), args.box, args.text))
+        print(format_table(score_regions(model, args.image, args.box, args.text), args.box, args.text))
     elif args.command == "heatmap":
-        save_heatmap(args.image, similarity_map(model, processor, args.image, args.text), args.text,
-                     args.output, args.alpha)
+        save_heatmap(args.image, similarity_map(model, args.image, args.text), args.text, args.output, args.alpha)
         print(f"wrote {args.output}")
     return 0
 

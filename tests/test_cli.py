@@ -9,6 +9,7 @@ from PIL import Image
 
 from fgclip import FGCLIPModel, FGCLIPProcessor
 from fgclip.cli import main, parse_box, similarity_map
+from fgclip.eval import FGCLIPEvalModel
 from fgclip.testing import tiny_config
 
 
@@ -52,7 +53,7 @@ def test_heatmap_png_and_values(saved, tmp_path):
         assert png.format == "PNG" and png.width > 100
     processor = FGCLIPProcessor.from_pretrained(directory)
     small = Image.open(directory / "scene.png").resize((20, 12))
-    similarity = similarity_map(model, processor, small, "red square")
+    similarity = similarity_map(FGCLIPEvalModel(model, processor), small, "red square")
     assert similarity.shape == (12, 20)
     with torch.no_grad():
         dense = F.normalize(model.get_dense_features(processor.preprocess(small)), dim=-1)[0]
@@ -71,3 +72,29 @@ def test_console_script_errors_are_readable(saved):
                             capture_output=True, text=True)
     assert result.returncode != 0
     assert "outside the 32x32 image" in result.stderr
+
+
+def test_fgclip2_checkpoint_scores_and_heatmap(tmp_path, capsys):
+    from fgclip import FGCLIP2Model, FGCLIP2Processor
+    from fgclip.testing import tiny_fgclip2_config, tiny_word_tokenizer
+
+    torch.manual_seed(0)
+    model = FGCLIP2Model(tiny_fgclip2_config()).eval()
+    model.save_pretrained(tmp_path)
+    FGCLIP2Processor.for_config(model.config, tiny_word_tokenizer("a red blue square".split())).save_pretrained(tmp_path)
+    image = Image.new("RGB", (40, 24), (200, 30, 30))
+    image.paste((20, 20, 200), (20, 0, 40, 24))
+    image.save(tmp_path / "scene.png")
+    texts = ["a red square", "a blue square"]
+    main(["score", str(tmp_path / "scene.png"), "--model", str(tmp_path), "--device", "cpu",
+          "--box", "0,0,20,24", "--box", "20,4,40,20", "--text", texts[0], "--text", texts[1]])
+    printed = torch.tensor([[float(v) for v in line.split()[1:]] for line in capsys.readouterr().out.splitlines()[2:]])
+    processor = FGCLIP2Processor.from_pretrained(tmp_path)
+    batch, mapped = processor.preprocess(str(tmp_path / "scene.png"), boxes=[torch.tensor([[0, 0, 20, 24], [20, 4, 40, 20.]])])
+    with torch.no_grad():
+        regions = model.get_region_features(**batch.as_kwargs(), boxes=mapped, normalize=True)
+        text = model.get_text_features(**processor.tokenize(texts, kind="region"), kind="region", normalize=True)
+    torch.testing.assert_close(printed, regions @ text.T, atol=1e-4, rtol=0)
+    main(["heatmap", str(tmp_path / "scene.png"), "red square", "--model", str(tmp_path), "-o", str(tmp_path / "m.png")])
+    with Image.open(tmp_path / "m.png") as png:
+        assert png.format == "PNG"

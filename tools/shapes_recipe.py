@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
     scene = json.loads((data_dir / "retrieval.json").read_text())[0]
     image = data_dir / scene["img_path"]
     query = json.loads((data_dir / "fgovd_hard.jsonl").read_text().splitlines()[0])["pos_expression"][0]
-    save_heatmap(image, similarity_map(model.model, model.processor, image, query), query, out / "heatmap.png")
+    save_heatmap(image, similarity_map(model, image, query), query, out / "heatmap.png")
     print(f"\nheatmap of {query!r}: {out / 'heatmap.png'}")
     print(f"total time {time.time() - started:.0f} s")
 

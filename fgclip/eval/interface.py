@@ -48,12 +48,13 @@ class SquareImageInputs:
     def __init__(self, processor: FGCLIPProcessor):
         self.processor = processor
 
-    def prepare(self, image, boxes: torch.Tensor | None):
-        """An RGB PIL image and optional (K, 4) xyxy boxes in its pixels -> (model input, boxes in input pixels)."""
+    def prepare(self, image, boxes: torch.Tensor | None, clamp: bool = True):
+        """An RGB PIL image and optional (K, 4) xyxy boxes in its pixels -> (model input, boxes in input
+        pixels, clamped to the input unless ``clamp`` is False)."""
         if boxes is None:
             return self.processor.preprocess(image)[0], None
         pixel_values, (mapped,) = self.processor.preprocess(image, boxes=[boxes])
-        return pixel_values[0], mapped.clamp(0.0, float(pixel_values.shape[-1]))
+        return pixel_values[0], mapped.clamp(0.0, float(pixel_values.shape[-1])) if clamp else mapped
 
     def collate(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(inputs)
@@ -62,10 +63,12 @@ class SquareImageInputs:
 class NaFlexImageInputs(SquareImageInputs):
     """:class:`~fgclip.FGCLIP2Images` batches of an :class:`~fgclip.FGCLIP2Processor` (aspect ratio kept)."""
 
-    def prepare(self, image, boxes: torch.Tensor | None):
+    def prepare(self, image, boxes: torch.Tensor | None, clamp: bool = True):
         if boxes is None:
             return self.processor.preprocess(image), None
         batch, (mapped,) = self.processor.preprocess(image, boxes=[boxes])
+        if not clamp:
+            return batch, mapped
         patch = self.processor.image_processor.patch_size
         grid_h, grid_w = batch.spatial_shapes[0].tolist()
         extent = torch.tensor([grid_w, grid_h, grid_w, grid_h], dtype=torch.float32) * patch
@@ -105,6 +108,10 @@ class EvalModel(ABC):
     def encode_texts(self, texts: list[str], kind: str = "short") -> torch.Tensor:
         """(N, D) embeddings of ``texts`` for one text kind."""
 
+    def dense_maps(self, pixel_values) -> list[torch.Tensor]:
+        """Per image, its (h, w, D) L2-normalised patch embeddings (for similarity heatmaps)."""
+        raise NotImplementedError(f"{type(self).__name__} gives no patch embeddings")
+
     def image_tokens(self, pixel_values) -> TokenFeatures:
         """Per-token image features for a cross-encoder re-ranker (:mod:`fgclip.rerank`)."""
         raise NotImplementedError(f"{type(self).__name__} gives no token features; re-ranking needs an FG-CLIP model")
@@ -143,6 +150,9 @@ class FGCLIPEvalModel(EvalModel):
     def image_tokens(self, pixel_values):
         return self.model.get_image_tokens(pixel_values)
 
+    def dense_maps(self, pixel_values):
+        return list(self.model.get_dense_features(pixel_values, normalize=True).float())
+
     def text_tokens(self, texts, kind="short"):
         kind = self.text_kind(kind)
         return self.model.get_text_tokens(self.processor.tokenize(texts, kind=kind).to(self.device), kind)
@@ -164,14 +174,21 @@ class CLIPEvalModel(EvalModel):
         return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
 
     def encode_regions(self, pixel_values, boxes):
+        checked = check_boxes(boxes, pixel_values.shape[0], *pixel_values.shape[-2:])
+        dense = self._dense(pixel_values)
+        return F.normalize(roi_pool(dense, checked, self.model.vision_model.config.patch_size).float(), dim=-1)
+
+    def dense_maps(self, pixel_values):
+        return list(F.normalize(self._dense(pixel_values).float(), dim=-1))
+
+    def _dense(self, pixel_values) -> torch.Tensor:
+        """(B, h, w, D) value-path patch embeddings, as FG-CLIP computes them."""
         vision = self.model.vision_model
         hidden = vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2]
         tokens = value_path_tokens(vision, self.model.visual_projection, hidden)
         patch = vision.config.patch_size
         grid_h, grid_w = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
-        dense = tokens.reshape(tokens.shape[0], grid_h, grid_w, tokens.shape[-1])
-        checked = check_boxes(boxes, pixel_values.shape[0], *pixel_values.shape[-2:])
-        return F.normalize(roi_pool(dense, checked, patch).float(), dim=-1)
+        return tokens.reshape(tokens.shape[0], grid_h, grid_w, tokens.shape[-1])
 
     def encode_texts(self, texts, kind="short"):
         kind = self.text_kind(kind)
@@ -215,6 +232,10 @@ class FGCLIP2EvalModel(EvalModel):
 
     def image_tokens(self, pixel_values: FGCLIP2Images):
         return self.model.get_image_tokens(**pixel_values.as_kwargs())
+
+    def dense_maps(self, pixel_values: FGCLIP2Images):
+        output = self.model.encode_image(**pixel_values.as_kwargs(), normalize=True)
+        return [dense.float() for dense in self.model.dense_maps(output.dense_features, pixel_values.spatial_shapes)]
 
     def text_tokens(self, texts, kind="short"):
         encoded = self._tokenize(texts, self.text_kind(kind))
