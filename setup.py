@@ -11,6 +11,7 @@ EXTRAS = {
     "eval": ["pycocotools>=2.0.7"],
     "mllm": ["peft>=0.13", "accelerate>=1.0", "deepspeed>=0.15"],
     "detection": ["mmengine==0.10.7", "mmdet==3.3.0", "pycocotools>=2.0.7"],
+    "curation": ["spacy>=3.7,<4"],
     "dev": ["pytest>=8"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
