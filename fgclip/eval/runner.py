@@ -16,6 +16,8 @@ Layout under ``--data-root`` (each path can be overridden with ``--path DATASET.
     imagenet/val/<wnid>/        ImageNet-1K validation, one folder per class
     imagenetv2/<0..999>/        ImageNetV2
     tsv/*.tsv                   image<TAB>caption retrieval files (e.g. Chinese), images relative to tsv/
+    matching/*.tsv              image<TAB>text<TAB>label matching files (ICM / IQM style), images relative
+                                to matching/
 
 Benchmarks whose files are absent are skipped (and listed in ``results.json``) unless they
 were asked for by name with ``--datasets``.
@@ -35,14 +37,15 @@ from .boxcls import evaluate_boxcls, load_coco_boxes, load_lvis_boxes, load_open
 from .common import DataError
 from .features import FeatureExtractor
 from .fgovd import FGOVD_SUBSETS, evaluate_fgovd, find_fgovd_files, load_fgovd
-from .interface import EvalModel
 from ..rerank import CrossEncoderReranker
+from .interface import EvalModel
+from .matching import evaluate_matching, load_matching_tsv
 from .retrieval import evaluate_retrieval, load_caption_file, load_dci, load_sharegpt4v, load_tsv
 from .zeroshot import evaluate_zeroshot, load_image_folder, read_classnames
 
 logger = logging.getLogger("fgclip.eval")
 
-TASKS = ("fgovd", "boxcls", "retrieval", "zeroshot")
+TASKS = ("fgovd", "boxcls", "retrieval", "zeroshot", "matching")
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ DATASETS: tuple[DatasetSpec, ...] = (
                 "Flickr30k 1k test short-caption retrieval"),
     DatasetSpec("tsv", "retrieval", "retrieval/tsv", (("dir", "tsv"),),
                 "image<TAB>caption retrieval files (one benchmark per .tsv)"),
+    DatasetSpec("matching", "matching", "matching", (("dir", "matching"),),
+                "image<TAB>text<TAB>label matching files, ROC AUC (one benchmark per .tsv)"),
     DatasetSpec("imagenet", "zeroshot", "zeroshot/imagenet", (("dir", "imagenet/val"), ("classnames", None)),
                 "ImageNet-1K validation, 80 templates"),
     DatasetSpec("imagenetv2", "zeroshot", "zeroshot/imagenetv2", (("dir", "imagenetv2"), ("classnames", None)),
@@ -97,7 +102,7 @@ class EvalOptions:
     Args:
         fgovd_subsets: FG-OVD subsets to run (default: every subset found).
         max_captions: captions kept per image in COCO / Flickr30k caption files.
-        tsv_text_kind: text path of TSV captions (``short`` or ``long``).
+        tsv_text_kind: text path of TSV captions and matching texts (``short`` or ``long``).
         sharegpt4v_limit: records of the ShareGPT4V file used (the benchmark's 1000).
     """
 
@@ -187,6 +192,12 @@ def _load(spec: DatasetSpec, paths: dict, options: EvalOptions) -> list[Prepared
         if not files:
             raise DataError(f"{paths['dir']}: no .tsv files")
         return [Prepared(spec, f"{spec.label}/{f.stem}", load_tsv(f, text_kind=options.tsv_text_kind)) for f in files]
+    if spec.name == "matching":
+        files = sorted(Path(paths["dir"]).glob("*.tsv"))
+        if not files:
+            raise DataError(f"{paths['dir']}: no .tsv files")
+        return [Prepared(spec, f"{spec.label}/{f.stem}", load_matching_tsv(f, text_kind=options.tsv_text_kind))
+                for f in files]
     if spec.task == "zeroshot":
         classnames = read_classnames(paths["classnames"]) if paths["classnames"] else None
         return [Prepared(spec, spec.label, load_image_folder(paths["dir"], classnames, name=spec.name))]
@@ -240,7 +251,8 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Run every parsed benchmark with one model; ``{result label: metrics}`` (adds ``seconds``).
 
-    A :class:`~fgclip.rerank.CrossEncoderReranker` adds re-ranked recalls to the retrieval benchmarks.
+    A :class:`~fgclip.rerank.CrossEncoderReranker` adds re-ranked recalls to the retrieval benchmarks
+    and its AUC to the matching ones.
     """
     results = {}
     for item in prepared:
@@ -252,6 +264,8 @@ def evaluate(
             metrics = {item.label: evaluate_boxcls(extractor, item.payload)}
         elif task == "retrieval":
             metrics = {item.label: evaluate_retrieval(extractor, item.payload, reranker, rerank_top_k)}
+        elif task == "matching":
+            metrics = {item.label: evaluate_matching(extractor, item.payload, reranker)}
         else:
             metrics = {item.label: evaluate_zeroshot(extractor, item.payload)}
         seconds = time.perf_counter() - start

@@ -1,0 +1,87 @@
+"""Image-text matching (R2D2's Zero ICM / IQM style): is this caption right for this image?
+
+A benchmark is a file of ``image<TAB>text<TAB>label`` lines (label 1 = matching, 0 = not);
+images are relative to the file's folder unless an image root is given. The score of a pair
+is the cosine of the dual encoder's image and text embeddings (and, with a
+:class:`~fgclip.rerank.CrossEncoderReranker`, also its matching probability); the metric is
+the ROC AUC of the scores against the labels (scikit-learn's ``roc_auc_score``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sklearn.metrics import roc_auc_score
+
+from .common import DataError, ImageRequest, resolve_image
+from .features import FeatureExtractor
+from .retrieval import PairScorer
+
+
+@dataclass
+class MatchingSet:
+    """Pairs ``(images[pair_image[p]], texts[p], labels[p])``; each image file is listed once."""
+
+    name: str
+    source: str
+    images: list[str]
+    image_sources: list[str]
+    pair_image: list[int]
+    texts: list[str]
+    labels: list[int]
+    text_kind: str
+
+
+def load_matching_tsv(
+    path: str | os.PathLike, image_root: str | os.PathLike | None = None, text_kind: str = "short",
+    name: str | None = None,
+) -> MatchingSet:
+    """Read ``image<TAB>text<TAB>label`` lines; both labels must occur."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    image_root = path.parent if image_root is None else image_root
+    index: dict[str, int] = {}
+    dataset = MatchingSet(name or path.stem, str(path), [], [], [], [], [], text_kind)
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            where = f"{path} line {line_number}"
+            parts = [part.strip() for part in line.split("\t")]
+            if len(parts) != 3 or not parts[0] or not parts[1]:
+                raise DataError(f"{where}: expected 'image<TAB>text<TAB>label', got {line[:80]!r}")
+            if parts[2] not in ("0", "1"):
+                raise DataError(f"{where}: label: expected 0 or 1, got {parts[2]!r}")
+            image = resolve_image(image_root, parts[0], where)
+            if image not in index:
+                index[image] = len(dataset.images)
+                dataset.images.append(image)
+                dataset.image_sources.append(where)
+            dataset.pair_image.append(index[image])
+            dataset.texts.append(parts[1])
+            dataset.labels.append(int(parts[2]))
+    if len(set(dataset.labels)) != 2:
+        raise DataError(f"{path}: matching needs both matching (1) and non-matching (0) pairs")
+    return dataset
+
+
+def evaluate_matching(extractor: FeatureExtractor, dataset: MatchingSet, reranker=None) -> dict[str, float]:
+    """ROC AUC of the pairs' cosine scores (``auc``), and of a re-ranker's scores (``rerank_auc``)."""
+    requests = [ImageRequest(path, source=where) for path, where in zip(dataset.images, dataset.image_sources)]
+    images = extractor.encode_images(requests, desc=f"{dataset.name} images")
+    texts = extractor.encode_texts(dataset.texts, dataset.text_kind, desc=f"{dataset.name} texts")
+    pair_image = torch.tensor(dataset.pair_image)
+    cosine = (images[pair_image] * texts).sum(dim=-1)
+    metrics = {"auc": float(roc_auc_score(dataset.labels, cosine.numpy()))}
+    if reranker is not None:
+        score = PairScorer(reranker, extractor.encode_image_tokens(requests),
+                           extractor.encode_text_tokens(dataset.texts, dataset.text_kind))
+        text_index = torch.arange(len(dataset.texts))
+        scores = torch.cat([score(pair_image[start : start + 256], text_index[start : start + 256]).float().cpu()
+                            for start in range(0, len(text_index), 256)])
+        metrics["rerank_auc"] = float(roc_auc_score(dataset.labels, scores.numpy()))
+    return {**metrics, "num_pairs": len(dataset.labels), "num_images": len(dataset.images)}
