@@ -5,6 +5,7 @@ weights."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -132,3 +133,20 @@ def test_two_gloo_ranks_match_one_process_on_the_joined_batch(data, tmp_path):
     ddp_weights = load_file(tmp_path / "ddp" / "final" / "model.safetensors")
     for name, value in load_file(Path(single.final_model_dir) / "model.safetensors").items():
         torch.testing.assert_close(ddp_weights[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_deepspeed_zero2_bf16_activation_checkpointing_on_two_ranks(data, tmp_path):
+    """The shipped recipe's GPU set-up (ZeRO-2, bf16, activation checkpointing) on 2 CPU ranks."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "tools" / "train_fgclip.py"), str(RECIPE), *overrides(data, tmp_path / "ds"),
+               "training.max_steps=2", "training.deepspeed=configs/deepspeed/zero2.json", "training.bf16=true",
+               "training.activation_checkpointing=true"]
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    logged = [entry for entry in json.loads((tmp_path / "ds" / "checkpoint-2" / "trainer_state.json").read_text())
+              ["log_history"] if "loss" in entry]
+    assert [entry["step"] for entry in logged] == [1, 2]
+    assert all(math.isfinite(entry[key]) for entry in logged for key in ("loss", "loss_rank", "loss_tic"))
+    assert (tmp_path / "ds" / "checkpoint-2" / "global_step2").is_dir()
+    assert FGCLIP2Model.from_pretrained(tmp_path / "ds" / "final").logit_scale.shape == (1,)
