@@ -325,3 +325,36 @@ def test_results_do_not_depend_on_world_size(checkpoints, data_root, reference_r
     assert report["models"]["clip"]["type"] == "clip"
     assert metric_values(report) == metric_values(reference_report)
     assert "| fgovd/hard | accuracy |" in (tmp_path / "results.md").read_text()
+
+
+def test_template_sets_files_and_their_use(tmp_path):
+    from fgclip.eval.runner import evaluate, prepare
+    from fgclip.eval.templates import CHINESE_TEMPLATES, IMAGENET_TEMPLATES
+    from fgclip.eval.zeroshot import load_templates
+
+    assert load_templates("openai") == IMAGENET_TEMPLATES and load_templates("zh") == CHINESE_TEMPLATES
+    assert all(template.count("{}") == 1 for template in CHINESE_TEMPLATES)
+    listed = tmp_path / "templates.txt"
+    listed.write_text("a {} thing\n\n  the {}  \n")
+    assert load_templates(str(listed)) == ("a {} thing", "the {}")
+    listed.write_text("a {} thing\nno slot here\n")
+    with pytest.raises(DataError, match=r"templates\.txt line 2: a template needs exactly one \{\}"):
+        load_templates(str(listed))
+    with pytest.raises(DataError, match="neither a template set"):
+        load_templates("klingon")
+
+    class Recording(ColorModel):
+        texts: list = []
+
+        def encode_texts(self, texts, kind="short"):
+            self.texts.extend(texts)
+            return F.normalize(torch.ones(len(texts), 3), dim=-1)
+
+    for folder in ("a_red", "b_blue"):
+        (tmp_path / "imagenet" / "val" / folder).mkdir(parents=True)
+        Image.new("RGB", (20, 20), COLORS[folder[2:]]).save(tmp_path / "imagenet" / "val" / folder / "0.png")
+    (tmp_path / "names.txt").write_text("红色\n蓝色\n")
+    prepared, _ = prepare(tmp_path, ["zeroshot"], ["imagenet"], {"imagenet.classnames": str(tmp_path / "names.txt")})
+    model = Recording()
+    evaluate(FeatureExtractor(model, num_workers=0, progress=False), prepared, templates=CHINESE_TEMPLATES)
+    assert sorted(model.texts) == sorted(t.format(name) for name in ("红色", "蓝色") for t in CHINESE_TEMPLATES)

@@ -64,6 +64,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="captions kept per image for COCO / Flickr30k (0: all)")
     parser.add_argument("--tsv-text-kind", choices=("short", "long"), default="short",
                         help="text path of image<TAB>caption files")
+    parser.add_argument("--templates", default="openai",
+                        help="box / zero-shot classification prompts: openai (80), zh (Chinese) or a file with one "
+                             "template per line ('{}' = class name)")
     parser.add_argument("--reranker", action="append", default=[], metavar="[NAME=]PATH",
                         help="cross-encoder re-ranker (fgclip.rerank) for a model's retrieval; NAME picks the model "
                              "when several are given")
@@ -143,6 +146,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 fgovd_subsets=args.fgovd_subsets,
                 max_captions=args.max_captions or None,
                 tsv_text_kind=args.tsv_text_kind,
+                templates=args.templates,
             ),
             batch_size=args.batch_size,
             text_batch_size=args.text_batch_size,

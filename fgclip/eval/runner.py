@@ -41,7 +41,8 @@ from ..rerank import CrossEncoderReranker
 from .interface import EvalModel
 from .matching import evaluate_matching, load_matching_tsv
 from .retrieval import evaluate_retrieval, load_caption_file, load_dci, load_sharegpt4v, load_tsv
-from .zeroshot import evaluate_zeroshot, load_image_folder, read_classnames
+from .templates import IMAGENET_TEMPLATES
+from .zeroshot import evaluate_zeroshot, load_image_folder, load_templates, read_classnames
 
 logger = logging.getLogger("fgclip.eval")
 
@@ -104,12 +105,15 @@ class EvalOptions:
         max_captions: captions kept per image in COCO / Flickr30k caption files.
         tsv_text_kind: text path of TSV captions and matching texts (``short`` or ``long``).
         sharegpt4v_limit: records of the ShareGPT4V file used (the benchmark's 1000).
+        templates: prompt templates of box and zero-shot classification: ``openai`` (80),
+            ``zh`` (Chinese) or a file with one template per line.
     """
 
     fgovd_subsets: Sequence[str] | None = None
     max_captions: int | None = 5
     tsv_text_kind: str = "short"
     sharegpt4v_limit: int = 1000
+    templates: str = "openai"
 
 
 @dataclass
@@ -247,7 +251,8 @@ def prepare(
 
 
 def evaluate(
-    extractor: FeatureExtractor, prepared: Sequence[Prepared], reranker=None, rerank_top_k: int = 128
+    extractor: FeatureExtractor, prepared: Sequence[Prepared], reranker=None, rerank_top_k: int = 128,
+    templates: Sequence[str] = IMAGENET_TEMPLATES,
 ) -> dict[str, dict[str, float]]:
     """Run every parsed benchmark with one model; ``{result label: metrics}`` (adds ``seconds``).
 
@@ -261,13 +266,13 @@ def evaluate(
         if task == "fgovd":
             metrics = {f"fgovd/{name}": m for name, m in evaluate_fgovd(extractor, item.payload).items()}
         elif task == "boxcls":
-            metrics = {item.label: evaluate_boxcls(extractor, item.payload)}
+            metrics = {item.label: evaluate_boxcls(extractor, item.payload, templates)}
         elif task == "retrieval":
             metrics = {item.label: evaluate_retrieval(extractor, item.payload, reranker, rerank_top_k)}
         elif task == "matching":
             metrics = {item.label: evaluate_matching(extractor, item.payload, reranker)}
         else:
-            metrics = {item.label: evaluate_zeroshot(extractor, item.payload)}
+            metrics = {item.label: evaluate_zeroshot(extractor, item.payload, templates)}
         seconds = time.perf_counter() - start
         for label, values in metrics.items():
             results[label] = {**values, "seconds": round(seconds, 3)}
@@ -329,6 +334,7 @@ def run_evaluation(models: Sequence[ModelEntry], config: RunConfig) -> dict:
     Every rank computes the same results; rank 0 writes ``results.json`` and ``results.md``
     to ``config.output_dir``.
     """
+    templates = load_templates(config.options.templates)
     prepared, skipped = prepare(config.data_root, config.tasks, config.datasets, config.overrides, config.options)
     if get_rank() == 0:
         for name, reason in skipped.items():
@@ -360,7 +366,7 @@ def run_evaluation(models: Sequence[ModelEntry], config: RunConfig) -> dict:
         reranker = None
         if name in config.rerankers:
             reranker = CrossEncoderReranker.from_pretrained(config.rerankers[name]).to(model.device).eval()
-        report["results"][name] = evaluate(extractor, prepared, reranker, config.rerank_top_k)
+        report["results"][name] = evaluate(extractor, prepared, reranker, config.rerank_top_k, templates)
     if get_rank() == 0:
         output = Path(config.output_dir)
         output.mkdir(parents=True, exist_ok=True)

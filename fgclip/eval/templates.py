@@ -1,7 +1,8 @@
 """Prompt templates and class names for zero-shot and box classification (data, no logic).
 
 ``IMAGENET_TEMPLATES`` are the 80 prompt templates OpenAI used for ImageNet zero-shot
-classification (``"{}"`` marks the class name); ``IMAGENET_CLASSNAMES`` are the 1000
+classification (``"{}"`` marks the class name); ``CHINESE_TEMPLATES`` are a small set of
+Chinese ones for Chinese class names (BoxClass-CN style benchmarks); ``IMAGENET_CLASSNAMES`` are the 1000
 ImageNet-1K class names in class-index order (sorted WordNet ids; ImageNetV2 uses the same
 order). The list contains the OpenAI spellings, including its two repeated names
 ("missile", "sunglasses") for distinct classes.
@@ -267,3 +268,20 @@ IMAGENET_CLASSNAMES: tuple[str, ...] = (
     'agaric', 'gyromitra', 'stinkhorn mushroom', 'earth star fungus',
     'hen of the woods mushroom', 'bolete', 'corn cob', 'toilet paper',
 )
+
+
+CHINESE_TEMPLATES: tuple[str, ...] = (
+    "一张{}的照片。",
+    "一张{}的图片。",
+    "{}的照片。",
+    "这是一张{}的照片。",
+    "一张模糊的{}的照片。",
+    "一张清晰的{}的照片。",
+    "一张{}的特写照片。",
+    "一张小的{}的照片。",
+    "一张大的{}的照片。",
+    "一幅{}的画。",
+)
+
+# Template sets by name (``--templates``).
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"openai": IMAGENET_TEMPLATES, "zh": CHINESE_TEMPLATES}

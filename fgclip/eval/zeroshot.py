@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .common import IMAGE_EXTENSIONS, DataError, ImageRequest
 from .features import FeatureExtractor
 from .metrics import classification_ranks, topk_from_ranks
-from .templates import IMAGENET_CLASSNAMES, IMAGENET_TEMPLATES
+from .templates import IMAGENET_CLASSNAMES, IMAGENET_TEMPLATES, TEMPLATE_SETS
 
 
 @dataclass
@@ -51,6 +51,25 @@ def read_classnames(path: str | os.PathLike) -> list[str]:
     if not names:
         raise DataError(f"{path}: no class names")
     return names
+
+
+def load_templates(spec: str) -> tuple[str, ...]:
+    """A template set by name (:data:`TEMPLATE_SETS`: ``openai``, ``zh``) or a file of one template
+    per non-blank line, each with one ``{}`` for the class name."""
+    if spec in TEMPLATE_SETS:
+        return TEMPLATE_SETS[spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise DataError(f"templates {spec!r}: neither a template set ({', '.join(TEMPLATE_SETS)}) nor a file")
+    templates = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            if line.count("{}") != 1:
+                raise DataError(f"{path} line {line_number}: a template needs exactly one {{}}, got {line!r}")
+            templates.append(line.strip())
+    if not templates:
+        raise DataError(f"{path}: no templates")
+    return tuple(templates)
 
 
 def load_image_folder(
