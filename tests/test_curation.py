@@ -6,6 +6,7 @@ cut-off line, and skip or name broken images."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import spacy
@@ -32,6 +33,7 @@ from fgclip.curation import (
 from fgclip.data import FineHARDReader
 from fgclip.processing_fgclip import clip_bpe_tokenizer
 
+REPO = Path(__file__).resolve().parents[1]
 NLP = spacy.blank("en")
 CAPTION = "A black dog with a red collar sits on the wooden bench near it and a black dog ."
 PARSE = {  # word: (head index, dependency, part of speech), written out by hand
@@ -182,3 +184,25 @@ def test_curation_run_writes_valid_records_resumes_and_skips(tmp_path):
     again = curate(images, root, output, *stages, skip_errors=True, progress=False)
     assert (again.written, again.already_done) == (1, 2)
     assert [json.loads(line)["f_path"] for line in output.read_text().splitlines()] == ["a.jpg", "c.jpg", "sub/b.png"]
+
+
+def test_curation_command_shards_the_folder(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("curate_finehard", REPO / "tools" / "curate_finehard.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr(tool, "VLMCaptioner", lambda model, device=None: FakeCaptioner())
+    monkeypatch.setattr(tool, "SpacyExpressionParser", lambda nlp, max_expressions=None: SpacyExpressionParser(parsed))
+    monkeypatch.setattr(tool, "PipelineGrounder", lambda model, device=None: fake_grounder)
+    monkeypatch.setattr(tool, "LLMNegativeWriter", lambda model, device=None: fake_negatives)
+    for index in range(5):
+        Image.new("RGB", (30, 30)).save(tmp_path / f"{index}.png")
+    assert tool.main(["--images", str(tmp_path), "--output", str(tmp_path / "out.jsonl"), "--shard", "1/2",
+                      "--no-region-descriptions"]) == 0
+    records = list(FineHARDReader(tmp_path / "out.jsonl"))
+    assert [record.f_path for record in records] == ["1.png", "3.png"]
+    assert records[0].regions[0].long_expr == "A black dog with a red collar"  # the parse subtree
+    assert "wrote 2 records" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tool.main(["--images", str(tmp_path), "--output", "x.jsonl", "--shard", "2/2"])
