@@ -5,7 +5,7 @@ An embedding file is a ``torch.save`` dict::
     {"class_names": [str, ...],            # C names, in classifier order
      "embeddings": FloatTensor (C, D),      # L2-normalised
      "templates": [str, ...],               # the prompt templates ("{}" = class name)
-     "model": str}                          # the FG-CLIP checkpoint that embedded them
+     "model": str}                          # the FG-CLIP / FG-CLIP 2 checkpoint that embedded them
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from fgclip import FGCLIPModel, FGCLIPProcessor
+from fgclip import FGCLIP2Model, FGCLIP2Processor, FGCLIPProcessor
+from fgclip.eval.interface import EvalModel, FGCLIP2EvalModel, FGCLIPEvalModel
 
 # Photo-style prompts for a ViLD-like ensemble ("{}" is replaced by the class name).
 PROMPT_TEMPLATES = (
@@ -43,16 +44,16 @@ PROMPT_TEMPLATES = (
 
 
 def embed_class_names(
-    model: FGCLIPModel,
-    processor: FGCLIPProcessor,
+    model: EvalModel,
     class_names: Sequence[str],
     templates: Sequence[str] = PROMPT_TEMPLATES,
     batch_size: int = 256,
 ) -> torch.Tensor:
     """Prompt-ensemble embedding of each class name.
 
-    Each name fills every template; the short-text embeddings are L2-normalised, averaged over
-    the templates and normalised again.
+    Each name fills every template; the texts are embedded on the model's region-text path
+    (FG-CLIP: the short path; FG-CLIP 2: ``boxtext_head``), L2-normalised, averaged over the
+    templates and normalised again.
 
     Returns:
         (len(class_names), D) L2-normalised embeddings.
@@ -63,14 +64,18 @@ def embed_class_names(
     if not templates or bad:
         raise ValueError(f"every template needs exactly one '{{}}' placeholder; bad templates: {bad}")
     prompts = [template.format(name) for name in class_names for template in templates]
-    device = next(model.parameters()).device
-    features = []
     with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            input_ids = processor.tokenize(prompts[start : start + batch_size], kind="short", padding="longest")
-            features.append(model.get_text_features(input_ids.to(device), kind="short", normalize=True).float().cpu())
+        features = [model.encode_texts(prompts[start : start + batch_size], "region").float().cpu()
+                    for start in range(0, len(prompts), batch_size)]
     per_prompt = torch.cat(features).reshape(len(class_names), len(templates), -1)
     return F.normalize(per_prompt.mean(dim=1), dim=-1)
+
+
+def text_encoder_of(clip_model, checkpoint: str) -> EvalModel:
+    """The evaluation interface over a backbone's frozen FG-CLIP / FG-CLIP 2 model and its checkpoint's processor."""
+    if isinstance(clip_model, FGCLIP2Model):
+        return FGCLIP2EvalModel(clip_model, FGCLIP2Processor.from_pretrained(checkpoint))
+    return FGCLIPEvalModel(clip_model, FGCLIPProcessor.from_pretrained(checkpoint))
 
 
 def save_class_embeddings(

@@ -25,14 +25,16 @@ def tiny_config(
     )
 
 
-def tiny_fgclip2_config(hidden_size: int = 32, num_layers: int = 2, vocab_size: int = 64) -> FGCLIP2Config:
-    """A tiny FG-CLIP 2 with the real text lengths (64 short, 196 long, keep 20), patch 4, a 4x4 position grid."""
+def tiny_fgclip2_config(
+    hidden_size: int = 32, num_layers: int = 2, vocab_size: int = 64, patch_size: int = 4
+) -> FGCLIP2Config:
+    """A tiny FG-CLIP 2 with the real text lengths (64 short, 196 long, keep 20) and a 4x4 position grid."""
     tower = {"hidden_size": hidden_size, "intermediate_size": 2 * hidden_size, "num_attention_heads": 2,
              "num_hidden_layers": num_layers}
     return FGCLIP2Config(
         text_config={**tower, "vocab_size": vocab_size, "pad_token_id": GEMMA_PAD, "eos_token_id": GEMMA_EOS,
                      "bos_token_id": GEMMA_BOS},
-        vision_config={**tower, "patch_size": 4, "num_patches": 16},
+        vision_config={**tower, "patch_size": patch_size, "num_patches": 16},
     )
 
 

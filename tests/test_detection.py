@@ -325,3 +325,78 @@ def test_train_test_resume_and_detect_through_runner(in_workspace):
                                     "--config", str(TINY_CONFIG), "--checkpoint", str(checkpoint),
                                     "--score-thr", "0.0", "--out", "work_dirs/det.png"])
     assert Image.open(out).size == (64, 64)
+
+
+# ----------------------------------------------------------------------------- FG-CLIP 2 backbone
+@pytest.fixture(scope="module")
+def fgclip2_assets(workspace) -> Path:
+    """A tiny FG-CLIP 2 (4 blocks, patch 8) with a word-level tokenizer, and its shape-class embeddings."""
+    from fgclip import FGCLIP2Model, FGCLIP2Processor
+    from fgclip.testing import tiny_fgclip2_config, tiny_word_tokenizer
+
+    assets = workspace / ASSETS
+    tokenizer = tiny_word_tokenizer([*SHAPES, "a", "photo", "of", "the", "red", "cup", "cat"])
+    torch.manual_seed(0)
+    model = FGCLIP2Model(tiny_fgclip2_config(num_layers=4, patch_size=8, vocab_size=len(tokenizer))).eval()
+    model.save_pretrained(assets / "fgclip2")
+    FGCLIP2Processor.for_config(model.config, tokenizer).save_pretrained(assets / "fgclip2")
+    load_tool("dump_class_embeddings").main(["--model", str(assets / "fgclip2"), "--vocab", ",".join(SHAPES),
+                                             "--out", str(assets / "shapes_embeddings_fgclip2.pt")])
+    return assets
+
+
+def fgclip2_cfg() -> Config:
+    """The tiny CPU config on the FG-CLIP 2 backbone, as configs/fvit_fgclip2_base.py changes the ViT-B one."""
+    cfg = tiny_cfg()
+    base = Config.fromfile(str(REPO / "configs" / "fvit_fgclip2_base.py")).model
+    cfg.model.data_preprocessor.mean, cfg.model.data_preprocessor.std = base.data_preprocessor.mean, base.data_preprocessor.std
+    cfg.model.backbone.type = base.backbone.type
+    cfg.model.backbone.checkpoint = f"{ASSETS}/fgclip2"
+    cfg.model.roi_head.bbox_head.class_embeddings = f"{ASSETS}/shapes_embeddings_fgclip2.pt"
+    return cfg
+
+
+def test_fgclip2_backbone_maps_and_clip_map(fgclip2_assets, in_workspace):
+    from fgclip import FGCLIP2Model, FGCLIP2Processor
+
+    backbone = MODELS.build(fgclip2_cfg().model.backbone)
+    backbone.init_weights()
+    backbone.train()
+    assert not backbone.clip.training and all(not p.requires_grad for p in backbone.clip.parameters())
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    pixels = (torch.tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1)[None] - 127.5) / 127.5
+    pyramid, clip_map = backbone.forward_with_clip_map(pixels)
+    assert [tuple(m.shape) for m in pyramid] == [(1, 32, 24, 32), (1, 32, 12, 16), (1, 32, 6, 8), (1, 32, 3, 4)]
+    reference = FGCLIP2Model.from_pretrained(f"{ASSETS}/fgclip2").eval()
+    batch = FGCLIP2Processor.from_pretrained(f"{ASSETS}/fgclip2").preprocess(image, max_num_patches=6 * 8)
+    assert batch.spatial_shapes.tolist() == [[6, 8]]  # no resize: the same patches as the backbone's
+    with torch.no_grad():
+        dense = reference.encode_image(**batch.as_kwargs(), normalize=True).dense_features
+        hidden = reference.vision_model(**batch.as_kwargs(), output_hidden_states=True).hidden_states
+    torch.testing.assert_close(clip_map, dense.transpose(1, 2).reshape(1, 32, 6, 8), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(pyramid[2], hidden[3].transpose(1, 2).reshape(1, 32, 6, 8), rtol=1e-4, atol=1e-5)
+
+
+def test_fgclip2_class_embeddings_use_the_region_text_head(fgclip2_assets, in_workspace):
+    from fgclip import FGCLIP2Model, FGCLIP2Processor
+    from detection import PROMPT_TEMPLATES
+
+    saved = torch.load(f"{ASSETS}/shapes_embeddings_fgclip2.pt", weights_only=True)
+    model = FGCLIP2Model.from_pretrained(f"{ASSETS}/fgclip2").eval()
+    processor = FGCLIP2Processor.from_pretrained(f"{ASSETS}/fgclip2")
+    with torch.no_grad():
+        per_template = torch.stack([model.get_text_features(**processor.tokenize(t.format(SHAPES[1]), kind="region"),
+                                                            kind="region", normalize=True)[0] for t in PROMPT_TEMPLATES])
+    torch.testing.assert_close(saved["embeddings"][1], F.normalize(per_template.mean(0), dim=0), rtol=1e-5, atol=1e-6)
+
+
+def test_fgclip2_fvit_trains_and_tests_through_runner(fgclip2_assets, in_workspace):
+    cfg = fgclip2_cfg()
+    cfg.work_dir = "work_dirs/run_fgclip2"
+    cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = 4
+    cfg.default_hooks.checkpoint.interval = 4
+    runner = Runner.from_cfg(cfg)
+    model = runner.train()
+    assert all(p not in runner.optim_wrapper.optimizer.state for p in model.backbone.clip.parameters())
+    metrics = runner.test()
+    assert all(math.isfinite(metrics[f"ov_coco/AP50_{kind}"]) for kind in ("novel", "base", "all"))

@@ -4,7 +4,7 @@
         --config configs/fvit_fgclip_b16.py --checkpoint work_dirs/fvit_fgclip_b16/epoch_3.pth \
         --out photo_detections.png
 
-The names are embedded by the detector's own frozen FG-CLIP text tower (prompt ensemble).
+The names are embedded by the detector's own frozen FG-CLIP / FG-CLIP 2 text tower (prompt ensemble).
 Names among the training (base) classes are scored as base classes, every other name as a
 novel class (CLIP-weighted ensemble). Detections are also printed, one per line.
 """
@@ -21,8 +21,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 from PIL import Image, ImageDraw
 
-from detection.class_embeddings import PROMPT_TEMPLATES, embed_class_names
-from fgclip import FGCLIPProcessor
+from detection.class_embeddings import PROMPT_TEMPLATES, embed_class_names, text_encoder_of
 from fgclip.processing_fgclip import load_image
 from mmdet.registry import MODELS
 
@@ -53,12 +52,12 @@ def build_detector(config: str, checkpoint: str, device: str) -> tuple[torch.nn.
     return model.to(device).eval(), cfg
 
 
-def set_vocabulary(model: torch.nn.Module, processor: FGCLIPProcessor, names: list[str]) -> list[str]:
-    """Point the box head at ``names``; returns the names treated as novel."""
+def set_vocabulary(model: torch.nn.Module, checkpoint: str, names: list[str]) -> list[str]:
+    """Point the box head at ``names`` (embedded by the backbone's own text tower); returns the novel ones."""
     head = model.roi_head.bbox_head
     base = {name for name, novel in zip(head.class_names, head.is_novel.tolist()) if not novel}
     novel = [name for name in names if name not in base]
-    embeddings = embed_class_names(model.backbone.clip, processor, names, PROMPT_TEMPLATES)
+    embeddings = embed_class_names(text_encoder_of(model.backbone.clip, checkpoint), names, PROMPT_TEMPLATES)
     head.set_vocabulary(names, embeddings, novel)
     return novel
 
@@ -95,8 +94,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"--vocab needs distinct, non-empty names, got {args.vocab!r}")
     image = load_image(args.image)
     model, cfg = build_detector(args.config, args.checkpoint, args.device)
-    processor = FGCLIPProcessor.from_pretrained(cfg.model.backbone.checkpoint)
-    novel = set(set_vocabulary(model, processor, names))
+    novel = set(set_vocabulary(model, cfg.model.backbone.checkpoint, names))
     pred = detect(model, cfg, args.image)
     keep = pred.scores >= args.score_thr
     boxes, scores, labels = pred.bboxes[keep].tolist(), pred.scores[keep].tolist(), pred.labels[keep].tolist()

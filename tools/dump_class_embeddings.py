@@ -21,7 +21,7 @@ import torch
 from mmengine.config import Config
 
 from detection.class_embeddings import PROMPT_TEMPLATES, embed_class_names, save_class_embeddings
-from fgclip import FGCLIPModel, FGCLIPProcessor
+from fgclip.cli import load_pretrained
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,9 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     names, model_path, out = resolve(args)
     templates = read_lines(args.templates_file, "prompt templates") if args.templates_file else list(PROMPT_TEMPLATES)
-    model = FGCLIPModel.from_pretrained(model_path, dtype=torch.float32).to(args.device).eval()
-    processor = FGCLIPProcessor.from_pretrained(model_path)
-    embeddings = embed_class_names(model, processor, names, templates, batch_size=args.batch_size)
+    model = load_pretrained(model_path, args.device)
+    embeddings = embed_class_names(model, names, templates, batch_size=args.batch_size)
     save_class_embeddings(out, names, embeddings, templates, model_path)
     print(f"wrote {len(names)} x {embeddings.shape[1]} embeddings ({len(templates)} templates) to {out}", file=sys.stderr)
 
