@@ -8,15 +8,14 @@ from fgclip.data import LanguageGroupedBatchSampler
 @pytest.mark.parametrize("batch_size, world_size", [(3, 1), (2, 2), (4, 3)])
 def test_batches_and_runs_are_one_language(batch_size, world_size):
     languages = [index % 3 == 0 for index in range(61)]  # 21 Chinese, 40 English
-    sampler = LanguageGroupedBatchSampler(languages, batch_size, world_size, seed=5)
-    batches = list(sampler)
+    per_rank = [list(LanguageGroupedBatchSampler(languages, batch_size, world_size, seed=5, rank=rank))
+                for rank in range(world_size)]
     run = batch_size * world_size
-    assert len(batches) == len(sampler) == (21 // run + 40 // run) * world_size
-    assert all(len(batch) == batch_size for batch in batches)
-    for start in range(0, len(batches), world_size):  # one step of accelerate's batch sharding
-        step = [index for batch in batches[start : start + world_size] for index in batch]
-        assert len({languages[index] for index in step}) == 1
-    flat = [index for batch in batches for index in batch]
+    assert all(len(batches) == 21 // run + 40 // run for batches in per_rank)
+    assert all(len(batch) == batch_size for batches in per_rank for batch in batches)
+    for step in zip(*per_rank):  # one step: every rank's batch
+        assert len({languages[index] for batch in step for index in batch}) == 1
+    flat = [index for batches in per_rank for batch in batches for index in batch]
     assert len(flat) == len(set(flat))
 
 

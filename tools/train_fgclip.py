@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+import torch
+
 from fgclip.training import load_config, train
 
 
@@ -27,10 +29,22 @@ def main(argv=None) -> int:
     main_process = int(os.environ.get("RANK", "0")) == 0  # set by torchrun
     if main_process:
         print(json.dumps(config.to_dict(), indent=2, default=str))
-    result = train(config, resume=args.resume)
+    distributed = torch.distributed.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    try:
+        result = train(config, resume=args.resume)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     if main_process:
         print(f"final model: {result.final_model_dir}")
         print(result.skipped_summary)
+    if distributed:
+        # Everything is written and the process group is down. Leave without the interpreter's
+        # teardown: there, a finished multi-process run occasionally aborts ("terminate called
+        # without an active exception", SIGABRT) while torch's C++ threads are destroyed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -8,23 +8,24 @@ from torch.utils.data import Sampler
 
 
 class LanguageGroupedBatchSampler(Sampler[list[int]]):
-    """Shuffled batches whose samples share a language, in runs of ``world_size`` batches.
+    """Shuffled batches whose samples share a language, for one rank of ``world_size``.
 
-    accelerate shards a batch sampler across ranks batch by batch (rank ``r`` takes batches
-    ``r, r + W, ...``), so a run of ``W`` same-language batches is one step's global batch:
-    the sigmoid loss, gathered over ranks, never mixes languages. Samples that do not fill
+    Every step's global batch is a run of ``world_size`` same-language batches, one per rank
+    (this rank's is the ``rank``-th of the run), so the sigmoid loss, gathered over ranks,
+    never mixes languages. All ranks draw the same runs (same seed). Samples that do not fill
     a whole run of their language are left out of the epoch (a different set each epoch).
 
     Args:
         languages: one hashable key per sample (e.g. the records' ``is_cn``).
         batch_size: samples per batch (per device).
-        world_size: data-parallel ranks.
+        world_size / rank: data-parallel ranks and this one.
         seed: with the epoch (:meth:`set_epoch`), seeds the order.
     """
 
-    def __init__(self, languages: Sequence, batch_size: int, world_size: int = 1, seed: int = 0):
-        if batch_size < 1 or world_size < 1:
-            raise ValueError(f"batch_size and world_size must be >= 1, got {batch_size} and {world_size}")
+    def __init__(self, languages: Sequence, batch_size: int, world_size: int = 1, seed: int = 0, rank: int = 0):
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+        self.rank = rank
         self.groups: dict = {}
         for index, language in enumerate(languages):
             self.groups.setdefault(language, []).append(index)
@@ -52,8 +53,8 @@ class LanguageGroupedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         for run in self._runs():
-            yield from run
+            yield run[self.rank]
 
     def __len__(self) -> int:
         run_size = self.batch_size * self.world_size
-        return sum(len(indices) // run_size for indices in self.groups.values()) * self.world_size
+        return sum(len(indices) // run_size for indices in self.groups.values())

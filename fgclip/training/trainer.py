@@ -125,7 +125,8 @@ class FGCLIPTrainer(Trainer):
         if group_by_language:
             self.language_sampler = LanguageGroupedBatchSampler(
                 self.train_dataset.languages(), self._train_batch_size, self.args.world_size,
-                seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+                seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+                rank=self.args.process_index)
         seeded = [item for item in (self.train_dataset, self.language_sampler) if hasattr(item, "set_epoch")]
         if seeded:
             self.add_callback(DatasetEpochCallback(*seeded))
@@ -145,10 +146,9 @@ class FGCLIPTrainer(Trainer):
         workers = {"num_workers": args.dataloader_num_workers, "pin_memory": args.dataloader_pin_memory,
                    "persistent_workers": args.dataloader_persistent_workers,
                    "prefetch_factor": args.dataloader_prefetch_factor}
-        if self.language_sampler is not None:  # accelerate shards it batch by batch across ranks
-            loader = DataLoader(self.train_dataset, batch_sampler=self.language_sampler,
-                                collate_fn=self.data_collator, **workers)
-            return self.accelerator.prepare(loader)
+        if self.language_sampler is not None:  # already this rank's batches
+            return DataLoader(self.train_dataset, batch_sampler=self.language_sampler, collate_fn=self.data_collator,
+                              **workers)
         if not isinstance(self.train_dataset, IterableDataset):
             return super().get_train_dataloader()
         return DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
