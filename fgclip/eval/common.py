@@ -55,6 +55,23 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
             yield where, record
 
 
+def iter_tsv(path: str | os.PathLike, columns: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+    """Yield ``(where, fields)`` for each non-blank line of a tab-separated file with ``columns``
+    (non-empty, stripped); a malformed line is a :class:`DataError` naming file and line."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    layout = "<TAB>".join(columns)
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = [field.strip() for field in line.split("\t")]
+            if len(fields) != len(columns) or not all(fields):
+                raise DataError(f"{path} line {line_number}: expected '{layout}', got {line[:80]!r}")
+            yield f"{path} line {line_number}", fields
+
+
 def require(record: dict, key: str, where: str, kind: type | tuple[type, ...] | None = None) -> Any:
     """``record[key]``, or a :class:`DataError` naming ``where`` when it is missing or of the wrong type."""
     if not isinstance(record, dict):

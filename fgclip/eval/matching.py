@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from sklearn.metrics import roc_auc_score
 
-from .common import DataError, ImageRequest, resolve_image
+from .common import DataError, ImageRequest, iter_tsv, resolve_image
 from .features import FeatureExtractor
 from .retrieval import PairScorer
 
@@ -40,30 +40,20 @@ def load_matching_tsv(
 ) -> MatchingSet:
     """Read ``image<TAB>text<TAB>label`` lines; both labels must occur."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     image_root = path.parent if image_root is None else image_root
     index: dict[str, int] = {}
     dataset = MatchingSet(name or path.stem, str(path), [], [], [], [], [], text_kind)
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            where = f"{path} line {line_number}"
-            parts = [part.strip() for part in line.split("\t")]
-            if len(parts) != 3 or not parts[0] or not parts[1]:
-                raise DataError(f"{where}: expected 'image<TAB>text<TAB>label', got {line[:80]!r}")
-            if parts[2] not in ("0", "1"):
-                raise DataError(f"{where}: label: expected 0 or 1, got {parts[2]!r}")
-            image = resolve_image(image_root, parts[0], where)
-            if image not in index:
-                index[image] = len(dataset.images)
-                dataset.images.append(image)
-                dataset.image_sources.append(where)
-            dataset.pair_image.append(index[image])
-            dataset.texts.append(parts[1])
-            dataset.labels.append(int(parts[2]))
+    for where, (image, text, label) in iter_tsv(path, ("image", "text", "label")):
+        if label not in ("0", "1"):
+            raise DataError(f"{where}: label: expected 0 or 1, got {label!r}")
+        image = resolve_image(image_root, image, where)
+        if image not in index:
+            index[image] = len(dataset.images)
+            dataset.images.append(image)
+            dataset.image_sources.append(where)
+        dataset.pair_image.append(index[image])
+        dataset.texts.append(text)
+        dataset.labels.append(int(label))
     if len(set(dataset.labels)) != 2:
         raise DataError(f"{path}: matching needs both matching (1) and non-matching (0) pairs")
     return dataset

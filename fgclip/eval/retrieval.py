@@ -30,7 +30,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from ..rerank.ranking import ranked_recall, rerank_topk
-from .common import DataError, ImageRequest, coco_image_path, read_json, require, require_text, resolve_image
+from .common import DataError, ImageRequest, coco_image_path, iter_tsv, read_json, require, require_text, resolve_image
 from .features import FeatureExtractor
 from .metrics import retrieval_recall
 
@@ -193,20 +193,10 @@ def load_tsv(
 ) -> RetrievalSet:
     """``image<TAB>caption`` lines; images relative to ``image_root`` (default: the file's folder)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     image_root = path.parent if image_root is None else image_root
     builder = _Builder()
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            where = f"{path} line {line_number}"
-            parts = line.split("\t")
-            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-                raise DataError(f"{where}: expected 'image<TAB>caption', got {line[:80]!r}")
-            builder.add(resolve_image(image_root, parts[0].strip(), where), [parts[1].strip()], where)
+    for where, (image, caption) in iter_tsv(path, ("image", "caption")):
+        builder.add(resolve_image(image_root, image, where), [caption], where)
     return builder.build(name or path.stem, str(path), text_kind)
 
 
