@@ -22,11 +22,8 @@ from typing import Iterable
 
 from tqdm.auto import tqdm
 
-from ..data.finehard import FineHARDRecord, RecordError, Region, load_rgb, parse_record
+from ..data.finehard import FineHARDRecord, RecordError, Region, is_image_file, load_rgb, parse_record
 from .grounding import select_regions
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
 
 @dataclass
 class CurationStats:
@@ -49,7 +46,7 @@ class CurationStats:
 def find_images(image_root: str | os.PathLike) -> list[str]:
     """Image files under ``image_root`` (recursively), as sorted paths relative to it."""
     root = Path(image_root)
-    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if is_image_file(path))
 
 
 def _written_paths(output: Path) -> set[str]:

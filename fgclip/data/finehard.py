@@ -45,6 +45,11 @@ NEGATIVE_KEYS = tuple(str(i) for i in range(NUM_HARD_NEGATIVES))
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 
 
+def is_image_file(name: str | os.PathLike) -> bool:
+    """Whether a file name ends in one of :data:`IMAGE_EXTENSIONS` (any case)."""
+    return Path(name).suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+
+
 class RecordError(ValueError):
     """A record that does not follow the FineHARD schema.
 

@@ -18,7 +18,6 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image (annotation rounding); it is clipped
 
 

@@ -20,7 +20,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .common import IMAGE_EXTENSIONS, DataError, ImageRequest
+from ..data.finehard import IMAGE_EXTENSIONS, is_image_file
+from .common import DataError, ImageRequest
 from .features import FeatureExtractor
 from .metrics import classification_ranks, topk_from_ranks
 from .templates import IMAGENET_CLASSNAMES, IMAGENET_TEMPLATES, TEMPLATE_SETS
@@ -99,7 +100,7 @@ def load_image_folder(
     for folder in folders:
         files = sorted(
             entry.path for entry in os.scandir(root / folder)
-            if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+            if entry.is_file() and is_image_file(entry.name)
         )
         images.extend(files)
         labels.extend([labels_of[folder]] * len(files))
