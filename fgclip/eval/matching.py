@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from sklearn.metrics import roc_auc_score
 
 from .common import DataError, ImageRequest, iter_tsv, resolve_image
 from .features import FeatureExtractor
@@ -61,6 +60,8 @@ def load_matching_tsv(
 
 def evaluate_matching(extractor: FeatureExtractor, dataset: MatchingSet, reranker=None) -> dict[str, float]:
     """ROC AUC of the pairs' cosine scores (``auc``), and of a re-ranker's scores (``rerank_auc``)."""
+    from sklearn.metrics import roc_auc_score  # imported here: it costs ~1.5 s, and only this task needs it
+
     requests = [ImageRequest(path, source=where) for path, where in zip(dataset.images, dataset.image_sources)]
     images = extractor.encode_images(requests, desc=f"{dataset.name} images")
     texts = extractor.encode_texts(dataset.texts, dataset.text_kind, desc=f"{dataset.name} texts")
