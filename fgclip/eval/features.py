@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -205,30 +206,39 @@ class FeatureExtractor:
 
     # ------------------------------------------------------------------ tokens (re-ranking)
     @torch.inference_mode()
-    def encode_image_tokens(self, requests: Sequence[ImageRequest], desc: str = "image tokens") -> list[torch.Tensor]:
-        """Per image, its real tokens (L_i, C) as float16 on the CPU, for a cross-encoder re-ranker.
+    def encode_image_tokens(
+        self, requests: Sequence[ImageRequest], desc: str = "image tokens"
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """For a cross-encoder re-ranker: per image, its real tokens (L_i, C) as float16 on the CPU,
+        and from the same pass the (N, D) L2-normalised global embeddings.
 
         Not sharded: under ``torch.distributed`` every rank encodes every image.
         """
         dataset = _ImageDataset(requests, self.model.image_inputs, with_boxes=False)
         loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
                             collate_fn=dataset.collate)
-        tokens = []
+        tokens, embeds = [], []
         for pixel_values, _ in self._bar(loader, desc, len(loader)):
             with self._autocast():
                 features = self.model.image_tokens(pixel_values.to(self.model.device, non_blocking=True))
             tokens.extend(_real_tokens(features))
-        return tokens
+            embeds.append(F.normalize(features.embeds.float(), dim=-1).cpu())
+        return tokens, torch.cat(embeds)
 
     @torch.inference_mode()
-    def encode_text_tokens(self, texts: Sequence[str], kind: str, desc: str = "text tokens") -> list[torch.Tensor]:
-        """Per text, its real tokens (L_t, C) as float16 on the CPU (not sharded)."""
+    def encode_text_tokens(
+        self, texts: Sequence[str], kind: str, desc: str = "text tokens"
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per text, its real tokens (L_t, C) as float16 on the CPU, and the (N, D) L2-normalised
+        embeddings from the same pass (not sharded)."""
         batches = [texts[i : i + self.text_batch_size] for i in range(0, len(texts), self.text_batch_size)]
-        tokens = []
+        tokens, embeds = [], []
         for batch in self._bar(batches, desc, len(batches)):
             with self._autocast():
-                tokens.extend(_real_tokens(self.model.text_tokens(list(batch), kind)))
-        return tokens
+                features = self.model.text_tokens(list(batch), kind)
+            tokens.extend(_real_tokens(features))
+            embeds.append(F.normalize(features.embeds.float(), dim=-1).cpu())
+        return tokens, torch.cat(embeds)
 
     # ------------------------------------------------------------------ texts
     @torch.inference_mode()

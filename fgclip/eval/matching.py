@@ -63,14 +63,17 @@ def evaluate_matching(extractor: FeatureExtractor, dataset: MatchingSet, reranke
     from sklearn.metrics import roc_auc_score  # imported here: it costs ~1.5 s, and only this task needs it
 
     requests = [ImageRequest(path, source=where) for path, where in zip(dataset.images, dataset.image_sources)]
-    images = extractor.encode_images(requests, desc=f"{dataset.name} images")
-    texts = extractor.encode_texts(dataset.texts, dataset.text_kind, desc=f"{dataset.name} texts")
     pair_image = torch.tensor(dataset.pair_image)
+    if reranker is None:
+        images = extractor.encode_images(requests, desc=f"{dataset.name} images")
+        texts = extractor.encode_texts(dataset.texts, dataset.text_kind, desc=f"{dataset.name} texts")
+    else:  # one pass gives both the tokens the re-ranker reads and the global embeddings
+        image_tokens, images = extractor.encode_image_tokens(requests, desc=f"{dataset.name} images")
+        text_tokens, texts = extractor.encode_text_tokens(dataset.texts, dataset.text_kind, desc=f"{dataset.name} texts")
     cosine = (images[pair_image] * texts).sum(dim=-1)
     metrics = {"auc": float(roc_auc_score(dataset.labels, cosine.numpy()))}
     if reranker is not None:
-        score = PairScorer(reranker, extractor.encode_image_tokens(requests),
-                           extractor.encode_text_tokens(dataset.texts, dataset.text_kind))
+        score = PairScorer(reranker, image_tokens, text_tokens)
         text_index = torch.arange(len(dataset.texts))
         scores = torch.cat([score(pair_image[start : start + 256], text_index[start : start + 256]).float().cpu()
                             for start in range(0, len(text_index), 256)])

@@ -209,13 +209,16 @@ def evaluate_retrieval(
     candidates are re-ranked by it and ``rerank_*`` recalls are added (R2D2's pre-rank + rank).
     """
     requests = [ImageRequest(path, source=where) for path, where in zip(dataset.images, dataset.image_sources)]
-    images = extractor.encode_images(requests, desc=f"{dataset.name} images")
-    texts = extractor.encode_texts(dataset.texts, dataset.text_kind, desc=f"{dataset.name} captions")
     text_to_image = torch.tensor(dataset.text_to_image)
-    metrics = retrieval_recall(images, texts, text_to_image)
-    if reranker is not None:
-        image_tokens = extractor.encode_image_tokens(requests, desc=f"{dataset.name} image tokens")
-        text_tokens = extractor.encode_text_tokens(dataset.texts, dataset.text_kind, desc=f"{dataset.name} text tokens")
+    if reranker is None:
+        images = extractor.encode_images(requests, desc=f"{dataset.name} images")
+        texts = extractor.encode_texts(dataset.texts, dataset.text_kind, desc=f"{dataset.name} captions")
+        metrics = retrieval_recall(images, texts, text_to_image)
+    else:  # one pass gives both the tokens the re-ranker reads and the global embeddings
+        image_tokens, images = extractor.encode_image_tokens(requests, desc=f"{dataset.name} images")
+        text_tokens, texts = extractor.encode_text_tokens(dataset.texts, dataset.text_kind,
+                                                          desc=f"{dataset.name} captions")
+        metrics = retrieval_recall(images, texts, text_to_image)
         metrics.update(reranked_recall(reranker, images @ texts.T, image_tokens, text_tokens, text_to_image, metrics,
                                        top_k))
     return {**metrics, "num_images": len(dataset.images), "num_texts": len(dataset.texts)}
