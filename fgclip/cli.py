@@ -7,30 +7,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers.utils import cached_file
 
 from .eval.cli import add_eval_subcommand
-from .eval.interface import EvalModel, FGCLIP2EvalModel, FGCLIPEvalModel
-from .modeling_fgclip import FGCLIPModel
-from .modeling_fgclip2 import FGCLIP2Model
-from .processing_fgclip import FGCLIPProcessor, load_image
-from .processing_fgclip2 import FGCLIP2Processor
+from .eval.interface import EvalModel, config_model_type, load_eval_model
+from .processing_fgclip import load_image
 
 DEFAULT_MODEL = "qihoo360/fg-clip-base"
 
 
 def load_pretrained(path: str, device: str = "cpu") -> EvalModel:
     """An FG-CLIP (ours or upstream layout) or FG-CLIP 2 checkpoint (a directory or hub id), in eval mode."""
-    config_file = Path(path, "config.json") if Path(path).is_dir() else Path(cached_file(path, "config.json"))
-    if json.loads(config_file.read_text()).get("model_type") == "fgclip2":
-        return FGCLIP2EvalModel(FGCLIP2Model.from_pretrained(path).to(device), FGCLIP2Processor.from_pretrained(path))
-    return FGCLIPEvalModel(FGCLIPModel.from_pretrained(path).to(device), FGCLIPProcessor.from_pretrained(path))
+    return load_eval_model(path, "fgclip2" if config_model_type(path) == "fgclip2" else "fgclip", device)
 
 
 def parse_box(text: str) -> list[float]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import CLIPModel
+from transformers.utils import cached_file
 
 from ..configuration_fgclip2 import FGCLIP2Config
 from ..modeling_fgclip import TEXT_KINDS, FGCLIPModel, TokenFeatures, check_boxes, roi_pool, value_path_tokens
@@ -262,6 +263,17 @@ def _checkpoint_keys(directory: Path) -> set[str]:
     raise FileNotFoundError(f"no model.safetensors, pytorch_model.bin or *.index.json in {directory}")
 
 
+def config_model_type(path: str | os.PathLike) -> str | None:
+    """``model_type`` of a checkpoint's ``config.json`` (a directory, or a hub id: fetched)."""
+    if Path(path).is_dir():
+        config_file = Path(path, "config.json")
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{path}: no config.json (expected a transformers checkpoint directory)")
+    else:
+        config_file = Path(cached_file(str(path), "config.json"))
+    return json.loads(config_file.read_text()).get("model_type")
+
+
 def detect_model_type(path: str | os.PathLike) -> str:
     """``"fgclip"``, ``"fgclip2"`` or ``"clip"`` for a checkpoint directory.
 
@@ -269,22 +281,20 @@ def detect_model_type(path: str | os.PathLike) -> str:
     ``model_type: clip`` means FG-CLIP when the weights hold the long position table
     (upstream checkpoints), else plain CLIP.
     """
-    directory = Path(path)
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path}: no config.json (expected a transformers checkpoint directory)")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{path}: not a checkpoint directory")
+    model_type = config_model_type(path)
     if model_type in ("fgclip", FGCLIP2Config.model_type):
         return model_type
     if model_type != "clip":
-        raise ValueError(f"{config_file}: model_type {model_type!r} is not 'fgclip', 'fgclip2' or 'clip'")
-    return "fgclip" if FGCLIP_MARKER_KEY in _checkpoint_keys(directory) else "clip"
+        raise ValueError(f"{Path(path, 'config.json')}: model_type {model_type!r} is not 'fgclip', 'fgclip2' or 'clip'")
+    return "fgclip" if FGCLIP_MARKER_KEY in _checkpoint_keys(Path(path)) else "clip"
 
 
 def load_eval_model(
     path: str | os.PathLike, model_type: str = "auto", device: str | torch.device = "cpu"
 ) -> EvalModel:
-    """Load a checkpoint directory as an :class:`EvalModel` on ``device``.
+    """Load a checkpoint directory (or a hub id, with an explicit ``model_type``) as an :class:`EvalModel` on ``device``.
 
     Args:
         model_type: ``"fgclip"``, ``"fgclip2"``, ``"clip"`` (plain transformers CLIP, the
