@@ -294,7 +294,8 @@ def detect_model_type(path: str | os.PathLike) -> str:
 def load_eval_model(
     path: str | os.PathLike, model_type: str = "auto", device: str | torch.device = "cpu"
 ) -> EvalModel:
-    """Load a checkpoint directory (or a hub id, with an explicit ``model_type``) as an :class:`EvalModel` on ``device``.
+    """Load a checkpoint directory (or a hub id, with an explicit ``model_type``) as an
+    :class:`EvalModel` on ``device``.
 
     Args:
         model_type: ``"fgclip"``, ``"fgclip2"``, ``"clip"`` (plain transformers CLIP, the
