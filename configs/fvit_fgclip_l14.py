@@ -1,4 +1,7 @@
-# F-ViT with a frozen FG-CLIP ViT-L/14 (336 px) on OV-COCO (paper: AP50 novel / base / all 41.2 / 58.0 / 53.6).
+# F-ViT with a frozen FG-CLIP ViT-L/14 (336 px) on OV-COCO (paper: AP50 novel / base / all 41.2 / 58.0 / 53.6),
+# as CLIPSelf's F-ViT/configs/ov_coco/fvit_vitl14_upsample_fpn_bs64_3e_ovcoco_eva_original.py
+# (wusize/CLIPSelf@1c7fe9c) with FG-CLIP in place of EVA-CLIP: blocks 6, 10, 14, 23, head fcs 768
+# wide (the embedding width), strides 3.5 ... 56; otherwise as configs/fvit_fgclip_b16.py.
 # 8 GPUs x 8 images, 3 epochs, 896 x 896 large-scale jitter (a 64 x 64 patch grid).
 #   python tools/dump_class_embeddings.py --config configs/fvit_fgclip_l14.py
 #   torchrun --nproc_per_node=8 tools/train_det.py configs/fvit_fgclip_l14.py

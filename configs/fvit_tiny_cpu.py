@@ -16,7 +16,7 @@ novel_classes = ("star", "cross")
 model = dict(
     data_preprocessor=dict(pad_size_divisor=16),
     backbone=dict(checkpoint="work_dirs/tiny_cpu/fgclip", out_indices=(0, 1, 2, 3), norm_cfg=dict(type="BN")),
-    neck=dict(in_channels=[32, 32, 32, 32], out_channels=32),
+    neck=dict(in_channels=[32, 32, 32, 32], out_channels=32, norm_cfg=dict(type="BN")),
     rpn_head=dict(in_channels=32, feat_channels=32, anchor_generator=dict(scales=[8], strides=[2, 4, 8, 16, 32])),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=32, featmap_strides=[2, 4, 8, 16]),

@@ -1,32 +1,53 @@
-"""Open-vocabulary detection with FG-CLIP in MMDetection 3.x (F-ViT on OV-COCO).
+"""Open-vocabulary detection with FG-CLIP in MMDetection 3.x (F-ViT on OV-COCO and OV-LVIS).
 
 Importing this package registers its modules in mmdet's registries; configs load it with
 ``custom_imports = dict(imports=["detection"], allow_failed_imports=False)``.
 """
 from .backbone import FGCLIPViT, SimpleFeaturePyramid
 from .checkpoint import WeightsOnlyCheckpointHook
-from .class_embeddings import PROMPT_TEMPLATES, embed_class_names, load_class_embeddings, save_class_embeddings
+from .class_embeddings import (
+    CLIPSELF_TEMPLATES,
+    FGCLIP_TEMPLATES,
+    PROMPT_TEMPLATES,
+    TEMPLATE_SETS,
+    embed_class_names,
+    load_class_embeddings,
+    save_class_embeddings,
+)
 from .datasets import OV_COCO_BASE_CLASSES, OV_COCO_CLASSES, OV_COCO_NOVEL_CLASSES, OVCocoDataset
 from .detector import FViT
+from .losses import MaskedCrossEntropyLoss, masked_cross_entropy
+from .lvis import OVLVISDataset, OVLVISMetric, lvis_box_ap, write_lvis_style
 from .metrics import OVCocoAP50Metric, per_class_ap50
 from .roi_head import FViTBBoxHead, FViTRoIHead, ensemble_scores
+from .rpn_head import NormedRPNHead
 
 __all__ = [
+    "CLIPSELF_TEMPLATES",
     "FGCLIPViT",
+    "FGCLIP_TEMPLATES",
     "FViT",
     "FViTBBoxHead",
     "FViTRoIHead",
+    "MaskedCrossEntropyLoss",
+    "NormedRPNHead",
     "OVCocoDataset",
     "OVCocoAP50Metric",
+    "OVLVISDataset",
+    "OVLVISMetric",
     "OV_COCO_BASE_CLASSES",
     "OV_COCO_CLASSES",
     "OV_COCO_NOVEL_CLASSES",
     "PROMPT_TEMPLATES",
     "SimpleFeaturePyramid",
+    "TEMPLATE_SETS",
     "WeightsOnlyCheckpointHook",
     "embed_class_names",
     "ensemble_scores",
     "load_class_embeddings",
+    "lvis_box_ap",
+    "masked_cross_entropy",
     "per_class_ap50",
     "save_class_embeddings",
+    "write_lvis_style",
 ]

@@ -4,13 +4,17 @@ An embedding file is a ``torch.save`` dict::
 
     {"class_names": [str, ...],            # C names, in classifier order
      "embeddings": FloatTensor (C, D),      # L2-normalised
-     "templates": [str, ...],               # the prompt templates ("{}" = class name)
+     "background": FloatTensor (D,),        # "background" through the same templates, L2-normalised
+     "templates": [str, ...],               # the prompt templates
      "model": str}                          # the FG-CLIP / FG-CLIP 2 checkpoint that embedded them
+
+A template holds ``{}`` (the class name) once and may hold ``{article}`` ("a" / "an").
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +22,76 @@ import torch.nn.functional as F
 from fgclip import FGCLIP2Model, FGCLIP2Processor, FGCLIPProcessor
 from fgclip.eval.interface import EvalModel, FGCLIP2EvalModel, FGCLIPEvalModel
 
-# Photo-style prompts for a ViLD-like ensemble ("{}" is replaced by the class name).
-PROMPT_TEMPLATES = (
+# CLIPSelf F-ViT's 63 class prompts (wusize/CLIPSelf@1c7fe9c, F-ViT/tools/clip_utils.py), with the
+# "This is " that it prepends to every prompt starting with "a" or "the" already applied.
+CLIPSELF_TEMPLATES = (
+    "There is {article} {} in the scene.",
+    "There is the {} in the scene.",
+    "This is a photo of {article} {} in the scene.",
+    "This is a photo of the {} in the scene.",
+    "This is a photo of one {} in the scene.",
+    "itap of {article} {}.",
+    "itap of my {}.",
+    "itap of the {}.",
+    "This is a photo of {article} {}.",
+    "This is a photo of my {}.",
+    "This is a photo of the {}.",
+    "This is a photo of one {}.",
+    "This is a photo of many {}.",
+    "This is a good photo of {article} {}.",
+    "This is a good photo of the {}.",
+    "This is a bad photo of {article} {}.",
+    "This is a bad photo of the {}.",
+    "This is a photo of a nice {}.",
+    "This is a photo of the nice {}.",
+    "This is a photo of a cool {}.",
+    "This is a photo of the cool {}.",
+    "This is a photo of a weird {}.",
+    "This is a photo of the weird {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of the small {}.",
+    "This is a photo of a large {}.",
+    "This is a photo of the large {}.",
+    "This is a photo of a clean {}.",
+    "This is a photo of the clean {}.",
+    "This is a photo of a dirty {}.",
+    "This is a photo of the dirty {}.",
+    "This is a bright photo of {article} {}.",
+    "This is a bright photo of the {}.",
+    "This is a dark photo of {article} {}.",
+    "This is a dark photo of the {}.",
+    "This is a photo of a hard to see {}.",
+    "This is a photo of the hard to see {}.",
+    "This is a low resolution photo of {article} {}.",
+    "This is a low resolution photo of the {}.",
+    "This is a cropped photo of {article} {}.",
+    "This is a cropped photo of the {}.",
+    "This is a close-up photo of {article} {}.",
+    "This is a close-up photo of the {}.",
+    "This is a jpeg corrupted photo of {article} {}.",
+    "This is a jpeg corrupted photo of the {}.",
+    "This is a blurry photo of {article} {}.",
+    "This is a blurry photo of the {}.",
+    "This is a pixelated photo of {article} {}.",
+    "This is a pixelated photo of the {}.",
+    "This is a black and white photo of the {}.",
+    "This is a black and white photo of {article} {}.",
+    "This is a plastic {}.",
+    "This is the plastic {}.",
+    "This is a toy {}.",
+    "This is the toy {}.",
+    "This is a plushie {}.",
+    "This is the plushie {}.",
+    "This is a cartoon {}.",
+    "This is the cartoon {}.",
+    "This is an embroidered {}.",
+    "This is the embroidered {}.",
+    "This is a painting of the {}.",
+    "This is a painting of a {}.",
+)
+
+# FG-CLIP's short photo-style prompts.
+FGCLIP_TEMPLATES = (
     "a photo of a {}.",
     "a photo of the {}.",
     "a photo of one {}.",
@@ -42,6 +114,30 @@ PROMPT_TEMPLATES = (
     "itap of a {}.",
 )
 
+TEMPLATE_SETS = {"clipself": CLIPSELF_TEMPLATES, "fgclip": FGCLIP_TEMPLATES}
+PROMPT_TEMPLATES = CLIPSELF_TEMPLATES  # the default set
+BACKGROUND = "background"
+
+
+def prompt_name(name: str) -> str:
+    """A class name as it enters the prompts (CLIPSelf's rule): ``_`` -> space, ``/`` -> " or ",
+    lower case, trailing dots removed (``"bow_(weapon)"`` -> ``"bow (weapon)"``)."""
+    return name.replace("_", " ").replace("/", " or ").lower().rstrip(".")
+
+
+def prompts(name: str, templates: Sequence[str]) -> list[str]:
+    """Every template filled with ``name`` (:func:`prompt_name`) and its article ("an" before a
+    vowel of the raw name, as CLIPSelf)."""
+    article = "an" if name and name[0] in "aeiou" else "a"
+    return [template.format(prompt_name(name), article=article) for template in templates]
+
+
+def check_templates(templates: Sequence[str], where: str = "templates") -> None:
+    """Every template holds ``{}`` exactly once and no placeholder but ``{article}``."""
+    bad = [t for t in templates if (rest := t.replace("{article}", "")).count("{}") != 1 or rest.replace("{}", "").count("{")]
+    if not templates or bad:
+        raise ValueError(f"{where}: every template needs exactly one '{{}}' (and optionally '{{article}}'); bad: {bad}")
+
 
 def embed_class_names(
     model: EvalModel,
@@ -51,23 +147,21 @@ def embed_class_names(
 ) -> torch.Tensor:
     """Prompt-ensemble embedding of each class name.
 
-    Each name fills every template; the texts are embedded on the model's region-text path
-    (FG-CLIP: the short path; FG-CLIP 2: ``boxtext_head``), L2-normalised, averaged over the
-    templates and normalised again.
+    Each name fills every template (:func:`prompts`); the texts are embedded on the model's
+    region-text path (FG-CLIP: the short path; FG-CLIP 2: ``boxtext_head``), L2-normalised,
+    averaged over the templates and normalised again.
 
     Returns:
         (len(class_names), D) L2-normalised embeddings.
     """
     if not class_names:
         raise ValueError("class_names is empty")
-    bad = [t for t in templates if t.count("{}") != 1]
-    if not templates or bad:
-        raise ValueError(f"every template needs exactly one '{{}}' placeholder; bad templates: {bad}")
-    prompts = [template.format(name) for name in class_names for template in templates]
+    check_templates(templates)
+    texts = [text for name in class_names for text in prompts(name, templates)]
     with torch.no_grad():
-        features = [model.encode_texts(prompts[start : start + batch_size], "region").float().cpu()
-                    for start in range(0, len(prompts), batch_size)]
-    per_prompt = torch.cat(features).reshape(len(class_names), len(templates), -1)
+        features = [model.encode_texts(texts[start : start + batch_size], "region").float().cpu()
+                    for start in range(0, len(texts), batch_size)]
+    per_prompt = F.normalize(torch.cat(features), dim=-1).reshape(len(class_names), len(templates), -1)
     return F.normalize(per_prompt.mean(dim=1), dim=-1)
 
 
@@ -78,25 +172,41 @@ def text_encoder_of(clip_model, checkpoint: str) -> EvalModel:
     return FGCLIPEvalModel(clip_model, FGCLIPProcessor.from_pretrained(checkpoint))
 
 
+class ClassEmbeddings(NamedTuple):
+    """The content of an embedding file."""
+
+    class_names: list[str]
+    embeddings: torch.Tensor  # (C, D)
+    background: torch.Tensor  # (D,)
+    templates: list[str]
+
+
 def save_class_embeddings(
-    path: str | os.PathLike, class_names: Sequence[str], embeddings: torch.Tensor, templates: Sequence[str], model: str
+    path: str | os.PathLike,
+    class_names: Sequence[str],
+    embeddings: torch.Tensor,
+    templates: Sequence[str],
+    model: str,
+    background: torch.Tensor,
 ) -> None:
     """Write an embedding file (see the module docstring)."""
     if embeddings.ndim != 2 or embeddings.shape[0] != len(class_names):
         raise ValueError(f"embeddings must be ({len(class_names)}, D), got {tuple(embeddings.shape)}")
+    if background.shape != embeddings.shape[1:]:
+        raise ValueError(f"background must be ({embeddings.shape[1]},), got {tuple(background.shape)}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save(
-        {"class_names": list(class_names), "embeddings": embeddings.float().cpu(), "templates": list(templates), "model": str(model)},
-        path,
-    )
+    content = {
+        "class_names": list(class_names),
+        "embeddings": embeddings.float().cpu(),
+        "background": background.float().cpu(),
+        "templates": list(templates),
+        "model": str(model),
+    }
+    torch.save(content, path)
 
 
-def load_class_embeddings(path: str | os.PathLike, field: str = "class_embeddings") -> tuple[list[str], torch.Tensor]:
-    """Read an embedding file; errors name the config ``field``, the file and the bad entry.
-
-    Returns:
-        (class names, (C, D) float embeddings).
-    """
+def load_class_embeddings(path: str | os.PathLike, field: str = "class_embeddings") -> ClassEmbeddings:
+    """Read an embedding file; errors name the config ``field``, the file and the bad entry."""
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(
             f"{field} = {str(path)!r}: no such file; write one with tools/dump_class_embeddings.py"
@@ -112,4 +222,14 @@ def load_class_embeddings(path: str | os.PathLike, field: str = "class_embedding
         raise ValueError(f"{path}: field 'embeddings' must be a ({len(names)}, D) tensor, got {shape}")
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: field 'class_names' has duplicates")
-    return list(names), embeddings.float()
+    if "background" not in content:
+        raise ValueError(
+            f"{path}: no field 'background' (the file predates the background embedding); rewrite it with "
+            f"python tools/dump_class_embeddings.py --config <detection config> (or --model ... --out {path})"
+        )
+    background = content["background"]
+    if not isinstance(background, torch.Tensor) or tuple(background.shape) != (embeddings.shape[1],):
+        shape = tuple(background.shape) if isinstance(background, torch.Tensor) else type(background).__name__
+        raise ValueError(f"{path}: field 'background' must be a ({embeddings.shape[1]},) tensor, got {shape}")
+    templates = list(content.get("templates", []))
+    return ClassEmbeddings(list(names), embeddings.float(), background.float(), templates)

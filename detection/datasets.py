@@ -7,11 +7,17 @@
 * with ``base_only=True`` (training) the annotations of the novel classes are dropped, and
   ``filter_empty_gt`` then drops images left without annotations.
 
-The base / novel split is a constructor argument, so a config can hold out any classes.
+The base / novel split is a constructor argument, so a config can hold out any classes. The
+original COCO files work (filtered here), and so do the OVR-CNN split files as distributed:
+``instances_train2017_seen_2_65_cat.json`` (base annotations, 65 categories),
+``instances_train2017_seen_2.json`` (base annotations and categories only: with ``base_only``
+the novel classes may be absent from a training file) and ``instances_val2017_all_2.json``
+(65 categories; their extra ``split`` / ``embedding`` fields are ignored).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from mmdet.datasets import CocoDataset
 from mmdet.datasets.api_wrappers import COCO
@@ -44,13 +50,17 @@ def check_novel_classes(classes: Sequence[str], novel_classes: Sequence[str], wh
     return tuple(novel_classes)
 
 
-def category_ids_by_name(coco: COCO, class_names: Sequence[str], ann_file: str) -> list[int]:
+def category_ids_by_name(coco: COCO, class_names: Sequence[str], ann_file: str, may_miss: Sequence[str] = ()) -> list[int]:
     """COCO category ids of ``class_names``, in that order.
+
+    Names in ``may_miss`` that the file does not define get ids -1, -2, ... (no annotation has them).
 
     Raises:
         ValueError: naming ``ann_file`` and the class names it does not define.
     """
     ids_by_name = {category["name"]: category["id"] for category in coco.dataset["categories"]}
+    absent = [name for name in class_names if name not in ids_by_name and name in may_miss]
+    ids_by_name.update({name: -1 - k for k, name in enumerate(absent)})
     missing = [name for name in class_names if name not in ids_by_name]
     if missing:
         raise ValueError(
@@ -62,16 +72,17 @@ def category_ids_by_name(coco: COCO, class_names: Sequence[str], ann_file: str) 
 
 class NameOrderedCOCO(COCO):
     """mmdet's COCO API whose ``get_cat_ids(cat_names=...)`` keeps the order of the names
-    (mmdet's follows the file) and rejects names the file does not define."""
+    (mmdet's follows the file) and rejects names the file does not define, except ``may_miss``."""
 
-    def __init__(self, annotation_file: str | None = None):
+    def __init__(self, annotation_file: str | None = None, may_miss: Sequence[str] = ()):
         self.annotation_file = annotation_file
+        self.may_miss = tuple(may_miss)
         super().__init__(annotation_file)
 
     def get_cat_ids(self, cat_names=(), sup_names=(), cat_ids=()) -> list[int]:
         if not cat_names or sup_names or cat_ids:
             return super().get_cat_ids(list(cat_names), list(sup_names), list(cat_ids))
-        return category_ids_by_name(self, cat_names, str(self.annotation_file))
+        return category_ids_by_name(self, cat_names, str(self.annotation_file), self.may_miss)
 
 
 @DATASETS.register_module()
@@ -99,6 +110,8 @@ class OVCocoDataset(CocoDataset):
         classes = self.metainfo["classes"]
         check_novel_classes(classes, self.novel_classes, f"{type(self).__name__} ({self.ann_file})")
         self._novel_labels = {classes.index(name) for name in self.novel_classes}
+        # A base-only training file need not define the novel classes (OVR-CNN's seen_2 split).
+        self.COCOAPI = partial(NameOrderedCOCO, may_miss=self.novel_classes if self.base_only else ())
         return super().load_data_list()
 
     def parse_data_info(self, raw_data_info: dict) -> dict:

@@ -2,7 +2,6 @@
 classes, and a test-time geometric-mean ensemble with the frozen CLIP's region scores."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -39,25 +38,31 @@ def ensemble_scores(det_probs: Tensor, clip_probs: Tensor, is_novel: Tensor, alp
 
 @MODELS.register_module()
 class FViTBBoxHead(ConvFCBBoxHead):
-    """4 conv + 2 fc box head whose region embedding is classified by cosine similarity.
+    """CLIPSelf's F-ViT box head: a region embedding classified by cosine similarity to text embeddings.
 
-    The shared branch (4 convs, 2 fcs) maps a RoI feature to a region embedding of the CLIP
-    embedding width D (no ReLU after the last fc). Logits are ``exp(logit_scale) *
-    cos(region, [class embeddings; background])``, with a learned temperature (initially
-    ``temperature``) and a learned background embedding; mmdet's linear classifier is not built
-    (``with_cls=False``). Box regression is class-agnostic, from the region embedding.
+    Layers (as wusize/CLIPSelf@1c7fe9c F-ViT/models/fvit_head.py with its configs): 4 shared
+    convs, 2 shared fcs with a ReLU after each, then a classification branch (1 fc + ReLU) whose
+    output is the region embedding of the text width D, and a regression branch (1 fc + ReLU)
+    feeding the class-agnostic box regressor. Every fc is D wide. Logits are
+    ``temperature * cos(region, [class embeddings; background])`` with ``temperature`` a plain
+    learnable scalar (initially 50); mmdet's linear classifier is not built.
 
-    Training weights the cross-entropy by class: base 1, novel ``novel_weight``, background
-    ``background_weight``. At test time, with region CLIP features (:meth:`predict_by_feat`),
-    scores are ``p_det^(1-w) * p_clip^w`` where ``p_clip = softmax(clip_temperature *
-    cos(clip region, [classes; background]))`` and ``w = alpha`` (base, background) or ``beta``
-    (novel).
+    The background embedding is the file's "background" text embedding (the same prompt ensemble
+    as the classes): fixed, or with ``learn_bg`` a learned vector starting from it.
+
+    Training uses :class:`~detection.losses.MaskedCrossEntropyLoss` with class weights base 1,
+    novel ``novel_weight``, background ``background_weight``; a weight below 1e-5 takes the class
+    out of the softmax. At test time, with region CLIP features (:meth:`predict_by_feat`), scores
+    are ``p_det^(1-w) * p_clip^w`` where ``p_clip = softmax(clip_temperature * cos(clip region,
+    [classes; background]))`` and ``w = alpha`` (base, background) or ``beta`` (novel).
 
     Args:
         class_embeddings: embedding file of the classes (``tools/dump_class_embeddings.py``).
         class_names: expected class names in label order; must equal the file's names.
             ``None`` takes the file's names as they are.
         novel_classes: names among ``class_names`` treated as novel.
+        learn_bg: learn the background embedding (initialised from the file's).
+        fc_out_channels: must equal the embedding width D if given (it is derived from the file).
     """
 
     def __init__(
@@ -71,39 +76,60 @@ class FViTBBoxHead(ConvFCBBoxHead):
         beta: float = 0.8,
         background_weight: float = 0.6,
         novel_weight: float = 0.0,
+        learn_bg: bool = False,
         num_classes: int | None = None,
         num_shared_convs: int = 4,
         num_shared_fcs: int = 2,
+        num_cls_fcs: int = 1,
+        num_reg_fcs: int = 1,
+        fc_out_channels: int | None = None,
         reg_class_agnostic: bool = True,
         loss_cls: dict | None = None,
         **kwargs,
     ):
-        names, embeddings = load_class_embeddings(class_embeddings, "model.roi_head.bbox_head.class_embeddings")
+        field = "model.roi_head.bbox_head"
+        content = load_class_embeddings(class_embeddings, f"{field}.class_embeddings")
+        names, embeddings = content.class_names, content.embeddings
+        width = embeddings.shape[1]
         if class_names is not None and list(class_names) != names:
             raise ValueError(
                 f"{class_embeddings}: its class_names {names} differ from the configured "
-                f"model.roi_head.bbox_head.class_names {list(class_names)} (same names, same order needed)"
+                f"{field}.class_names {list(class_names)} (same names, same order needed)"
             )
         if num_classes is not None and num_classes != len(names):
-            raise ValueError(f"num_classes={num_classes} but {class_embeddings} holds {len(names)} classes")
-        novel = check_novel_classes(names, novel_classes, "model.roi_head.bbox_head")
-        loss_cls = dict(loss_cls or dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
+            raise ValueError(f"{field}.num_classes={num_classes} but {class_embeddings} holds {len(names)} classes")
+        if fc_out_channels is not None and fc_out_channels != width:
+            raise ValueError(f"{field}.fc_out_channels={fc_out_channels} but the embeddings of {class_embeddings} are {width} wide")
+        if num_cls_fcs < 1:
+            raise ValueError(f"{field}.num_cls_fcs must be >= 1 (its last fc gives the region embedding), got {num_cls_fcs}")
+        novel = check_novel_classes(names, novel_classes, field)
+        loss_cls = dict(loss_cls or dict(type="MaskedCrossEntropyLoss", loss_weight=1.0))
         loss_cls["class_weight"] = self._class_weights(names, novel, novel_weight, background_weight)
         super().__init__(
             num_shared_convs=num_shared_convs,
             num_shared_fcs=num_shared_fcs,
-            fc_out_channels=embeddings.shape[1],
+            num_reg_fcs=num_reg_fcs,
+            fc_out_channels=width,
             num_classes=len(names),
             with_cls=False,
             reg_class_agnostic=reg_class_agnostic,
             loss_cls=loss_cls,
             **kwargs,
         )
+        # mmdet builds no classification branch without its linear classifier: build it here.
+        self.num_cls_fcs = num_cls_fcs
+        self.cls_convs, self.cls_fcs, self.cls_last_dim = self._add_conv_fc_branch(0, num_cls_fcs, self.shared_out_channels)
         self.class_names = names
+        self.templates = content.templates
         self.novel_weight, self.background_weight = novel_weight, background_weight
         self.clip_temperature, self.alpha, self.beta = clip_temperature, alpha, beta
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(temperature)))
-        self.background_embedding = nn.Parameter(F.normalize(torch.randn(embeddings.shape[1]), dim=0))
+        self.temperature = nn.Parameter(torch.tensor(float(temperature)))
+        self.learn_bg = learn_bg
+        background = F.normalize(content.background, dim=0)
+        if learn_bg:
+            self.background_embedding = nn.Parameter(background.clone())
+        else:
+            self.register_buffer("background_embedding", background, persistent=False)
         # The vocabulary is configuration, not learned state: kept out of checkpoints.
         self.register_buffer("class_embeddings", F.normalize(embeddings, dim=-1), persistent=False)
         self.register_buffer("is_novel", self._novel_mask(names, novel), persistent=False)
@@ -117,7 +143,8 @@ class FViTBBoxHead(ConvFCBBoxHead):
         return torch.tensor([name in novel for name in names] + [False])
 
     def set_vocabulary(self, class_names: Sequence[str], embeddings: Tensor, novel_classes: Sequence[str]) -> None:
-        """Replace the classes (e.g. a user vocabulary at inference); ``embeddings`` is (C, D)."""
+        """Replace the classes (e.g. a user vocabulary at inference); ``embeddings`` is (C, D).
+        The background embedding stays."""
         if embeddings.ndim != 2 or embeddings.shape != (len(class_names), self.class_embeddings.shape[1]):
             raise ValueError(
                 f"embeddings must be ({len(class_names)}, {self.class_embeddings.shape[1]}), got {tuple(embeddings.shape)}"
@@ -135,23 +162,34 @@ class FViTBBoxHead(ConvFCBBoxHead):
         background = F.normalize(self.background_embedding, dim=0).to(self.class_embeddings)
         return torch.cat([self.class_embeddings, background[None]])
 
-    def region_embeddings(self, x: Tensor) -> Tensor:
-        """(N, 256, 7, 7) RoI features -> (N, D) region embeddings (convs, then fcs; no ReLU at the end)."""
+    def _shared(self, x: Tensor) -> Tensor:
         for conv in self.shared_convs:
             x = conv(x)
         x = x.flatten(1)
-        for index, fc in enumerate(self.shared_fcs):
-            x = fc(x)
-            if index < len(self.shared_fcs) - 1:
-                x = self.relu(x)
+        for fc in self.shared_fcs:
+            x = self.relu(fc(x))
         return x
+
+    def _branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, 256, 7, 7) RoI features -> (N, D) region embeddings and (N, D) regression features."""
+        shared = self._shared(x)
+        x_cls, x_reg = shared, shared
+        for fc in self.cls_fcs:
+            x_cls = self.relu(fc(x_cls))
+        for fc in self.reg_fcs:
+            x_reg = self.relu(fc(x_reg))
+        return x_cls, x_reg
+
+    def region_embeddings(self, x: Tensor) -> Tensor:
+        """(N, 256, 7, 7) RoI features -> (N, D) region embeddings (unnormalised)."""
+        return self._branches(x)[0]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(N, 256, 7, 7) -> class logits (N, C + 1) and class-agnostic box deltas (N, 4)."""
-        regions = self.region_embeddings(x)
+        regions, x_reg = self._branches(x)
         classes = self.class_and_background_embeddings().to(regions.dtype)
-        cls_score = self.logit_scale.exp() * F.normalize(regions, dim=-1) @ classes.t()
-        return cls_score, self.fc_reg(regions)
+        cls_score = self.temperature * F.normalize(regions, dim=-1) @ classes.t()
+        return cls_score, self.fc_reg(x_reg)
 
     def clip_probabilities(self, clip_region_embeds: Tensor) -> Tensor:
         """(N, D) CLIP region features -> (N, C + 1) ``softmax(clip_temperature * cos)``."""

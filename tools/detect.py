@@ -4,7 +4,8 @@
         --config configs/fvit_fgclip_b16.py --checkpoint work_dirs/fvit_fgclip_b16/epoch_3.pth \
         --out photo_detections.png
 
-The names are embedded by the detector's own frozen FG-CLIP / FG-CLIP 2 text tower (prompt ensemble).
+The names are embedded by the detector's own frozen FG-CLIP / FG-CLIP 2 text tower, with the prompt
+templates of the config's class-embedding file; the background embedding stays the trained one.
 Names among the training (base) classes are scored as base classes, every other name as a
 novel class (CLIP-weighted ensemble). Detections are also printed, one per line.
 """
@@ -57,7 +58,8 @@ def set_vocabulary(model: torch.nn.Module, checkpoint: str, names: list[str]) ->
     head = model.roi_head.bbox_head
     base = {name for name, novel in zip(head.class_names, head.is_novel.tolist()) if not novel}
     novel = [name for name in names if name not in base]
-    embeddings = embed_class_names(text_encoder_of(model.backbone.clip, checkpoint), names, PROMPT_TEMPLATES)
+    templates = head.templates or PROMPT_TEMPLATES  # those the training classes were embedded with
+    embeddings = embed_class_names(text_encoder_of(model.backbone.clip, checkpoint), names, templates)
     head.set_vocabulary(names, embeddings, novel)
     return novel
 

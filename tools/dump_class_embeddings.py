@@ -6,10 +6,12 @@
     python tools/dump_class_embeddings.py --model checkpoints/fg-clip-base \
         --vocab "cat,red cup,traffic cone" --out data/embeddings/my_vocab.pt
 
-Each name fills every template (default: ``detection.PROMPT_TEMPLATES``); the normalised
-text embeddings are averaged over the templates and normalised again. The file holds the
-class names, the (C, D) embeddings, the templates and the model path (see
-``detection.class_embeddings``).
+Each name fills every template (default: CLIPSelf's 63 prompts, ``--templates clipself``;
+``--templates fgclip`` for FG-CLIP's short prompts, ``--templates-file`` for your own); the
+normalised text embeddings are averaged over the templates and normalised again. The word
+"background" goes through the same templates and is stored as the background embedding. The
+file holds the class names, the (C, D) embeddings, the (D,) background, the templates and the
+model path (see ``detection.class_embeddings``).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-from detection.class_embeddings import PROMPT_TEMPLATES, embed_class_names, save_class_embeddings
+from detection.class_embeddings import BACKGROUND, TEMPLATE_SETS, check_templates, embed_class_names, save_class_embeddings
 from fgclip.cli import load_pretrained
 
 
@@ -32,7 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     vocab = parser.add_mutually_exclusive_group()
     vocab.add_argument("--vocab", help='comma-separated class names, e.g. "cat,red cup"')
     vocab.add_argument("--vocab-file", help="text file with one class name per line")
-    parser.add_argument("--templates-file", help="text file with one prompt template per line, '{}' = class name")
+    templates = parser.add_mutually_exclusive_group()
+    templates.add_argument("--templates", choices=sorted(TEMPLATE_SETS), default="clipself", help="named template set")
+    templates.add_argument("--templates-file", help="text file with one prompt template per line, '{}' = class name, "
+                           "optionally '{article}' = a / an")
     parser.add_argument("--out", help="output .pt file")
     parser.add_argument("--batch-size", type=int, default=256, help="prompts per text-tower call")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -70,17 +75,24 @@ def resolve(args: argparse.Namespace) -> tuple[list[str], str, str]:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise SystemExit(f"duplicate class names: {duplicates}")
+    if BACKGROUND in names:
+        raise SystemExit(f"{BACKGROUND!r} is not a class name: it is embedded as the background row")
     return names, model, out
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     names, model_path, out = resolve(args)
-    templates = read_lines(args.templates_file, "prompt templates") if args.templates_file else list(PROMPT_TEMPLATES)
+    if args.templates_file:
+        templates = read_lines(args.templates_file, "prompt templates")
+        check_templates(templates, args.templates_file)
+    else:
+        templates = list(TEMPLATE_SETS[args.templates])
     model = load_pretrained(model_path, args.device)
-    embeddings = embed_class_names(model, names, templates, batch_size=args.batch_size)
-    save_class_embeddings(out, names, embeddings, templates, model_path)
-    print(f"wrote {len(names)} x {embeddings.shape[1]} embeddings ({len(templates)} templates) to {out}", file=sys.stderr)
+    embeddings = embed_class_names(model, [*names, BACKGROUND], templates, batch_size=args.batch_size)
+    save_class_embeddings(out, names, embeddings[:-1], templates, model_path, background=embeddings[-1])
+    print(f"wrote {len(names)} x {embeddings.shape[1]} embeddings + background ({len(templates)} templates) to {out}",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("config", help="config file")
     parser.add_argument("--work-dir", help="where logs and checkpoints go (default work_dirs/<config name>)")
     parser.add_argument("--resume", nargs="?", const="auto", help="resume from CHECKPOINT, or from the latest one in work_dir")
-    parser.add_argument("--amp", action="store_true", help="mixed-precision training (AmpOptimWrapper)")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed-precision training (AmpOptimWrapper; loss scale from the config's amp_loss_scale)")
     parser.add_argument("--auto-scale-lr", action="store_true", help="scale lr by total batch size / auto_scale_lr.base_batch_size")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries, key=value")
     return parser.parse_args(argv)
@@ -39,7 +40,7 @@ def setup_config(args: argparse.Namespace) -> Config:
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0])
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
-        cfg.optim_wrapper.loss_scale = "dynamic"
+        cfg.optim_wrapper.loss_scale = cfg.get("amp_loss_scale", "dynamic")
     if args.auto_scale_lr:
         cfg.auto_scale_lr.enable = True
     if args.resume == "auto":

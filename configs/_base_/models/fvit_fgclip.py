@@ -1,11 +1,15 @@
-# F-ViT (CLIPSelf's open-vocabulary Faster R-CNN) on a frozen FG-CLIP ViT-B/16.
-# The top-level configs set the FG-CLIP checkpoint, the block indices, the class-embedding
-# file and the class lists.
+# F-ViT (CLIPSelf's open-vocabulary Faster R-CNN) on a frozen FG-CLIP ViT-B/16, laid out as
+# CLIPSelf's F-ViT/configs/ov_coco/fvit_vitb16_upsample_fpn_bs64_3e_ovcoco_eva_original.py
+# (wusize/CLIPSelf@1c7fe9c). The top-level configs set the FG-CLIP checkpoint, the block indices,
+# the class-embedding file and the class lists.
+norm_cfg = dict(type="SyncBN", requires_grad=True)
 model = dict(
     type="FViT",
     data_preprocessor=dict(
         type="DetDataPreprocessor",
-        # CLIP's normalisation on 0-255 RGB pixels.
+        # Deliberate difference: CLIP's normalisation on 0-255 RGB pixels, the statistics the
+        # frozen tower was trained with (the reference normalises with ImageNet's
+        # 123.675/116.28/103.53 and 58.395/57.12/57.375).
         mean=[122.7709383, 116.7460125, 104.09373615],
         std=[68.5005327, 66.6321579, 70.32316305],
         bgr_to_rgb=True,
@@ -15,9 +19,9 @@ model = dict(
         type="FGCLIPViT",
         checkpoint="checkpoints/fg-clip-base",
         out_indices=(3, 5, 7, 11),
-        norm_cfg=dict(type="SyncBN", requires_grad=True),
+        norm_cfg=norm_cfg,
     ),
-    neck=dict(type="FPN", in_channels=[768, 768, 768, 768], out_channels=256, num_outs=5),
+    neck=dict(type="FPN", in_channels=[768, 768, 768, 768], out_channels=256, num_outs=5, norm_cfg=norm_cfg),
     rpn_head=dict(
         type="RPNHead",
         in_channels=256,
@@ -26,6 +30,7 @@ model = dict(
         bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0, 0.0, 0.0, 0.0], target_stds=[1.0, 1.0, 1.0, 1.0]),
         loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
         loss_bbox=dict(type="L1Loss", loss_weight=1.0),
+        num_convs=2,
     ),
     roi_head=dict(
         type="FViTRoIHead",
@@ -41,8 +46,16 @@ model = dict(
             in_channels=256,
             roi_feat_size=7,
             conv_out_channels=256,
-            norm_cfg=dict(type="SyncBN", requires_grad=True),
-            temperature=50.0,
+            norm_cfg=norm_cfg,
+            # 4 shared convs, 2 shared fcs (+ReLU), 1 classification fc (+ReLU) giving the region
+            # embedding, 1 regression fc (+ReLU); every fc is as wide as the class embeddings
+            # (512 for ViT-B/16, 768 for ViT-L/14).
+            num_shared_convs=4,
+            num_shared_fcs=2,
+            num_cls_fcs=1,
+            num_reg_fcs=1,
+            temperature=50.0,  # a learnable scalar (the reference's learned_temperature)
+            learn_bg=False,  # the background is the fixed "background" text embedding
             clip_temperature=75.0,
             alpha=0.1,
             beta=0.8,
@@ -52,7 +65,8 @@ model = dict(
             bbox_coder=dict(
                 type="DeltaXYWHBBoxCoder", target_means=[0.0, 0.0, 0.0, 0.0], target_stds=[0.1, 0.1, 0.2, 0.2]
             ),
-            loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+            # Novel classes (weight 0) leave the softmax: the reference's CustomCrossEntropyLoss.
+            loss_cls=dict(type="MaskedCrossEntropyLoss", loss_weight=1.0),
             loss_bbox=dict(type="L1Loss", loss_weight=1.0),
         ),
     ),
@@ -77,7 +91,7 @@ model = dict(
         ),
     ),
     test_cfg=dict(
-        rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+        rpn=dict(nms_pre=2000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
         rcnn=dict(score_thr=0.01, nms=dict(type="nms", iou_threshold=0.4), max_per_img=100),
     ),
 )
