@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from fgclip.losses import (
     CrossModalRankLoss,
@@ -20,6 +21,7 @@ from fgclip.losses import (
     RegionToAllTextsLoss,
     SigmoidGlobalLoss,
     TextualIntraModalContrastiveLoss,
+    clamp_logit_scales,
 )
 
 TOL = 1e-5
@@ -49,8 +51,8 @@ def cross_entropy(logits: list, target: int) -> float:
     return log_sum_exp(logits) - logits[target]
 
 
-def scale_of(log_scale: float, max_scale: float = 100.0) -> float:
-    return min(math.exp(log_scale), max_scale)
+def scale_of(log_scale: float) -> float:
+    return math.exp(log_scale)  # never clamped, as the official FG-CLIP code
 
 
 def info_nce_reference(rows: list, columns: list, scale: float) -> float:
@@ -172,13 +174,17 @@ def test_global_contrastive_matches_loop(scale_value):
     assert single.item() == pytest.approx(info_nce_reference(unit_rows(images), unit_rows(long_texts), scale), abs=TOL)
 
 
-def test_global_contrastive_clamps_scale_at_100():
+def test_global_contrastive_scale_above_100_is_not_clamped():
+    """exp(4.6052) = 100.003 (CLIP's trained scale, the stage-2 start): a clamp at 100 would
+    zero the temperature's gradient; the official code has none."""
     images, texts = randn(4, 8, seed=3), randn(4, 8, seed=4)
-    below, above = log_scale(math.log(50.0)), log_scale(math.log(400.0))
-    GlobalContrastiveLoss()(images, texts, below).backward()
-    GlobalContrastiveLoss()(images, texts, above).backward()
-    assert below.grad.item() != 0.0
-    assert above.grad.item() == 0.0  # exp(scale) is clamped: no gradient pushes it further
+    for value in (math.log(100.0) + 3e-5, math.log(400.0)):
+        scale = log_scale(value)
+        loss = GlobalContrastiveLoss()(images, texts, scale)
+        loss.backward()
+        assert loss.item() == pytest.approx(info_nce_reference(unit_rows(images), unit_rows(texts), math.exp(value)),
+                                            abs=TOL)
+        assert abs(scale.grad.item()) > 1e-3
 
 
 def test_global_contrastive_rejects_mismatched_shapes():
@@ -445,6 +451,16 @@ def test_fgclip_loss_combines_terms():
     assert weighted.item() == pytest.approx(global_long + global_short + regional + 2.0 * hard, abs=TOL)
 
 
+def test_fgclip_loss_region_scope_picks_the_region_batch():
+    """Per rank by default (the official code), all ranks with "global"; the global term always gathers."""
+    official, joined = FGCLIPLoss(), FGCLIPLoss(region_scope="global")
+    assert official.global_loss.across_ranks and joined.global_loss.across_ranks
+    assert not official.regional_loss.across_ranks and not official.hard_negative_loss.across_ranks
+    assert joined.regional_loss.across_ranks and joined.hard_negative_loss.across_ranks
+    with pytest.raises(ValueError, match="region_scope: expected one of rank, global, got 'local'"):
+        FGCLIPLoss(region_scope="local")
+
+
 def test_fgclip_loss_stage1_and_missing_inputs():
     data = stage2_inputs(200)
     total, terms = FGCLIPLoss()(data["images"], {"long": data["long"]}, log_scale())
@@ -528,3 +544,24 @@ def test_losses_run_in_float32_inside_autocast():
     expected = hard_negative_reference(unit_rows(regions), unit_rows(candidates), [[True] * 11] * 4, 50.0)
     assert loss.item() == pytest.approx(expected, abs=TOL)
     assert terms["hard_negative"].item() == pytest.approx(expected, abs=TOL)
+
+
+# ----------------------------------------------------------------------------- temperatures
+def test_clamp_logit_scales_bounds_every_temperature_in_place():
+    model = nn.Module()
+    model.logit_scale = nn.Parameter(torch.tensor(5.0))
+    model.logit_scale_finegraind = nn.Parameter(torch.tensor([-0.5]))  # (1,) as held for DeepSpeed
+    model.logit_scale_hardneg = nn.Parameter(torch.tensor(3.0))
+    model.logit_bias = nn.Parameter(torch.tensor(7.0))
+    wrapper = nn.ModuleDict({"model": model})
+    scale = model.logit_scale
+    clamp_logit_scales(wrapper)
+    assert model.logit_scale is scale and scale.item() == pytest.approx(math.log(100.0))
+    assert model.logit_scale_finegraind.tolist() == [0.0]
+    assert model.logit_scale_hardneg.item() == 3.0 and model.logit_bias.item() == 7.0
+    clamp_logit_scales(model, max_scale=10.0)
+    assert model.logit_scale.item() == model.logit_scale_hardneg.item() == pytest.approx(math.log(10.0))
+    with pytest.raises(ValueError, match="has no logit_scale parameter"):
+        clamp_logit_scales(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="max_scale"):
+        clamp_logit_scales(model, max_scale=1.0)

@@ -1,8 +1,10 @@
-"""Two gloo processes give the same loss and gradients as one process on the joined batch.
+"""Two gloo processes give the same loss and gradients as one process on the joined batch
+(losses with ``across_ranks=True``) or as each rank alone (``across_ranks=False``, the official
+FG-CLIP regional and hard-negative terms).
 
 Each scenario splits a deterministic batch between 2 ranks (row counts may differ per
-rank, including 0), runs the loss on every rank, and compares with the single-process
-loss on the whole batch. The scaling convention checked here (see fgclip.distributed):
+rank, including 0) and runs the loss on every rank. A joined-batch scenario is compared with
+the single-process loss on the whole batch, with the scaling convention of fgclip.distributed:
 
 * loss: the mean over ranks of the per-rank losses equals the joined-batch loss;
 * inputs: a rank's gradient w.r.t. its own rows is the gradient of the SUM of all ranks'
@@ -10,6 +12,8 @@ loss on the whole batch. The scaling convention checked here (see fgclip.distrib
   gradient of those rows -- DDP's averaging of parameter gradients divides it back;
 * logit scale / bias (replicated, like a DDP parameter): the mean over ranks of their
   gradients equals the joined-batch gradient.
+
+A per-rank scenario is compared, rank by rank, with one process on that rank's rows.
 """
 from __future__ import annotations
 
@@ -60,23 +64,37 @@ def candidates_near(regions: torch.Tensor, candidates: int, seed: int) -> torch.
 
 @dataclass
 class Scenario:
-    """counts: rows per rank; rows(): inputs split by rows; shared(): replicated scalars."""
+    """counts: rows per rank; rows(): inputs split by rows; shared(): replicated scalars;
+    per_rank: each rank's loss is that of its own rows (else: of the joined batch)."""
 
     counts: tuple[int, int]
     rows: Callable[[], dict[str, torch.Tensor]]
     shared: Callable[[], dict[str, torch.Tensor]]
     make_loss: Callable[[], torch.nn.Module]
     call: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+    per_rank: bool = False
 
 
-def _regional(counts: tuple[int, int], seed: int) -> Scenario:
+def _regional(counts: tuple[int, int], seed: int, across_ranks: bool) -> Scenario:
     total = sum(counts)
     return Scenario(
         counts,
         lambda: {"regions": randn(total, 8, seed=seed), "texts": randn(total, 8, seed=seed + 1)},
         lambda: {"scale": torch.tensor(math.log(20.0), dtype=torch.float64)},
-        RegionalContrastiveLoss,
+        lambda: RegionalContrastiveLoss(across_ranks=across_ranks),
         lambda loss, x: loss(x["regions"], x["texts"], x["scale"]),
+        per_rank=not across_ranks,
+    )
+
+
+def _hard_negative(counts: tuple[int, int], seed: int, across_ranks: bool) -> Scenario:
+    return Scenario(
+        counts,
+        _hard_rows(sum(counts), seed=seed),
+        lambda: {"scale": torch.tensor(math.log(10.0), dtype=torch.float64)},
+        lambda: HardNegativeLoss(across_ranks=across_ranks),
+        lambda loss, x: loss(x["regions"], x["candidates"], x["scale"], x["mask"]),
+        per_rank=not across_ranks,
     )
 
 
@@ -107,15 +125,12 @@ SCENARIOS: dict[str, Scenario] = {
         SigmoidGlobalLoss,
         lambda loss, x: loss(x["images"], [x["long"], x["short"]], x["scale"], x["bias"]),
     ),
-    "regional_2_1": _regional((2, 1), seed=10),
-    "regional_3_0": _regional((3, 0), seed=20),
-    "hard_negative": Scenario(
-        (3, 1),
-        _hard_rows(4, seed=30),
-        lambda: {"scale": torch.tensor(math.log(10.0), dtype=torch.float64)},
-        HardNegativeLoss,
-        lambda loss, x: loss(x["regions"], x["candidates"], x["scale"], x["mask"]),
-    ),
+    "regional_2_1": _regional((2, 1), seed=10, across_ranks=True),
+    "regional_3_0": _regional((3, 0), seed=20, across_ranks=True),
+    "hard_negative": _hard_negative((3, 1), seed=30, across_ranks=True),
+    "regional_per_rank_3_2": _regional((3, 2), seed=60, across_ranks=False),
+    "regional_per_rank_3_0": _regional((3, 0), seed=20, across_ranks=False),
+    "hard_negative_per_rank_3_1": _hard_negative((3, 1), seed=35, across_ranks=False),
     "region_to_all": Scenario(
         (2, 3),
         _hard_rows(5, seed=40),
@@ -135,10 +150,7 @@ SCENARIOS: dict[str, Scenario] = {
 
 def run_scenario(scenario: Scenario, rank: int | None) -> dict:
     """Run on rank ``rank``'s rows (None: the whole batch); return loss, gradients and state."""
-    rows = scenario.rows()
-    if rank is not None:
-        start = sum(scenario.counts[:rank])
-        rows = {name: value[start : start + scenario.counts[rank]] for name, value in rows.items()}
+    rows = scenario.rows() if rank is None else rows_of(scenario, rank)
     inputs = {**rows, **scenario.shared()}
     for value in inputs.values():
         if value.is_floating_point():
@@ -196,7 +208,12 @@ def rank_results(tmp_path_factory) -> list[dict]:
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
 
-@pytest.mark.parametrize("name", list(SCENARIOS))
+def rows_of(scenario: Scenario, rank: int) -> dict[str, torch.Tensor]:
+    start = sum(scenario.counts[:rank])
+    return {name: value[start : start + scenario.counts[rank]] for name, value in scenario.rows().items()}
+
+
+@pytest.mark.parametrize("name", [name for name, scenario in SCENARIOS.items() if not scenario.per_rank])
 def test_two_ranks_match_joined_batch(rank_results, name):
     scenario = SCENARIOS[name]
     single = run_scenario(scenario, rank=None)
@@ -217,6 +234,23 @@ def test_two_ranks_match_joined_batch(rank_results, name):
         assert grad.abs().max() > 100 * TOL, f"{name}: gradient of {input_name} too small to test"
 
 
+@pytest.mark.parametrize("name", [name for name, scenario in SCENARIOS.items() if scenario.per_rank])
+def test_per_rank_terms_match_each_rank_alone(rank_results, name):
+    """Rank r's loss and gradients are those of one process on rank r's rows (no gather, no
+    rescaling), and their mean over ranks is not the joined-batch loss."""
+    scenario = SCENARIOS[name]
+    per_rank = [results[name] for results in rank_results]
+    for rank, result in enumerate(per_rank):
+        alone = run_scenario(scenario, rank)  # no process group in this process
+        assert result["loss"].item() == pytest.approx(alone["loss"].item(), abs=TOL), rank
+        for input_name, grad in alone["grads"].items():
+            torch.testing.assert_close(result["grads"][input_name], grad, atol=TOL, rtol=0,
+                                       msg=f"{name}: rank {rank} grad of {input_name}")
+    joined = run_scenario(scenario, rank=None)["loss"].item()
+    mean_loss = sum(result["loss"].item() for result in per_rank) / WORLD_SIZE
+    assert abs(mean_loss - joined) > 1e-2
+
+
 def test_rank_loss_theta_is_synchronised(rank_results):
     single = run_scenario(SCENARIOS["rank"], rank=None)
     theta = single["state"]["theta"].item()
@@ -226,10 +260,8 @@ def test_rank_loss_theta_is_synchronised(rank_results):
     local_thetas = []
     for rank in range(WORLD_SIZE):  # each rank alone would have picked a different threshold
         scenario = SCENARIOS["rank"]
-        start = sum(scenario.counts[:rank])
-        rows = {k: v[start : start + scenario.counts[rank]] for k, v in scenario.rows().items()}
         loss_fn = CrossModalRankLoss()
-        scenario.call(loss_fn, {**rows, **scenario.shared()})
+        scenario.call(loss_fn, {**rows_of(scenario, rank), **scenario.shared()})
         local_thetas.append(loss_fn.theta.item())
     assert all(abs(local - theta) > 1e-3 for local in local_thetas)
 

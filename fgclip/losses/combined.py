@@ -9,6 +9,10 @@ from torch import nn
 from .contrastive import GlobalContrastiveLoss, HardNegativeLoss, RegionalContrastiveLoss, RegionToAllTextsLoss
 from .fgclip2 import CrossModalRankLoss, SigmoidGlobalLoss, TextualIntraModalContrastiveLoss
 
+# Which batch FG-CLIP's regional and hard-negative terms use under torch.distributed:
+# "rank" (each rank's own regions, the official code) or "global" (all ranks' regions).
+REGION_SCOPES = ("rank", "global")
+
 
 def _require(term: str, **inputs: torch.Tensor | None) -> None:
     missing = [name for name, value in inputs.items() if value is None]
@@ -38,24 +42,26 @@ class FGCLIPLoss(nn.Module):
     inputs (a term whose inputs are None is left out). Under ``torch.distributed`` every
     rank must pass the same set of terms (a rank without boxes passes (0, D) tensors).
 
+    The global loss always scores each rank's rows against all ranks' columns. With
+    ``region_scope="rank"`` (default, the official code) the regional InfoNCE contrasts each
+    rank's own boxes and the hard-negative loss is averaged over each rank's regions; with
+    ``"global"`` both use the regions of all ranks (their mean over ranks is then the
+    joined-batch value).
+
     ``forward`` returns ``(total, terms)``: ``terms`` holds the detached, unweighted value
     of every computed term (``global_<name>`` per caption set, ``global``, ``regional``,
     ``hard_negative``) for logging.
     """
 
-    def __init__(
-        self,
-        regional_weight: float = 0.1,
-        hard_negative_weight: float = 0.5,
-        across_ranks: bool = True,
-        max_logit_scale: float | None = 100.0,
-    ):
+    def __init__(self, regional_weight: float = 0.1, hard_negative_weight: float = 0.5, region_scope: str = "rank"):
         super().__init__()
+        if region_scope not in REGION_SCOPES:
+            raise ValueError(f"region_scope: expected one of {', '.join(REGION_SCOPES)}, got {region_scope!r}")
         self.regional_weight = regional_weight
         self.hard_negative_weight = hard_negative_weight
-        self.global_loss = GlobalContrastiveLoss(across_ranks, max_logit_scale)
-        self.regional_loss = RegionalContrastiveLoss(across_ranks, max_logit_scale)
-        self.hard_negative_loss = HardNegativeLoss(across_ranks, max_logit_scale)
+        self.global_loss = GlobalContrastiveLoss()
+        self.regional_loss = RegionalContrastiveLoss(across_ranks=region_scope == "global")
+        self.hard_negative_loss = HardNegativeLoss(across_ranks=region_scope == "global")
 
     def forward(
         self,
@@ -141,7 +147,6 @@ class FGCLIP2Loss(nn.Module):
         rank_theta_max: float = 10.0,
         rank_momentum: float = 0.0,
         across_ranks: bool = True,
-        max_logit_scale: float | None = 100.0,
     ):
         super().__init__()
         self.regional_weight = regional_weight
@@ -150,13 +155,13 @@ class FGCLIP2Loss(nn.Module):
         self.region_to_all_weight = region_to_all_weight
         self.hard_negative_weight = hard_negative_weight
         self.rank_weight = rank_weight
-        self.global_loss = SigmoidGlobalLoss(across_ranks, max_logit_scale)
-        self.regional_loss = RegionalContrastiveLoss(across_ranks, max_logit_scale)
+        self.global_loss = SigmoidGlobalLoss(across_ranks)
+        self.regional_loss = RegionalContrastiveLoss(across_ranks)
         self.tic_loss = TextualIntraModalContrastiveLoss(tic_top_k, tic_duplicate_threshold)
-        self.region_to_all_loss = RegionToAllTextsLoss(across_ranks, max_logit_scale)
-        self.hard_negative_loss = HardNegativeLoss(across_ranks, max_logit_scale)
+        self.region_to_all_loss = RegionToAllTextsLoss(across_ranks)
+        self.hard_negative_loss = HardNegativeLoss(across_ranks)
         self.rank_loss = CrossModalRankLoss(
-            theta_max=rank_theta_max, momentum=rank_momentum, across_ranks=across_ranks, max_logit_scale=max_logit_scale
+            theta_max=rank_theta_max, momentum=rank_momentum, across_ranks=across_ranks
         )
 
     def forward(

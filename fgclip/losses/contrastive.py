@@ -5,12 +5,14 @@ Conventions shared by every loss here:
 
 * Features are L2-normalised inside the loss (raw or normalised inputs both work) and
   the loss is computed in float32 at least, outside any autocast region.
-* Logit scales are passed to ``forward`` as log-scale tensors owned by the model;
-  the loss uses ``exp(logit_scale)`` clamped at ``max_logit_scale`` (100, as CLIP).
+* Logit scales are passed to ``forward`` as log-scale tensors owned by the model; the
+  loss uses ``exp(logit_scale)`` unclamped, as the official FG-CLIP code does.
 * With ``across_ranks=True`` and an initialised process group the loss combines the
   batch of all ranks (see :mod:`fgclip.distributed` for the gradient convention): each
   rank returns a value whose mean over ranks equals the loss of the joined batch.
   Every rank must then call the loss, with the same set of inputs, at every step.
+  With ``across_ranks=False`` each rank's loss is that of its own rows only (the official
+  FG-CLIP regional and hard-negative terms); DDP then averages the per-rank gradients.
 """
 from __future__ import annotations
 
@@ -43,10 +45,9 @@ class GlobalContrastiveLoss(nn.Module):
     Every rank must hold the same batch size B.
     """
 
-    def __init__(self, across_ranks: bool = True, max_logit_scale: float | None = 100.0):
+    def __init__(self, across_ranks: bool = True):
         super().__init__()
         self.across_ranks = across_ranks
-        self.max_logit_scale = max_logit_scale
 
     @outside_autocast
     def per_text_losses(
@@ -69,7 +70,7 @@ class GlobalContrastiveLoss(nn.Module):
         else:
             columns, offset = features, 0
         labels = torch.arange(batch_size, device=image_embeds.device) + offset
-        scale = scale_from_log(logit_scale, self.max_logit_scale)
+        scale = scale_from_log(logit_scale)
         image, all_images = features[0], columns[0]
         losses = []
         for text, all_texts in zip(features[1:], columns[1:]):
@@ -93,18 +94,19 @@ class GlobalContrastiveLoss(nn.Module):
 class RegionalContrastiveLoss(nn.Module):
     """Symmetric InfoNCE between region (RoI) features and their region captions.
 
-    Only valid boxes are passed in (K rows, K may be 0 or 1). With ``across_ranks``
-    the region and caption features of all ranks are gathered (variable K per rank,
-    padded and masked), so every region also sees the other ranks' captions as
-    negatives -- upstream FG-CLIP uses only the local ones. With K_total boxes over all
-    ranks, rank r returns ``world_size / K_total * sum_i (CE_region_i + CE_text_i) / 2``
-    over its K_r local rows. With no box anywhere the result is a connected zero.
+    Only valid boxes are passed in (K rows, K may be 0 or 1). By default each rank
+    contrasts its own K_r boxes and returns ``mean_i (CE_region_i + CE_text_i) / 2`` over
+    them, as the official FG-CLIP code does. With ``across_ranks`` the region and caption
+    features of all ranks are gathered (variable K per rank, padded and masked), so every
+    region also sees the other ranks' captions as negatives; with K_total boxes over all
+    ranks, rank r then returns ``world_size / K_total * sum_i (CE_region_i + CE_text_i) / 2``
+    over its K_r rows. With no box (on this rank, or anywhere with ``across_ranks``) the
+    result is a connected zero.
     """
 
-    def __init__(self, across_ranks: bool = True, max_logit_scale: float | None = 100.0):
+    def __init__(self, across_ranks: bool = False):
         super().__init__()
         self.across_ranks = across_ranks
-        self.max_logit_scale = max_logit_scale
 
     @outside_autocast
     def forward(
@@ -133,7 +135,7 @@ class RegionalContrastiveLoss(nn.Module):
             offset, world_size, total = 0, 1, num_local
         if total == 0:
             return connected_zero(region_embeds, text_embeds, logit_scale)
-        scale = scale_from_log(logit_scale, self.max_logit_scale)
+        scale = scale_from_log(logit_scale)
         region_logits = scale * regions @ all_texts.T
         text_logits = scale * texts @ all_regions.T
         if valid is not None:
@@ -150,15 +152,16 @@ class HardNegativeLoss(nn.Module):
     """Per region, (1 + N)-way cross-entropy over its positive caption and N negatives.
 
     ``loss_r = -log softmax(s * <region_r, candidate_rk>)_0`` over the unmasked candidates
-    k (the positive is candidate 0), averaged over the regions of the whole batch (with
-    ``across_ranks`` the region count is summed over ranks so that the mean over ranks is
-    the joined-batch mean). With no region anywhere the result is a connected zero.
+    k (the positive is candidate 0), averaged over this rank's regions by default, as the
+    official FG-CLIP code does. With ``across_ranks`` it is averaged over the regions of the
+    whole batch (the region count is summed over ranks so that the mean over ranks is the
+    joined-batch mean). With no region (on this rank, or anywhere with ``across_ranks``)
+    the result is a connected zero.
     """
 
-    def __init__(self, across_ranks: bool = True, max_logit_scale: float | None = 100.0):
+    def __init__(self, across_ranks: bool = False):
         super().__init__()
         self.across_ranks = across_ranks
-        self.max_logit_scale = max_logit_scale
 
     @outside_autocast
     def forward(
@@ -180,7 +183,7 @@ class HardNegativeLoss(nn.Module):
         world_size, total = batch_count(region_embeds.shape[0], region_embeds.device, self.across_ranks)
         if total == 0:
             return connected_zero(region_embeds, candidate_embeds, logit_scale)
-        scale = scale_from_log(logit_scale, self.max_logit_scale)
+        scale = scale_from_log(logit_scale)
         logits = scale * torch.einsum("rd,rkd->rk", normalize(region_embeds), normalize(candidate_embeds))
         logits = logits.masked_fill(~mask, float("-inf"))
         targets = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
@@ -198,10 +201,9 @@ class RegionToAllTextsLoss(nn.Module):
     as upstream FG-CLIP 2 computes it. With no region anywhere the result is a connected zero.
     """
 
-    def __init__(self, across_ranks: bool = True, max_logit_scale: float | None = 100.0):
+    def __init__(self, across_ranks: bool = True):
         super().__init__()
         self.across_ranks = across_ranks
-        self.max_logit_scale = max_logit_scale
 
     @outside_autocast
     def forward(
@@ -216,7 +218,7 @@ class RegionToAllTextsLoss(nn.Module):
         world_size, total = batch_count(region_embeds.shape[0], region_embeds.device, self.across_ranks)
         if total == 0:
             return connected_zero(region_embeds, candidate_embeds, logit_scale)
-        scale = scale_from_log(logit_scale, self.max_logit_scale)
+        scale = scale_from_log(logit_scale)
         regions = normalize(region_embeds)
         texts = normalize(candidate_embeds)[mask]  # (M, D), region-major; each region's positive first
         per_region = mask.sum(dim=1)

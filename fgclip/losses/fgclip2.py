@@ -2,8 +2,8 @@
 cross-modal rank loss with a threshold synchronised across ranks.
 
 Same conventions as :mod:`fgclip.losses.contrastive` (features normalised inside, float32
-outside autocast, log scales passed in and clamped after ``exp``, per-rank values whose
-mean over ranks is the joined-batch loss).
+outside autocast, log scales passed in and used as ``exp(logit_scale)`` unclamped, per-rank
+values whose mean over ranks is the joined-batch loss).
 """
 from __future__ import annotations
 
@@ -35,10 +35,9 @@ class SigmoidGlobalLoss(nn.Module):
     its B local images against every gathered caption (every rank must hold B images).
     """
 
-    def __init__(self, across_ranks: bool = True, max_logit_scale: float | None = 100.0):
+    def __init__(self, across_ranks: bool = True):
         super().__init__()
         self.across_ranks = across_ranks
-        self.max_logit_scale = max_logit_scale
 
     @outside_autocast
     def per_text_losses(
@@ -63,7 +62,7 @@ class SigmoidGlobalLoss(nn.Module):
         rows = torch.arange(batch_size, device=images.device)
         labels = -torch.ones(batch_size, num_columns, dtype=images.dtype, device=images.device)
         labels[rows, rows + offset] = 1.0
-        scale = scale_from_log(logit_scale, self.max_logit_scale)
+        scale = scale_from_log(logit_scale)
         return [
             -F.logsigmoid(labels * (scale * images @ columns.T + logit_bias)).sum() / batch_size
             for columns in all_texts
@@ -148,14 +147,12 @@ class CrossModalRankLoss(nn.Module):
         theta_max: float = 10.0,
         momentum: float = 0.0,
         across_ranks: bool = True,
-        max_logit_scale: float | None = 100.0,
     ):
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum: must be in [0, 1), got {momentum}")
         self.theta_min, self.theta_max, self.momentum = theta_min, theta_max, momentum
         self.across_ranks = across_ranks
-        self.max_logit_scale = max_logit_scale
         self.register_buffer("theta", torch.zeros((), dtype=torch.float64))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
@@ -200,7 +197,7 @@ class CrossModalRankLoss(nn.Module):
         mask = check_candidates(region_embeds, candidate_embeds, candidate_mask)
         scores = torch.einsum("rd,rkd->rk", normalize(region_embeds), normalize(candidate_embeds))
         if logit_scale is not None:
-            scores = scale_from_log(logit_scale, self.max_logit_scale) * scores
+            scores = scale_from_log(logit_scale) * scores
         positive, negative, negative_mask = scores[:, 0], scores[:, 1:], mask[:, 1:]
         if self.training:
             self.update_theta(positive.detach(), negative.detach()[negative_mask])

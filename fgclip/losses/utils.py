@@ -42,12 +42,15 @@ def normalize(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features, dim=-1)
 
 
-def scale_from_log(logit_scale: torch.Tensor, max_scale: float | None) -> torch.Tensor:
-    """exp(logit_scale) (in float32 at least), clamped at ``max_scale`` (100 in CLIP) unless None."""
+def scale_from_log(logit_scale: torch.Tensor) -> torch.Tensor:
+    """exp(logit_scale) in float32 at least, never clamped (the official FG-CLIP and FG-CLIP 2 losses).
+
+    CLIP's bound on the temperature is a clamp of the parameter after the optimizer step
+    (:func:`fgclip.losses.clamp_logit_scales`): a clamp here would zero its gradient.
+    """
     if logit_scale.dtype in (torch.float16, torch.bfloat16):
         logit_scale = logit_scale.float()
-    scale = logit_scale.exp()
-    return scale.clamp(max=max_scale) if max_scale is not None else scale
+    return logit_scale.exp()
 
 
 def connected_zero(*tensors: torch.Tensor | None) -> torch.Tensor:

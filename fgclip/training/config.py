@@ -29,6 +29,7 @@ from transformers import TrainingArguments
 
 from ..configuration_fgclip import FGCLIPConfig
 from ..configuration_fgclip2 import FGCLIP2Config
+from ..losses import REGION_SCOPES
 from ..testing import tiny_config, tiny_fgclip2_config
 
 MODEL_PRESETS = {
@@ -139,11 +140,21 @@ class DataSettings:
 
 @dataclass
 class LossSettings:
-    """Which terms train (stage 1: the global loss only; stage 2 adds the others) and their weights.
+    """Which terms train (stage 1: the global loss only; stage 2 adds the others), their weights
+    and the temperatures.
 
     Unset weights take the family's paper values: FG-CLIP regional 0.1, hard negatives 0.5;
     FG-CLIP 2 regional 0.2, TIC 0.1 (``tic_weight``, FG-CLIP 2 only, with the regional term),
     hard-negative block 0.5.
+
+    FG-CLIP only: ``region_scope`` is the batch of the regional and hard-negative terms under
+    ``torch.distributed`` (``rank``, the official default: each rank's own regions; ``global``:
+    all ranks' regions); ``region_scales_from_logit_scale`` starts ``logit_scale_finegraind`` and
+    ``logit_scale_hardneg`` from ``logit_scale`` (:func:`~fgclip.losses.copy_logit_scale_to_region_scales`),
+    as the official stage-2 launch does. ``max_logit_scale`` (both families) clamps every
+    ``logit_scale*`` parameter to ``[0, ln(max_logit_scale)]`` after each optimizer step
+    (:func:`~fgclip.losses.clamp_logit_scales`, CLIP / open_clip: 100); null (default, the
+    official FG-CLIP) leaves the temperatures unbounded.
     """
 
     regional: bool = False
@@ -151,6 +162,31 @@ class LossSettings:
     regional_weight: float | None = None
     hard_negative_weight: float | None = None
     tic_weight: float | None = None
+    region_scope: str | None = None
+    region_scales_from_logit_scale: bool = False
+    max_logit_scale: float | None = None
+
+    def __post_init__(self):
+        if self.region_scope is not None and self.region_scope not in REGION_SCOPES:
+            raise ValueError(f"loss.region_scope: expected one of {', '.join(REGION_SCOPES)}, got {self.region_scope!r}")
+        if self.max_logit_scale is not None and self.max_logit_scale <= 1:
+            raise ValueError(f"loss.max_logit_scale: expected a value above 1 or null, got {self.max_logit_scale}")
+
+    def check_family(self, family: str) -> None:
+        """Raise a ValueError naming the FG-CLIP-only options that are set for another family."""
+        if family == "fgclip":
+            return
+        options = [f"loss.{key}" for key in ("region_scope", "region_scales_from_logit_scale")
+                   if getattr(self, key) not in (None, False)]
+        if options:
+            raise ValueError(f"{', '.join(options)}: FG-CLIP only, not for model.family={family!r}")
+
+    def loss_arguments(self, family: str) -> dict[str, Any]:
+        """Keyword arguments of the family's loss class: the weights that are set, and FG-CLIP's
+        ``region_scope`` when set."""
+        self.check_family(family)
+        scope = {} if self.region_scope is None else {"region_scope": self.region_scope}
+        return {**self.weights(family), **scope}
 
     def weights(self, family: str) -> dict[str, float]:
         """Keyword arguments of the family's loss class for the weights that are set."""
@@ -170,6 +206,10 @@ class TrainConfig:
     source: str = ""
 
     def __post_init__(self):
+        try:
+            self.loss.check_family(self.model.family)
+        except ValueError as error:
+            raise ValueError(f"{self.source}: {error}") from None
         if self.model.reranker is not None and (self.loss.regional or self.loss.hard_negatives):
             raise ValueError(f"{self.source}: model.reranker trains a re-ranker on the frozen model; "
                              "loss.regional / loss.hard_negatives do not apply")
