@@ -10,7 +10,7 @@ EXTRAS = {
     "train": ["accelerate>=1.0", "deepspeed>=0.15", "webdataset>=0.2"],
     "eval": ["pycocotools>=2.0.7", "scikit-learn>=1.3"],
     "mllm": ["peft>=0.13", "accelerate>=1.0", "deepspeed>=0.15"],
-    "detection": ["mmengine==0.10.7", "mmdet==3.3.0", "pycocotools>=2.0.7"],
+    "detection": ["mmengine==0.10.7", "mmdet==3.3.0", "pycocotools>=2.0.7", "lvis>=0.5.3"],
     "curation": ["spacy>=3.7,<4"],
     "dev": ["pytest>=8"],
 }

@@ -89,7 +89,7 @@ def test_ensemble_scores_hand_example():
 def test_bbox_head_logits_ensemble_and_class_weights(in_workspace):
     head = MODELS.build(tiny_cfg().model.roi_head.bbox_head).eval()
     names, embeds = head.class_names, head.class_embeddings
-    assert names == list(SHAPES) and head.logit_scale.exp().item() == pytest.approx(50.0)
+    assert names == list(SHAPES) and head.temperature.item() == pytest.approx(50.0)
     assert head.loss_cls.class_weight == [0.0 if n in NOVEL else 1.0 for n in SHAPES] + [0.6]
 
     torch.manual_seed(1)
@@ -120,11 +120,14 @@ def test_bbox_head_logits_ensemble_and_class_weights(in_workspace):
             p_det, p_clip = det_exp[k] / sum(det_exp), clip_exp[k] / sum(clip_exp)
             assert decoded.scores[i, k].item() == pytest.approx(p_det ** (1 - w) * p_clip**w, rel=1e-4, abs=1e-7)
 
-    # Training loss: cross-entropy weighted 1 (base) / 0 (novel) / 0.6 (background).
+    # Training loss: cross-entropy over the base classes and the background (novel logits -inf),
+    # weighted 1 (base) / 0 (novel) / 0.6 (background).
     labels = torch.tensor([0, SHAPES.index("star"), len(SHAPES)])
     weights = [1.0, 0.0, 0.6]
     losses = head.loss(cls_score, bbox_pred, rois, labels, torch.ones(3), torch.zeros(3, 4), torch.zeros(3, 4))
-    ce = [-math.log(math.exp(cls_score[i, labels[i]].item()) / sum(math.exp(v) for v in cls_score[i].tolist())) for i in range(3)]
+    trained = [k for k, name in enumerate(list(SHAPES) + ["background"]) if name not in NOVEL]
+    ce = [math.log(sum(math.exp(cls_score[i, k].item()) for k in trained)) - cls_score[i, labels[i]].item()
+          if int(labels[i]) in trained else 0.0 for i in range(3)]
     assert losses["loss_cls"].item() == pytest.approx(sum(w * c for w, c in zip(weights, ce)) / 3, rel=1e-4)
 
     # A user vocabulary replaces the classes: logits against the new embeddings, new novel mask.
@@ -380,13 +383,15 @@ def test_fgclip2_backbone_maps_and_clip_map(fgclip2_assets, in_workspace):
 def test_fgclip2_class_embeddings_use_the_region_text_head(fgclip2_assets, in_workspace):
     from fgclip import FGCLIP2Model, FGCLIP2Processor
     from detection import PROMPT_TEMPLATES
+    from detection.class_embeddings import prompts
 
     saved = torch.load(f"{ASSETS}/shapes_embeddings_fgclip2.pt", weights_only=True)
     model = FGCLIP2Model.from_pretrained(f"{ASSETS}/fgclip2").eval()
     processor = FGCLIP2Processor.from_pretrained(f"{ASSETS}/fgclip2")
     with torch.no_grad():
-        per_template = torch.stack([model.get_text_features(**processor.tokenize(t.format(SHAPES[1]), kind="region"),
-                                                            kind="region", normalize=True)[0] for t in PROMPT_TEMPLATES])
+        per_template = torch.stack([model.get_text_features(**processor.tokenize(text, kind="region"),
+                                                            kind="region", normalize=True)[0]
+                                    for text in prompts(SHAPES[1], PROMPT_TEMPLATES)])
     torch.testing.assert_close(saved["embeddings"][1], F.normalize(per_template.mean(0), dim=0), rtol=1e-5, atol=1e-6)
 
 

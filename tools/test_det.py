@@ -4,7 +4,8 @@
     torchrun --nproc_per_node=8 tools/test_det.py CONFIG CHECKPOINT --out metrics.json
 
 For OV-COCO configs the metrics are ``ov_coco/AP50_novel``, ``ov_coco/AP50_base`` and
-``ov_coco/AP50_all`` (percent).
+``ov_coco/AP50_all``; for OV-LVIS configs ``ov_lvis/AP``, ``ov_lvis/APr``, ``ov_lvis/APc``,
+``ov_lvis/APf`` and the other LVIS box APs (percent).
 """
 from __future__ import annotations
 
