@@ -57,9 +57,14 @@ class FGCLIP2Config(Siglip2Config):
     ``text_config`` / ``vision_config`` as in :class:`transformers.Siglip2Config`, with the
     text config's ``keep_len`` and ``longtext_len``. Short and box texts take
     ``text_config.max_position_embeddings`` tokens (64), long texts ``longtext_len`` (196).
+
+    Args:
+        region_temperatures (`bool`, defaults to False): the model holds the training-only
+            ``logit_scale_finegraind`` / ``logit_scale_hardneg`` (released checkpoints do not).
     """
 
     model_type = "fgclip2"
+    region_temperatures: bool = False
     sub_configs_defaults = {"vision_config": FGCLIP2VisionConfig, "text_config": FGCLIP2TextConfig}
 
     @property

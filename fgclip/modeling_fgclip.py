@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +34,50 @@ from transformers.utils import ModelOutput
 from .configuration_fgclip import FGCLIPConfig
 
 TEXT_KINDS = ("short", "long", "region")
+# Keys of a processor batch (see FGCLIPProcessor.__call__): each modality's methods accept and
+# ignore the other's, so ``get_image_features(**batch)`` and ``get_text_features(**batch)`` both work.
+IMAGE_BATCH_KEYS = ("pixel_values", "pixel_attention_mask", "spatial_shapes", "boxes", "image_sizes")
+TEXT_BATCH_KEYS = ("input_ids", "attention_mask", "text_kind")
+
+
+def check_text_kind(text_kind: str) -> str:
+    if text_kind not in TEXT_KINDS:
+        raise ValueError(f"unknown text kind {text_kind!r}; expected one of {', '.join(TEXT_KINDS)}")
+    return text_kind
+
+
+def legacy_text_arguments(attention_mask, text_kind, kind: str | None) -> tuple[torch.Tensor | None, str]:
+    """``(attention_mask, text_kind)`` from a call in the current or the deprecated style.
+
+    Deprecated: the keyword ``kind=`` and the positional order ``(input_ids, kind, attention_mask)``.
+    """
+    if isinstance(attention_mask, str):
+        warnings.warn("passing the text kind as the second positional argument is deprecated; use "
+                      "text_kind=... (the second argument is attention_mask, as in transformers)", FutureWarning,
+                      stacklevel=3)
+        attention_mask, text_kind = (text_kind if isinstance(text_kind, torch.Tensor) else None), attention_mask
+    if kind is not None:
+        warnings.warn("the keyword kind= is deprecated; use text_kind=", FutureWarning, stacklevel=3)
+        text_kind = kind
+    return attention_mask, check_text_kind(text_kind)
+
+
+def ignore_batch_keys(extra: dict, allowed: Sequence[str], method: str) -> None:
+    """Accept the other modality's processor-batch keys; anything else is a caller's typo."""
+    unknown = sorted(set(extra) - set(allowed))
+    if unknown:
+        raise TypeError(f"{method}() got unexpected keyword argument(s) {', '.join(unknown)}")
+
+
+def check_layers(layers: Sequence[int], num_layers: int) -> list[int]:
+    """Zero-based block indices (negative ones count from the end), each in range."""
+    resolved = []
+    for index in layers:
+        position = index + num_layers if index < 0 else index
+        if not 0 <= position < num_layers:
+            raise ValueError(f"layer {index} is out of range for a {num_layers}-block vision tower")
+        resolved.append(position)
+    return resolved
 
 
 def interpolate_long_positions(short_table: torch.Tensor, keep: int, stretch: int) -> torch.Tensor:
@@ -90,16 +136,29 @@ class FGCLIPTextEmbeddings(LongPositionEmbeddings, CLIPTextEmbeddings):
 
 @dataclass
 class FGCLIPImageOutput(ModelOutput):
-    """Outputs of one vision-tower pass.
+    """Outputs of one vision-tower pass (both model families).
 
     Args:
-        image_embeds: (B, D) projected global embeddings (CLS path), unnormalised.
-        dense_features: (B, h, w, D) projected patch embeddings (value path), unnormalised,
-            or ``None`` when not requested.
+        image_embeds: (B, D) projected global embeddings, unnormalised.
+        dense_features: projected patch embeddings, unnormalised: (B, h, w, D) for FG-CLIP,
+            (B, N, D) padded NaFlex rows for FG-CLIP 2 (``model.dense_maps`` gives per-image maps).
+        spatial_shapes: (B, 2) patch grid ``(h, w)`` of each image.
+        region_embeds: (sum K_i, D) RoIAlign features of the boxes, unnormalised, image 0's first.
+    Fields that were not requested are ``None``.
     """
 
     image_embeds: torch.Tensor | None = None
     dense_features: torch.Tensor | None = None
+    spatial_shapes: torch.Tensor | None = None
+    region_embeds: torch.Tensor | None = None
+
+    def normalized(self) -> "FGCLIPImageOutput":
+        """The same output with every feature L2-normalised."""
+        def unit(features):
+            return None if features is None else F.normalize(features, dim=-1)
+
+        return FGCLIPImageOutput(unit(self.image_embeds), unit(self.dense_features), self.spatial_shapes,
+                                 unit(self.region_embeds))
 
 
 @dataclass
@@ -221,56 +280,85 @@ class FGCLIPModel(CLIPPreTrainedModel):
         return model
 
     # ------------------------------------------------------------------ text
+    def pooled_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, long: bool = False
+    ) -> torch.Tensor:
+        """(N, L) ids -> (N, C) states at each text's first eos after ``final_layer_norm``, before any projection.
+
+        ``attention_mask`` is accepted for a uniform interface and not used: under CLIP's causal
+        mask the pooled first-eos position never sees the padding after it (upstream FG-CLIP
+        passes no mask either).
+        """
+        return self._text_outputs(input_ids, long).pooler_output
+
+    def project_text(self, pooled: torch.Tensor, text_kind: str) -> torch.Tensor:
+        """(N, C) pooled states -> (N, D): ``text_filip_projection`` for long texts, ``text_projection`` else."""
+        return (self.text_filip_projection if check_text_kind(text_kind) == "long" else self.text_projection)(pooled)
+
+    def trim_padding(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The shortest inputs with the same features: columns after the last first-eos are dropped
+        (causal mask + first-eos pooling)."""
+        first_eos = (input_ids == self.config.text_config.eos_token_id).int().argmax(dim=1)
+        width = int(first_eos.max()) + 1
+        return input_ids[:, :width], None if attention_mask is None else attention_mask[:, :width]
+
     def get_text_features(
         self,
         input_ids: torch.Tensor,
-        kind: str = "short",
         attention_mask: torch.Tensor | None = None,
+        text_kind: str = "short",
         normalize: bool = False,
+        *,
+        kind: str | None = None,
+        **batch_keys,
     ) -> torch.Tensor:
         """Embed token ids of one text kind.
 
         Args:
             input_ids: (N, L) CLIP BPE ids, each row containing the eos token; padding may be
                 shorter than the kind's maximum (causal mask + first-eos pooling).
-            kind: ``"short"`` and ``"region"`` use the 77-row table and ``text_projection``;
+            attention_mask: (N, L), accepted and not needed (see :meth:`pooled_text`).
+            text_kind: ``"short"`` and ``"region"`` use the 77-row table and ``text_projection``;
                 ``"long"`` uses the 248-row table and ``text_filip_projection``.
+            kind: deprecated spelling of ``text_kind``.
+            batch_keys: image keys of a processor batch (ignored), so ``get_text_features(**batch)`` works.
         Returns:
             (N, D) text embeddings.
         """
-        if kind not in TEXT_KINDS:
-            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
+        attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
+        ignore_batch_keys(batch_keys, IMAGE_BATCH_KEYS, "get_text_features")
+        is_long = check_text_kind(text_kind) == "long"
         if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be a non-empty (N, L) tensor, got shape {tuple(input_ids.shape)}")
-        is_long = kind == "long"
         max_length = self.config.long_text_length if is_long else self.config.short_text_length
         if input_ids.shape[1] > max_length:
             raise ValueError(
-                f"{kind} texts take at most {max_length} tokens, got {input_ids.shape[1]}; "
-                f"tokenize with FGCLIPProcessor.tokenize(texts, kind={kind!r})"
+                f"{text_kind} texts take at most {max_length} tokens, got {input_ids.shape[1]}; "
+                f"tokenize with FGCLIPProcessor(text=texts, text_kind={text_kind!r})"
             )
         eos = self.config.text_config.eos_token_id
         if eos != 2 and not bool((input_ids == eos).any(dim=1).all()):
             raise ValueError(f"every text must contain the eos token {eos} (its features are pooled there)")
-        pooled = self._text_outputs(input_ids, is_long, attention_mask).pooler_output
-        projection = self.text_filip_projection if is_long else self.text_projection
-        features = projection(pooled)
+        features = self.project_text(self.pooled_text(input_ids, long=is_long), text_kind)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def _text_outputs(self, input_ids: torch.Tensor, long: bool, attention_mask: torch.Tensor | None = None):
+    def _text_outputs(self, input_ids: torch.Tensor, long: bool):
         position_ids = self.long_position_ids[:, : input_ids.shape[1]] if long else None
-        return self.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return self.text_model(input_ids=input_ids, position_ids=position_ids)
 
-    def get_text_tokens(self, input_ids: torch.Tensor, kind: str = "short") -> TokenFeatures:
+    def get_text_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, text_kind: str = "short", *,
+        kind: str | None = None,
+    ) -> TokenFeatures:
         """Per-token text states (after ``final_layer_norm``) for a cross-encoder re-ranker; the mask is
         1 up to and including each text's first eos (the causal tower's real tokens)."""
-        if kind not in TEXT_KINDS:
-            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
-        outputs = self._text_outputs(input_ids, kind == "long")
+        attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
+        outputs = self._text_outputs(input_ids, check_text_kind(text_kind) == "long")
         is_eos = (input_ids == self.config.text_config.eos_token_id).int()
         mask = (is_eos.cumsum(dim=1) - is_eos == 0).long()  # no eos before this position
-        projection = self.text_filip_projection if kind == "long" else self.text_projection
-        return TokenFeatures(outputs.last_hidden_state, mask, projection(outputs.pooler_output))
+        return TokenFeatures(outputs.last_hidden_state, mask, self.project_text(outputs.pooler_output, text_kind))
 
     # ------------------------------------------------------------------ vision
     def _check_pixels(self, pixel_values: torch.Tensor) -> tuple[int, int]:
@@ -285,60 +373,99 @@ class FGCLIPModel(CLIPPreTrainedModel):
             raise ValueError(f"images must be at least {patch}x{patch} pixels, got {height}x{width}")
         return height // patch, width // patch
 
-    def _hidden_before_last_block(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 1 + h*w, C): the vision tokens entering the last block (``hidden_states[-2]``)."""
+    def _block_outputs(self, pixel_values: torch.Tensor, layers: Sequence[int] = ()) -> tuple[torch.Tensor, list]:
+        """The vision tokens entering the last block, (B, 1 + h*w, C), and the outputs of the
+        blocks in ``layers`` (zero-based, below the last block) in that order."""
         vision = self.vision_model
         size = self.config.vision_config.image_size
         interpolate = tuple(pixel_values.shape[-2:]) != (size, size)
         hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=interpolate)
         hidden = vision.pre_layrnorm(hidden)
-        for layer in vision.encoder.layers[:-1]:
+        kept = {}
+        for index, layer in enumerate(vision.encoder.layers[:-1]):
             hidden = layer(hidden, None)
-        return hidden
+            if index in layers:
+                kept[index] = hidden
+        return hidden, [kept[index] for index in layers]
 
     def value_path_features(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, 1 + h*w, C) tokens entering the last block -> (B, h*w, D), see :func:`value_path_tokens`."""
         return value_path_tokens(self.vision_model, self.visual_projection, hidden_states)
 
-    def encode_image(self, pixel_values: torch.Tensor, dense: bool = True, normalize: bool = False) -> FGCLIPImageOutput:
-        """One backbone pass giving the global embedding and, if ``dense``, the patch embeddings.
+    def encode_image(
+        self,
+        pixel_values: torch.Tensor,
+        dense: bool = True,
+        normalize: bool = False,
+        boxes: list[torch.Tensor] | None = None,
+        image_embeds: bool = True,
+        **batch_keys,
+    ) -> FGCLIPImageOutput:
+        """One backbone pass giving the global embeddings, the patch embeddings if ``dense`` and the
+        region embeddings of ``boxes`` if given.
 
         Args:
             pixel_values: (B, 3, H, W); sizes other than the training size use bicubically
                 interpolated position embeddings.
+            boxes: one (K_i, 4) xyxy tensor per image in input pixels.
+            image_embeds: compute the global (CLS) embeddings; regions and patches do not need them.
         """
+        ignore_batch_keys(batch_keys, TEXT_BATCH_KEYS, "encode_image")
         grid_h, grid_w = self._check_pixels(pixel_values)
-        hidden = self._hidden_before_last_block(pixel_values)
-        last = self.vision_model.encoder.layers[-1](hidden, None)
-        image_embeds = self.visual_projection(self.vision_model.post_layernorm(last[:, 0]))
-        dense_features = None
-        if dense:
+        batch = pixel_values.shape[0]
+        checked = None if boxes is None else check_boxes(boxes, batch, *pixel_values.shape[-2:])
+        hidden, _ = self._block_outputs(pixel_values)
+        output = FGCLIPImageOutput(spatial_shapes=torch.tensor([[grid_h, grid_w]] * batch, device=pixel_values.device))
+        if image_embeds:
+            last = self.vision_model.encoder.layers[-1](hidden, None)
+            output.image_embeds = self.visual_projection(self.vision_model.post_layernorm(last[:, 0]))
+        if dense or checked is not None:
             tokens = self.value_path_features(hidden)
-            dense_features = tokens.reshape(tokens.shape[0], grid_h, grid_w, tokens.shape[-1])
-        if normalize:
-            image_embeds = F.normalize(image_embeds, dim=-1)
-            dense_features = None if dense_features is None else F.normalize(dense_features, dim=-1)
-        return FGCLIPImageOutput(image_embeds=image_embeds, dense_features=dense_features)
+            dense_features = tokens.reshape(batch, grid_h, grid_w, tokens.shape[-1])
+            if checked is not None:
+                output.region_embeds = roi_pool(dense_features, checked, self.config.vision_config.patch_size)
+            if dense:
+                output.dense_features = dense_features
+        return output.normalized() if normalize else output
 
-    def get_image_tokens(self, pixel_values: torch.Tensor) -> TokenFeatures:
+    def dense_maps(self, output: FGCLIPImageOutput) -> list[torch.Tensor]:
+        """The (h_i, w_i, D) patch-feature map of each image of an :meth:`encode_image` output."""
+        return list(output.dense_features)
+
+    def vision_hidden_states(self, pixel_values: torch.Tensor, layers: Sequence[int], **batch_keys) -> list[torch.Tensor]:
+        """Patch tokens (B, h*w, C) after each block of ``layers`` (zero-based; CLS dropped).
+
+        The last block's entry is its value path, ``x + out_proj(v_proj(ln1(x)))`` then the
+        MLP, the tokens FG-CLIP's dense features are projected from (CLIPSelf's F-ViT feeds them
+        to its top pyramid level).
+        """
+        ignore_batch_keys(batch_keys, TEXT_BATCH_KEYS, "vision_hidden_states")
+        self._check_pixels(pixel_values)
+        last = self.config.vision_config.num_hidden_layers - 1
+        layers = check_layers(layers, last + 1)
+        hidden, kept = self._block_outputs(pixel_values, [index for index in layers if index != last])
+        states = dict(zip([index for index in layers if index != last], kept))
+        if last in layers:
+            states[last] = value_path_block(self.vision_model.encoder.layers[-1], hidden)
+        return [states[index][:, 1:] for index in layers]
+
+    def get_image_tokens(self, pixel_values: torch.Tensor, **batch_keys) -> TokenFeatures:
         """(B, 3, H, W) -> the (B, 1 + h*w, C) vision tokens after ``post_layernorm`` (all real) and
         the global embeddings: the image side of a cross-encoder re-ranker."""
+        ignore_batch_keys(batch_keys, TEXT_BATCH_KEYS, "get_image_tokens")
         self._check_pixels(pixel_values)
-        hidden = self.vision_model.encoder.layers[-1](self._hidden_before_last_block(pixel_values), None)
+        hidden = self.vision_model.encoder.layers[-1](self._block_outputs(pixel_values)[0], None)
         tokens = self.vision_model.post_layernorm(hidden)
         mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
         return TokenFeatures(tokens, mask, self.visual_projection(tokens[:, 0]))
 
-    def get_image_features(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    def get_image_features(self, pixel_values: torch.Tensor, normalize: bool = False, **batch_keys) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D) global image embeddings (CLS -> post_layernorm -> projection)."""
-        return self.encode_image(pixel_values, dense=False, normalize=normalize).image_embeds
+        return self.encode_image(pixel_values, dense=False, normalize=normalize, **batch_keys).image_embeds
 
-    def get_dense_features(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    def get_dense_features(self, pixel_values: torch.Tensor, normalize: bool = False, **batch_keys) -> torch.Tensor:
         """(B, 3, H, W) -> (B, H/p, W/p, D) patch embeddings; the last block's attention is skipped."""
-        grid_h, grid_w = self._check_pixels(pixel_values)
-        tokens = self.value_path_features(self._hidden_before_last_block(pixel_values))
-        dense = tokens.reshape(tokens.shape[0], grid_h, grid_w, tokens.shape[-1])
-        return F.normalize(dense, dim=-1) if normalize else dense
+        return self.encode_image(pixel_values, normalize=normalize, image_embeds=False, **batch_keys).dense_features
 
     def pool_regions(self, dense_features: torch.Tensor, boxes: list[torch.Tensor], normalize: bool = False) -> torch.Tensor:
         """RoIAlign (1x1, aligned, adaptive sampling) of a dense map.
@@ -352,36 +479,59 @@ class FGCLIPModel(CLIPPreTrainedModel):
         patch = self.config.vision_config.patch_size
         num_images, grid_h, grid_w = dense_features.shape[:3]
         checked = check_boxes(boxes, num_images, grid_h * patch, grid_w * patch)
-        return self._roi_align(dense_features, checked, normalize)
-
-    def _roi_align(self, dense_features: torch.Tensor, boxes: list[torch.Tensor], normalize: bool) -> torch.Tensor:
-        regions = roi_pool(dense_features, boxes, self.config.vision_config.patch_size)
+        regions = roi_pool(dense_features, checked, patch)
         return F.normalize(regions, dim=-1) if normalize else regions
 
     def get_region_features(
-        self, pixel_values: torch.Tensor, boxes: list[torch.Tensor], normalize: bool = False
+        self, pixel_values: torch.Tensor, boxes: list[torch.Tensor], normalize: bool = False, **batch_keys
     ) -> torch.Tensor:
         """Region embeddings of many boxes from one backbone pass per image.
 
         Args:
             pixel_values: (B, 3, H, W).
-            boxes: list of B tensors (K_i, 4), xyxy in input-pixel coordinates.
+            boxes: list of B tensors (K_i, 4), xyxy in input-pixel coordinates (a processor
+                batch's ``boxes``).
         Returns:
             (sum K_i, D), image 0's boxes first.
         """
-        checked = check_boxes(boxes, pixel_values.shape[0], *pixel_values.shape[-2:])
-        return self._roi_align(self.get_dense_features(pixel_values), checked, normalize)
+        output = self.encode_image(pixel_values, dense=False, boxes=boxes, image_embeds=False, **batch_keys)
+        return F.normalize(output.region_embeds, dim=-1) if normalize else output.region_embeds
 
+    # ------------------------------------------------------------------ training
+    def global_logit_parameters(self) -> dict[str, torch.Tensor]:
+        """The global loss's temperature, as keyword arguments of :class:`~fgclip.losses.FGCLIPLoss`."""
+        return {"logit_scale": self.logit_scale.reshape(())}
+
+    def set_trainable_terms(self, regional: bool, hard_negatives: bool) -> None:
+        """Freeze what no trained loss term uses: the temperature of a term that does not train."""
+        self.logit_scale_finegraind.requires_grad_(regional)
+        self.logit_scale_hardneg.requires_grad_(hard_negatives)
+
+    # ------------------------------------------------------------------ both
     def forward(
         self,
-        pixel_values: torch.Tensor,
         input_ids: torch.Tensor,
-        kind: str = "short",
+        pixel_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        text_kind: str = "short",
+        *,
+        kind: str | None = None,
+        **batch_keys,
     ) -> FGCLIPOutput:
-        """CLIP-style image-text logits for one text kind, scaled by ``exp(logit_scale)``."""
+        """CLIP-style image-text logits for one text kind, scaled by ``exp(logit_scale)``.
+
+        Arguments in transformers' order (``input_ids`` first); the earlier order
+        ``forward(pixel_values, input_ids, kind)`` still works for one release, with a warning.
+        """
+        if torch.is_floating_point(input_ids) and not torch.is_floating_point(pixel_values):
+            warnings.warn("FGCLIPModel.forward(pixel_values, input_ids, ...) is deprecated; pass input_ids first "
+                          "(transformers' order) or call model(**processor(images=..., text=...))", FutureWarning,
+                          stacklevel=2)
+            input_ids, pixel_values = pixel_values, input_ids
+        attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
+        ignore_batch_keys(batch_keys, ("boxes", "image_sizes"), "forward")
         image_embeds = self.get_image_features(pixel_values, normalize=True)
-        text_embeds = self.get_text_features(input_ids, kind=kind, attention_mask=attention_mask, normalize=True)
+        text_embeds = self.get_text_features(input_ids, attention_mask, text_kind, normalize=True)
         logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp()
         return FGCLIPOutput(
             logits_per_image=logits_per_text.t(),
@@ -403,11 +553,16 @@ def value_path_tokens(vision_model: nn.Module, visual_projection: nn.Module, hid
     Returns:
         (B, h*w, D) projected patch embeddings, unnormalised.
     """
-    block = vision_model.encoder.layers[-1]
+    hidden = value_path_block(vision_model.encoder.layers[-1], hidden_states)
+    return visual_projection(vision_model.post_layernorm(hidden[:, 1:]))
+
+
+def value_path_block(block: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """A CLIP encoder layer with attention replaced by its value path:
+    ``x + out_proj(v_proj(ln1(x)))``, then ``x + mlp(ln2(x))``; shapes unchanged."""
     attention = block.self_attn
     hidden = hidden_states + attention.out_proj(attention.v_proj(block.layer_norm1(hidden_states)))
-    hidden = hidden + block.mlp(block.layer_norm2(hidden))
-    return visual_projection(vision_model.post_layernorm(hidden[:, 1:]))
+    return hidden + block.mlp(block.layer_norm2(hidden))
 
 
 def roi_pool(dense_features: torch.Tensor, boxes: list[torch.Tensor], patch_size: int) -> torch.Tensor:

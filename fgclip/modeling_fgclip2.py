@@ -20,7 +20,8 @@ Boxes are xyxy in *input pixels* of each image's grid, ``0..w*16`` by ``0..h*16`
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import warnings
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,42 +33,37 @@ from transformers.models.siglip2.modeling_siglip2 import (
     Siglip2PreTrainedModel,
     Siglip2TextEmbeddings,
 )
-from transformers.utils import ModelOutput
 
 from .configuration_fgclip2 import FGCLIP2Config
 from .modeling_fgclip import (
-    TEXT_KINDS,
+    IMAGE_BATCH_KEYS,
+    TEXT_BATCH_KEYS,
+    FGCLIPImageOutput,
     FGCLIPOutput,
     LongPositionEmbeddings,
     TokenFeatures,
     check_boxes,
+    check_layers,
+    check_text_kind,
+    ignore_batch_keys,
     interpolate_long_positions,
+    legacy_text_arguments,
     roi_pool,
 )
 
 # SigLIP's initial temperature and bias (Zhai et al. 2023): t' = log 10, b = -10.
 LOGIT_SCALE_INIT = 2.302585092994046
 LOGIT_BIAS_INIT = -10.0
+# Initial log temperature of the regional and hard-negative terms (CLIP's 1 / 0.07), trained only.
+REGION_LOGIT_SCALE_INIT = 2.6592
 
 
 class FGCLIP2TextEmbeddings(LongPositionEmbeddings, Siglip2TextEmbeddings):
     """SigLIP 2 token + position embeddings with FG-CLIP 2's 196-row long position table."""
 
 
-@dataclass
-class FGCLIP2ImageOutput(ModelOutput):
-    """Outputs of one vision-tower pass.
-
-    Args:
-        image_embeds: (B, D) attention-pooled global embeddings, unnormalised.
-        dense_features: (B, N, D) per-patch features of the dense head, unnormalised; rows
-            past ``h * w`` of an image are padding. ``None`` when not requested.
-        spatial_shapes: (B, 2) patch grid ``(h, w)`` of each image.
-    """
-
-    image_embeds: torch.Tensor | None = None
-    dense_features: torch.Tensor | None = None
-    spatial_shapes: torch.Tensor | None = None
+# The image output of both families is one class; this name stays for existing imports.
+FGCLIP2ImageOutput = FGCLIPImageOutput
 
 
 class FGCLIP2Model(Siglip2PreTrainedModel):
@@ -90,6 +86,8 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
         self.dense_feature_head = Siglip2MultiheadAttentionPoolingHead(vision_config)
         self.logit_scale = nn.Parameter(torch.full((1,), LOGIT_SCALE_INIT))
         self.logit_bias = nn.Parameter(torch.full((1,), LOGIT_BIAS_INIT))
+        if config.region_temperatures:
+            self._add_region_temperatures()
         long_ids = torch.arange(config.long_text_length) + config.short_text_length
         self.long_position_ids = nn.Buffer(long_ids[None], persistent=False)
         self.post_init()
@@ -100,6 +98,9 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
         if isinstance(module, FGCLIP2Model):
             init.constant_(module.logit_scale, LOGIT_SCALE_INIT)
             init.constant_(module.logit_bias, LOGIT_BIAS_INIT)
+            if module.config.region_temperatures:
+                init.constant_(module.logit_scale_finegraind, REGION_LOGIT_SCALE_INIT)
+                init.constant_(module.logit_scale_hardneg, REGION_LOGIT_SCALE_INIT)
             long_ids = torch.arange(self.config.long_text_length) + self.config.short_text_length
             init.copy_(module.long_position_ids, long_ids[None])
 
@@ -120,7 +121,8 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
         model = cls(config).to(siglip2.dtype)
         missing, unexpected = model.load_state_dict(siglip2.state_dict(), strict=False)
         new_prefixes = ("text_model.embeddings.position_embedding_ori.", "text_model.embeddings.position_embedding_res.",
-                        "longtext_head.", "boxtext_head.", "dense_feature_head.")
+                        "longtext_head.", "boxtext_head.", "dense_feature_head.", "logit_scale_finegraind",
+                        "logit_scale_hardneg")
         unmatched = [key for key in missing if not key.startswith(new_prefixes)]
         if unexpected or unmatched:
             raise ValueError(f"SigLIP 2 checkpoint does not match the FG-CLIP 2 layout: missing {sorted(unmatched)}, "
@@ -142,32 +144,37 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
     def get_text_features(
         self,
         input_ids: torch.Tensor,
-        kind: str = "short",
         attention_mask: torch.Tensor | None = None,
+        text_kind: str = "short",
         normalize: bool = False,
+        *,
+        kind: str | None = None,
+        **batch_keys,
     ) -> torch.Tensor:
         """Embed token ids of one text kind.
 
         Args:
             input_ids: (N, L) ids padded to exactly the kind's length (64 short / region, 196
                 long): the last position is pooled, padding or not.
-            kind: ``"short"`` (``text_model.head``), ``"region"`` (``boxtext_head``) or
-                ``"long"`` (long positions, ``longtext_head``).
             attention_mask: (N, L), 1 on real tokens, as the tokenizer returns it.
+            text_kind: ``"short"`` (``text_model.head``), ``"region"`` (``boxtext_head``) or
+                ``"long"`` (long positions, ``longtext_head``).
+            kind: deprecated spelling of ``text_kind``.
+            batch_keys: image keys of a processor batch (ignored), so ``get_text_features(**batch)`` works.
         Returns:
             (N, D) text embeddings.
         """
-        if kind not in TEXT_KINDS:
-            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
-        is_long = kind == "long"
+        attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
+        ignore_batch_keys(batch_keys, IMAGE_BATCH_KEYS, "get_text_features")
+        is_long = text_kind == "long"
         length = self.config.long_text_length if is_long else self.config.short_text_length
         if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] != length:
             raise ValueError(
-                f"{kind} texts must be (N, {length}) token ids padded to exactly {length} (the last position is "
-                f"pooled), got shape {tuple(input_ids.shape)}; tokenize with FGCLIP2Processor.tokenize(texts, "
-                f"kind={kind!r})"
+                f"{text_kind} texts must be (N, {length}) token ids padded to exactly {length} (the last position "
+                f"is pooled), got shape {tuple(input_ids.shape)}; tokenize with FGCLIP2Processor(text=texts, "
+                f"text_kind={text_kind!r})"
             )
-        features = self.text_head(kind)(self.pooled_text(input_ids, attention_mask, long=is_long))
+        features = self.project_text(self.pooled_text(input_ids, attention_mask, long=is_long), text_kind)
         return F.normalize(features, dim=-1) if normalize else features
 
     def pooled_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -175,33 +182,36 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
         """(N, L) ids -> (N, C) last-position hidden states before any head (the short or long positions)."""
         return self._text_states(input_ids, attention_mask, long)[:, -1]
 
+    def project_text(self, pooled: torch.Tensor, text_kind: str) -> torch.Tensor:
+        """(N, C) pooled states -> (N, D) through the head of ``text_kind`` (see :meth:`text_head`)."""
+        return self.text_head(text_kind)(pooled)
+
+    def trim_padding(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inputs unchanged: SigLIP pools the last position, so the padded length is part of the feature."""
+        return input_ids, attention_mask
+
     def _text_states(self, input_ids, attention_mask, long: bool) -> torch.Tensor:
         position_ids = self.long_position_ids if long else None
         return self.text_model(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids).last_hidden_state
 
     def get_text_tokens(
-        self, input_ids: torch.Tensor, kind: str = "short", attention_mask: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, text_kind: str = "short", *,
+        kind: str | None = None,
     ) -> TokenFeatures:
         """Per-token text states (after ``final_layer_norm``) for a cross-encoder re-ranker, the mask of
         real tokens and the kind's global embeddings."""
-        if kind not in TEXT_KINDS:
-            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
-        tokens = self._text_states(input_ids, attention_mask, kind == "long")
+        attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
+        tokens = self._text_states(input_ids, attention_mask, text_kind == "long")
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        return TokenFeatures(tokens, mask.long(), self.text_head(kind)(tokens[:, -1]))
+        return TokenFeatures(tokens, mask.long(), self.project_text(tokens[:, -1], text_kind))
 
-    def get_image_tokens(self, pixel_values, pixel_attention_mask, spatial_shapes) -> TokenFeatures:
-        """NaFlex inputs -> the (B, N, C) post-layernorm patch tokens, the mask of real patches and the
-        global embeddings: the image side of a cross-encoder re-ranker."""
-        self._check_images(pixel_values, pixel_attention_mask, spatial_shapes)
-        outputs = self.vision_model(pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask,
-                                    spatial_shapes=spatial_shapes)
-        return TokenFeatures(outputs.last_hidden_state, pixel_attention_mask.long(), outputs.pooler_output)
-
-    def text_head(self, kind: str) -> nn.Linear:
+    def text_head(self, text_kind: str) -> nn.Linear:
         """The head of a text kind: ``text_model.head`` (short), ``boxtext_head`` (region), ``longtext_head``."""
-        return {"short": self.text_model.head, "region": self.boxtext_head, "long": self.longtext_head}[kind]
+        heads = {"short": self.text_model.head, "region": self.boxtext_head, "long": self.longtext_head}
+        return heads[check_text_kind(text_kind)]
 
     # ------------------------------------------------------------------ vision
     def _check_images(self, pixel_values, pixel_attention_mask, spatial_shapes) -> None:
@@ -220,6 +230,30 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
             raise ValueError("spatial_shapes disagree with pixel_attention_mask: image i must have h_i * w_i <= N "
                              "valid patches, first")
 
+    def patchify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) normalised images (sides multiples of the patch size) -> NaFlex inputs
+        ``(pixel_values, pixel_attention_mask, spatial_shapes)`` of one ``H/p x W/p`` grid each."""
+        patch = self.config.vision_config.patch_size
+        batch, channels, height, width = images.shape
+        if height % patch or width % patch:
+            raise ValueError(f"image sides must be multiples of the patch size {patch}, got {height}x{width}")
+        grid_h, grid_w = height // patch, width // patch
+        # Row-major (patch row, patch column), each patch (row, column, channel): Siglip2ImageProcessor's order.
+        patches = images.reshape(batch, channels, grid_h, patch, grid_w, patch).permute(0, 2, 4, 3, 5, 1)
+        patches = patches.reshape(batch, grid_h * grid_w, patch * patch * channels)
+        mask = torch.ones(batch, grid_h * grid_w, dtype=torch.long, device=images.device)
+        shapes = torch.tensor([[grid_h, grid_w]] * batch, device=images.device)
+        return patches, mask, shapes
+
+    def _naflex(self, pixel_values, pixel_attention_mask, spatial_shapes):
+        """NaFlex inputs as given, or made from (B, 3, H, W) images (:meth:`patchify`), checked."""
+        if pixel_values.ndim == 4 and pixel_attention_mask is None and spatial_shapes is None:
+            return self.patchify(pixel_values)
+        if pixel_attention_mask is None or spatial_shapes is None:
+            raise ValueError("NaFlex pixel_values need pixel_attention_mask and spatial_shapes (a processor batch)")
+        self._check_images(pixel_values, pixel_attention_mask, spatial_shapes)
+        return pixel_values, pixel_attention_mask, spatial_shapes
+
     def dense_head_features(self, last_hidden_state: torch.Tensor, pixel_attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, N, C) post-layernorm patch tokens -> (B, N, D): the dense head with every patch as a query.
 
@@ -231,38 +265,93 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
                                   key_padding_mask=padding, need_weights=False)[0]
         return attended + head.mlp(head.layernorm(attended))
 
+    def project_dense(self, tokens: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, C) last-block tokens (before ``post_layernorm``) -> (B, N, D) dense features."""
+        if pixel_attention_mask is None:
+            pixel_attention_mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        return self.dense_head_features(self.vision_model.post_layernorm(tokens), pixel_attention_mask)
+
     def encode_image(
         self,
         pixel_values: torch.Tensor,
-        pixel_attention_mask: torch.Tensor,
-        spatial_shapes: torch.Tensor,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
         dense: bool = True,
         normalize: bool = False,
-    ) -> FGCLIP2ImageOutput:
-        """One backbone pass giving the global embedding and, if ``dense``, the per-patch features."""
-        self._check_images(pixel_values, pixel_attention_mask, spatial_shapes)
+        boxes: list[torch.Tensor] | None = None,
+        image_embeds: bool = True,
+        **batch_keys,
+    ) -> FGCLIPImageOutput:
+        """One backbone pass giving the global embeddings, the per-patch features if ``dense`` and the
+        region embeddings of ``boxes`` (one (K_i, 4) xyxy tensor per image in its input pixels) if given.
+
+        ``pixel_values`` are NaFlex patches with their mask and shapes, or (B, 3, H, W) images.
+        ``image_embeds`` is accepted for the shared interface; the pooling head always runs.
+        """
+        ignore_batch_keys(batch_keys, TEXT_BATCH_KEYS, "encode_image")
+        pixel_values, pixel_attention_mask, spatial_shapes = self._naflex(pixel_values, pixel_attention_mask,
+                                                                          spatial_shapes)
         outputs = self.vision_model(
             pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes
         )
-        image_embeds = outputs.pooler_output
-        dense_features = None
-        if dense:
+        output = FGCLIPImageOutput(image_embeds=outputs.pooler_output, spatial_shapes=spatial_shapes)
+        if dense or boxes is not None:
             dense_features = self.dense_head_features(outputs.last_hidden_state, pixel_attention_mask)
-        if normalize:
-            image_embeds = F.normalize(image_embeds, dim=-1)
-            dense_features = None if dense_features is None else F.normalize(dense_features, dim=-1)
-        return FGCLIP2ImageOutput(image_embeds=image_embeds, dense_features=dense_features, spatial_shapes=spatial_shapes)
+            if boxes is not None:
+                output.region_embeds = self.pool_regions(dense_features, spatial_shapes, boxes)
+            if dense:
+                output.dense_features = dense_features
+        return output.normalized() if normalize else output
 
-    def get_image_features(self, pixel_values, pixel_attention_mask, spatial_shapes, normalize: bool = False):
+    def vision_hidden_states(
+        self, pixel_values: torch.Tensor, layers: Sequence[int], pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None, **batch_keys,
+    ) -> list[torch.Tensor]:
+        """Patch tokens (B, N, C) after each block of ``layers`` (zero-based, negative from the end),
+        before ``post_layernorm``; the last block's are the input of the dense head (:meth:`project_dense`)."""
+        ignore_batch_keys(batch_keys, TEXT_BATCH_KEYS, "vision_hidden_states")
+        layers = check_layers(layers, self.config.vision_config.num_hidden_layers)
+        pixel_values, pixel_attention_mask, spatial_shapes = self._naflex(pixel_values, pixel_attention_mask,
+                                                                          spatial_shapes)
+        hidden_states = self.vision_model(pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask,
+                                          spatial_shapes=spatial_shapes, output_hidden_states=True).hidden_states
+        return [hidden_states[index + 1] for index in layers]
+
+    def get_image_tokens(self, pixel_values, pixel_attention_mask=None, spatial_shapes=None, **batch_keys
+                         ) -> TokenFeatures:
+        """NaFlex inputs -> the (B, N, C) post-layernorm patch tokens, the mask of real patches and the
+        global embeddings: the image side of a cross-encoder re-ranker."""
+        ignore_batch_keys(batch_keys, TEXT_BATCH_KEYS, "get_image_tokens")
+        pixel_values, pixel_attention_mask, spatial_shapes = self._naflex(pixel_values, pixel_attention_mask,
+                                                                          spatial_shapes)
+        outputs = self.vision_model(pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask,
+                                    spatial_shapes=spatial_shapes)
+        return TokenFeatures(outputs.last_hidden_state, pixel_attention_mask.long(), outputs.pooler_output)
+
+    def get_image_features(self, pixel_values, pixel_attention_mask=None, spatial_shapes=None,
+                           normalize: bool = False, **batch_keys) -> torch.Tensor:
         """(B, D) global image embeddings (the vision tower's attention-pooling head)."""
         return self.encode_image(pixel_values, pixel_attention_mask, spatial_shapes, dense=False,
-                                 normalize=normalize).image_embeds
+                                 normalize=normalize, **batch_keys).image_embeds
 
-    def dense_maps(self, dense_features: torch.Tensor, spatial_shapes: torch.Tensor) -> list[torch.Tensor]:
-        """(B, N, D) padded dense features -> B maps (h_i, w_i, D), padding rows dropped."""
+    def get_dense_features(self, pixel_values, pixel_attention_mask=None, spatial_shapes=None,
+                           normalize: bool = False, **batch_keys) -> torch.Tensor:
+        """(B, N, D) per-patch features of the dense head; rows past ``h_i * w_i`` of image i are padding."""
+        return self.encode_image(pixel_values, pixel_attention_mask, spatial_shapes, dense=True,
+                                 normalize=normalize, **batch_keys).dense_features
+
+    def dense_maps(self, output: FGCLIPImageOutput, spatial_shapes: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The (h_i, w_i, D) patch-feature map of each image of an :meth:`encode_image` output (padding dropped).
+
+        The earlier call ``dense_maps(dense_features, spatial_shapes)`` still works for one release.
+        """
+        if isinstance(output, torch.Tensor):
+            warnings.warn("dense_maps(dense_features, spatial_shapes) is deprecated; pass the encode_image output",
+                          FutureWarning, stacklevel=2)
+            output = FGCLIPImageOutput(dense_features=output, spatial_shapes=spatial_shapes)
         return [
             features[: h * w].reshape(h, w, -1)
-            for features, (h, w) in zip(dense_features, spatial_shapes.tolist())
+            for features, (h, w) in zip(output.dense_features, output.spatial_shapes.tolist())
         ]
 
     def pool_regions(
@@ -277,7 +366,7 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
             (sum K_i, D), image 0's boxes first.
         """
         patch = self.config.vision_config.patch_size
-        maps = self.dense_maps(dense_features, spatial_shapes)
+        maps = self.dense_maps(FGCLIPImageOutput(dense_features=dense_features, spatial_shapes=spatial_shapes))
         if isinstance(boxes, torch.Tensor) or len(boxes) != len(maps):
             raise ValueError(f"boxes must be a list with one (K, 4) tensor per image ({len(maps)} images)")
         regions = []
@@ -294,28 +383,64 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
     def get_region_features(
         self,
         pixel_values: torch.Tensor,
-        pixel_attention_mask: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        boxes: list[torch.Tensor],
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        boxes: list[torch.Tensor] | None = None,
         normalize: bool = False,
+        **batch_keys,
     ) -> torch.Tensor:
         """Region embeddings of many boxes from one backbone pass per image, (sum K_i, D)."""
-        output = self.encode_image(pixel_values, pixel_attention_mask, spatial_shapes, dense=True)
-        return self.pool_regions(output.dense_features, spatial_shapes, boxes, normalize)
+        if boxes is None:
+            raise ValueError("get_region_features needs boxes: one (K, 4) xyxy tensor per image")
+        output = self.encode_image(pixel_values, pixel_attention_mask, spatial_shapes, dense=False, boxes=boxes,
+                                   **batch_keys)
+        return F.normalize(output.region_embeds, dim=-1) if normalize else output.region_embeds
+
+    # ------------------------------------------------------------------ training
+    def global_logit_parameters(self) -> dict[str, torch.Tensor]:
+        """The sigmoid loss's temperature and bias, as keyword arguments of :class:`~fgclip.losses.FGCLIP2Loss`."""
+        return {"logit_scale": self.logit_scale.reshape(()), "logit_bias": self.logit_bias.reshape(())}
+
+    def _add_region_temperatures(self) -> None:
+        self.logit_scale_finegraind = nn.Parameter(torch.tensor(REGION_LOGIT_SCALE_INIT))
+        self.logit_scale_hardneg = nn.Parameter(torch.tensor(REGION_LOGIT_SCALE_INIT))
+
+    def set_trainable_terms(self, regional: bool, hard_negatives: bool) -> None:
+        """Prepare for training: add the regional and hard-negative temperatures when the checkpoint
+        has none (the released ones do not; the official launch adds them the same way; they are then
+        saved, ``config.region_temperatures``), and freeze what no trained loss term uses: a temperature
+        whose term does not train, the box-text and dense heads when neither region term trains, and
+        always the dense head's ``probe`` (the dense path queries with the patches themselves)."""
+        if not self.config.region_temperatures:
+            self.config.region_temperatures = True
+            self._add_region_temperatures()
+            self.to(self.logit_scale.device)
+        needs_regions = regional or hard_negatives
+        self.logit_scale_finegraind.requires_grad_(regional)
+        self.logit_scale_hardneg.requires_grad_(hard_negatives)
+        self.boxtext_head.requires_grad_(needs_regions)
+        self.dense_feature_head.requires_grad_(needs_regions)
+        self.dense_feature_head.probe.requires_grad_(False)
 
     # ------------------------------------------------------------------ both
     def forward(
         self,
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor,
-        pixel_attention_mask: torch.Tensor,
-        spatial_shapes: torch.Tensor,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        kind: str = "short",
+        text_kind: str = "short",
+        *,
+        kind: str | None = None,
+        **batch_keys,
     ) -> FGCLIPOutput:
         """Sigmoid-loss logits ``exp(t) * <text, image> + b`` between B images and T texts of one kind."""
+        if isinstance(attention_mask, str) or kind is not None:
+            attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
+        ignore_batch_keys(batch_keys, ("boxes", "image_sizes"), "forward")
         image_embeds = self.get_image_features(pixel_values, pixel_attention_mask, spatial_shapes, normalize=True)
-        text_embeds = self.get_text_features(input_ids, kind, attention_mask, normalize=True)
+        text_embeds = self.get_text_features(input_ids, attention_mask, text_kind, normalize=True)
         logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp() + self.logit_bias
         return FGCLIPOutput(
             logits_per_image=logits_per_text.t(),

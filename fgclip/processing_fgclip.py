@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessor, CLIPTokenizer
+from transformers import BatchFeature, CLIPImageProcessor, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from .configuration_fgclip import FGCLIPConfig
-from .modeling_fgclip import TEXT_KINDS
+from .modeling_fgclip import check_text_kind
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -94,19 +94,102 @@ def load_image(image: Image.Image | str | os.PathLike) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-class TextLengths:
-    """Token lengths per text kind: ``long_length`` for long texts, ``short_length`` for the others."""
+def concat_image_batches(batches: list) -> BatchFeature:
+    """One image batch of several processor batches (``BatchFeature`` or dicts of image keys).
+
+    Tensors are joined along the batch dimension; where their second dimension differs (NaFlex
+    patch sequences and their masks) the shorter ones are zero-padded, i.e. masked; ``boxes``
+    lists are joined.
+    """
+    joined = {}
+    for key in batches[0]:
+        values = [batch[key] for batch in batches]
+        if isinstance(values[0], list):
+            joined[key] = [item for value in values for item in value]
+        elif isinstance(values[0], torch.Tensor):
+            if values[0].ndim >= 2 and len({value.shape[1] for value in values}) > 1:
+                length = max(value.shape[1] for value in values)
+                values = [torch.nn.functional.pad(value, (0, 0) * (value.ndim - 2) + (0, length - value.shape[1]))
+                          for value in values]
+            joined[key] = torch.cat(values)
+        else:
+            joined[key] = values[0]
+    return BatchFeature(joined)
+
+
+class DualEncoderProcessor:
+    """What the processors of both model families share: one call that returns a ``BatchFeature``.
+
+    Subclasses set the token lengths and implement :meth:`_encode_text` and :meth:`_encode_images`.
+
+    Attributes:
+        minimal_padding: the shortest text padding that gives the same features (``"longest"``
+            for CLIP's first-eos pooling, ``"max_length"`` where the last position is pooled).
+    """
 
     short_length: int
     long_length: int
+    minimal_padding: str = "max_length"
 
-    def max_length(self, kind: str) -> int:
-        if kind not in TEXT_KINDS:
-            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
-        return self.long_length if kind == "long" else self.short_length
+    def max_length(self, text_kind: str) -> int:
+        return self.long_length if check_text_kind(text_kind) == "long" else self.short_length
+
+    def __call__(
+        self,
+        images=None,
+        text: list[str] | str | None = None,
+        boxes: list[torch.Tensor] | None = None,
+        text_kind: str = "short",
+        padding: str = "max_length",
+        return_tensors: str = "pt",
+        **image_options,
+    ) -> BatchFeature:
+        """Images and / or texts as one model batch.
+
+        Args:
+            images: PIL images or paths (one image is a list of one).
+            text: texts of one kind, tokenized for ``text_kind`` (``short``, ``long``, ``region``).
+            boxes: one (K_i, 4) xyxy tensor per image in original pixels; the batch's ``boxes``
+                are mapped into the model input's pixels.
+            padding: ``"max_length"`` (the kind's length) or ``"longest"`` where the family allows it.
+            image_options: family options of this call (e.g. FG-CLIP 2's ``max_num_patches``).
+        Returns:
+            ``BatchFeature`` with ``pixel_values`` (and the family's other image keys), ``boxes``
+            when given, ``input_ids``, ``attention_mask`` and ``text_kind`` when texts are given;
+            ``model.get_image_features(**batch)`` etc. take it as it is.
+        """
+        if return_tensors != "pt":
+            raise ValueError(f"only return_tensors='pt' is supported, got {return_tensors!r}")
+        if images is None and text is None:
+            raise ValueError("give images, text or both")
+        if boxes is not None and images is None:
+            raise ValueError("boxes need the images they belong to")
+        data = {}
+        if images is not None:
+            data.update(self._encode_images(check_images(images, boxes), boxes, **image_options))
+        if text is not None:
+            data.update(self._encode_text(check_texts(text), text_kind, padding))
+            data["text_kind"] = text_kind
+        return BatchFeature(data)
+
+    def _encode_text(self, texts: list[str], text_kind: str, padding: str) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _encode_images(self, images: list, boxes, **options) -> dict:
+        raise NotImplementedError
+
+    def tokenize(self, texts: list[str] | str, kind: str = "short", padding: str = "max_length"):
+        """Deprecated: use ``processor(text=texts, text_kind=kind)``, which returns a ``BatchFeature``."""
+        warnings.warn(f"{type(self).__name__}.tokenize is deprecated; call the processor: "
+                      "processor(text=texts, text_kind=...)", FutureWarning, stacklevel=2)
+        return self._legacy_tokens(self._encode_text(check_texts(texts), kind, padding))
+
+    def _legacy_tokens(self, encoded: dict[str, torch.Tensor]):
+        """What the deprecated ``tokenize`` returned for this family."""
+        return encoded
 
 
-class FGCLIPProcessor(TextLengths):
+class FGCLIPProcessor(DualEncoderProcessor):
     """Tokenizer + image processor of an FG-CLIP model.
 
     Args:
@@ -116,6 +199,8 @@ class FGCLIPProcessor(TextLengths):
         resize_mode: ``"squash"`` resizes to ``image_size`` squared ignoring the aspect ratio
             (upstream FG-CLIP); ``"pad"`` first pads to a square with the mean colour.
     """
+
+    minimal_padding = "longest"  # causal mask + first-eos pooling: later columns change nothing
 
     def __init__(
         self,
@@ -186,27 +271,18 @@ class FGCLIPProcessor(TextLengths):
         raise FileNotFoundError(f"no {PROCESSOR_FILE} or config.json in {directory}")
 
     # ------------------------------------------------------------------ text
-
-    def tokenize(self, texts: list[str] | str, kind: str = "short", padding: str = "max_length") -> torch.Tensor:
-        """Token ids of ``texts`` for one text kind.
-
-        Args:
-            kind: ``"long"`` pads/truncates to ``long_length`` (248), the others to
-                ``short_length`` (77).
-            padding: ``"max_length"`` pads to that length (upstream); ``"longest"`` pads to the
-                longest text of the call, which gives the same features for less compute.
-        Returns:
-            (N, L) ids; each row holds bos, the text and eos, padded with eos. Over-long texts
-            are cut (eos kept) with a warning that counts them.
-        """
-        texts = check_texts(texts)
+    def _encode_text(self, texts: list[str], text_kind: str, padding: str) -> dict[str, torch.Tensor]:
+        """``input_ids`` (N, L) and ``attention_mask``: bos, the text and eos, padded with eos to the
+        kind's length (``max_length``, upstream) or to the longest text (``longest``, same features).
+        Over-long texts are cut (eos kept) with a warning that counts them."""
         if padding not in ("max_length", "longest"):
             raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
-        max_length = self.max_length(kind)
-        warn_truncated(self.tokenizer, texts, max_length, kind)
-        encoded = self.tokenizer(
-            texts, padding=padding, truncation=True, max_length=max_length, return_tensors="pt"
-        )
+        max_length = self.max_length(text_kind)
+        warn_truncated(self.tokenizer, texts, max_length, text_kind)
+        encoded = self.tokenizer(texts, padding=padding, truncation=True, max_length=max_length, return_tensors="pt")
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def _legacy_tokens(self, encoded):
         return encoded["input_ids"]
 
     # ------------------------------------------------------------------ images
@@ -222,18 +298,7 @@ class FGCLIPProcessor(TextLengths):
         canvas.paste(image, (offset_x, offset_y))
         return canvas, float(offset_x), float(offset_y)
 
-    def preprocess(
-        self,
-        images: list[Image.Image | str | os.PathLike] | Image.Image | str | os.PathLike,
-        boxes: list[torch.Tensor] | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Images (PIL or paths) -> pixel_values (B, 3, S, S), CLIP mean/std.
-
-        Args:
-            boxes: optional, one (K_i, 4) xyxy tensor per image in original pixels; returned
-                mapped to input pixels of the (S, S) model input.
-        """
-        images = check_images(images, boxes)
+    def _encode_images(self, images: list, boxes) -> dict:
         squares, mapped = [], []
         for index, image in enumerate(images):
             image = load_image(image)
@@ -246,5 +311,15 @@ class FGCLIPProcessor(TextLengths):
                 offset = torch.tensor([offset_x, offset_y, offset_x, offset_y])
                 scale = torch.tensor([scale_x, scale_y, scale_x, scale_y])
                 mapped.append((image_boxes + offset) * scale)
-        pixel_values = self.image_processor(squares, return_tensors="pt")["pixel_values"]
-        return pixel_values if boxes is None else (pixel_values, mapped)
+        data = {"pixel_values": self.image_processor(squares, return_tensors="pt")["pixel_values"]}
+        if boxes is not None:
+            data["boxes"] = mapped
+        return data
+
+    def preprocess(self, images, boxes: list[torch.Tensor] | None = None):
+        """Deprecated: use ``processor(images=..., boxes=...)``. Returns ``pixel_values`` (B, 3, S, S), or
+        ``(pixel_values, boxes in input pixels)`` when boxes are given."""
+        warnings.warn("FGCLIPProcessor.preprocess is deprecated; call the processor: processor(images=..., "
+                      "boxes=...) returns a BatchFeature", FutureWarning, stacklevel=2)
+        batch = self(images=images, boxes=boxes)
+        return batch["pixel_values"] if boxes is None else (batch["pixel_values"], batch["boxes"])

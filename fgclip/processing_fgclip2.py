@@ -10,26 +10,21 @@ boxes in original pixels are mapped to input pixels of each image's own patch gr
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoTokenizer, Siglip2ImageProcessor
 
 from .configuration_fgclip2 import FGCLIP2Config
-from .processing_fgclip import TextLengths, check_images, check_texts, load_image, warn_truncated
+from .processing_fgclip import DualEncoderProcessor, concat_image_batches, load_image, warn_truncated
 
 
 @dataclass
 class FGCLIP2Images:
-    """A NaFlex image batch, the keyword arguments of :class:`~fgclip.FGCLIP2Model`'s image methods.
-
-    Args:
-        pixel_values: (B, N, 3 * p * p) patches, N = the largest patch budget of the batch.
-        pixel_attention_mask: (B, N), 1 on the ``h_i * w_i`` real patches of image i.
-        spatial_shapes: (B, 2) patch grid ``(h_i, w_i)``.
-    """
+    """Deprecated: the NaFlex image batch that ``FGCLIP2Processor.preprocess`` returned. The processor
+    call returns a ``BatchFeature`` with the same three keys, which the model takes as ``**batch``."""
 
     pixel_values: torch.Tensor
     pixel_attention_mask: torch.Tensor
@@ -41,15 +36,7 @@ class FGCLIP2Images:
 
     @classmethod
     def cat(cls, batches: list["FGCLIP2Images"]) -> "FGCLIP2Images":
-        """One batch of several; shorter patch sequences are padded (masked) to the longest."""
-        length = max(batch.pixel_values.shape[1] for batch in batches)
-
-        def padded(tensor: torch.Tensor) -> torch.Tensor:
-            return F.pad(tensor, (0, 0, 0, length - tensor.shape[1]) if tensor.ndim == 3 else (0, length - tensor.shape[1]))
-
-        return cls(torch.cat([padded(b.pixel_values) for b in batches]),
-                   torch.cat([padded(b.pixel_attention_mask) for b in batches]),
-                   torch.cat([b.spatial_shapes for b in batches]))
+        return cls(**concat_image_batches([batch.as_kwargs() for batch in batches]))
 
     def as_kwargs(self) -> dict[str, torch.Tensor]:
         return {"pixel_values": self.pixel_values, "pixel_attention_mask": self.pixel_attention_mask,
@@ -63,7 +50,7 @@ def auto_patch_budget(image: Image.Image, patch_size: int = 16) -> int:
     return next((budget for budget in (128, 256, 576, 784) if native <= budget), 1024)
 
 
-class FGCLIP2Processor(TextLengths):
+class FGCLIP2Processor(DualEncoderProcessor):
     """Tokenizer + NaFlex image processor of an FG-CLIP 2 model.
 
     Args:
@@ -132,53 +119,50 @@ class FGCLIP2Processor(TextLengths):
         return auto_patch_budget(image, self.image_processor.patch_size) if budget == "auto" else budget
 
     # ------------------------------------------------------------------ text
-
-    def tokenize(self, texts: list[str] | str, kind: str = "short", padding: str = "max_length") -> dict[str, torch.Tensor]:
-        """Lower-cased ``texts`` as ``{"input_ids", "attention_mask"}``, (N, 64) or (N, 196) for long.
+    def _encode_text(self, texts: list[str], text_kind: str, padding: str) -> dict[str, torch.Tensor]:
+        """Lower-cased ``texts`` as ``input_ids`` / ``attention_mask``, (N, 64) or (N, 196) for long.
 
         Over-long texts are cut with a warning that counts them. ``padding`` must be
         ``"max_length"``: SigLIP pools the last position, so the length is part of the feature.
         """
         if padding != "max_length":
             raise ValueError(f"FG-CLIP 2 texts are padded to their exact length (padding='max_length'), got {padding!r}")
-        texts = [text.lower() for text in check_texts(texts)]
-        max_length = self.max_length(kind)
-        warn_truncated(self.tokenizer, texts, max_length, kind)
+        texts = [text.lower() for text in texts]
+        max_length = self.max_length(text_kind)
+        warn_truncated(self.tokenizer, texts, max_length, text_kind)
         encoded = self.tokenizer(texts, padding="max_length", truncation=True, max_length=max_length,
                                  return_tensors="pt", return_attention_mask=True)
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
     # ------------------------------------------------------------------ images
-    def preprocess(
-        self,
-        images: list[Image.Image | str | os.PathLike] | Image.Image | str | os.PathLike,
-        boxes: list[torch.Tensor] | None = None,
-        max_num_patches: int | None = None,
-    ) -> FGCLIP2Images | tuple[FGCLIP2Images, list[torch.Tensor]]:
-        """Images (PIL or paths) -> :class:`FGCLIP2Images`.
-
-        Args:
-            boxes: optional, one (K_i, 4) xyxy tensor per image in original pixels; returned
-                mapped to input pixels of the image's patch grid (``0..w_i * p`` by ``0..h_i * p``).
-            max_num_patches: overrides the processor's patch budget (a number or ``"auto"``).
-        """
-        images = [load_image(image) for image in check_images(images, boxes)]
+    def _encode_images(self, images: list, boxes, max_num_patches: int | str | None = None) -> dict:
+        """NaFlex ``pixel_values`` / ``pixel_attention_mask`` / ``spatial_shapes``, each image resized to
+        its patch budget and padded to the largest of the call; ``boxes`` mapped to input pixels of
+        each image's own grid (``0..w_i * p`` by ``0..h_i * p``)."""
+        images = [load_image(image) for image in images]
         budgets = [self.patch_budget(image, max_num_patches) for image in images]
-        parts = []
+        parts = {}
         for budget in dict.fromkeys(budgets):  # one processor call per budget, then back in order
             members = [index for index, b in enumerate(budgets) if b == budget]
             encoded = self.image_processor([images[i] for i in members], return_tensors="pt", max_num_patches=budget)
             for row, index in enumerate(members):
-                parts.append((index, FGCLIP2Images(encoded["pixel_values"][row : row + 1],
-                                                   encoded["pixel_attention_mask"][row : row + 1],
-                                                   encoded["spatial_shapes"][row : row + 1])))
-        batch = FGCLIP2Images.cat([part for _, part in sorted(parts, key=lambda item: item[0])])
-        if boxes is None:
-            return batch
-        patch = self.image_processor.patch_size
-        mapped = []
-        for image, image_boxes, (grid_h, grid_w) in zip(images, boxes, batch.spatial_shapes.tolist()):
-            width, height = image.size
-            scale = torch.tensor([grid_w * patch / width, grid_h * patch / height] * 2)
-            mapped.append(torch.as_tensor(image_boxes, dtype=torch.float32).reshape(-1, 4) * scale)
-        return batch, mapped
+                parts[index] = {key: encoded[key][row : row + 1]
+                                for key in ("pixel_values", "pixel_attention_mask", "spatial_shapes")}
+        data = dict(concat_image_batches([parts[index] for index in range(len(images))]))
+        if boxes is not None:
+            patch = self.image_processor.patch_size
+            data["boxes"] = []
+            for image, image_boxes, (grid_h, grid_w) in zip(images, boxes, data["spatial_shapes"].tolist()):
+                width, height = image.size
+                scale = torch.tensor([grid_w * patch / width, grid_h * patch / height] * 2)
+                data["boxes"].append(torch.as_tensor(image_boxes, dtype=torch.float32).reshape(-1, 4) * scale)
+        return data
+
+    def preprocess(self, images, boxes: list[torch.Tensor] | None = None, max_num_patches: int | None = None):
+        """Deprecated: use ``processor(images=..., boxes=...)``. Returns :class:`FGCLIP2Images`, or
+        ``(FGCLIP2Images, boxes in input pixels)`` when boxes are given."""
+        warnings.warn("FGCLIP2Processor.preprocess is deprecated; call the processor: processor(images=..., "
+                      "boxes=...) returns a BatchFeature", FutureWarning, stacklevel=2)
+        batch = self(images=images, boxes=boxes, max_num_patches=max_num_patches)
+        images = FGCLIP2Images(batch["pixel_values"], batch["pixel_attention_mask"], batch["spatial_shapes"])
+        return images if boxes is None else (images, batch["boxes"])

@@ -41,7 +41,7 @@ def test_long_texts_pad_to_248_and_truncation_is_counted(processor):
         processor.tokenize([long_text, long_text], kind="region")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        processor.tokenize(TEXTS, kind="short")
+        processor(text=TEXTS, text_kind="short")
 
 
 def test_images_are_squashed_with_clip_normalisation(processor):
