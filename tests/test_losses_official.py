@@ -103,7 +103,7 @@ def stage2_step(model: FGCLIPModel, batch: dict[str, torch.Tensor], images: rang
     candidate_ids = batch["hard_texts"][11 * first: 11 * (first + count)]
 
     def text(ids: torch.Tensor, kind: str) -> torch.Tensor:
-        return model.get_text_features(ids, kind=kind)
+        return model.get_text_features(ids, text_kind=kind)
 
     total, terms = FGCLIPLoss(region_scope=region_scope)(
         model.get_image_features(pixels),
