@@ -168,7 +168,8 @@ class LossSettings:
 
     def __post_init__(self):
         if self.region_scope is not None and self.region_scope not in REGION_SCOPES:
-            raise ValueError(f"loss.region_scope: expected one of {', '.join(REGION_SCOPES)}, got {self.region_scope!r}")
+            raise ValueError(f"loss.region_scope: expected one of {', '.join(REGION_SCOPES)}, "
+                             f"got {self.region_scope!r}")
         if self.max_logit_scale is not None and self.max_logit_scale <= 1:
             raise ValueError(f"loss.max_logit_scale: expected a value above 1 or null, got {self.max_logit_scale}")
 
