@@ -16,9 +16,12 @@ Two file formats are read:
   ``image_id``, ``bbox``, ``category_id`` (the positive) and ``neg_category_ids``.
 
 Subsets and the file stems they are found under (``.jsonl`` or ``.json``, optionally with
-upstream's ``_llava`` suffix): hard ``1_attributes``, medium ``2_attributes``, easy
-``3_attributes``, trivial ``shuffle_negatives``, and ``color`` / ``material`` / ``pattern`` /
-``transparency``. Every subset can also be named by its own name (``hard.jsonl``).
+an ``_llava`` suffix), as FG-CLIP's ``data/fgovd/`` and the FG-OVD benchmark name them:
+hard ``h_attributes`` / ``1_attributes``, medium ``m_attributes`` / ``2_attributes``, easy
+``e_attributes`` / ``3_attributes``, trivial ``shuffle_negatives``, and ``color`` /
+``material`` / ``pattern`` / ``transparency``. Every subset can also be named by its own name
+(``hard.jsonl``). So FG-CLIP's ``h_attributes_llava.jsonl`` is hard, FG-OVD's
+``1_attributes.json`` too.
 
 All subsets are evaluated together: an image is encoded once for all its boxes in all
 subsets, and each distinct caption once.
@@ -48,9 +51,9 @@ from .features import FeatureExtractor
 from .metrics import multiple_choice_accuracy
 
 FGOVD_SUBSETS: dict[str, tuple[str, ...]] = {
-    "hard": ("hard", "1_attributes"),
-    "medium": ("medium", "2_attributes"),
-    "easy": ("easy", "3_attributes"),
+    "hard": ("hard", "h_attributes", "1_attributes"),
+    "medium": ("medium", "m_attributes", "2_attributes"),
+    "easy": ("easy", "e_attributes", "3_attributes"),
     "trivial": ("trivial", "shuffle_negatives"),
     "color": ("color",),
     "material": ("material",),

@@ -5,13 +5,16 @@
 
 Each question is wrapped in the training prompt format (``v1`` by default); a question with
 an ``image`` gets ``<image>\\n`` in front of its text, as in training. Prompts are left-padded
-into batches; decoding is greedy (``do_sample=False``, one beam).
+into batches; decoding is greedy (``do_sample=False``, one beam). Answers are written in
+LLaVA's layout, one ``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}``
+per question, so LLaVA's scripts read them as they read LLaVA's own.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import uuid
 
 import torch
 from tqdm import tqdm
@@ -19,7 +22,7 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from ..builder import load_llava
 from ..data import encode_text, get_format, open_image, with_image_first
-from .jsonl import read_jsonl, write_jsonl
+from .jsonl import read_jsonl, report_input_errors, write_jsonl
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,7 +50,7 @@ def generate_answers(
     model_id: str = "",
     source: str = "questions",
 ) -> list[dict]:
-    """Greedy answers, one ``{"question_id", "prompt", "text", "model_id"}`` per question."""
+    """Greedy answers in LLaVA's answer layout, one per question, in question order."""
     prompt_format = get_format(conversation_format)
     tokenizer = processor.tokenizer
     device, dtype = model.device, next(model.model.vision_tower.parameters()).dtype
@@ -84,12 +87,12 @@ def generate_answers(
         for question, text in zip(batch, texts):
             answers.append({
                 "question_id": question["question_id"], "prompt": question["text"], "text": text.strip(),
-                "model_id": model_id,
+                "answer_id": uuid.uuid4().hex, "model_id": model_id, "metadata": {},
             })
     return answers
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="assembled LLaVA directory (training or merge output)")
     parser.add_argument("--questions", required=True, help="question JSONL")
@@ -101,10 +104,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     args = parser.parse_args(argv)
+    return report_input_errors(lambda: run(args))
 
+
+def run(args: argparse.Namespace) -> None:
+    questions = [question for _, question in read_jsonl(args.questions)]
     model, processor = load_llava(args.model, dtype=DTYPES[args.dtype])
     model.to(args.device)
-    questions = read_jsonl(args.questions)
     answers = generate_answers(
         model, processor, questions, args.image_folder, args.conversation_format, args.batch_size,
         args.max_new_tokens, model_id=os.path.basename(os.path.normpath(args.model)), source=args.questions,
@@ -113,4 +119,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -1,17 +1,34 @@
-"""JSON-lines files of questions and answers, and pairing answers with their questions."""
+"""Question and answer files (JSON lines, LLaVA's layouts), pairing answers with questions, and
+input errors that name the file and line.
+
+LLaVA's answer files hold one ``{"question_id", "prompt", "text", "answer_id", "model_id",
+"metadata"}`` per line (MMBench's also ``round_id``, ``options``, ``option_char``).
+"""
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+
+Numbered = tuple[int, dict]  # (line number, record)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """One JSON object per non-empty line; errors name the file and line."""
+class InputError(ValueError):
+    """A question, label or answer file that cannot be scored; the message starts with ``file[:line]``."""
+
+    def __init__(self, path: str | os.PathLike, what: str, line: int | None = None):
+        where = str(path) if line is None else f"{path}:{line}"
+        super().__init__(f"{where}: {what}")
+
+
+def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ("question_id",)) -> list[Numbered]:
+    """``(line, record)`` for each non-empty line; every record needs the ``required`` fields."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
+        raise InputError(path, "file not found")
     records = []
     for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -19,11 +36,24 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: line {line_number}: invalid JSON: {error}") from error
-        if not isinstance(record, dict) or "question_id" not in record:
-            raise ValueError(f"{path}: line {line_number}: expected an object with a 'question_id'")
-        records.append(record)
+            raise InputError(path, f"invalid JSON: {error}", line_number) from error
+        if not isinstance(record, dict):
+            raise InputError(path, "expected a JSON object", line_number)
+        missing = [field for field in required if field not in record]
+        if missing:
+            raise InputError(path, f"field {missing[0]!r} is missing", line_number)
+        records.append((line_number, record))
     return records
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise InputError(path, f"invalid JSON: {error}", error.lineno) from error
 
 
 def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> None:
@@ -34,27 +64,49 @@ def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> None:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def pair_answers(questions: list[dict], answers: list[dict], answers_name: str = "answers") -> list[tuple[dict, str]]:
-    """``(question, answer text)`` in question order.
+def answer_texts(
+    answers: list[Numbered],
+    answers_path: str | os.PathLike,
+    question_ids: Iterable[str],
+    questions_name: str,
+    key: Callable[[dict], str] = lambda answer: str(answer["question_id"]),
+    optional_ids: Iterable[str] = (),
+) -> dict[str, str]:
+    """Question id -> answer ``text``: each question answered once (``optional_ids`` at most once).
 
-    Raises ``ValueError`` for duplicate question ids, answers to unknown questions, answers
-    without a string ``text`` and questions left unanswered (naming the first few ids).
+    Ids are compared as strings (LLaVA writes POPE's and MMBench's as integers, GQA's as strings).
     """
-    by_id: dict[str, dict] = {}
-    for answer in answers:
-        key = str(answer["question_id"])
-        if key in by_id:
-            raise ValueError(f"{answers_name}: question_id {key!r} is answered twice")
+    texts: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    wanted = list(question_ids)
+    known = set(wanted) | set(optional_ids)
+    for line, answer in answers:
+        question_id = key(answer)
+        if question_id in texts:
+            twice = f"question {question_id} is answered twice (also on line {first_line[question_id]})"
+            raise InputError(answers_path, twice, line)
+        if question_id not in known:
+            raise InputError(answers_path, f"question {question_id} is not in {questions_name}", line)
         if not isinstance(answer.get("text"), str):
-            raise ValueError(f"{answers_name}: question_id {key!r}: field 'text' must be a string")
-        by_id[key] = answer
-    question_ids = [str(question["question_id"]) for question in questions]
-    if len(set(question_ids)) != len(question_ids):
-        raise ValueError("questions: duplicate question_id")
-    unknown = sorted(set(by_id) - set(question_ids))
-    if unknown:
-        raise ValueError(f"{answers_name}: {len(unknown)} answers to unknown questions, e.g. {unknown[:3]}")
-    missing = [key for key in question_ids if key not in by_id]
+            raise InputError(answers_path, "field 'text' must be a string", line)
+        texts[question_id] = answer["text"]
+        first_line[question_id] = line
+    missing = [question_id for question_id in wanted if question_id not in texts]
     if missing:
-        raise ValueError(f"{answers_name}: {len(missing)} questions unanswered, e.g. {missing[:3]}")
-    return [(question, by_id[key]["text"]) for question, key in zip(questions, question_ids)]
+        unanswered = f"{len(missing)} questions of {questions_name} are unanswered, e.g. {missing[:3]}"
+        raise InputError(answers_path, unanswered)
+    return texts
+
+
+def report_input_errors(run: Callable[[], None]) -> int:
+    """Run a command; a user's bad input prints ``error: <file>[:<line>]: <what>`` and gives status 2."""
+    try:
+        run()
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def print_json(result: dict) -> None:
+    print(json.dumps(result, indent=2))

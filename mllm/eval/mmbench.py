@@ -1,152 +1,346 @@
-"""MMBench multiple choice with circular evaluation.
+"""MMBench multiple choice: VLMEvalKit's rule-based matching with circular evaluation.
 
     python -m mllm.eval.mmbench build --tsv mmbench_dev_20230712.tsv --image-dir mmbench_images --output mmbench.jsonl
-    python -m mllm.eval.mmbench score --questions mmbench.jsonl --answers answers.jsonl
+    python -m mllm.eval.mmbench score --tsv mmbench_dev_20230712.tsv --answers answers.jsonl \\
+        [--submission answers_upload/model.xlsx]
 
-Circular evaluation: a question with ``n`` options is asked ``n`` times, the option texts
-rotated by one letter each time (rotation ``k`` puts original option ``(i + k) mod n`` under
-letter ``i``); it counts as solved only if every rotation is answered correctly. The score
-also reports the accuracy of rotation 0 alone (``vanilla``).
+Circular evaluation. In official TSVs the rows whose index is >= 1,000,000 ARE the circular
+copies (options rotated) of row ``index % 1,000,000``: each row is asked once and never rotated
+again. A TSV without such rows is expanded here: a question with ``n`` options is asked ``n``
+times, rotation ``k`` putting option ``(i + k) mod n`` under letter ``i`` (LLaVA's
+``model_vqa_mmbench.py --all-rounds``), as question ``index + k * 1,000,000``; LLaVA's answers
+give the rotation as ``round_id``. A question counts as solved only if all its rows are right;
+accuracy is over the questions (rows with index < 1,000,000), also per ``category`` and
+``l2-category``. ``--no-circular`` (a TSV without copies only) asks each row once.
 
-Letter extraction from an answer, first rule that applies:
+Matching (VLMEvalKit ``can_infer``, exact matching, no LLM judge), first rule that gives a letter:
 
-1. the answer is a letter, alone or followed by ``.``, ``)`` or ``:`` (``"B"``, ``"(B) cat"``, ``"B. cat"``);
-2. it says ``answer/option/choice [is] X``;
-3. exactly one option text occurs in it (case-insensitive).
+1. the answer with ``.()[],:;!*#{}`` replaced by spaces, split into words, names exactly one
+   option letter as a word, among its last four words (``B``, ``(B)``, ``**B**``, ``[B]``,
+   ``B. cat``, ``I pick B``); with no letter but a word ``Z``, or one of VLMEvalKit's refusal
+   phrases, the pick is ``Z`` (wrong); an answer containing "Failed to obtain answer via API"
+   skips this rule;
+2. "[correct ]answer is X" (any case, ``X`` in A-D, optionally in ``**``) for an option ``X``;
+3. exactly one option's text occurs in the lower-cased answer, unless the answer is longer than
+   twice the options' texts together.
 
-Otherwise no letter is extracted and the rotation counts as wrong.
+Otherwise the row is wrong. ``--submission`` writes the .xlsx of LLaVA's
+``scripts/convert_mmbench_for_submission.py``: the TSV without ``hint``, ``category``,
+``source``, ``image``, ``comment``, ``l2-category``, with ``prediction`` as 7th column, the
+text of the last answer whose ``question_id`` is the row's index.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import csv
 import io
-import json
 import re
+import string
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from .jsonl import pair_answers, read_jsonl, write_jsonl
+from .jsonl import InputError, Numbered, answer_texts, print_json, read_jsonl, report_input_errors, write_jsonl
+from .xlsx import Cell, write_xlsx
 
-LETTERS = "ABCDEFGHI"
+CIRCULAR_OFFSET = 1_000_000
+PROMPT_LETTERS = "ABCD"  # LLaVA asks options A-D, up to the first empty one
 OPTION_PROMPT = "Answer with the option's letter from the given choices directly."
-LEADING_LETTER = re.compile(r"^\(?([A-Z])(?:$|[.):]|\)?\s*$)")
-NAMED_LETTER = re.compile(r"\b(?i:answer|option|choice)\s*(?i:is\s*)?:?\s*\(?([A-Z])\b")
+PANDAS_MISSING = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                  "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}  # pandas.read_table's NaN
+SUBMISSION_DROPPED = ("hint", "category", "source", "image", "comment", "l2-category")
+SUBMISSION_PREDICTION_COLUMN = 6
+API_FAILURE = "Failed to obtain answer via API"
+REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
+            "I'm sorry, but without the image provided", "Cannot determine the answer")
+LETTER_SEPARATORS = str.maketrans({character: " " for character in ".()[],:;!*#{}"})
+ANSWER_IS = re.compile(r"(?:correct\s+)?answer\s+is\s+\**([ABCD])\**", re.IGNORECASE)
 
 
-def _is_blank(value: str | None) -> bool:
-    return value is None or value.strip() == "" or value.strip().lower() == "nan"
+def is_missing(value: str | None) -> bool:
+    """A TSV cell that pandas reads as NaN (or LLaVA's ``is_none`` treats as none)."""
+    return value is None or value in PANDAS_MISSING or value.lower() in {"nan", "none"}
 
 
-def extract_letter(text: str, options: dict[str, str]) -> str | None:
-    """The option letter an answer picks (rules in the module docstring), or ``None``."""
-    text = text.strip()
-    match = LEADING_LETTER.match(text)
-    if match and match.group(1) in options:
-        return match.group(1)
-    match = NAMED_LETTER.search(text)
-    if match and match.group(1) in options:
-        return match.group(1)
-    lowered = text.lower()
-    named = [letter for letter, option in options.items() if option.strip() and option.strip().lower() in lowered]
+def letter_from_letters(answer: str, choices: dict[str, str]) -> str | None:
+    if API_FAILURE in answer:
+        return None
+    if any(phrase in answer for phrase in REFUSALS):
+        return "Z"
+    words = answer.translate(LETTER_SEPARATORS).split()
+    named = [letter for letter in choices if letter in words]
+    if len(named) == 1 and words.index(named[0]) > len(words) - 5:
+        return named[0]
+    if not named and "Z" in words:
+        return "Z"
+    match = ANSWER_IS.search(answer)
+    if match and match.group(1).upper() in choices:
+        return match.group(1).upper()
+    return None
+
+
+def letter_from_option_text(answer: str, choices: dict[str, str]) -> str | None:
+    answer = answer.lower()
+    if len(answer) > 2 * sum(len(text) for text in choices.values()):
+        return None
+    named = [letter for letter, text in choices.items() if text.lower() in answer]
     return named[0] if len(named) == 1 else None
 
 
-def question_text(question: str, hint: str | None, options: dict[str, str]) -> str:
-    lines = ([hint.strip()] if not _is_blank(hint) else []) + [question.strip()]
-    lines += [f"{letter}. {option}" for letter, option in options.items()]
-    return "\n".join(lines + [OPTION_PROMPT])
+def infer_letter(answer: str, choices: dict[str, str]) -> str | None:
+    """The letter an answer picks (rules in the module docstring), ``"Z"`` for a refusal, or ``None``."""
+    return letter_from_letters(answer, choices) or letter_from_option_text(answer, choices)
+
+
+@dataclass
+class Row:
+    """One TSV row: its line, raw cells and integer ``index``."""
+
+    line: int
+    cells: dict[str, str]
+    index: int
+
+    def value(self, column: str) -> str | None:
+        cell = self.cells.get(column)
+        return None if is_missing(cell) else cell
+
+    def prompt_options(self) -> list[str]:
+        options = []
+        for letter in PROMPT_LETTERS:
+            if self.value(letter) is None:
+                break
+            options.append(self.cells[letter])
+        return options
+
+
+@dataclass
+class Item:
+    """A question as asked: its id, circular group, options by letter and right letter."""
+
+    question_id: int
+    group: int
+    options: dict[str, str]
+    answer: str | None
+    row: Row
+
+
+def read_tsv(path: str | Path) -> tuple[list[str], list[Row]]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    csv.field_size_limit(sys.maxsize)
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        columns = list(reader.fieldnames or [])
+        for column in ("index", "question"):
+            if column not in columns:
+                raise InputError(path, f"no column {column!r}", 1)
+        rows, seen = [], {}
+        for row_number, cells in enumerate(reader, start=2):
+            try:
+                index = int(cells["index"])
+            except (TypeError, ValueError):
+                raise InputError(path, f"index {cells['index']!r} is not an integer", row_number) from None
+            if index in seen:
+                raise InputError(path, f"index {index} repeats line {seen[index]}", row_number)
+            seen[index] = row_number
+            row = Row(row_number, cells, index)
+            if len(row.prompt_options()) < 2:
+                raise InputError(path, f"index {index}: fewer than two options", row_number)
+            rows.append(row)
+    if not rows:
+        raise InputError(path, "no rows")
+    return columns, rows
+
+
+def has_circular_copies(rows: list[Row]) -> bool:
+    return any(row.index >= CIRCULAR_OFFSET for row in rows)
+
+
+def questions_of(rows: list[Row], tsv: str | Path, circular: bool = True) -> list[Item]:
+    """The questions asked: each row once if the TSV has copies, else each rotation (or row 0)."""
+    copies = has_circular_copies(rows)
+    if copies and not circular:
+        raise InputError(tsv, "--no-circular: this TSV already holds circular copies (index >= 1000000)")
+    items = []
+    for row in rows:
+        options = row.prompt_options()
+        answer = row.value("answer")
+        if answer is not None and answer not in string.ascii_uppercase[: len(options)]:
+            raise InputError(tsv, f"index {row.index}: answer {answer!r} is not one of the option letters", row.line)
+        rotations = 1 if copies or not circular else len(options)
+        for rotation in range(rotations):
+            letters = string.ascii_uppercase[: len(options)]
+            rotated = {letters[i]: options[(i + rotation) % len(options)] for i in range(len(options))}
+            right = letters[(letters.index(answer) - rotation) % len(options)] if answer else None
+            question_id = row.index + rotation * CIRCULAR_OFFSET
+            items.append(Item(question_id, row.index % CIRCULAR_OFFSET, rotated, right, row))
+    return items
+
+
+def question_text(row: Row, options: dict[str, str]) -> str:
+    """LLaVA's MMBench prompt: hint, question, ``A. option`` lines, the single-letter instruction."""
+    hint = row.value("hint")
+    text = row.cells["question"] if hint is None else f"{hint}\n{row.cells['question']}"
+    for letter, option in options.items():
+        text += f"\n{letter}. {option}"
+    return f"{text}\n{OPTION_PROMPT}"
+
+
+def image_row(row: Row, by_index: dict[int, Row]) -> Row:
+    """The row holding ``row``'s base64 image (VLMEvalKit's TSVs give a repeated image as an index)."""
+    image = row.cells.get("image") or ""
+    return by_index[int(image)] if image.isdigit() and int(image) in by_index else row
 
 
 def build_questions(tsv: str | Path, image_dir: str | Path, circular: bool = True) -> list[dict]:
-    """MMBench TSV (``index, question, hint, A.., answer, category, image`` base64) -> questions.
-
-    Images are written to ``image_dir`` as ``{index}.png``; each question holds the rotated
-    ``options``, the correct ``answer`` letter for that rotation, its ``group`` (the row index)
-    and ``rotation``.
-    """
-    csv.field_size_limit(sys.maxsize)
+    """LLaVA-style question records; images are written to ``image_dir`` as ``{index}.png``."""
+    _, rows = read_tsv(tsv)
     image_dir = Path(image_dir)
     image_dir.mkdir(parents=True, exist_ok=True)
+    written = set()
+    by_index = {row.index: row for row in rows}
     records = []
-    with open(tsv, encoding="utf-8", newline="") as handle:
-        for line_number, row in enumerate(csv.DictReader(handle, delimiter="\t"), start=2):
-            where = f"{tsv}: line {line_number} (index {row.get('index')!r})"
-            for field in ("index", "question", "image"):
-                if _is_blank(row.get(field)):
-                    raise ValueError(f"{where}: field {field!r} is missing")
-            options = [row[letter] for letter in LETTERS if not _is_blank(row.get(letter))]
-            if len(options) < 2:
-                raise ValueError(f"{where}: fewer than two options")
-            answer = (row.get("answer") or "").strip()
-            if answer and answer not in LETTERS[: len(options)]:
-                raise ValueError(f"{where}: answer {answer!r} is not one of the {len(options)} option letters")
-            image_name = f"{row['index']}.png"
+    for item in questions_of(rows, tsv, circular):
+        source = image_row(item.row, by_index)
+        if source.index not in written:
             try:
-                Image.open(io.BytesIO(base64.b64decode(row["image"]))).convert("RGB").save(image_dir / image_name)
-            except (OSError, ValueError) as error:
-                raise ValueError(f"{where}: field 'image' is not a base64 image: {error}") from error
-            for rotation in range(len(options) if circular else 1):
-                rotated = {LETTERS[i]: options[(i + rotation) % len(options)] for i in range(len(options))}
-                records.append({
-                    "question_id": f"{row['index']}-{rotation}",
-                    "image": image_name,
-                    "text": question_text(row["question"], row.get("hint"), rotated),
-                    "options": rotated,
-                    "answer": LETTERS[(LETTERS.index(answer) - rotation) % len(options)] if answer else None,
-                    "group": str(row["index"]),
-                    "rotation": rotation,
-                    "category": row.get("category") or "",
-                })
+                image = Image.open(io.BytesIO(base64.b64decode(source.cells["image"]))).convert("RGB")
+            except (OSError, ValueError, binascii.Error) as error:
+                raise InputError(tsv, f"index {source.index}: field 'image' is not a base64 image ({error})",
+                                 source.line) from error
+            image.save(image_dir / f"{source.index}.png")
+            written.add(source.index)
+        records.append({
+            "question_id": item.question_id,
+            "image": f"{source.index}.png",
+            "text": question_text(item.row, item.options),
+            "category": item.row.cells.get("category", ""),
+        })
     return records
 
 
-def score(questions: list[dict], answers: list[dict]) -> dict[str, object]:
-    """Circular accuracy (all rotations right), per category, and rotation-0 ``vanilla`` accuracy."""
-    groups: dict[str, list[bool]] = defaultdict(list)
-    categories: dict[str, str] = {}
-    vanilla = []
-    for question, text in pair_answers(questions, answers):
-        if question.get("answer") is None:
-            raise ValueError(f"question_id {question['question_id']!r}: no ground-truth answer (test split?)")
-        right = extract_letter(text, question["options"]) == question["answer"]
-        groups[question["group"]].append(right)
-        categories[question["group"]] = question.get("category", "")
-        if question.get("rotation", 0) == 0:
-            vanilla.append(right)
-    solved = {group: all(results) for group, results in groups.items()}
-    per_category: dict[str, list[bool]] = defaultdict(list)
-    for group, ok in solved.items():
-        per_category[categories[group]].append(ok)
-    return {
-        "circular_accuracy": sum(solved.values()) / len(solved),
-        "vanilla_accuracy": sum(vanilla) / len(vanilla) if vanilla else 0.0,
+def answer_keys(answers: list[Numbered], answers_path: str | Path, expanded: bool) -> list[Numbered]:
+    """Answers with ``question_id`` as the question asked: LLaVA's ``round_id`` k adds k * 1,000,000."""
+    keyed = []
+    for line, answer in answers:
+        round_id = answer.get("round_id") or 0
+        try:
+            question_id = int(answer["question_id"]) + int(round_id) * CIRCULAR_OFFSET
+        except (TypeError, ValueError):
+            raise InputError(answers_path, "question_id and round_id must be integers", line) from None
+        if round_id and not expanded:
+            raise InputError(answers_path, f"round_id {round_id}: the TSV already holds circular copies (index >= "
+                             "1000000), so each row is asked once, never rotated again", line)
+        keyed.append((line, {**answer, "question_id": question_id}))
+    return keyed
+
+
+def _mean(values: list[bool]) -> float:
+    return sum(values) / len(values)
+
+
+def score(
+    tsv: str | Path, answers_path: str | Path, circular: bool = True, submission: str | Path | None = None,
+) -> dict[str, object]:
+    """Circular accuracy over the questions, per category and l2-category (see the module docstring)."""
+    columns, rows = read_tsv(tsv)
+    answers = read_jsonl(answers_path)
+    result: dict[str, object] = {}
+    if submission is not None:
+        write_submission(columns, rows, answers, submission)
+        result["submission"] = str(submission)
+    items = questions_of(rows, tsv, circular)
+    unanswerable = [item for item in items if item.answer is None]
+    if unanswerable:
+        if submission is not None:
+            return result
+        raise InputError(tsv, "no ground-truth answer", unanswerable[0].row.line)
+    expanded = circular and not has_circular_copies(rows)
+    keyed = answer_keys(answers, answers_path, expanded)
+    texts = answer_texts(keyed, answers_path, [str(item.question_id) for item in items], str(tsv))
+    group_hits: dict[int, list[bool]] = defaultdict(list)
+    for item in items:
+        group_hits[item.group].append(infer_letter(texts[str(item.question_id)], item.options) == item.answer)
+    solved = {row.index: all(group_hits[row.index]) for row in rows if row.index < CIRCULAR_OFFSET}
+    main_rows = [row for row in rows if row.index < CIRCULAR_OFFSET]
+    result.update({
+        "rule": "vlmevalkit can_infer",
+        "circular": "tsv copies" if has_circular_copies(rows) else ("expanded" if circular else "off"),
+        "accuracy": _mean(list(solved.values())),
         "questions": len(solved),
-        "per_category": {name: sum(oks) / len(oks) for name, oks in sorted(per_category.items())},
-    }
+    })
+    for column in ("category", "l2-category"):
+        if column in columns:
+            per_value: dict[str, list[bool]] = defaultdict(list)
+            for row in main_rows:
+                per_value[row.cells[column]].append(solved[row.index])
+            result[column] = {name: _mean(hits) for name, hits in sorted(per_value.items())}
+    return result
 
 
-def main(argv: list[str] | None = None) -> None:
+def typed_columns(columns: list[str], rows: list[Row]) -> dict[str, type]:
+    """The type pandas gives each column: int, float (numbers, or integers with blanks) or str."""
+    types = {}
+    for column in columns:
+        present = [row.cells[column] for row in rows if not (row.cells.get(column) in PANDAS_MISSING)]
+        blanks = len(present) < len(rows)
+        if present and all(re.fullmatch(r"[+-]?\d+", value) for value in present):
+            types[column] = float if blanks else int
+        elif present and all(re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", value) for value in present):
+            types[column] = float
+        else:
+            types[column] = str
+    return types
+
+
+def write_submission(columns: list[str], rows: list[Row], answers: list[Numbered], path: str | Path) -> None:
+    """The .xlsx of LLaVA's ``convert_mmbench_for_submission.py`` for these answers."""
+    predictions: dict[str, str] = {}
+    for _, answer in answers:
+        predictions[str(answer["question_id"])] = answer.get("text")
+    kept = [column for column in columns if column not in SUBMISSION_DROPPED]
+    types = typed_columns(kept, rows)
+    header = list(kept)
+    header.insert(min(SUBMISSION_PREDICTION_COLUMN, len(header)), "prediction")
+    table: list[list[Cell]] = []
+    for row in rows:
+        values: dict[str, Cell] = {"prediction": predictions.get(str(row.index))}
+        for column in kept:
+            cell = row.cells.get(column)
+            values[column] = None if cell in PANDAS_MISSING or cell is None else types[column](cell)
+        table.append([values[column] for column in header])
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_xlsx(header, table, path)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build")
     build.add_argument("--tsv", required=True)
     build.add_argument("--image-dir", required=True)
     build.add_argument("--output", required=True)
-    build.add_argument("--no-circular", action="store_true", help="ask each question once")
+    build.add_argument("--no-circular", action="store_true", help="ask each row once (TSV without copies)")
     scoring = commands.add_parser("score")
-    scoring.add_argument("--questions", required=True)
+    scoring.add_argument("--tsv", required=True)
     scoring.add_argument("--answers", required=True)
+    scoring.add_argument("--no-circular", action="store_true", help="each row once (TSV without copies)")
+    scoring.add_argument("--submission", help="also write LLaVA's submission .xlsx here")
     args = parser.parse_args(argv)
     if args.command == "build":
-        write_jsonl(build_questions(args.tsv, args.image_dir, circular=not args.no_circular), args.output)
-    else:
-        print(json.dumps(score(read_jsonl(args.questions), read_jsonl(args.answers)), indent=2))
+        return report_input_errors(
+            lambda: write_jsonl(build_questions(args.tsv, args.image_dir, not args.no_circular), args.output)
+        )
+    return report_input_errors(
+        lambda: print_json(score(args.tsv, args.answers, not args.no_circular, args.submission))
+    )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -1,48 +1,94 @@
-"""POPE: object hallucination as yes/no questions, scored per split (random, popular, adversarial).
+"""POPE: object hallucination as yes/no questions, scored per category (random, popular, adversarial).
 
-    python -m mllm.eval.pope build --split random=coco_pope_random.json \\
-        --split popular=coco_pope_popular.json --split adversarial=coco_pope_adversarial.json --output pope.jsonl
-    python -m mllm.eval.pope score --questions pope.jsonl --answers answers.jsonl
+    python -m mllm.eval.pope build --annotation-dir pope/coco --output pope.jsonl
+    python -m mllm.eval.pope score --questions llava_pope_test.jsonl --annotation-dir pope/coco \\
+        --answers answers.jsonl [--lenient]
 
-An answer counts as "no" when its first sentence (the text before the first ".") contains
-the word "no" or "not" (case-insensitive, commas removed), and as "yes" otherwise. "yes" is
-the positive class: precision = TP / (TP + FP), recall = TP / (TP + FN), F1 their harmonic
-mean, yes-ratio = predicted yes / total (0 when a denominator is 0).
+Rule (LLaVA ``llava/eval/eval_pope.py``, the same as POPE's own): keep the answer up to its
+first ".", remove commas, split on single spaces; the answer is "no" if a word is exactly
+``No``, ``not`` or ``no``, else "yes" (so ``NO``, ``Not`` and ``no\\nthere`` read as "yes").
+``--lenient`` splits on any white space, strips punctuation from the words and ignores case.
+
+Labels come from POPE's ``coco_pope_{category}.json`` files (JSON lines with ``label``); like
+the official script, the k-th label of a file belongs to the k-th question of its category
+in the question file (checked: same image, question text). Metrics per category, "yes" the
+positive class; a denominator of 0 gives 0 (the official script stops with an error there).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import string
 import sys
 from pathlib import Path
 
 from .gqa import SHORT_ANSWER_PROMPT
-from .jsonl import pair_answers, read_jsonl, write_jsonl
+from .jsonl import InputError, Numbered, answer_texts, print_json, read_jsonl, report_input_errors, write_jsonl
 
 LABELS = ("yes", "no")
-NEGATION_WORDS = {"no", "not"}
+OFFICIAL_NO_WORDS = {"No", "not", "no"}
+LABEL_FILE_PREFIX, LABEL_FILE_SUFFIX = "coco_pope_", ".json"
 
 
-def answer_label(text: str) -> str:
-    first_sentence = text.split(".", 1)[0].replace(",", "")
-    return "no" if NEGATION_WORDS & set(first_sentence.lower().split()) else "yes"
+def answer_label(text: str, lenient: bool = False) -> str:
+    first_sentence = text.split(".")[0]
+    if lenient:
+        words = {word.strip(string.punctuation).lower() for word in first_sentence.split()}
+        return "no" if words & {"no", "not"} else "yes"
+    return "no" if OFFICIAL_NO_WORDS & set(first_sentence.replace(",", "").split(" ")) else "yes"
 
 
-def build_questions(split_files: dict[str, str | Path]) -> list[dict]:
-    """POPE's JSON-lines files ``{"question_id", "image", "text", "label"}``, one per split."""
+def read_label_files(annotation_dir: str | Path) -> dict[str, tuple[Path, list[Numbered]]]:
+    """Category -> (file, labelled questions) from every ``coco_pope_{category}.json`` in the folder."""
+    paths = sorted(Path(annotation_dir).glob(f"{LABEL_FILE_PREFIX}*{LABEL_FILE_SUFFIX}"))
+    if not paths:
+        raise InputError(annotation_dir, f"no {LABEL_FILE_PREFIX}<category>{LABEL_FILE_SUFFIX} files")
+    label_sets = {}
+    for path in paths:
+        records = read_jsonl(path, required=("image", "text", "label"))
+        for line, record in records:
+            if record["label"] not in LABELS:
+                raise InputError(path, f"label must be yes or no, got {record['label']!r}", line)
+        label_sets[path.name[len(LABEL_FILE_PREFIX) : -len(LABEL_FILE_SUFFIX)]] = (path, records)
+    return label_sets
+
+
+def build_questions(annotation_dir: str | Path) -> list[dict]:
+    """LLaVA's ``llava_pope_test.jsonl`` layout: ``question_id`` 1, 2, ... over all categories."""
     records = []
-    for split, path in split_files.items():
-        for question in read_jsonl(path):
-            if question.get("label") not in LABELS:
-                raise ValueError(f"{path}: question_id {question['question_id']!r}: label must be yes or no")
+    for category, (_, labelled) in read_label_files(annotation_dir).items():
+        for _, question in labelled:
             records.append({
-                "question_id": f"{split}-{question['question_id']}",
+                "question_id": len(records) + 1,
                 "image": question["image"],
                 "text": f"{question['text']}\n{SHORT_ANSWER_PROMPT}",
+                "category": category,
                 "label": question["label"],
-                "category": split,
             })
     return records
+
+
+def labels_of_questions(questions: list[Numbered], questions_path, annotation_dir) -> dict[str, str]:
+    """Question id -> label: per category, the k-th question takes the k-th label of its file."""
+    by_category: dict[str, list[Numbered]] = {}
+    for line, question in questions:
+        by_category.setdefault(str(question.get("category")), []).append((line, question))
+    label_sets = read_label_files(annotation_dir)
+    labels = {}
+    for category, members in by_category.items():
+        if category not in label_sets:
+            raise InputError(questions_path, f"category {category!r} has no {LABEL_FILE_PREFIX}{category}.json "
+                             f"in {annotation_dir}", members[0][0])
+        label_path, labelled = label_sets[category]
+        if len(labelled) != len(members):
+            raise InputError(label_path, f"{len(labelled)} labels for {len(members)} questions of category "
+                             f"{category!r} in {questions_path}")
+        for (line, question), (label_line, label) in zip(members, labelled):
+            if question.get("image") != label["image"] or not str(question.get("text")).startswith(label["text"]):
+                raise InputError(label_path, f"label of {label['image']} {label['text']!r} does not match "
+                                 f"{questions_path}:{line} ({question.get('image')} {question.get('text')!r})",
+                                 label_line)
+            labels[str(question["question_id"])] = label["label"]
+    return labels
 
 
 def binary_metrics(predictions: list[str], labels: list[str]) -> dict[str, float]:
@@ -56,44 +102,56 @@ def binary_metrics(predictions: list[str], labels: list[str]) -> dict[str, float
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
         "accuracy": (tp + tn) / len(pairs), "precision": precision, "recall": recall, "f1": f1,
-        "yes_ratio": (tp + fp) / len(pairs), "total": len(pairs),
+        "yes_ratio": (tp + fp) / len(pairs), "tp": tp, "fp": fp, "tn": tn, "fn": fn, "total": len(pairs),
     }
 
 
-def score(questions: list[dict], answers: list[dict]) -> dict[str, dict[str, float]]:
-    """Metrics per split (``category``) and their unweighted ``mean`` over splits."""
+def score(
+    questions_path: str | Path, answers_path: str | Path, annotation_dir: str | Path | None = None,
+    lenient: bool = False,
+) -> dict[str, object]:
+    """Metrics per category and their unweighted ``mean``; labels from ``annotation_dir`` or the questions."""
+    questions = read_jsonl(questions_path)
+    if annotation_dir is not None:
+        labels = labels_of_questions(questions, questions_path, annotation_dir)
+    else:
+        for line, question in questions:
+            if question.get("label") not in LABELS:
+                raise InputError(questions_path, "no yes/no 'label' (give --annotation-dir)", line)
+        labels = {str(question["question_id"]): question["label"] for _, question in questions}
+    texts = answer_texts(read_jsonl(answers_path), answers_path, labels, str(questions_path))
     splits: dict[str, tuple[list[str], list[str]]] = {}
-    for question, text in pair_answers(questions, answers):
-        predictions, labels = splits.setdefault(question.get("category", "all"), ([], []))
-        predictions.append(answer_label(text))
-        labels.append(question["label"])
-    results = {split: binary_metrics(*values) for split, values in splits.items()}
-    metric_names = ("accuracy", "precision", "recall", "f1", "yes_ratio")
-    results["mean"] = {name: sum(r[name] for r in results.values()) / len(results) for name in metric_names}
+    for _, question in questions:
+        question_id = str(question["question_id"])
+        predictions, truth = splits.setdefault(str(question.get("category", "all")), ([], []))
+        predictions.append(answer_label(texts[question_id], lenient))
+        truth.append(labels[question_id])
+    results: dict[str, object] = {"rule": "lenient" if lenient else "llava eval_pope.py"}
+    per_category = {category: binary_metrics(*values) for category, values in splits.items()}
+    results.update(per_category)
+    names = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+    results["mean"] = {name: sum(r[name] for r in per_category.values()) / len(per_category) for name in names}
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build")
-    build.add_argument("--split", action="append", required=True, metavar="NAME=FILE")
+    build = commands.add_parser("build", help="question file from POPE's coco_pope_*.json label files")
+    build.add_argument("--annotation-dir", required=True)
     build.add_argument("--output", required=True)
     scoring = commands.add_parser("score")
-    scoring.add_argument("--questions", required=True)
+    scoring.add_argument("--questions", required=True, help="ours (with labels) or llava_pope_test.jsonl")
     scoring.add_argument("--answers", required=True)
+    scoring.add_argument("--annotation-dir", help="folder of coco_pope_*.json (needed for LLaVA's question file)")
+    scoring.add_argument("--lenient", action="store_true", help="case-insensitive words, any white space")
     args = parser.parse_args(argv)
     if args.command == "build":
-        split_files = {}
-        for item in args.split:
-            name, separator, path = item.partition("=")
-            if not separator:
-                parser.error(f"--split takes NAME=FILE, got {item!r}")
-            split_files[name] = path
-        write_jsonl(build_questions(split_files), args.output)
-    else:
-        print(json.dumps(score(read_jsonl(args.questions), read_jsonl(args.answers)), indent=2))
+        return report_input_errors(lambda: write_jsonl(build_questions(args.annotation_dir), args.output))
+    return report_input_errors(
+        lambda: print_json(score(args.questions, args.answers, args.annotation_dir, args.lenient))
+    )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -1,43 +1,69 @@
-"""RefCOCO / RefCOCO+ / RefCOCOg referring-expression comprehension: accuracy at IoU >= 0.5.
+"""RefCOCO / RefCOCO+ / RefCOCOg referring-expression comprehension (REC).
 
     python -m mllm.eval.refcoco build --refs "refs(unc).p" --instances instances.json --split val --output rec.jsonl
     python -m mllm.eval.refcoco score --questions rec.jsonl --answers answers.jsonl [--frame padded]
 
-Box convention. The model answers ``[x1, y1, x2, y2]`` with coordinates in 0..1. In the
-``padded`` frame (LLaVA-1.5's, whose training images are padded to a square) they are
-fractions of the padded square of side ``S = max(W, H)``, in which the original image sits
-at offset ``((S - W) // 2, (S - H) // 2)``; the pixel box in the original image is
-``x = x_n * S - (S - W) // 2`` and ``y = y_n * S - (S - H) // 2``. In the ``original``
-frame they are fractions of the original width and height: ``x = x_n * W``, ``y = y_n * H``.
-Ground truth is COCO's ``[x, y, w, h]`` in original pixels. A prediction is parsed as the
-first four numbers of the answer, clamped to 0..1 and, after conversion, to the image; an
-answer without four numbers is a miss.
+Rule (lmms-eval ``lmms_eval/tasks/refcoco/utils_rec.py``): the prediction is the first
+``[x1, y1, x2, y2]`` in the answer (square brackets, four numbers written ``-?digits[.digits]``,
+a comma after each of the first three); an answer without one predicts ``[0, 0, 0, 0]``. It is
+compared, without clamping or clipping, with the ground-truth box normalised to the original
+image (``x / W``, ``y / H``). IoU uses signed areas (an inverted box has a negative area); a
+hit is IoU >= 0.5 (``ACC@0.5``, the number papers report); ``Center_ACC`` is whether the
+predicted centre lies in the ground-truth box.
+
+``--frame padded`` reads the prediction as fractions of the padded square of LLaVA-1.5's
+``expand2square`` (side ``S = max(W, H)``, the image at ``((S - W) // 2, (S - H) // 2)``) and
+converts it to the original image first; the output names the frame.
+
+The refs file (``refs(unc).p``, ``refs(umd).p``) is a pickle, read by an unpickler that builds
+only plain lists, dicts, strings and numbers (anything else is refused), or the same list as JSON.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import re
 import sys
 from pathlib import Path
 
-import torch
-from torchvision.ops import box_convert, box_iou
+from .jsonl import InputError, answer_texts, print_json, read_json, read_jsonl, report_input_errors, write_jsonl
 
-from .jsonl import pair_answers, read_jsonl, write_jsonl
-
-FRAMES = ("padded", "original")
+FRAMES = ("original", "padded")
 REC_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: {}."
-NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)")
+NUMBER = r"(-?\d+(?:\.\d+)?)"
+BOX = re.compile(r"\[\s*" + r",\s*".join([NUMBER] * 4) + r"\s*\]")
+THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+class PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles lists, dicts, tuples, strings and numbers; refuses to import any class or function."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: only plain data is allowed")
+
+
+def read_refs(path: str | Path) -> list[dict]:
+    """The refer toolkit's refs list from its pickle (restricted) or a JSON conversion."""
+    path = Path(path)
+    if path.suffix == ".json":
+        refs = read_json(path)
+    else:
+        if not path.is_file():
+            raise InputError(path, "file not found")
+        try:
+            with path.open("rb") as handle:
+                refs = PlainDataUnpickler(handle).load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as error:
+            raise InputError(path, f"not a pickle of plain data: {error}") from error
+    if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
+        raise InputError(path, "expected a list of refs (dicts)")
+    return refs
 
 
 def parse_box(text: str) -> list[float] | None:
-    """The first four numbers of ``text``, clamped to 0..1, or ``None`` if there are fewer."""
-    numbers = [float(match) for match in NUMBER.findall(text)[:4]]
-    if len(numbers) < 4:
-        return None
-    return [min(max(value, 0.0), 1.0) for value in numbers]
+    """The first ``[x1, y1, x2, y2]`` of ``text`` (lmms-eval's pattern), or ``None``."""
+    match = BOX.search(text)
+    return [float(value) for value in match.groups()] if match else None
 
 
 def _padding(width: float, height: float) -> tuple[float, float, float]:
@@ -45,20 +71,15 @@ def _padding(width: float, height: float) -> tuple[float, float, float]:
     return side, (side - width) // 2, (side - height) // 2
 
 
-def normalized_to_pixels(box: list[float], width: float, height: float, frame: str = "padded") -> list[float]:
-    """A 0..1 ``[x1, y1, x2, y2]`` in ``frame`` -> pixels of the original image (clipped to it)."""
-    if frame not in FRAMES:
-        raise ValueError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
-    if frame == "original":
-        x1, y1, x2, y2 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
-    else:
-        side, pad_x, pad_y = _padding(width, height)
-        x1, y1, x2, y2 = box[0] * side - pad_x, box[1] * side - pad_y, box[2] * side - pad_x, box[3] * side - pad_y
-    return [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
+def padded_to_original(box: list[float], width: float, height: float) -> list[float]:
+    """Fractions of the ``expand2square`` square -> fractions of the original image (not clipped)."""
+    side, pad_x, pad_y = _padding(width, height)
+    return [(box[0] * side - pad_x) / width, (box[1] * side - pad_y) / height,
+            (box[2] * side - pad_x) / width, (box[3] * side - pad_y) / height]
 
 
-def pixels_to_normalized(box: list[float], width: float, height: float, frame: str = "padded") -> list[float]:
-    """Inverse of :func:`normalized_to_pixels` for a box inside the image (e.g. to write targets)."""
+def pixels_to_normalized(box: list[float], width: float, height: float, frame: str = "original") -> list[float]:
+    """A pixel ``[x1, y1, x2, y2]`` as fractions of the original image or of the padded square."""
     if frame not in FRAMES:
         raise ValueError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
     if frame == "original":
@@ -67,27 +88,40 @@ def pixels_to_normalized(box: list[float], width: float, height: float, frame: s
     return [(box[0] + pad_x) / side, (box[1] + pad_y) / side, (box[2] + pad_x) / side, (box[3] + pad_y) / side]
 
 
-def build_questions(refs_pickle: str | Path, instances_json: str | Path, split: str) -> list[dict]:
-    """One question per referring sentence of ``split``, from the ``refer`` toolkit's files.
+def box_iou(truth: list[float], predicted: list[float]) -> float:
+    """IoU with signed areas, as lmms-eval computes it; 0 when the union is 0 (lmms-eval divides by 0)."""
+    width = max(0.0, min(truth[2], predicted[2]) - max(truth[0], predicted[0]))
+    height = max(0.0, min(truth[3], predicted[3]) - max(truth[1], predicted[1]))
+    intersection = width * height
+    truth_area = (truth[2] - truth[0]) * (truth[3] - truth[1])
+    union = truth_area + (predicted[2] - predicted[0]) * (predicted[3] - predicted[1]) - intersection
+    return intersection / union if union else 0.0
+
+
+def center_inside(truth: list[float], predicted: list[float]) -> bool:
+    center_x, center_y = (predicted[0] + predicted[2]) / 2, (predicted[1] + predicted[3]) / 2
+    return truth[0] <= center_x <= truth[2] and truth[1] <= center_y <= truth[3]
+
+
+def build_questions(refs_path: str | Path, instances_json: str | Path, split: str) -> list[dict]:
+    """One question per referring sentence of ``split``, from the refer toolkit's files.
 
     Args:
-        refs_pickle: ``refs(unc).p`` (RefCOCO, RefCOCO+) or ``refs(umd).p`` (RefCOCOg): a list of
-            ``{"ref_id", "ann_id", "image_id", "split", "sentences": [{"sent_id", "sent"}]}``.
+        refs_path: ``refs(unc).p`` (RefCOCO, RefCOCO+) or ``refs(umd).p`` (RefCOCOg), or its JSON:
+            a list of ``{"ref_id", "ann_id", "image_id", "split", "sentences": [{"sent_id", "sent"}]}``.
         instances_json: the matching ``instances.json`` (COCO images and annotations).
     """
-    with open(refs_pickle, "rb") as handle:
-        refs = pickle.load(handle)
-    instances = json.loads(Path(instances_json).read_text(encoding="utf-8"))
+    refs = read_refs(refs_path)
+    instances = read_json(instances_json)
     images = {image["id"]: image for image in instances["images"]}
     annotations = {annotation["id"]: annotation for annotation in instances["annotations"]}
     records = []
-    for ref in refs:
-        if ref["split"] != split:
+    for index, ref in enumerate(refs):
+        if ref.get("split") != split:
             continue
-        if ref["ann_id"] not in annotations or ref["image_id"] not in images:
-            raise ValueError(
-                f"{refs_pickle}: ref_id {ref['ref_id']}: annotation or image missing from {instances_json}"
-            )
+        if ref.get("ann_id") not in annotations or ref.get("image_id") not in images:
+            raise InputError(refs_path, f"ref {index} (ref_id {ref.get('ref_id')}): annotation or image missing "
+                             f"from {instances_json}")
         image = images[ref["image_id"]]
         for sentence in ref["sentences"]:
             records.append({
@@ -99,45 +133,55 @@ def build_questions(refs_pickle: str | Path, instances_json: str | Path, split: 
                 "height": image["height"],
             })
     if not records:
-        raise ValueError(f"{refs_pickle}: no referring expressions in split {split!r}")
+        raise InputError(refs_path, f"no referring expressions in split {split!r}")
     return records
 
 
-def score(
-    questions: list[dict], answers: list[dict], frame: str = "padded", threshold: float = 0.5
-) -> dict[str, float]:
-    """``{"accuracy", "correct", "unparsed", "total"}``; a hit has IoU >= ``threshold``."""
-    pairs = pair_answers(questions, answers)
-    correct = unparsed = 0
-    for question, text in pairs:
-        box = parse_box(text)
-        if box is None:
+def score(questions_path: str | Path, answers_path: str | Path, frame: str = "original") -> dict[str, object]:
+    """lmms-eval's REC metrics (``ACC@0.5`` is the reported accuracy), ``unparsed`` answers, ``frame``."""
+    questions = read_jsonl(questions_path, required=("question_id", "bbox", "width", "height"))
+    texts = answer_texts(read_jsonl(answers_path), answers_path, [str(q["question_id"]) for _, q in questions],
+                         str(questions_path))
+    ious, centers, unparsed = [], [], 0
+    for _, question in questions:
+        x, y, w, h = question["bbox"]
+        width, height = question["width"], question["height"]
+        truth = [x / width, y / height, (x + w) / width, (y + h) / height]
+        predicted = parse_box(texts[str(question["question_id"])])
+        if predicted is None:
             unparsed += 1
-            continue
-        predicted = torch.tensor([normalized_to_pixels(box, question["width"], question["height"], frame)])
-        truth = box_convert(torch.tensor([question["bbox"]], dtype=torch.float32), "xywh", "xyxy")
-        correct += int(box_iou(predicted, truth)[0, 0] >= threshold)
-    return {"accuracy": correct / len(pairs), "correct": correct, "unparsed": unparsed, "total": len(pairs)}
+            predicted = [0.0, 0.0, 0.0, 0.0]
+        elif frame == "padded":
+            predicted = padded_to_original(predicted, width, height)
+        ious.append(box_iou(truth, predicted))
+        centers.append(center_inside(truth, predicted))
+    total = len(ious)
+    result: dict[str, object] = {"frame": frame, "IoU": sum(ious) / total}
+    result.update({f"ACC@{threshold}": sum(iou >= threshold for iou in ious) / total for threshold in THRESHOLDS})
+    result.update({"Center_ACC": sum(centers) / total, "unparsed": unparsed, "total": total})
+    return result
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build")
-    build.add_argument("--refs", required=True)
+    build.add_argument("--refs", required=True, help="refs(unc).p / refs(umd).p, or a JSON conversion")
     build.add_argument("--instances", required=True)
     build.add_argument("--split", required=True, help="val, testA, testB (RefCOCO/+) or val, test (RefCOCOg)")
     build.add_argument("--output", required=True)
     scoring = commands.add_parser("score")
     scoring.add_argument("--questions", required=True)
     scoring.add_argument("--answers", required=True)
-    scoring.add_argument("--frame", default="padded", choices=FRAMES)
+    scoring.add_argument("--frame", default="original", choices=FRAMES,
+                         help="padded: boxes are fractions of LLaVA-1.5's padded square")
     args = parser.parse_args(argv)
     if args.command == "build":
-        write_jsonl(build_questions(args.refs, args.instances, args.split), args.output)
-    else:
-        print(json.dumps(score(read_jsonl(args.questions), read_jsonl(args.answers), args.frame), indent=2))
+        return report_input_errors(
+            lambda: write_jsonl(build_questions(args.refs, args.instances, args.split), args.output)
+        )
+    return report_input_errors(lambda: print_json(score(args.questions, args.answers, args.frame)))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
