@@ -293,6 +293,16 @@ def test_pixels_to_normalized_round_trip():
         refcoco.pixels_to_normalized(box, 101, 300, "original"))
 
 
+def test_malformed_refs_and_instances_name_the_file(tmp_path):
+    data = DATA / "refcoco"
+    (tmp_path / "refs.json").write_text(json.dumps([{"ref_id": 1, "image_id": 5, "split": "val", "sentences": []}]))
+    with pytest.raises(InputError, match=r"refs\.json: ref 0: field 'ann_id' is missing"):
+        refcoco.build_questions(tmp_path / "refs.json", data / "instances.json", "val")
+    (tmp_path / "instances.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(InputError, match=r"instances\.json: expected an object with 'images' and 'annotations'"):
+        refcoco.build_questions(data / "refs(unc).p", tmp_path / "instances.json", "val")
+
+
 class RunsCode:
     def __reduce__(self):
         return (Path.touch, (Path(self.marker),))

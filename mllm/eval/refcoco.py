@@ -113,13 +113,19 @@ def build_questions(refs_path: str | Path, instances_json: str | Path, split: st
     """
     refs = read_refs(refs_path)
     instances = read_json(instances_json)
-    images = {image["id"]: image for image in instances["images"]}
-    annotations = {annotation["id"]: annotation for annotation in instances["annotations"]}
+    if not isinstance(instances, dict) or not all(isinstance(instances.get(key), list)
+                                                  for key in ("images", "annotations")):
+        raise InputError(instances_json, "expected an object with 'images' and 'annotations' lists")
+    images = {image.get("id"): image for image in instances["images"]}
+    annotations = {annotation.get("id"): annotation for annotation in instances["annotations"]}
     records = []
     for index, ref in enumerate(refs):
         if ref.get("split") != split:
             continue
-        if ref.get("ann_id") not in annotations or ref.get("image_id") not in images:
+        missing = [key for key in ("ref_id", "ann_id", "image_id", "sentences") if key not in ref]
+        if missing:
+            raise InputError(refs_path, f"ref {index}: field {missing[0]!r} is missing")
+        if ref["ann_id"] not in annotations or ref["image_id"] not in images:
             raise InputError(refs_path, f"ref {index} (ref_id {ref.get('ref_id')}): annotation or image missing "
                              f"from {instances_json}")
         image = images[ref["image_id"]]
