@@ -188,6 +188,15 @@ def test_mmbench_circular_copies_are_never_rotated_again(tmp_path):
         mmbench.score(data / "mmbench_circular.tsv", data / "answers_circular.jsonl", circular=False)
 
 
+def test_mmbench_tsv_errors_name_the_line(tmp_path):
+    lines = (DATA / "mmbench" / "mmbench_circular.tsv").read_text().splitlines()
+    cells = lines[3].split("\t")
+    cells[7] = "D"  # question 2 has three options
+    (tmp_path / "bad.tsv").write_text("\n".join([*lines[:3], "\t".join(cells), *lines[4:]]) + "\n")
+    with pytest.raises(InputError, match=r"bad\.tsv:4: index 2: answer 'D' is not one of the option letters"):
+        mmbench.score(tmp_path / "bad.tsv", DATA / "mmbench" / "answers_circular.jsonl")
+
+
 def read_xlsx(path: Path) -> list[list]:
     """Rows of our one-sheet .xlsx: inline strings as str, numbers as int, empty cells as None."""
     sheet = zipfile.ZipFile(path).read("xl/worksheets/sheet1.xml").decode()

@@ -141,7 +141,8 @@ def read_tsv(path: str | Path) -> tuple[list[str], list[Row]]:
             if column not in columns:
                 raise InputError(path, f"no column {column!r}", 1)
         rows, seen = [], {}
-        for row_number, cells in enumerate(reader, start=2):
+        for cells in reader:
+            row_number = reader.line_num  # a quoted cell may span lines
             try:
                 index = int(cells["index"])
             except (TypeError, ValueError):
