@@ -81,9 +81,9 @@ def test_pope_build_writes_llavas_question_layout_and_scores_without_label_files
         "question_id": 1, "image": "COCO_val2014_000000310196.jpg", "category": "adversarial", "label": "yes",
         "text": "Is there a snowboard in the image?\nAnswer the question using a single word or phrase.",
     }
-    assert [q["question_id"] for q in questions] == list(range(1, 16))
-    official_layout = [json.loads(line) for line in (data / "llava_pope_test.jsonl").read_text().splitlines()]
-    assert [{k: v for k, v in q.items() if k != "label"} for q in questions] == official_layout
+    # LLaVA's ids: adversarial 1.., random 10000001.., popular 20000001..; the labels added
+    llava_questions = [json.loads(line) for line in (data / "llava_pope_test.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in q.items() if k != "label"} for q in questions] == llava_questions
     pope_file = tmp_path / "pope.jsonl"
     assert pope.main(["build", "--annotation-dir", str(data / "coco"), "--output", str(pope_file)]) == 0
     assert pope.score(pope_file, data / "answers.jsonl")["random"]["tp"] == 2
@@ -95,7 +95,7 @@ def test_pope_labels_must_match_the_question_of_their_position(tmp_path):
     labels[1], labels[2] = labels[2], labels[1]
     (data / "coco" / "coco_pope_random.json").write_text("\n".join(labels) + "\n")
     with pytest.raises(InputError, match=r"coco_pope_random\.json:2: label of .* does not match "
-                                         r".*llava_pope_test\.jsonl:11 "):
+                                         r".*llava_pope_test\.jsonl:6 "):
         pope.score(data / "llava_pope_test.jsonl", data / "answers.jsonl", data / "coco")
 
 
@@ -361,5 +361,5 @@ def test_duplicate_answers_name_both_lines(tmp_path):
     data = DATA / "pope"
     lines = (data / "answers.jsonl").read_text().splitlines()
     (tmp_path / "answers.jsonl").write_text("\n".join([*lines, lines[4]]) + "\n")
-    with pytest.raises(InputError, match=r"answers\.jsonl:16: question 5 is answered twice \(also on line 5\)"):
+    with pytest.raises(InputError, match=r"answers\.jsonl:16: question 10000001 is answered twice \(also on line 5\)"):
         pope.score(data / "llava_pope_test.jsonl", tmp_path / "answers.jsonl", data / "coco")

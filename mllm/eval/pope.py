@@ -27,6 +27,8 @@ from .jsonl import InputError, Numbered, answer_texts, print_json, read_jsonl, r
 LABELS = ("yes", "no")
 OFFICIAL_NO_WORDS = {"No", "not", "no"}
 LABEL_FILE_PREFIX, LABEL_FILE_SUFFIX = "coco_pope_", ".json"
+LLAVA_CATEGORY_ORDER = ("adversarial", "random", "popular")
+CATEGORY_ID_BLOCK = 10_000_000
 
 
 def answer_label(text: str, lenient: bool = False) -> str:
@@ -53,12 +55,16 @@ def read_label_files(annotation_dir: str | Path) -> dict[str, tuple[Path, list[N
 
 
 def build_questions(annotation_dir: str | Path) -> list[dict]:
-    """LLaVA's ``llava_pope_test.jsonl`` layout: ``question_id`` 1, 2, ... over all categories."""
+    """LLaVA's ``llava_pope_test.jsonl``: categories in LLaVA's order (then any others), the k-th
+    question of the c-th category numbered ``c * 10,000,000 + k``, with its ``label`` added."""
+    label_sets = read_label_files(annotation_dir)
+    others = sorted(set(label_sets) - set(LLAVA_CATEGORY_ORDER))
+    categories = [category for category in LLAVA_CATEGORY_ORDER if category in label_sets] + others
     records = []
-    for category, (_, labelled) in read_label_files(annotation_dir).items():
-        for _, question in labelled:
+    for block, category in enumerate(categories):
+        for position, (_, question) in enumerate(label_sets[category][1], start=1):
             records.append({
-                "question_id": len(records) + 1,
+                "question_id": block * CATEGORY_ID_BLOCK + position,
                 "image": question["image"],
                 "text": f"{question['text']}\n{SHORT_ANSWER_PROMPT}",
                 "category": category,
