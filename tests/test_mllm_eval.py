@@ -197,6 +197,15 @@ def test_mmbench_tsv_errors_name_the_line(tmp_path):
         mmbench.score(tmp_path / "bad.tsv", DATA / "mmbench" / "answers_circular.jsonl")
 
 
+def test_mmbench_build_names_a_row_without_image(tmp_path):
+    lines = (DATA / "mmbench" / "mmbench_plain.tsv").read_text().splitlines()
+    cells = lines[2].split("\t")
+    cells[9] = ""
+    (tmp_path / "bad.tsv").write_text("\n".join([*lines[:2], "\t".join(cells), *lines[3:]]) + "\n")
+    with pytest.raises(InputError, match=r"bad\.tsv:3: index 1: no image"):
+        mmbench.build_questions(tmp_path / "bad.tsv", tmp_path / "images")
+
+
 def read_xlsx(path: Path) -> list[list]:
     """Rows of our one-sheet .xlsx: inline strings as str, numbers as int, empty cells as None."""
     sheet = zipfile.ZipFile(path).read("xl/worksheets/sheet1.xml").decode()

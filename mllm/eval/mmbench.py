@@ -210,6 +210,8 @@ def build_questions(tsv: str | Path, image_dir: str | Path, circular: bool = Tru
     for item in questions_of(rows, tsv, circular):
         source = image_row(item.row, by_index)
         if source.index not in written:
+            if source.value("image") is None:
+                raise InputError(tsv, f"index {source.index}: no image", source.line)
             try:
                 image = Image.open(io.BytesIO(base64.b64decode(source.cells["image"]))).convert("RGB")
             except (OSError, ValueError, binascii.Error) as error:
