@@ -9,7 +9,7 @@ from setuptools import find_packages, setup
 EXTRAS = {
     "train": ["accelerate>=1.0", "deepspeed>=0.15", "webdataset>=0.2"],
     "eval": ["pycocotools>=2.0.7", "scikit-learn>=1.3"],
-    "mllm": ["peft>=0.13", "accelerate>=1.0", "deepspeed>=0.15"],
+    "mllm": ["peft>=0.13", "accelerate>=1.0", "deepspeed>=0.15", "sentencepiece>=0.1.99", "protobuf>=3.20"],
     "detection": ["mmengine==0.10.7", "mmdet==3.3.0", "pycocotools>=2.0.7", "lvis>=0.5.3"],
     "curation": ["spacy>=3.7,<4"],
     "dev": ["pytest>=8"],

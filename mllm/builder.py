@@ -9,19 +9,23 @@ The model is transformers' own ``LlavaForConditionalGeneration``:
 * language model: the causal LM's decoder and ``lm_head``, with ``<image>`` added to the
   vocabulary and the embeddings resized.
 
-The processor is transformers' ``LlavaProcessor`` whose ``LlavaImageProcessor`` pads every
-image to a square with the mean colour (LLaVA-1.5's ``image_aspect_ratio pad``) before the
-resize. A directory written by :func:`save_llava` reloads with :func:`load_llava` alone.
+The processor is transformers' ``LlavaProcessor`` whose PIL-backed ``LlavaImageProcessorPil``
+pads every image to a square with the mean colour (LLaVA-1.5's ``image_aspect_ratio pad``)
+before the resize, with PIL's bicubic filter as LLaVA's ``CLIPImageProcessor`` (``do_pad=False``
+gives LLaVA's default, resize and centre crop). A directory written by :func:`save_llava`
+reloads with :func:`load_llava` alone.
 
     python -m mllm.builder --language-model lmsys/vicuna-7b-v1.5 --fgclip FG_CLIP_DIR --output LLAVA_DIR
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 import torch
+import transformers
 from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
@@ -29,7 +33,7 @@ from transformers import (
     GenerationConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
-    LlavaImageProcessor,
+    LlavaImageProcessorPil,
     LlavaProcessor,
     PreTrainedTokenizerBase,
 )
@@ -45,11 +49,15 @@ VISION_FEATURE_LAYER = -2
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """Add ``<image>`` as a special token and make sure a pad token exists.
+    """Add ``<image>`` as a special token, make sure a pad token exists and keep ``legacy``.
 
     Vicuna has no pad token; like LLaVA we pad with ``unk`` when the tokenizer has one, and
-    add ``<pad>`` otherwise.
+    add ``<pad>`` otherwise. A LLaMA tokenizer's ``legacy`` (how text after a special token is
+    tokenized, and LLaVA's ``v1`` label count) is read from its config but not written back by
+    ``save_pretrained``; it is recorded so that it survives saving and reloading.
     """
+    if hasattr(tokenizer, "legacy"):
+        tokenizer.init_kwargs["legacy"] = tokenizer.legacy
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
@@ -66,9 +74,9 @@ def build_processor(
     image_mean: tuple[float, float, float],
     image_std: tuple[float, float, float],
 ) -> LlavaProcessor:
-    """LLaVA processor: pad to square with the mean colour, resize to the tower size, normalise."""
+    """LLaVA processor: pad to square with the mean colour, resize to the tower size (PIL, bicubic), normalise."""
     size = tower_config.image_size
-    image_processor = LlavaImageProcessor(
+    image_processor = LlavaImageProcessorPil(
         do_pad=True,
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
@@ -141,8 +149,23 @@ def build_llava(
 
 def save_llava(model: LlavaForConditionalGeneration, processor: LlavaProcessor, directory: str | os.PathLike) -> None:
     """Write the assembled model and its processor; :func:`load_llava` needs nothing else."""
+    prepare_tokenizer(processor.tokenizer)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
+
+
+def load_processor(directory: str | os.PathLike) -> LlavaProcessor:
+    """The processor saved in ``directory``, with the PIL image processor and the tokenizer class
+    its config names: in a Llava directory ``AutoTokenizer`` gives a generic tokenizer, which
+    has no LLaMA ``legacy`` attribute, and ``AutoImageProcessor`` the torchvision one."""
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    with open(config_path, encoding="utf-8") as file:
+        tokenizer_class = json.load(file).get("tokenizer_class")
+    tokenizer_type = getattr(transformers, tokenizer_class or "", None)
+    if not (isinstance(tokenizer_type, type) and issubclass(tokenizer_type, PreTrainedTokenizerBase)):
+        raise ValueError(f"{config_path}: field 'tokenizer_class' names no transformers tokenizer: {tokenizer_class!r}")
+    tokenizer = prepare_tokenizer(tokenizer_type.from_pretrained(directory))
+    return AutoProcessor.from_pretrained(directory, backend="pil", tokenizer=tokenizer)
 
 
 def load_llava(
@@ -150,7 +173,7 @@ def load_llava(
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """Reload a model saved by :func:`save_llava` (or by ``mllm.train`` / ``mllm.merge_lora``)."""
     model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype or torch.float32)
-    processor = AutoProcessor.from_pretrained(directory)
+    processor = load_processor(directory)
     if not isinstance(model.model.vision_tower, FGCLIPVisionTower):
         raise ValueError(
             f"{directory}: vision tower is {type(model.model.vision_tower).__name__}, expected an FG-CLIP tower"

@@ -1,4 +1,4 @@
-"""LLaVA conversation data: prompt formats, answer-only labels, datasets, collation, sampling.
+"""LLaVA-1.5 conversation data, formatted token for token as LLaVA's training code does.
 
 Records follow LCS-558K and llava_v1_5_mix665k::
 
@@ -7,17 +7,35 @@ Records follow LCS-558K and llava_v1_5_mix665k::
                        {"from": "gpt", "value": "The bus is white and red."}, ...]}
 
 ``image`` is optional (text-only records). An image record holds exactly one ``<image>``, in
-a human turn; it is moved to the front of that turn (``"<image>\\n" + text``) as LLaVA does.
+a human turn; it is moved to the front of that turn (``"<image>\\n" + text``, stripped).
 
-Prompt formats (``eos`` is the tokenizer's end token, ``</s>`` for Vicuna):
+The rules below are those of LLaVA's ``llava/train/train.py``, ``conversation.py`` and
+``mm_utils.py`` (commit c121f04), which the tests check against values that code printed:
 
-* ``plain`` (stage 1): ``"<image>" + caption + "\\n"``; the human text is dropped and the
-  caption plus the newline are the targets.
-* ``v1`` (Vicuna v1, stage 2): ``system + " USER: " + q1 + " ASSISTANT: " + a1 + eos +
-  "USER: " + q2 + " ASSISTANT: " + a2 + eos ...``; each answer plus its ``eos`` are targets.
+* Prompts. ``plain`` (stage 1): ``"<image>" + caption + "\\n"``, the human text dropped.
+  ``v1`` (Vicuna, stage 2): ``system + " USER: " + q1 + " ASSISTANT: " + a1 + "</s>" +
+  "USER: " + q2 + ...``; an empty message is written as ``"ROLE:"`` with no separator.
+* Tokens. The text pieces around ``<image>`` are tokenized separately, each as a whole text
+  (so each gets sentencepiece's leading ``▁``), and only the first keeps its BOS; with
+  LLaMA, ``"USER: <image>\\nWhat"`` gives ``..., 29871, <image>, 29871, 13, ...``.
+* Labels. ``plain``: everything after the image is a target. ``v1``: counted per round
+  (the text between ``</s>``): the instruction up to ``" ASSISTANT: "`` is ignored by its
+  token count minus two (its BOS and the ``▁`` that ends it), so a lone ``▁`` before an
+  answer that starts with a digit, a space or a newline is a target; after the first round
+  a non-``legacy`` tokenizer counts one token fewer per round. If the counted length differs
+  from the sequence length, every label is ignored (LLaVA's "tokenization mismatch"): the
+  record stays, with no target (an empty answer does this).
+* Length. Tokens equal to the pad id are dropped (LLaVA's collator masks them and its model
+  removes them), the image is expanded to its placeholders and the sequence is cut at
+  ``max_length``. Text-only ``v1`` records are cut before their labels are counted (LLaVA
+  tokenizes them with truncation), image records after.
 
-Labels are ``-100`` everywhere except on target tokens. Targets are found from the
-tokenizer's character offsets, so the rule does not depend on how a tokenizer merges spaces.
+A record left with no target (an empty answer, a first question longer than ``max_length``,
+an image cut by the truncation) is kept as LLaVA keeps it; its loss contributes nothing.
+An image that does not fit whole is dropped with the tokens from its first placeholder on:
+LLaVA keeps the part that fits, but as nothing after it is a target the loss is the same.
+:class:`ConversationDataset` counts these records when it indexes the file, and refuses
+them there with ``strict=True``.
 """
 from __future__ import annotations
 
@@ -29,18 +47,25 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from tokenizers.pre_tokenizers import Metaspace
 from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 from transformers.image_processing_utils import BaseImageProcessor
+from transformers.utils import logging
 
 from .builder import IMAGE_TOKEN
 
 IGNORE_INDEX = -100
+IMAGE_SLOT = -200  # an image's place in token ids before its expansion (LLaVA's IMAGE_TOKEN_INDEX)
 HUMAN, GPT = "human", "gpt"
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
+IMAGE_ASPECT_RATIOS = ("square", "pad")
+INDEX_BATCH = 1024  # records tokenized together when a dataset is indexed
+
+logger = logging.get_logger(__name__)
 
 
 class RecordError(ValueError):
@@ -55,35 +80,30 @@ class ConversationFormat:
         name: ``"plain"`` or ``"v1"``.
         system: text before the first turn (``v1`` only).
         roles: speaker tags of the human and the assistant (``v1`` only).
+        separators: written after a human and after an assistant message (``v1`` only).
     """
 
     name: str
     system: str = ""
     roles: tuple[str, str] = ("USER", "ASSISTANT")
+    separators: tuple[str, str] = (" ", "</s>")
 
-    def render(self, turns: Sequence[tuple[str, str]], eos_token: str) -> tuple[str, list[tuple[int, int]]]:
-        """Join turns into one string.
-
-        Args:
-            turns: ``(question, answer)`` pairs; ``<image>`` may appear in questions.
-        Returns:
-            The text and the ``[start, end)`` character spans of the targets.
-        """
+    def render(self, turns: Sequence[tuple[str, str]]) -> str:
+        """Join ``(question, answer)`` turns into one string; ``<image>`` may appear in questions."""
         if self.name == "plain":
             if len(turns) != 1 or IMAGE_TOKEN not in turns[0][0]:
                 raise ValueError("the plain format takes one (image question, caption) pair")
-            text = IMAGE_TOKEN + turns[0][1] + "\n"
-            return text, [(len(IMAGE_TOKEN), len(text))]
-        user, assistant = self.roles
-        parts, spans, length = [self.system + " "], [], len(self.system) + 1
+            return IMAGE_TOKEN + turns[0][1] + "\n"
+        text = self.system + self.separators[0]
         for question, answer in turns:
-            prompt = f"{user}: {question} {assistant}: "
-            length += len(prompt)
-            target = answer + eos_token
-            spans.append((length, length + len(target)))
-            length += len(target)
-            parts += [prompt, target]
-        return "".join(parts), spans
+            for role, message, separator in zip(self.roles, (question, answer), self.separators):
+                text += f"{role}: {message}{separator}" if message else f"{role}:"
+        return text
+
+    @property
+    def answer_start(self) -> str:
+        """What precedes each answer in a ``v1`` prompt (where a round's instruction ends)."""
+        return f"{self.separators[0]}{self.roles[1]}: "
 
     def prompt(self, question: str) -> str:
         """Generation prompt for one question; the model continues after it."""
@@ -106,8 +126,8 @@ def get_format(name: str) -> ConversationFormat:
 
 
 def with_image_first(text: str) -> str:
-    """LLaVA's placement: ``"<image>\\n"`` then the turn's text without the placeholder."""
-    return IMAGE_TOKEN + "\n" + text.replace(IMAGE_TOKEN, "").strip()
+    """LLaVA's placement: ``"<image>\\n"`` then the turn's text without the placeholder, stripped."""
+    return (IMAGE_TOKEN + "\n" + text.replace(IMAGE_TOKEN, "").strip()).strip()
 
 
 def record_turns(record: dict, where: str) -> list[tuple[str, str]]:
@@ -115,7 +135,7 @@ def record_turns(record: dict, where: str) -> list[tuple[str, str]]:
 
     Raises :class:`RecordError` (message starting with ``where``) for an empty or malformed
     conversation, roles that do not alternate human/gpt, an image record without exactly one
-    ``<image>`` in a human turn, or a text-only record containing ``<image>``.
+    ``<image>`` in a human turn, or ``<image>`` in an answer or in a text-only record.
     """
     if not isinstance(record, dict):
         raise RecordError(f"{where}: expected an object, got {type(record).__name__}")
@@ -137,8 +157,6 @@ def record_turns(record: dict, where: str) -> list[tuple[str, str]]:
                     f"{{'from': '{role}', 'value': <text>}}, got {turn!r}"
                 )
         question, answer = pair[0]["value"], pair[1]["value"]
-        if not answer.strip():
-            raise RecordError(f"{where}: conversations[{index + 1}] has an empty answer")
         if IMAGE_TOKEN in answer:
             raise RecordError(f"{where}: conversations[{index + 1}] (gpt) contains {IMAGE_TOKEN}")
         count = question.count(IMAGE_TOKEN)
@@ -151,6 +169,155 @@ def record_turns(record: dict, where: str) -> list[tuple[str, str]]:
     if not has_image and image_count:
         raise RecordError(f"{where}: {IMAGE_TOKEN} appears {image_count} time(s) but the record has no 'image' field")
     return turns
+
+
+def tokenizer_legacy(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """A LLaMA tokenizer's ``legacy``, or the config value a generic tokenizer keeps (what
+    ``AutoTokenizer`` gives in a Llava directory); True, no ``v1`` offset, for other tokenizers."""
+    legacy = getattr(tokenizer, "legacy", tokenizer.init_kwargs.get("legacy"))
+    return True if legacy is None else bool(legacy)
+
+
+def adds_word_boundary_to_spaces(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether ``tokenizer`` is a tokenizers-backed sentencepiece tokenizer (``Metaspace`` that
+    prepends ``▁``): unlike sentencepiece it prepends no ``▁`` to a text that starts with a space."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre_tokenizer = backend.pre_tokenizer if backend is not None else None
+    return isinstance(pre_tokenizer, Metaspace) and pre_tokenizer.prepend_scheme != "never"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One record's ``input_ids`` and ``labels`` (L each) and what happened to it.
+
+    ``has_image``: the image placeholders are in ``input_ids``; ``image_cut``: the record's image
+    did not fit in ``max_length`` and was dropped; ``masked``: LLaVA's label count mismatched.
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    has_image: bool
+    image_cut: bool
+    masked: bool
+
+    @property
+    def targets(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+class LlavaTokenization:
+    """LLaVA's token ids and labels for rendered conversations (see the module docstring).
+
+    Args:
+        tokenizer: the LM tokenizer; ``legacy`` (LLaMA tokenizers) selects the ``v1`` count offset.
+        image_tokens: placeholders per image (the model's ``image_seq_length``).
+        max_length: longest sequence kept, image placeholders included (``None``: no limit).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_tokens: int, max_length: int | None):
+        self.tokenizer = tokenizer
+        self.image_tokens = image_tokens
+        self.max_length = max_length
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.pad_token_id, self.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
+        self.legacy = tokenizer_legacy(tokenizer)
+        self.restore_boundary = adds_word_boundary_to_spaces(tokenizer)
+        self.tokenized: dict[str, list[int]] = {}
+
+    def piece_text(self, text: str) -> str:
+        # sentencepiece (LLaVA's slow tokenizer) prepends its "▁" to " 5" too ("▁▁5"); Metaspace does not.
+        return "▁" + text if self.restore_boundary and text[:1] in (" ", "▁") else text
+
+    def ids(self, text: str) -> list[int]:
+        """Token ids with :data:`IMAGE_SLOT` for each ``<image>``; the pieces between images are
+        tokenized separately and only the first keeps its BOS."""
+        pieces = []
+        for piece in map(self.piece_text, text.split(IMAGE_TOKEN)):
+            known = self.tokenized.get(piece)
+            pieces.append(known if known is not None else self.tokenizer(piece)["input_ids"])
+        skip = int(bool(pieces[0]) and pieces[0][0] == self.bos_token_id)
+        ids = list(pieces[0])
+        for piece in pieces[1:]:
+            ids += [IMAGE_SLOT, *piece[skip:]]
+        return ids
+
+    def encode_many(self, texts: Sequence[str], conversation_format: ConversationFormat) -> list[Encoded]:
+        """:meth:`encode` of each text, with every piece tokenized in one batch (several times faster)."""
+        needed = list(texts)
+        for text in texts:
+            needed += [IMAGE_TOKEN] if conversation_format.name == "plain" else [
+                part for pair in v1_rounds(text, conversation_format) for part in pair]
+        pieces = list({self.piece_text(piece) for text in needed for piece in text.split(IMAGE_TOKEN)})
+        self.tokenized = dict(zip(pieces, self.tokenizer(pieces)["input_ids"]))
+        try:
+            return [self.encode(text, conversation_format) for text in texts]
+        finally:
+            self.tokenized = {}
+
+    def encode(self, text: str, conversation_format: ConversationFormat) -> Encoded:
+        """Ids and labels of one rendered conversation, cut to ``max_length``."""
+        ids = self.ids(text)
+        labels = list(ids)
+        masked = False
+        if conversation_format.name == "plain":
+            ignore(labels, 0, len(self.ids(IMAGE_TOKEN)))
+        else:
+            if IMAGE_SLOT not in ids and self.max_length is not None:  # tokenized with truncation by LLaVA
+                ids, labels = ids[: self.max_length], labels[: self.max_length]
+            masked = self.count_labels(ids, labels, text, conversation_format)
+        return self.fit(ids, labels, masked)
+
+    def count_labels(self, ids: list[int], labels: list[int], text: str, conversation_format: ConversationFormat) -> bool:
+        """Ignore the instructions in ``labels`` (in place) by LLaVA's count; True when the count mismatches."""
+        cursor = 1
+        ignore(labels, 0, cursor)
+        for index, (round_text, instruction) in enumerate(v1_rounds(text, conversation_format)):
+            round_length = len(self.ids(round_text))
+            instruction_length = len(self.ids(instruction)) - 2
+            if index > 0 and not self.legacy:
+                round_length, instruction_length = round_length - 1, instruction_length - 1
+            ignore(labels, cursor, cursor + instruction_length)
+            cursor += round_length
+        ignore(labels, cursor, len(labels))
+        within_limit = self.max_length is None or cursor < self.max_length
+        if within_limit and cursor != sum(token != self.pad_token_id for token in ids):
+            ignore(labels, 0, len(labels))
+            return True
+        return False
+
+    def fit(self, tokens: list[int], token_labels: list[int], masked: bool) -> Encoded:
+        """Cut at ``max_length``, drop pad-id tokens, expand the image and cut again; an image
+        whose placeholders do not all fit is dropped with everything from its first one on."""
+        limit = self.max_length
+        kept = [(token, label) for token, label in zip(tokens[:limit], token_labels[:limit])
+                if token != self.pad_token_id]
+        ids, labels = [token for token, _ in kept], [label for _, label in kept]
+        start = ids.index(IMAGE_SLOT) if IMAGE_SLOT in ids else None
+        if start is not None:
+            ids[start : start + 1] = [self.image_token_id] * self.image_tokens
+            labels[start : start + 1] = [IGNORE_INDEX] * self.image_tokens
+            if limit is not None and start + self.image_tokens > limit:
+                limit = start
+        has_image = start is not None and (limit is None or start < limit)
+        return Encoded(ids[:limit], labels[:limit], has_image, image_cut=IMAGE_SLOT in tokens and not has_image,
+                       masked=masked)
+
+
+def v1_rounds(text: str, conversation_format: ConversationFormat) -> Iterator[tuple[str, str]]:
+    """LLaVA's ``v1`` rounds of a rendered text: ``(round, instruction)`` pairs, split at the
+    assistant separator, up to the first round without exactly one answer start."""
+    answer_start = conversation_format.answer_start
+    for round_text in text.split(conversation_format.separators[1]):
+        parts = round_text.split(answer_start)
+        if not round_text or len(parts) != 2:
+            return
+        yield round_text, parts[0] + answer_start
+
+
+def ignore(labels: list[int], start: int, stop: int) -> None:
+    """``labels[start:stop] = -100`` within the list's length (as a tensor slice assignment)."""
+    for position in range(max(start, 0), min(stop, len(labels))):
+        labels[position] = IGNORE_INDEX
 
 
 def encode_text(
@@ -231,15 +398,22 @@ def open_image(path: str | os.PathLike, where: str) -> Image.Image:
 class ConversationDataset(Dataset):
     """LLaVA conversations -> ``input_ids``, ``labels`` and, for image records, ``pixel_values``.
 
+    Every record is validated and tokenized once here (no image is read), so a record that
+    cannot be used fails here, not in the middle of a run, and the records left with no
+    target token are known and counted before training (:meth:`summary`).
+
     Args:
         data_path: JSON list or JSON lines of records (see the module docstring).
         tokenizer: the LM tokenizer with ``<image>`` added (:func:`mllm.prepare_tokenizer`).
-        image_processor: turns a PIL image into ``pixel_values`` (1, 3, S, S).
+        image_processor: turns a PIL image into ``pixel_values`` (1, 3, S, S); takes ``do_pad``.
         image_tokens: placeholders per image (the model's ``image_seq_length``).
         image_folder: base directory of the records' relative image paths.
         conversation_format: ``"plain"`` or ``"v1"``.
         max_length: longest token sequence kept (``model_max_length``).
-        check_image_files: check at construction that every image file exists.
+        check_image_files: check that every image file exists.
+        image_aspect_ratio: ``"square"`` resizes the short side and centre-crops (LLaVA's default,
+            its stage 1); ``"pad"`` first pads to a square with the mean colour (its stage 2).
+        strict: refuse records left with no target token instead of counting them.
     """
 
     def __init__(
@@ -252,14 +426,18 @@ class ConversationDataset(Dataset):
         conversation_format: str = "v1",
         max_length: int | None = 2048,
         check_image_files: bool = True,
+        image_aspect_ratio: str = "pad",
+        strict: bool = False,
     ):
+        if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise ValueError(f"image_aspect_ratio must be one of {', '.join(IMAGE_ASPECT_RATIOS)}, "
+                             f"got {image_aspect_ratio!r}")
         self.data_path = str(data_path)
-        self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.image_tokens = image_tokens
         self.image_folder = str(image_folder)
         self.format = get_format(conversation_format)
-        self.max_length = max_length
+        self.pad_images = image_aspect_ratio == "pad"
+        self.tokenization = LlavaTokenization(tokenizer, image_tokens, max_length)
         self.records = load_records(data_path)
         if not self.records:
             raise ValueError(f"{data_path}: no records")
@@ -271,6 +449,45 @@ class ConversationDataset(Dataset):
                 path = self.image_path(record)
                 if not os.path.isfile(path):
                     raise FileNotFoundError(f"{self.where(index)}: image file not found: {path}")
+        self.without_targets: dict[str, list[int]] = {"masked": [], "truncated": [], "image cut": []}
+        for start in range(0, len(self.records), INDEX_BATCH):
+            indices = range(start, min(start + INDEX_BATCH, len(self.records)))
+            texts = [self.format.render(self.turns[index]) for index in indices]
+            for index, encoded in zip(indices, self.tokenization.encode_many(texts, self.format)):
+                if not encoded.targets:
+                    self.count_without_target(index, encoded, strict)
+        if self.count_without_targets:
+            logger.warning(self.summary())
+
+    def count_without_target(self, index: int, encoded: Encoded, strict: bool) -> None:
+        """Count record ``index``, left with no target token, or (``strict``) refuse it."""
+        reason = "masked" if encoded.masked else "image cut" if encoded.image_cut else "truncated"
+        if strict:
+            raise RecordError(f"{self.where(index)}: {self.no_target_field(index, reason)}")
+        self.without_targets[reason].append(index)
+
+    def no_target_field(self, index: int, reason: str) -> str:
+        limit = f"model_max_length={self.tokenization.max_length}"
+        if reason == "image cut":
+            return f"image: its {self.tokenization.image_tokens} placeholders do not fit in {limit}"
+        if reason == "truncated":
+            return f"conversations: no answer token is left within {limit}"
+        empty = [2 * turn + 1 for turn, (_, answer) in enumerate(self.turns[index]) if not answer]
+        if empty:
+            return f"conversations[{empty[0]}]: empty answer; LLaVA's label count then ignores every token"
+        return "conversations: LLaVA's label count does not match the tokenized length; every token is ignored"
+
+    @property
+    def count_without_targets(self) -> int:
+        return sum(len(indices) for indices in self.without_targets.values())
+
+    def summary(self) -> str:
+        """One line: how many records are kept with no target token, and why."""
+        counts = ", ".join(f"{len(indices)} {reason}" for reason, indices in self.without_targets.items())
+        examples = [self.where(index) for indices in self.without_targets.values() for index in indices[:2]]
+        text = (f"{self.data_path}: {self.count_without_targets} of {len(self)} records have no target token "
+                f"and add nothing to the loss ({counts}; LLaVA keeps them too)")
+        return text + (f"; e.g. {'; '.join(examples)}" if examples else "")
 
     def where(self, index: int) -> str:
         record = self.records[index]
@@ -285,23 +502,24 @@ class ConversationDataset(Dataset):
 
     @property
     def modality_lengths(self) -> list[int]:
-        """Word count per record, positive for image records and negative for text-only ones."""
+        """Word count of the raw turns per record, positive for image records and negative for text-only ones."""
         lengths = []
-        for record, turns in zip(self.records, self.turns):
-            words = sum(len(question.split()) + len(answer.split()) for question, answer in turns)
+        for record in self.records:
+            words = sum(len(turn["value"].split()) for turn in record["conversations"])
             lengths.append(words if record.get("image") is not None else -words)
         return lengths
 
+    def encode(self, index: int) -> Encoded:
+        return self.tokenization.encode(self.format.render(self.turns[index]), self.format)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        record, where = self.records[index], self.where(index)
-        text, spans = self.format.render(self.turns[index], self.tokenizer.eos_token)
-        input_ids, labels = encode_text(self.tokenizer, text, spans, self.image_tokens, self.max_length, where)
-        if not bool((labels != IGNORE_INDEX).any()):
-            raise RecordError(f"{where}: no answer token is left within model_max_length={self.max_length}")
-        item = {"input_ids": input_ids, "labels": labels}
-        if record.get("image") is not None:
-            image = open_image(self.image_path(record), where)
-            item["pixel_values"] = self.image_processor(image, return_tensors="pt")["pixel_values"][0]
+        encoded = self.encode(index)
+        item = {"input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),
+                "labels": torch.tensor(encoded.labels, dtype=torch.long)}
+        if encoded.has_image:
+            image = open_image(self.image_path(self.records[index]), self.where(index))
+            pixels = self.image_processor(image, do_pad=self.pad_images, return_tensors="pt")["pixel_values"]
+            item["pixel_values"] = pixels[0]
         return item
 
 

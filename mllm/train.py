@@ -52,6 +52,15 @@ class DataArguments:
     image_folder: str = field(default="", metadata={"help": "base directory of the records' image paths"})
     conversation_format: str = field(default="v1", metadata={"help": "plain (stage 1) or v1 (Vicuna, stage 2)"})
     check_image_files: bool = field(default=True, metadata={"help": "check every image file exists before training"})
+    image_aspect_ratio: str | None = field(
+        default=None,
+        metadata={"help": "square: resize and centre-crop; pad: pad to a square with the mean colour first "
+                          "(default: square for --stage pretrain, pad for finetune, as LLaVA-1.5's scripts)"},
+    )
+    strict_records: bool = field(
+        default=False,
+        metadata={"help": "refuse records left with no target token (LLaVA keeps them; they are counted)"},
+    )
 
 
 @dataclass
@@ -226,6 +235,8 @@ def main(argv: list[str] | None = None) -> Trainer:
         conversation_format=data_args.conversation_format,
         max_length=args.model_max_length,
         check_image_files=data_args.check_image_files,
+        image_aspect_ratio=data_args.image_aspect_ratio or ("square" if args.stage == "pretrain" else "pad"),
+        strict=data_args.strict_records,
     )
     trainer = LlavaTrainer(
         model=model,
@@ -235,7 +246,10 @@ def main(argv: list[str] | None = None) -> Trainer:
         processing_class=processor,
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.log({"records_without_targets": dataset.count_without_targets})  # kept as LLaVA keeps them
     trainer.save_state()
+    if dataset.count_without_targets:
+        logger.warning(dataset.summary())
     model.config.use_cache = True
     # The assembled model, or with --lora the adapter plus the projector; the processor with both.
     trainer.save_model(args.output_dir)

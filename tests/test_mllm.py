@@ -116,23 +116,26 @@ def test_saved_model_reloads_from_a_fresh_directory_without_its_sources(tmp_path
 
 # ---------------------------------------------------------------- data
 def test_prompt_formats_and_answer_only_labels(llava, sources):
+    """LLaVA's layout with a character-level Llama tokenizer: the "▁" before each answer is a target."""
     model, processor = llava
     tokenizer = processor.tokenizer
     plain = ConversationDataset(sources["pretrain"], tokenizer, processor.image_processor, PATCH_TOKENS,
-                                sources["images"], "plain")
+                                sources["images"], "plain", image_aspect_ratio="square")
     item = plain[0]
-    assert tokenizer.decode(item["input_ids"]) == "<s>" + "<image>" * PATCH_TOKENS + "a red square on grey\n"
-    assert tokenizer.decode(item["input_ids"][item["labels"] != IGNORE_INDEX]) == "a red square on grey\n"
+    assert tokenizer.decode(item["input_ids"]) == "<s>" + "<image>" * PATCH_TOKENS + " a red square on grey\n"
+    targets = tokenizer.convert_ids_to_tokens(item["input_ids"][item["labels"] != IGNORE_INDEX])
+    assert "".join(targets) == "▁a▁red▁square▁on▁grey\n"
     assert item["pixel_values"].shape == (3, 32, 32)
 
     v1 = ConversationDataset(sources["finetune"], tokenizer, processor.image_processor, PATCH_TOKENS,
                              sources["images"], "v1")
     item = v1[0]
-    expected = (f"<s> {VICUNA_SYSTEM} USER: " + "<image>" * PATCH_TOKENS + "\nWhat color is the square? "
+    expected = (f"<s> {VICUNA_SYSTEM} USER: " + "<image>" * PATCH_TOKENS + " \nWhat color is the square? "
                 "ASSISTANT: red</s>USER: Is there a circle? ASSISTANT: No</s>")
     assert tokenizer.decode(item["input_ids"]) == expected
     targets = item["labels"] != IGNORE_INDEX
-    assert tokenizer.decode(item["input_ids"][targets]) == "red</s>No</s>"
+    assert tokenizer.convert_ids_to_tokens(item["input_ids"][targets]) == ["▁", "r", "e", "d", "</s>", "▁", "N", "o",
+                                                                          "</s>"]
     assert int((item["input_ids"] == model.config.image_token_id).sum()) == PATCH_TOKENS
     # the labels equal the ids where they are targets
     assert torch.equal(item["labels"][targets], item["input_ids"][targets])
@@ -140,6 +143,7 @@ def test_prompt_formats_and_answer_only_labels(llava, sources):
     assert "pixel_values" not in text_only
     assert tokenizer.decode(text_only["input_ids"][text_only["labels"] != IGNORE_INDEX]) == "Hello!</s>"
     assert v1.modality_lengths == [12, 12, 12, 12, -3]
+    assert v1.count_without_targets == plain.count_without_targets == 0
 
 
 def test_collator_pads_right_and_stacks_images_in_batch_order(llava, sources):
