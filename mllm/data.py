@@ -328,39 +328,23 @@ def encode_text(
     max_length: int | None,
     where: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenize ``text`` with ``<image>`` expanded to ``image_tokens`` placeholders.
+    """A generation prompt as ``input_ids`` (L,) laid out as in training (LLaVA's evaluation
+    tokenizes prompts the same way), with ``labels`` (L,) all ``-100``.
 
-    Returns:
-        ``input_ids`` (L,) and ``labels`` (L,): a token is a target when its characters
-        overlap a target span; every other label is ``-100``. Sequences longer than
-        ``max_length`` are cut at the end; cutting into the image placeholders is an error.
+    ``target_spans`` must be empty: training labels follow LLaVA's count rule
+    (:class:`ConversationDataset`), not character spans. Raises :class:`RecordError` naming
+    ``where`` when the tokenizer does not know ``<image>`` or an image does not fit in ``max_length``.
     """
-    image_count = text.count(IMAGE_TOKEN)
-    expanded = text.replace(IMAGE_TOKEN, IMAGE_TOKEN * image_tokens)
-    shift = len(IMAGE_TOKEN) * (image_tokens - 1)
-
-    def moved(position: int) -> int:  # a position of ``text`` in ``expanded``
-        return position + shift * text.count(IMAGE_TOKEN, 0, position)
-
-    spans = [(moved(start), moved(end)) for start, end in target_spans]
-    encoding = tokenizer(expanded, add_special_tokens=True, return_offsets_mapping=True)
-    input_ids = torch.tensor(encoding["input_ids"], dtype=torch.long)
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    for position, (start, end) in enumerate(encoding["offset_mapping"]):
-        if end > start and any(start < span_end and end > span_start for span_start, span_end in spans):
-            labels[position] = input_ids[position]
-
-    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    found = int((input_ids == image_token_id).sum())
-    if found != image_count * image_tokens:
-        raise RecordError(
-            f"{where}: tokenized text holds {found} image tokens, expected {image_count} x {image_tokens}"
-        )
-    if max_length is not None and len(input_ids) > max_length:
-        if int((input_ids[:max_length] == image_token_id).sum()) != found:
-            raise RecordError(f"{where}: the image tokens do not fit in model_max_length={max_length}")
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-    return input_ids, labels
+    if target_spans:
+        raise ValueError("encode_text encodes prompts; training labels come from ConversationDataset")
+    if IMAGE_TOKEN in text and IMAGE_TOKEN not in tokenizer.get_vocab():
+        raise RecordError(f"{where}: the tokenizer has no {IMAGE_TOKEN} token (see mllm.prepare_tokenizer)")
+    tokenization = LlavaTokenization(tokenizer, image_tokens, max_length)
+    ids = tokenization.ids(text)
+    encoded = tokenization.fit(ids, [IGNORE_INDEX] * len(ids), masked=False)
+    if encoded.image_cut:
+        raise RecordError(f"{where}: the image tokens do not fit in model_max_length={max_length}")
+    return torch.tensor(encoded.input_ids, dtype=torch.long), torch.tensor(encoded.labels, dtype=torch.long)
 
 
 def load_records(path: str | os.PathLike) -> list[dict]:

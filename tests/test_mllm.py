@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fgclip import FGCLIPModel
-from mllm import FGCLIPVisionTower, build_llava, load_llava, save_llava
+from mllm import FGCLIPVisionTower, build_llava, load_llava, prepare_tokenizer, save_llava
 from mllm.data import (
     IGNORE_INDEX,
     VICUNA_SYSTEM,
@@ -206,11 +206,16 @@ def test_bad_records_raise_errors_naming_the_record(case, llava, sources, tmp_pa
         ConversationDataset(path, processor.tokenizer, processor.image_processor, PATCH_TOKENS, sources["images"])
 
 
-def test_image_token_count_mismatch_is_reported():
-    """A tokenizer that does not know <image> splits it into characters: no image tokens come out."""
+def test_prompts_need_the_image_token_and_room_for_the_image():
     tokenizer = tiny_llama_tokenizer()
-    with pytest.raises(RecordError, match="record 7: tokenized text holds 0 image tokens, expected 1 x 4"):
+    with pytest.raises(RecordError, match="record 7: the tokenizer has no <image> token"):
         encode_text(tokenizer, "<image>\nq", [], image_tokens=4, max_length=None, where="record 7")
+    tokenizer = prepare_tokenizer(tokenizer)
+    with pytest.raises(RecordError, match="record 7: the image tokens do not fit in model_max_length=4"):
+        encode_text(tokenizer, "<image>\nq", [], image_tokens=4, max_length=4, where="record 7")
+    input_ids, labels = encode_text(tokenizer, "q <image>\nq", [], image_tokens=4, max_length=None, where="")
+    assert tokenizer.convert_ids_to_tokens(input_ids) == ["<s>", "▁", "q", "▁", *["<image>"] * 4, "▁", "\n", "q"]
+    assert (labels == IGNORE_INDEX).all()
 
 
 # ---------------------------------------------------------------- training
@@ -327,9 +332,11 @@ def test_deepspeed_config_is_dropped_without_a_launcher(monkeypatch, tmp_path):
 def greedy_reference(model, processor, question, image_path, steps):
     """Greedy decoding written out: one full forward per new token, image features placed by hand."""
     tokenizer = processor.tokenizer
-    image_part = "<image>" * PATCH_TOKENS + "\n" if image_path else ""
-    prompt = f"{VICUNA_SYSTEM} USER: {image_part}{question} ASSISTANT:"
-    input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    before, after = f"{VICUNA_SYSTEM} USER: ", f"{question} ASSISTANT:"
+    ids = tokenizer(before + ("" if image_path else after))["input_ids"]
+    if image_path:  # LLaVA's layout: the text after the image tokenized on its own, without its BOS
+        ids += [model.config.image_token_id] * PATCH_TOKENS + tokenizer("\n" + after)["input_ids"][1:]
+    input_ids = torch.tensor([ids])
     features = None
     if image_path:
         pixels = processor.image_processor(Image.open(image_path), return_tensors="pt")["pixel_values"]
