@@ -298,6 +298,24 @@ def test_merged_lora_is_base_plus_scaled_low_rank_update(lora_run):
             assert torch.equal(merged_state[name], base[name]), name
 
 
+def test_finetune_keeps_and_reports_records_without_targets(pretrained, sources, tmp_path, caplog):
+    """An empty answer: LLaVA trains on the record with no target; the run counts it, and the
+    strict flag refuses it before training, naming the record and field."""
+    records = json.loads(sources["finetune"].read_text())
+    records.append({"id": "empty", "conversations": [{"from": "human", "value": "Say nothing."},
+                                                     {"from": "gpt", "value": ""}]})
+    data = tmp_path / "with_empty.json"
+    data.write_text(json.dumps(records))
+    argv = ["--stage", "finetune", "--model_name_or_path", str(pretrained[0]), "--data_path", str(data),
+            "--image_folder", str(sources["images"]), *common_train_args(tmp_path / "out", steps=1)]
+    with pytest.raises(RecordError, match=r"record 5 \(id 'empty'\): conversations\[1\]: empty answer"):
+        train_main([*argv, "--strict_records", "true"])
+    trainer = train_main(argv)
+    assert {"records_without_targets": 1}.items() <= trainer.state.log_history[-1].items()
+    final = [record.message for record in caplog.records if record.name == "mllm.train"]
+    assert final and "1 of 6 records have no target token" in final[-1] and "(id 'empty')" in final[-1]
+
+
 def test_text_only_batch_still_runs_the_vision_path(pretrained, sources, tmp_path):
     model, processor = load_llava(pretrained[0])
     model.requires_grad_(False)
