@@ -267,7 +267,9 @@ class LlavaTokenization:
             masked = self.count_labels(ids, labels, text, conversation_format)
         return self.fit(ids, labels, masked)
 
-    def count_labels(self, ids: list[int], labels: list[int], text: str, conversation_format: ConversationFormat) -> bool:
+    def count_labels(
+        self, ids: list[int], labels: list[int], text: str, conversation_format: ConversationFormat
+    ) -> bool:
         """Ignore the instructions in ``labels`` (in place) by LLaVA's count; True when the count mismatches."""
         cursor = 1
         ignore(labels, 0, cursor)

@@ -134,8 +134,8 @@ def test_prompt_formats_and_answer_only_labels(llava, sources):
                 "ASSISTANT: red</s>USER: Is there a circle? ASSISTANT: No</s>")
     assert tokenizer.decode(item["input_ids"]) == expected
     targets = item["labels"] != IGNORE_INDEX
-    assert tokenizer.convert_ids_to_tokens(item["input_ids"][targets]) == ["▁", "r", "e", "d", "</s>", "▁", "N", "o",
-                                                                          "</s>"]
+    answer_tokens = ["▁", "r", "e", "d", "</s>", "▁", "N", "o", "</s>"]
+    assert tokenizer.convert_ids_to_tokens(item["input_ids"][targets]) == answer_tokens
     assert int((item["input_ids"] == model.config.image_token_id).sum()) == PATCH_TOKENS
     # the labels equal the ids where they are targets
     assert torch.equal(item["labels"][targets], item["input_ids"][targets])
