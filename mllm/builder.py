@@ -37,6 +37,7 @@ from transformers import (
     LlavaProcessor,
     PreTrainedTokenizerBase,
 )
+from transformers.models.auto.tokenization_auto import get_tokenizer_config
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from fgclip import FGCLIPProcessor
@@ -46,6 +47,7 @@ from .tower import FGCLIPVisionTower, FGCLIPVisionTowerConfig
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 VISION_FEATURE_LAYER = -2
+LLAMA_TOKENIZERS = ("LlamaTokenizer", "LlamaTokenizerFast")
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -66,6 +68,15 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
         else:
             tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     return tokenizer
+
+
+def load_language_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The causal LM's tokenizer, prepared by :func:`prepare_tokenizer`. A LLaMA tokenizer whose
+    config leaves ``legacy`` unset loads with ``legacy=True``, the value LLaVA's transformers
+    (4.37) gives it; transformers 5 would make it ``False``."""
+    config = get_tokenizer_config(path)
+    unset = config.get("tokenizer_class") in LLAMA_TOKENIZERS and "legacy" not in config
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(path, **({"legacy": True} if unset else {})))
 
 
 def build_processor(
@@ -110,7 +121,7 @@ def build_llava(
     """
     tower = FGCLIPVisionTower.from_fgclip(fgclip_path)
     fgclip_processor = FGCLIPProcessor.from_pretrained(fgclip_path)
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(language_model_path))
+    tokenizer = load_language_tokenizer(language_model_path)
     language_model = AutoModelForCausalLM.from_pretrained(language_model_path, dtype=torch.float32)
     language_model.config.pad_token_id = tokenizer.pad_token_id
 

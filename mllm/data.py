@@ -178,9 +178,10 @@ def tokenizer_legacy(tokenizer: PreTrainedTokenizerBase) -> bool:
     return True if legacy is None else bool(legacy)
 
 
-def adds_word_boundary_to_spaces(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether ``tokenizer`` is a tokenizers-backed sentencepiece tokenizer (``Metaspace`` that
-    prepends ``▁``): unlike sentencepiece it prepends no ``▁`` to a text that starts with a space."""
+def skips_boundary_before_space(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether ``tokenizer`` is a tokenizers port of a sentencepiece model (a ``Metaspace`` that
+    prepends ``▁``, as transformers 5's LLaMA tokenizer): unlike sentencepiece, it prepends no
+    ``▁`` to a text that already starts with a space."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     pre_tokenizer = backend.pre_tokenizer if backend is not None else None
     return isinstance(pre_tokenizer, Metaspace) and pre_tokenizer.prepend_scheme != "never"
@@ -221,7 +222,7 @@ class LlavaTokenization:
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.pad_token_id, self.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
         self.legacy = tokenizer_legacy(tokenizer)
-        self.restore_boundary = adds_word_boundary_to_spaces(tokenizer)
+        self.restore_boundary = skips_boundary_before_space(tokenizer)
         self.tokenized: dict[str, list[int]] = {}
 
     def piece_text(self, text: str) -> str:

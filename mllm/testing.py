@@ -20,11 +20,14 @@ def tiny_llama_tokenizer() -> LlamaTokenizer:
     """Character-level Llama tokenizer over ASCII letters, digits, punctuation and newline.
 
     Every token decodes to a distinct character, so equal decoded texts mean equal tokens.
+    ``legacy=False`` is written to its saved config, as Vicuna-v1.5's config has it.
     """
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for symbol in ["▁", "\n", *string.ascii_letters, *string.digits, *string.punctuation]:
         vocab.setdefault(symbol, len(vocab))
-    return LlamaTokenizer(vocab=vocab, merges=[], add_bos_token=True)
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=[], add_bos_token=True, legacy=False)
+    tokenizer.init_kwargs["legacy"] = False  # save_pretrained writes init_kwargs, not the attribute
+    return tokenizer
 
 
 def save_tiny_llama(directory: str | Path, seed: int = 0) -> Path:

@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import AutoTokenizer, LlavaImageProcessorPil
 
 from mllm import build_processor, prepare_tokenizer
-from mllm.builder import load_processor
+from mllm.builder import load_language_tokenizer, load_processor
 from mllm.data import (
     IGNORE_INDEX,
     ConversationCollator,
@@ -51,13 +51,14 @@ def image_processor(size=10):
                                   image_mean=CLIP_MEAN, image_std=CLIP_STD)
 
 
-def case_dataset(case, tmp_path, **kwargs):
+def case_dataset(case, tmp_path, tokenizer=None, **kwargs):
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "records.json"
     path.write_text(json.dumps(case["records"]))
+    tokenizer = tokenizer or vicuna_tokenizer(tmp_path, case["legacy"])
     aspect = "square" if case["format"] == "plain" else "pad"  # as LLaVA-1.5's two scripts
-    return ConversationDataset(path, vicuna_tokenizer(tmp_path, case["legacy"]), image_processor(), IMAGE_TOKENS,
-                               DATA, case["format"], case["max_length"], image_aspect_ratio=aspect, **kwargs)
+    return ConversationDataset(path, tokenizer, image_processor(), IMAGE_TOKENS, DATA, case["format"],
+                               case["max_length"], image_aspect_ratio=aspect, **kwargs)
 
 
 def with_slots(ids, tokenizer):
@@ -188,6 +189,23 @@ def test_vicuna_style_tokenizer_loads_from_its_sentencepiece_model(tmp_path):
     assert type(tokenizer).__name__ == "LlamaTokenizer" and tokenizer.legacy is False
     assert len(tokenizer) == 450
     assert tokenizer.convert_ids_to_tokens([0, 1, 2, SPACE, NEWLINE]) == ["<unk>", "<s>", "</s>", "▁", "<0x0A>"]
+
+
+def test_a_config_without_legacy_reads_as_llava_reads_it(tmp_path):
+    """LLaVA's transformers 4.37 makes an unset ``legacy`` True (its slow LlamaTokenizer printed
+    ``['▁a', '</s>', '▁US', 'ER']`` for "a</s>USER" with this config); transformers 5 would make it False."""
+    directory = tmp_path / "unset"
+    shutil.copytree(DATA / "vicuna", directory)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    del config["legacy"]
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = load_language_tokenizer(directory)
+    assert tokenizer.legacy is True and tokenizer.tokenize("a</s>USER") == ["▁a", "</s>", "▁US", "ER"]
+    case = CASES["v1-legacy-True"]
+    dataset = case_dataset(case, tmp_path, tokenizer)
+    for index, expected in enumerate(case["expected"]):
+        assert with_slots(dataset[index]["input_ids"], tokenizer) == expected["input_ids"]
+        assert dataset[index]["labels"].tolist() == expected["labels"]
 
 
 @pytest.mark.parametrize("legacy", [False, True])
