@@ -176,7 +176,9 @@ def test_pieces_tokenize_as_sentencepiece_itself(tmp_path):
     (transformers 5's Metaspace alone drops the "▁" sentencepiece puts before " 5")."""
     model = sentencepiece.SentencePieceProcessor(model_file=str(DATA / "vicuna" / "tokenizer.model"))
     tokenization = LlavaTokenization(vicuna_tokenizer(tmp_path, False), IMAGE_TOKENS, None)
-    for text in [" 5", "  two spaces", "\nWhat", "2 squares.", "red", "a  b", " ASSISTANT: a"]:
+    texts = [" 5", "  two spaces", "\nWhat", "2 squares.", "red", "a  b", " ASSISTANT: a", "", "  ", "a\n\n b",
+             "tab\there", "12345", "héllo wörld ☃", "The US ER BUSER"]
+    for text in texts:
         assert tokenization.ids(text) == [1, *model.encode(text)], repr(text)
     assert tokenization.ids("x <image>\nq") == [1, *model.encode("x "), -200, *model.encode("\nq")]
 
