@@ -26,7 +26,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
-        "transformers>=5.0,<6",
+        "transformers>=5.24,<5.25",  # the minor series the suite is tested on (the trainer uses its public hooks)
         "safetensors>=0.4",
         "open_clip_torch>=2.24",
         "pillow>=10",

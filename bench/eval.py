@@ -38,7 +38,7 @@ from fgclip.eval.boxcls import BoxClassificationSet, evaluate_boxcls
 from fgclip.eval.common import RegionRequests
 from fgclip.eval.features import FeatureExtractor
 from fgclip.eval.fgovd import FGOVDBenchmark, FGOVDItem, evaluate_fgovd
-from fgclip.eval.interface import FGCLIPEvalModel
+from fgclip.encoders import Encoder
 from fgclip.eval.templates import IMAGENET_TEMPLATES
 from fgclip.eval.zeroshot import build_classifier
 
@@ -156,7 +156,7 @@ def main() -> None:
         for path, image_boxes in images:
             for box in image_boxes:
                 boxes.add(path, box, rng.randrange(args.classes), (640, 480), path)
-        eval_model = FGCLIPEvalModel(model, processor)
+        eval_model = Encoder(model, processor)
 
         def extractor() -> FeatureExtractor:
             return FeatureExtractor(eval_model, batch_size=args.batch_size, text_batch_size=args.text_batch_size,

@@ -19,8 +19,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from fgclip import FGCLIP2Model, FGCLIP2Processor, FGCLIPProcessor
-from fgclip.eval.interface import EvalModel, FGCLIP2EvalModel, FGCLIPEvalModel
+from fgclip.encoders import Encoder, processor_for
 
 # CLIPSelf F-ViT's 63 class prompts (wusize/CLIPSelf@1c7fe9c, F-ViT/tools/clip_utils.py), with the
 # "This is " that it prepends to every prompt starting with "a" or "the" already applied.
@@ -140,7 +139,7 @@ def check_templates(templates: Sequence[str], where: str = "templates") -> None:
 
 
 def embed_class_names(
-    model: EvalModel,
+    model: Encoder,
     class_names: Sequence[str],
     templates: Sequence[str] = PROMPT_TEMPLATES,
     batch_size: int = 256,
@@ -165,11 +164,9 @@ def embed_class_names(
     return F.normalize(per_prompt.mean(dim=1), dim=-1)
 
 
-def text_encoder_of(clip_model, checkpoint: str) -> EvalModel:
-    """The evaluation interface over a backbone's frozen FG-CLIP / FG-CLIP 2 model and its checkpoint's processor."""
-    if isinstance(clip_model, FGCLIP2Model):
-        return FGCLIP2EvalModel(clip_model, FGCLIP2Processor.from_pretrained(checkpoint))
-    return FGCLIPEvalModel(clip_model, FGCLIPProcessor.from_pretrained(checkpoint))
+def text_encoder_of(clip_model, checkpoint: str) -> Encoder:
+    """The encoder interface over a backbone's frozen model and its checkpoint's processor."""
+    return Encoder(clip_model, processor_for(clip_model, checkpoint))
 
 
 class ClassEmbeddings(NamedTuple):

@@ -13,16 +13,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .encoders import Encoder, load_encoder
 from .eval.cli import add_eval_subcommand
-from .eval.interface import EvalModel, config_model_type, load_eval_model
 from .processing_fgclip import load_image
 
 DEFAULT_MODEL = "qihoo360/fg-clip-base"
-
-
-def load_pretrained(path: str, device: str = "cpu") -> EvalModel:
-    """An FG-CLIP (ours or upstream layout) or FG-CLIP 2 checkpoint (a directory or hub id), in eval mode."""
-    return load_eval_model(path, "fgclip2" if config_model_type(path) == "fgclip2" else "fgclip", device)
 
 
 def parse_box(text: str) -> list[float]:
@@ -37,27 +32,20 @@ def parse_box(text: str) -> list[float]:
     return values
 
 
-def _one_image(model: EvalModel, image, boxes: torch.Tensor | None = None):
-    """One image (and boxes, checked, not clamped) as a model batch on the model's device."""
-    inputs = model.image_inputs
-    pixels, mapped = inputs.prepare(load_image(image), boxes, clamp=False)
-    batch = inputs.collate([pixels]).to(model.device)
-    return batch, None if mapped is None else [mapped.to(model.device)]
-
-
 @torch.no_grad()
-def score_regions(model: EvalModel, image, boxes: list[list[float]], texts: list[str]) -> torch.Tensor:
-    """(K boxes, T texts) cosine similarities between region features and region texts."""
-    batch, mapped = _one_image(model, image, torch.tensor(boxes, dtype=torch.float32))
-    regions = model.encode_regions(batch, mapped)
+def score_regions(model: Encoder, image, boxes: list[list[float]], texts: list[str]) -> torch.Tensor:
+    """(K boxes, T texts) cosine similarities between region features and region texts; boxes are
+    checked against the image, not clamped."""
+    batch = model.processor(images=[load_image(image)], boxes=[torch.tensor(boxes, dtype=torch.float32)])
+    regions = model.encode_regions(batch.to(model.device))
     return (regions @ model.encode_texts(texts, "region").t()).cpu()
 
 
 @torch.no_grad()
-def similarity_map(model: EvalModel, image, text: str) -> torch.Tensor:
+def similarity_map(model: Encoder, image, text: str) -> torch.Tensor:
     """(H, W) cosine similarity between each patch and ``text``, upsampled to the image size."""
     image = load_image(image)
-    dense = model.dense_maps(_one_image(model, image)[0])[0]
+    dense = model.dense_maps(model.processor(images=[image]).to(model.device))[0]
     query = model.encode_texts([text], "short")[0]
     grid = (dense @ query)[None, None].float()
     return F.interpolate(grid, size=(image.height, image.width), mode="bilinear", align_corners=False)[0, 0].cpu()
@@ -117,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "eval":
         return args.func(args)
-    model = load_pretrained(args.model, args.device)
+    model = load_encoder(args.model, device=args.device)
     if args.command == "score":
         print(format_table(score_regions(model, args.image, args.box, args.text), args.box, args.text))
     elif args.command == "heatmap":

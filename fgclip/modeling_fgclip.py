@@ -373,16 +373,19 @@ class FGCLIPModel(CLIPPreTrainedModel):
             raise ValueError(f"images must be at least {patch}x{patch} pixels, got {height}x{width}")
         return height // patch, width // patch
 
-    def _block_outputs(self, pixel_values: torch.Tensor, layers: Sequence[int] = ()) -> tuple[torch.Tensor, list]:
-        """The vision tokens entering the last block, (B, 1 + h*w, C), and the outputs of the
-        blocks in ``layers`` (zero-based, below the last block) in that order."""
+    def _block_outputs(
+        self, pixel_values: torch.Tensor, layers: Sequence[int] = (), until: int | None = None
+    ) -> tuple[torch.Tensor, list]:
+        """Run blocks ``0..until-1`` (default: all but the last): the tokens they output,
+        (B, 1 + h*w, C), and the outputs of the blocks in ``layers`` in that order."""
         vision = self.vision_model
         size = self.config.vision_config.image_size
         interpolate = tuple(pixel_values.shape[-2:]) != (size, size)
         hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=interpolate)
         hidden = vision.pre_layrnorm(hidden)
+        until = len(vision.encoder.layers) - 1 if until is None else until
         kept = {}
-        for index, layer in enumerate(vision.encoder.layers[:-1]):
+        for index, layer in enumerate(vision.encoder.layers[:until]):
             hidden = layer(hidden, None)
             if index in layers:
                 kept[index] = hidden
@@ -433,21 +436,28 @@ class FGCLIPModel(CLIPPreTrainedModel):
         return list(output.dense_features)
 
     def vision_hidden_states(self, pixel_values: torch.Tensor, layers: Sequence[int], **batch_keys) -> list[torch.Tensor]:
-        """Patch tokens (B, h*w, C) after each block of ``layers`` (zero-based; CLS dropped).
+        """Patch tokens (B, h*w, C) after each block of ``layers`` (zero-based, negative from the end;
+        CLS dropped); blocks after the last one asked for are not run.
 
         The last block's entry is its value path, ``x + out_proj(v_proj(ln1(x)))`` then the
-        MLP, the tokens FG-CLIP's dense features are projected from (CLIPSelf's F-ViT feeds them
-        to its top pyramid level).
+        MLP: the tokens FG-CLIP's dense features are projected from (:meth:`project_dense`), which
+        CLIPSelf's F-ViT also feeds to its top pyramid level.
         """
         ignore_batch_keys(batch_keys, TEXT_BATCH_KEYS, "vision_hidden_states")
         self._check_pixels(pixel_values)
         last = self.config.vision_config.num_hidden_layers - 1
         layers = check_layers(layers, last + 1)
-        hidden, kept = self._block_outputs(pixel_values, [index for index in layers if index != last])
-        states = dict(zip([index for index in layers if index != last], kept))
+        inner = [index for index in layers if index != last]
+        hidden, kept = self._block_outputs(pixel_values, inner, until=last if last in layers else max(inner) + 1)
+        states = dict(zip(inner, kept))
         if last in layers:
             states[last] = value_path_block(self.vision_model.encoder.layers[-1], hidden)
         return [states[index][:, 1:] for index in layers]
+
+    def project_dense(self, tokens: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, C) value-path patch tokens of the last block -> (B, N, D) dense features
+        (``post_layernorm``, ``visual_projection``). ``pixel_attention_mask`` is unused (no padding)."""
+        return self.visual_projection(self.vision_model.post_layernorm(tokens))
 
     def get_image_tokens(self, pixel_values: torch.Tensor, **batch_keys) -> TokenFeatures:
         """(B, 3, H, W) -> the (B, 1 + h*w, C) vision tokens after ``post_layernorm`` (all real) and

@@ -227,9 +227,10 @@ class FGCLIPProcessor(DualEncoderProcessor):
         )
 
     @classmethod
-    def for_config(cls, config: FGCLIPConfig, **kwargs) -> "FGCLIPProcessor":
+    def for_config(cls, config: FGCLIPConfig, tokenizer: CLIPTokenizer | None = None, **kwargs) -> "FGCLIPProcessor":
         """A processor matching a model configuration (image size and text lengths)."""
         return cls(
+            tokenizer=tokenizer,
             image_size=config.vision_config.image_size,
             short_length=config.short_text_length,
             long_length=config.long_text_length,

@@ -86,8 +86,11 @@ class FGCLIP2Processor(DualEncoderProcessor):
         self.long_length = long_length
 
     @classmethod
-    def for_config(cls, config: FGCLIP2Config, tokenizer, **kwargs) -> "FGCLIP2Processor":
+    def for_config(cls, config: FGCLIP2Config, tokenizer=None, **kwargs) -> "FGCLIP2Processor":
         """A processor matching a model configuration (text lengths, patch size, position grid)."""
+        if tokenizer is None:
+            raise ValueError("an FG-CLIP 2 processor needs the checkpoint's tokenizer (Gemma's multilingual one for "
+                             "the released models)")
         vision = config.vision_config
         kwargs.setdefault("max_num_patches", vision.num_patches)
         return cls(tokenizer, short_length=config.short_text_length, long_length=config.long_text_length,

@@ -9,7 +9,7 @@ from PIL import Image
 
 from fgclip import FGCLIPModel, FGCLIPProcessor
 from fgclip.cli import main, parse_box, similarity_map
-from fgclip.eval import FGCLIPEvalModel
+from fgclip.encoders import Encoder
 from fgclip.testing import tiny_config
 
 
@@ -53,7 +53,7 @@ def test_heatmap_png_and_values(saved, tmp_path):
         assert png.format == "PNG" and png.width > 100
     processor = FGCLIPProcessor.from_pretrained(directory)
     small = Image.open(directory / "scene.png").resize((20, 12))
-    similarity = similarity_map(FGCLIPEvalModel(model, processor), small, "red square")
+    similarity = similarity_map(Encoder(model, processor), small, "red square")
     assert similarity.shape == (12, 20)
     with torch.no_grad():
         dense = F.normalize(model.get_dense_features(processor.preprocess(small)), dim=-1)[0]

@@ -162,6 +162,16 @@ def test_backbone_frozen_pyramid_and_clip_map(in_workspace):
     # level 2 is the output of block out_indices[2] = 2 (identity branch), CLS dropped
     hidden = reference.vision_model(pixels, interpolate_pos_encoding=True, output_hidden_states=True).hidden_states
     torch.testing.assert_close(pyramid[2], hidden[3][:, 1:].transpose(1, 2).reshape(2, 32, 6, 8), rtol=1e-4, atol=1e-5)
+    # level 3 (2x2 max pooling) is fed by the last block run as CLIPSelf's value path, by hand:
+    # x + out_proj(v_proj(ln1(x))), then x + mlp(ln2(x)), on the tokens entering the last block
+    block = reference.vision_model.encoder.layers[-1]
+    x = hidden[-2]
+    with torch.no_grad():
+        x = x + block.self_attn.out_proj(block.self_attn.v_proj(block.layer_norm1(x)))
+        x = x + block.mlp.fc2(block.mlp.activation_fn(block.mlp.fc1(block.layer_norm2(x))))
+    top = F.max_pool2d(x[:, 1:].transpose(1, 2).reshape(2, 32, 6, 8), 2)
+    assert len(reference.vision_model.encoder.layers) - 1 == cfg.model.backbone.out_indices[-1]
+    torch.testing.assert_close(pyramid[3], top, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="divisible by the patch size 8"):
         backbone(torch.randn(1, 3, 60, 64))
 

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fgclip import FGCLIP2Model, FGCLIP2Processor
-from fgclip.eval import FeatureExtractor, FGCLIP2EvalModel, detect_model_type, load_eval_model
+from fgclip import FGCLIP2Model
+from fgclip.encoders import detect_model_type, load_encoder
+from fgclip.eval import FeatureExtractor
 from fgclip.eval.common import ImageRequest
 from fgclip.eval.retrieval import evaluate_retrieval, load_tsv
 from fgclip.testing import tiny_fgclip2_config, tiny_word_tokenizer
@@ -39,12 +41,12 @@ def checkpoint(tmp_path_factory):
 
 def test_checkpoint_is_detected_and_loaded_as_fgclip2(checkpoint):
     assert detect_model_type(checkpoint) == "fgclip2"
-    assert isinstance(load_eval_model(checkpoint), FGCLIP2EvalModel)
+    assert isinstance(load_encoder(checkpoint).model, FGCLIP2Model)
 
 
 @pytest.mark.parametrize("batch_size, workers", [(3, 0), (2, 1)])
 def test_batched_region_features_equal_one_image_passes(checkpoint, batch_size, workers):
-    evaluated = load_eval_model(checkpoint)
+    evaluated = load_encoder(checkpoint)
     boxes = {"a.png": [[0, 0, 40, 24], [5, 3, 20, 20]], "b.png": [[2, 2, 9, 14]], "c.png": [[0, 10, 12, 28]],
              "d.png": [[1, 1, 29, 15], [10, 10, 30, 30]]}
     requests = [ImageRequest(str(checkpoint / name), torch.tensor(b, dtype=torch.float32).numpy(), source=name)
@@ -61,7 +63,7 @@ def test_batched_region_features_equal_one_image_passes(checkpoint, batch_size, 
 
 
 def test_chinese_tsv_retrieval_matches_brute_force(checkpoint):
-    evaluated = load_eval_model(checkpoint)
+    evaluated = load_encoder(checkpoint)
     dataset = load_tsv(checkpoint / "cn.tsv", text_kind="long")
     result = evaluate_retrieval(FeatureExtractor(evaluated, batch_size=3, num_workers=0, progress=False), dataset)
     model, processor = evaluated.model, evaluated.processor

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fgclip import FGCLIPModel, FGCLIPProcessor
-from fgclip.eval import FeatureExtractor, load_eval_model
+from fgclip.encoders import load_encoder
+from fgclip.eval import FeatureExtractor
 from fgclip.eval.common import DataError
 from fgclip.eval.matching import evaluate_matching, load_matching_tsv
 from fgclip.eval.runner import RunConfig, run_evaluation
@@ -45,7 +46,7 @@ def root(tmp_path_factory):
 
 
 def test_auc_matches_brute_force_with_and_without_a_reranker(root):
-    evaluated = load_eval_model(root / "model")
+    evaluated = load_encoder(root / "model")
     dataset = load_matching_tsv(root / "data" / "matching" / "pairs.tsv")
     torch.manual_seed(3)
     reranker = CrossEncoderReranker(CrossEncoderRerankerConfig(image_width=32, text_width=32, hidden_size=16,
@@ -72,7 +73,7 @@ def test_auc_matches_brute_force_with_and_without_a_reranker(root):
 
 
 def test_runner_finds_matching_files(root, tmp_path):
-    report = run_evaluation([("fgclip", load_eval_model(root / "model"), {})],
+    report = run_evaluation([("fgclip", load_encoder(root / "model"), {})],
                             RunConfig(data_root=str(root / "data"), output_dir=str(tmp_path), tasks=["matching"],
                                       num_workers=0, progress=False))
     assert set(report["results"]["fgclip"]) == {"matching/pairs"}

@@ -21,7 +21,7 @@ from fgclip.eval.boxcls import evaluate_boxcls, load_coco_boxes
 from fgclip.eval.common import DataError, ImageRequest
 from fgclip.eval.features import FeatureExtractor
 from fgclip.eval.fgovd import evaluate_fgovd, load_fgovd
-from fgclip.eval.interface import CLIPEvalModel, EvalModel, FGCLIPEvalModel, detect_model_type, load_eval_model
+from fgclip.encoders import Encoder, detect_model_type, load_encoder
 from fgclip.eval.runner import EvalOptions, RunConfig, run_evaluation
 from fgclip.eval.zeroshot import evaluate_zeroshot, load_image_folder
 from fgclip.processing_fgclip import CLIP_MEAN, CLIP_STD
@@ -126,7 +126,7 @@ def run_config(data_root: Path, output: Path, batch_size: int, **kwargs) -> RunC
 
 
 def loaded_models(checkpoints: Path):
-    return [("fgclip", load_eval_model(checkpoints / "fgclip"), {}), ("clip", load_eval_model(checkpoints / "clip"), {})]
+    return [("fgclip", load_encoder(checkpoints / "fgclip"), {}), ("clip", load_encoder(checkpoints / "clip"), {})]
 
 
 @pytest.fixture(scope="module")
@@ -141,27 +141,29 @@ def metric_values(report: dict) -> dict:
 
 # ---------------------------------------------------------------------------------- interface
 def test_load_eval_model_detects_checkpoint_type(checkpoints, tmp_path):
-    assert isinstance(load_eval_model(checkpoints / "fgclip"), FGCLIPEvalModel)
-    assert isinstance(load_eval_model(checkpoints / "clip"), CLIPEvalModel)
+    assert isinstance(load_encoder(checkpoints / "fgclip").model, FGCLIPModel)
+    assert load_encoder(checkpoints / "clip").long_text_kind == "short"
     upstream = tmp_path / "upstream"  # FG-CLIP weights behind a plain CLIP config.json, as on the hub
     FGCLIPModel.from_pretrained(checkpoints / "fgclip").save_pretrained(upstream)
     config = json.loads((upstream / "config.json").read_text())
     (upstream / "config.json").write_text(json.dumps({**config, "model_type": "clip"}))
     assert detect_model_type(upstream) == "fgclip" and detect_model_type(checkpoints / "clip") == "clip"
-    assert isinstance(load_eval_model(upstream), FGCLIPEvalModel)
+    assert load_encoder(upstream).long_text_kind == "long"
 
 
 def test_clip_baseline_regions_use_the_fgclip_recipe(checkpoints):
     """Plain CLIP's region features equal those of the same weights converted to FG-CLIP."""
     clip = CLIPModel.from_pretrained(checkpoints / "clip").eval()
     processor = FGCLIPProcessor(image_size=clip.config.vision_config.image_size)
-    baseline = CLIPEvalModel(clip, processor)
-    converted = FGCLIPEvalModel(FGCLIPModel.from_clip(clip).eval(), processor)
+    baseline = load_encoder(checkpoints / "clip", "clip")
+    converted = Encoder(FGCLIPModel.from_clip(clip).eval(), processor)
     pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     boxes = [torch.tensor([[0.0, 0.0, 32.0, 32.0], [3.5, 7.0, 20.0, 15.0]]), torch.tensor([[10.0, 2.0, 31.0, 30.0]])]
+    batch = {"pixel_values": pixel_values, "boxes": boxes}
     with torch.no_grad():
-        images, regions = baseline.encode_images(pixel_values), baseline.encode_regions(pixel_values, boxes)
-        images_ref, regions_ref = converted.encode_images(pixel_values), converted.encode_regions(pixel_values, boxes)
+        images, regions = baseline.encode_images(batch), baseline.encode_regions(batch)
+        images_ref = F.normalize(clip.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
+        regions_ref = converted.encode_regions(batch)
         texts = ["a photo of a dog", "two red cups on a table"]
         torch.testing.assert_close(baseline.encode_texts(texts, "short"), converted.encode_texts(texts, "short"))
         long_text = ["word " * 150]  # beyond 77 tokens: CLIP has no long path and cuts it
@@ -182,19 +184,22 @@ def normalised_color(rgb) -> torch.Tensor:
     return (torch.tensor(rgb, dtype=torch.float32) / 255 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
 
 
-class ColorModel(EvalModel):
+class ColorModel(Encoder):
     """A model whose answer is known: a region's feature is its mean (normalised) pixel colour,
     an image's is its mean colour, and a text's is the normalised colour it names."""
 
+    device = torch.device("cpu")
+
     def __init__(self):
         self.processor = FGCLIPProcessor(image_size=64)
-        self.device = torch.device("cpu")
+        self.long_text_kind = "long"
 
-    def encode_images(self, pixel_values):
-        return F.normalize(pixel_values.mean(dim=(2, 3)), dim=-1)
+    def encode_images(self, batch):
+        return F.normalize(batch["pixel_values"].mean(dim=(2, 3)), dim=-1)
 
-    def encode_regions(self, pixel_values, boxes):
-        regions = roi_align(pixel_values, boxes, output_size=1, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    def encode_regions(self, batch):
+        regions = roi_align(batch["pixel_values"], list(batch["boxes"]), output_size=1, spatial_scale=1.0,
+                            sampling_ratio=-1, aligned=True)
         return F.normalize(regions[:, :, 0, 0], dim=-1)
 
     def encode_texts(self, texts, kind="short"):
@@ -269,7 +274,7 @@ def test_shared_fgovd_excerpt_matches_one_box_per_forward(checkpoints, tmp_path)
     assert len(benchmark.items) == len(records) == 200
     model = FGCLIPModel.from_pretrained(checkpoints / "fgclip").eval()
     processor = FGCLIPProcessor.from_pretrained(checkpoints / "fgclip")
-    extractor = FeatureExtractor(FGCLIPEvalModel(model, processor), batch_size=16, num_workers=0, progress=False)
+    extractor = FeatureExtractor(Encoder(model, processor), batch_size=16, num_workers=0, progress=False)
     result = evaluate_fgovd(extractor, [benchmark])["easy"]
 
     # Upstream way: one forward per box, the item's 11 captions padded to 77 tokens.
@@ -295,7 +300,7 @@ def test_results_do_not_depend_on_batch_size(checkpoints, data_root, reference_r
     assert metric_values(report) == metric_values(reference_report)
     assert (tmp_path / "results.md").read_text().startswith("| benchmark | metric | n | fgclip | clip |")
 
-    model = load_eval_model(checkpoints / "fgclip")
+    model = load_encoder(checkpoints / "fgclip")
     requests = [ImageRequest(str(p), np.array([[1.0, 2.0, 20.0, 30.0], [0.0, 0.0, 40.0, 36.0]]), source=str(p))
                 for p in sorted((data_root / "coco/val2017").iterdir())]
     one = FeatureExtractor(model, batch_size=1, text_batch_size=1, num_workers=0, progress=False)

@@ -68,7 +68,7 @@ def fake_preprocess(size=16):
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).mean((0, 1))
         pixel_values = pixels.view(1, 3, 1, 1).expand(1, 3, size, size).clone()
         scale = torch.tensor([size / width, size / height, size / width, size / height])
-        return pixel_values, [image_boxes * scale]
+        return {"pixel_values": pixel_values, "boxes": [image_boxes * scale]}
 
     return preprocess
 
@@ -300,7 +300,7 @@ def test_dataset_with_fgclip_processor_maps_boxes_to_input_pixels(tmp_path, imag
     from fgclip import FGCLIPProcessor
 
     processor = FGCLIPProcessor(image_size=32)
-    dataset = FineHARDDataset(write_jsonl(tmp_path / "d.jsonl", [record(0, 2)]), image_root, processor.preprocess)
+    dataset = FineHARDDataset(write_jsonl(tmp_path / "d.jsonl", [record(0, 2)]), image_root, processor)
     sample = dataset[0]
     assert sample["pixel_values"].shape == (3, 32, 32)
     assert torch.allclose(sample["boxes"], torch.tensor([[0.0, 0.0, 16.0, 16.0], [8.0, 16.0, 24.0, 32.0]]))

@@ -19,7 +19,8 @@ from transformers import AutoModel
 from fgclip import FGCLIP2Model, FGCLIP2Processor, FGCLIPModel, FGCLIPProcessor
 from fgclip.data import FineHARDCollator, FineHARDDataset
 from fgclip.data.shapes import write_shapes_dataset
-from fgclip.eval import FeatureExtractor, load_eval_model
+from fgclip.encoders import load_encoder
+from fgclip.eval import FeatureExtractor
 from fgclip.eval.cli import main as eval_main
 from fgclip.eval.retrieval import evaluate_retrieval, load_tsv
 from fgclip.rerank import (
@@ -119,7 +120,7 @@ def test_training_step_loss_by_hand(shapes):
     torch.manual_seed(0)
     dual = FGCLIPModel(tiny_config())
     processor = FGCLIPProcessor.for_config(dual.config)
-    samples = [FineHARDDataset(shapes / "train.jsonl", shapes, processor.preprocess)[i] for i in range(5)]
+    samples = [FineHARDDataset(shapes / "train.jsonl", shapes, processor)[i] for i in range(5)]
     batch = FineHARDCollator(processor.tokenize)(samples)
     step = RerankerForTraining(dual, tiny_reranker(), text_kind="short", negatives=2, seed=9)
     generator = step._generator()
@@ -165,7 +166,7 @@ def retrieval_data(tmp_path_factory):
 
 @pytest.mark.parametrize("top_k", [3, 128])
 def test_reranked_retrieval_matches_brute_force(retrieval_data, top_k):
-    evaluated = load_eval_model(retrieval_data / "fgclip")
+    evaluated = load_encoder(retrieval_data / "fgclip")
     reranker = tiny_reranker(seed=2)
     dataset = load_tsv(retrieval_data / "set.tsv", text_kind="short")
     result = evaluate_retrieval(FeatureExtractor(evaluated, batch_size=4, num_workers=0, progress=False), dataset,

@@ -37,16 +37,17 @@ def processor(shapes):
 
 
 def reference_loss(model, step, processor, samples, regional, hard_negatives):
-    images = [sample["pixel_values"] for sample in samples]
-    image = torch.cat([model.get_image_features(**batch.as_kwargs()) for batch in images])
+    images = [{key: sample[key][None] for key in ("pixel_values", "pixel_attention_mask", "spatial_shapes")}
+              for sample in samples]
+    image = torch.cat([model.get_image_features(**batch) for batch in images])
     long = model.get_text_features(**processor.tokenize([s["long_text"] for s in samples], kind="long"), kind="long")
     short = model.get_text_features(**processor.tokenize([s["short_text"] for s in samples]))
-    regions = torch.cat([model.get_region_features(**batch.as_kwargs(), boxes=[sample["boxes"]])
+    regions = torch.cat([model.get_region_features(**batch, boxes=[sample["boxes"]])
                          for batch, sample in zip(images, samples)])
     extra = {}
     if regional:
         region_texts = [text for sample in samples for text in sample["region_texts"]]
-        extra.update(region_embeds=regions, logit_scale_finegraind=step.logit_scale_finegraind,
+        extra.update(region_embeds=regions, logit_scale_finegraind=model.logit_scale_finegraind,
                      region_text_embeds=model.get_text_features(**processor.tokenize(region_texts), kind="region"))
     if hard_negatives:
         groups, region_rows, first = [], [], 0
@@ -56,7 +57,7 @@ def reference_loss(model, step, processor, samples, regional, hard_negatives):
                 region_rows.append(first + region)
             first += len(sample["region_texts"])
         extra.update(hard_region_embeds=regions[region_rows], hard_candidate_embeds=torch.stack(groups),
-                     logit_scale_hardneg=step.logit_scale_hardneg)
+                     logit_scale_hardneg=model.logit_scale_hardneg)
     total, terms = FGCLIP2Loss()(image, {"long": long, "short": short}, model.logit_scale[0], model.logit_bias[0],
                                  **extra)
     return total, terms
@@ -64,15 +65,15 @@ def reference_loss(model, step, processor, samples, regional, hard_negatives):
 
 @pytest.mark.parametrize("regional, hard_negatives", [(False, False), (True, True)])
 def test_step_matches_separately_embedded_reference(shapes, processor, regional, hard_negatives):
-    data = FineHARDDataset(shapes / "train.jsonl", shapes, processor.preprocess, seed=11)
+    data = FineHARDDataset(shapes / "train.jsonl", shapes, processor, seed=11)
     samples = [data[index] for index in range(5)]
     assert any(sample["hard_negative_texts"] for sample in samples)
     torch.manual_seed(0)
     model = FGCLIP2Model(tiny_fgclip2_config(vocab_size=len(processor.tokenizer)))
     step = FGCLIP2ForTraining(model, FGCLIP2Loss(), regional=regional, hard_negatives=hard_negatives)
     with torch.no_grad():  # distinct temperatures, so a mixed-up scale shows in the loss
-        step.logit_scale_finegraind.fill_(1.5)
-        step.logit_scale_hardneg.fill_(3.0)
+        model.logit_scale_finegraind.fill_(1.5)
+        model.logit_scale_hardneg.fill_(3.0)
     batch = FineHARDCollator(processor.tokenize, long_padding="max_length", short_padding="max_length")(samples)
     assert batch["pixel_values"].shape[:2] == batch["pixel_attention_mask"].shape == (5, 16)
     assert batch["long_input_ids"].shape == batch["long_attention_mask"].shape == (5, 196)
@@ -86,4 +87,4 @@ def test_step_matches_separately_embedded_reference(shapes, processor, regional,
     output["loss"].backward()
     missing = [name for name, p in step.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"no gradient for {missing}"
-    assert step.logit_scale_hardneg.requires_grad == hard_negatives
+    assert model.logit_scale_hardneg.requires_grad == hard_negatives

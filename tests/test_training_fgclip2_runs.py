@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from fgclip import FGCLIP2Model, FGCLIP2Processor
 from fgclip.data.shapes import write_shapes_dataset
-from fgclip.eval import FGCLIP2EvalModel, load_eval_model
+from fgclip.encoders import load_encoder
 from fgclip.testing import tiny_word_tokenizer
 from fgclip.training import load_config, train
 from fgclip.training.trainer import FGCLIPTrainer, build_dataset, build_model, build_processor, build_step
@@ -90,8 +90,10 @@ def test_run_logs_every_term_and_writes_a_loadable_model(uninterrupted):
     assert isinstance(FGCLIP2Model.from_pretrained(final), FGCLIP2Model)
     assert FGCLIP2Processor.from_pretrained(final, max_num_patches=None).max_num_patches == 16
     assert FGCLIP2Processor.from_pretrained(final).max_num_patches == "auto"
-    assert isinstance(load_eval_model(final), FGCLIP2EvalModel)
-    assert "logit_scale_hardneg" not in load_file(final / "model.safetensors")
+    assert isinstance(load_encoder(final).model, FGCLIP2Model)
+    # the training-only temperatures are saved with the model (as the official training writes them) and reload
+    saved = load_file(final / "model.safetensors")
+    assert FGCLIP2Model.from_pretrained(final).logit_scale_hardneg.item() == saved["logit_scale_hardneg"].item()
 
 
 def test_resume_mid_epoch_gives_the_uninterrupted_run(data, uninterrupted, tmp_path):

@@ -41,7 +41,7 @@ def tiny_model(seed: int = 0) -> FGCLIPModel:
 
 
 def dataset(path, root, processor) -> FineHARDDataset:
-    return FineHARDDataset(path, root, processor.preprocess, seed=11)
+    return FineHARDDataset(path, root, processor, seed=11)
 
 
 def symmetric_info_nce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from mmengine.config import Config
 
 from detection.class_embeddings import BACKGROUND, TEMPLATE_SETS, check_templates, embed_class_names, save_class_embeddings
-from fgclip.cli import load_pretrained
+from fgclip.encoders import load_encoder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         check_templates(templates, args.templates_file)
     else:
         templates = list(TEMPLATE_SETS[args.templates])
-    model = load_pretrained(model_path, args.device)
+    model = load_encoder(model_path, device=args.device)
     embeddings = embed_class_names(model, [*names, BACKGROUND], templates, batch_size=args.batch_size)
     save_class_embeddings(out, names, embeddings[:-1], templates, model_path, background=embeddings[-1])
     print(f"wrote {len(names)} x {embeddings.shape[1]} embeddings + background ({len(templates)} templates) to {out}",

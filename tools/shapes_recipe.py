@@ -23,7 +23,7 @@ from fgclip.cli import save_heatmap, similarity_map
 from fgclip.data.shapes import write_shapes_dataset
 from fgclip.eval.features import FeatureExtractor
 from fgclip.eval.fgovd import evaluate_fgovd, load_fgovd
-from fgclip.eval.interface import load_eval_model
+from fgclip.encoders import load_encoder
 from fgclip.eval.retrieval import RetrievalSet, evaluate_retrieval
 from fgclip.training import load_config, train
 
@@ -50,7 +50,7 @@ def retrieval_set(data_dir: Path) -> RetrievalSet:
 
 
 def evaluate(model_dir: Path, data_dir: Path) -> dict[str, float]:
-    extractor = FeatureExtractor(load_eval_model(model_dir), batch_size=64, num_workers=0, progress=False)
+    extractor = FeatureExtractor(load_encoder(model_dir), batch_size=64, num_workers=0, progress=False)
     benchmarks = [load_fgovd(data_dir / f"fgovd_{subset}.jsonl", data_dir, name=subset) for subset in SUBSETS]
     scores = {name: result["accuracy"] for name, result in evaluate_fgovd(extractor, benchmarks).items()}
     retrieval = evaluate_retrieval(extractor, retrieval_set(data_dir))
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
     print("\nFG-OVD-style accuracy (%) and long-caption retrieval R@1 (%) on held-out shapes scenes:\n")
     print(table)
 
-    model = load_eval_model(final_dir)
+    model = load_encoder(final_dir)
     scene = json.loads((data_dir / "retrieval.json").read_text())[0]
     image = data_dir / scene["img_path"]
     query = json.loads((data_dir / "fgovd_hard.jsonl").read_text().splitlines()[0])["pos_expression"][0]

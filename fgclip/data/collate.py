@@ -12,17 +12,17 @@ without negatives add no group, so no dummy box or dummy text is ever encoded.
 
 Batch (a plain dict, so HF Trainer / accelerate move its tensors to the device)::
 
-    pixel_values                (B, 3, S, S); for FG-CLIP 2 (samples holding `FGCLIP2Images`)
-                                (B, N, 3 * p * p) patches, with ``pixel_attention_mask`` (B, N)
-                                and ``spatial_shapes`` (B, 2) beside it
+    pixel_values                (B, 3, S, S); for FG-CLIP 2 (B, N, 3 * p * p) patches, with
+                                ``pixel_attention_mask`` (B, N) and ``spatial_shapes`` (B, 2)
     long_input_ids              (B, L_long)
     short_input_ids             (T, L_short)   T unique short-path texts
-    long_attention_mask,        (B, L_long) / (T, L_short), only when ``tokenize`` returns
-    short_attention_mask        ``{"input_ids", "attention_mask"}`` (FG-CLIP 2)
+    long_attention_mask,        (B, L_long) / (T, L_short)
+    short_attention_mask
     short_text_inverse          (B + R + H * (1 + N),) row of short_input_ids for each text slot
     short_text_ranges           {"short": (0, B), "region": (B, B + R),
                                  "hard_negative": (B + R, B + R + H * (1 + N))} slot ranges
-    boxes                       list of B (K_i, 4) tensors, xyxy in input pixels, sum K_i = R
+    boxes                       :class:`Boxes`: B (K_i, 4) float32 tensors, xyxy in input pixels,
+                                sum K_i = R
     region_image_index          (R,) image of each region
     hard_negative_region_index  (H,) region (index into the R regions) of each group
     is_cn                       (B,) bool, each record's language (bookkeeping)
@@ -34,11 +34,29 @@ reshapes to (H, 1 + N, D) with the positive at index 0.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-Tokenize = Callable[..., torch.Tensor]
+from ..processing_fgclip import concat_image_batches
+from .datasets import IMAGE_KEYS
+
+
+class Boxes(Sequence):
+    """The per-image (K_i, 4) float32 box tensors of a batch, as a read-only sequence that is neither a
+    list nor a tensor: HF Trainer's input preparation (which under DeepSpeed casts every float
+    tensor it reaches to bf16, rounding box coordinates) passes it through untouched; the training
+    step moves the boxes to its device."""
+
+    def __init__(self, boxes):
+        self._boxes = list(boxes)
+
+    def __getitem__(self, index):
+        return self._boxes[index]
+
+    def __len__(self) -> int:
+        return len(self._boxes)
 
 
 def deduplicate(texts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
@@ -52,24 +70,28 @@ class FineHARDCollator:
     """Collate FineHARD samples into one training batch (layout in the module docstring).
 
     Args:
-        tokenize: ``tokenize(texts, kind=..., padding=...)`` returning a LongTensor (N, L)
-            (e.g. `FGCLIPProcessor.tokenize`) or ``{"input_ids", "attention_mask"}`` (e.g.
-            `FGCLIP2Processor.tokenize`).
-        long_padding / short_padding: ``"longest"`` (default) gives the same features as
-            ``"max_length"`` under CLIP's causal mask and first-eos pooling; FG-CLIP 2, which
-            pools the last position, needs ``"max_length"`` for both.
+        processor: the model's processor; texts are tokenized with ``processor(text=...,
+            text_kind=..., padding=...)``. A bare ``tokenize(texts, kind=..., padding=...)``
+            function returning ids (or ``{"input_ids", "attention_mask"}``) is accepted too.
+        long_padding / short_padding: default ``processor.minimal_padding``, the shortest
+            padding with the same features (``"longest"`` under CLIP's causal mask and first-eos
+            pooling; ``"max_length"`` for FG-CLIP 2, which pools the last position).
     """
 
-    def __init__(self, tokenize: Tokenize, long_padding: str = "longest", short_padding: str = "longest"):
-        self.tokenize = tokenize
-        self.long_padding = long_padding
-        self.short_padding = short_padding
+    def __init__(self, processor, long_padding: str | None = None, short_padding: str | None = None):
+        self.processor = processor
+        minimal = getattr(processor, "minimal_padding", "longest")
+        self.long_padding = long_padding or minimal
+        self.short_padding = short_padding or minimal
 
     def _tokenize(self, texts: list[str], kind: str, padding: str) -> dict[str, torch.Tensor]:
-        encoded = self.tokenize(texts, kind=kind, padding=padding)
+        if hasattr(self.processor, "minimal_padding"):
+            encoded = self.processor(text=texts, text_kind=kind, padding=padding)
+        else:
+            encoded = self.processor(texts, kind=kind, padding=padding)
         if isinstance(encoded, torch.Tensor):
             return {"input_ids": encoded}
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        return {key: encoded[key] for key in ("input_ids", "attention_mask") if key in encoded}
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
@@ -88,15 +110,12 @@ class FineHARDCollator:
                 hard_region_index.append(first_region + region)
         unique_texts, inverse = deduplicate(short_texts + region_texts + hard_texts)
         num_short, num_region = len(short_texts), len(region_texts)
-        images = [sample["pixel_values"] for sample in samples]
         texts = {
             "long": self._tokenize([sample["long_text"] for sample in samples], "long", self.long_padding),
             "short": self._tokenize(unique_texts, "short", self.short_padding),
         }
-        if isinstance(images[0], torch.Tensor):
-            image_inputs = {"pixel_values": torch.stack(images)}
-        else:
-            image_inputs = type(images[0]).cat(images).as_kwargs()
+        image_inputs = concat_image_batches([{key: sample[key][None] for key in IMAGE_KEYS if key in sample}
+                                             for sample in samples])
         return {
             **image_inputs,
             **{f"{kind}_{key}": value for kind, encoded in texts.items() for key, value in encoded.items()},
@@ -106,7 +125,7 @@ class FineHARDCollator:
                 "region": (num_short, num_short + num_region),
                 "hard_negative": (num_short + num_region, len(inverse)),
             },
-            "boxes": [sample["boxes"] for sample in samples],
+            "boxes": Boxes(sample["boxes"] for sample in samples),
             "region_image_index": torch.tensor(region_image_index, dtype=torch.long),
             "hard_negative_region_index": torch.tensor(hard_region_index, dtype=torch.long),
             "is_cn": torch.tensor([sample.get("is_cn", False) for sample in samples]),

@@ -4,8 +4,9 @@ iterable (webdataset tar shards).
 Both produce the same per-image sample (a dict; `fgclip.data.collate.FineHARDCollator`
 batches it)::
 
-    pixel_values         (3, S, S) float tensor from `preprocess`, or the one-image batch it
-                         returns when that is not a tensor (FG-CLIP 2's `FGCLIP2Images`)
+    pixel_values         the processor's image keys for this one image, batch dimension
+                         removed: (3, S, S) for FG-CLIP; (N, 3 * p * p) patches with
+                         ``pixel_attention_mask`` (N,) and ``spatial_shapes`` (2,) for FG-CLIP 2
     is_cn                bool, the record's `is_cn` (False when absent)
     long_text            str, the record's `caption`
     short_text           str, the record's `short_caption`
@@ -18,11 +19,11 @@ batches it)::
                          (always empty for the map-style dataset, whose skips are
                          counted up front in `reader.stats`)
 
-The `preprocess` contract is the one of `FGCLIPProcessor.preprocess` (and
-`FGCLIP2Processor.preprocess`): it is called as ``preprocess([image], [boxes])`` with an RGB
-PIL image and a (K, 4) float tensor of xyxy boxes in *original image pixels*, and returns
-``(pixel_values, [boxes (K, 4)])``, a (1, 3, S, S) tensor or another one-image batch, with the
-boxes mapped to *input pixels* of the model input.
+The `processor` contract is the processor call of either family
+(``FGCLIPProcessor`` / ``FGCLIP2Processor``): it is called as ``processor(images=[image],
+boxes=[boxes])`` with an RGB PIL image and a (K, 4) float tensor of xyxy boxes in *original
+image pixels*, and returns a mapping of the model's image keys (batch of one) and ``boxes``,
+mapped to *input pixels* of the model input.
 
 Randomness (the region-caption choice) comes from a generator seeded by
 (seed, epoch, sample index), so a run is reproducible whatever the worker layout, and
@@ -41,16 +42,18 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
+from ..modeling_fgclip import IMAGE_BATCH_KEYS
 from .finehard import FineHARDReader, FineHARDRecord, SkipStats, expand_shard_urls, iter_shard_records, load_rgb
 
-Preprocess = Callable[[list[Image.Image], list[torch.Tensor]], tuple[torch.Tensor, list[torch.Tensor]]]
+Processor = Callable[..., dict]
 DEFAULT_MAX_BOXES = 4
+IMAGE_KEYS = tuple(key for key in IMAGE_BATCH_KEYS if key not in ("boxes", "image_sizes"))
 
 
 def build_sample(
     image: Image.Image,
     record: FineHARDRecord,
-    preprocess: Preprocess,
+    processor: Processor,
     max_boxes: int,
     rng: np.random.Generator,
 ) -> dict[str, Any]:
@@ -64,15 +67,16 @@ def build_sample(
     width, height = image.size
     scale = torch.tensor([width, height, width, height], dtype=torch.float32)
     boxes = torch.tensor([region.box for region in regions], dtype=torch.float32).reshape(-1, 4) * scale
-    pixel_values, (input_boxes,) = preprocess([image], [boxes])
+    batch = processor(images=[image], boxes=[boxes])
+    image_inputs = {key: value[0] for key, value in batch.items() if key in IMAGE_KEYS}
     use_long = rng.random(len(regions)) < 0.5
     hard_regions = [index for index, region in enumerate(regions) if region.negatives is not None]
     return {
-        "pixel_values": pixel_values[0] if isinstance(pixel_values, torch.Tensor) else pixel_values,
+        **image_inputs,
         "is_cn": bool(record.is_cn),
         "long_text": record.caption,
         "short_text": record.short_caption,
-        "boxes": input_boxes.reshape(-1, 4).float(),
+        "boxes": batch["boxes"][0].reshape(-1, 4).float(),
         "region_texts": [r.long_expr if long else r.short_expr for r, long in zip(regions, use_long)],
         "hard_negative_texts": [[regions[i].short_expr, *regions[i].negatives] for i in hard_regions],
         "hard_negative_regions": hard_regions,
@@ -98,7 +102,7 @@ class FineHARDDataset(Dataset):
     Args:
         source: a FineHARD file or a `FineHARDReader` over one.
         image_root: directory that the records' `f_path` are relative to.
-        preprocess: e.g. `FGCLIPProcessor.preprocess` (contract in the module docstring).
+        processor: an `FGCLIPProcessor` / `FGCLIP2Processor` (contract in the module docstring).
         max_boxes: regions kept per image (default 4, as upstream).
         seed: seed of the region-caption choice.
         skip_bad_records: when `source` is a path, skip and count malformed records
@@ -109,14 +113,14 @@ class FineHARDDataset(Dataset):
         self,
         source: str | os.PathLike | FineHARDReader,
         image_root: str | os.PathLike,
-        preprocess: Preprocess,
+        processor: Processor,
         max_boxes: int = DEFAULT_MAX_BOXES,
         seed: int = 0,
         skip_bad_records: bool = False,
     ):
         self.reader = source if isinstance(source, FineHARDReader) else FineHARDReader(source, skip_bad_records)
         self.image_root = Path(image_root)
-        self.preprocess = preprocess
+        self.processor = processor
         self.max_boxes = _check_max_boxes(max_boxes)
         self.seed = seed
         self.epoch = 0
@@ -146,7 +150,7 @@ class FineHARDDataset(Dataset):
         except OSError as error:
             raise ValueError(f"{self.reader.location(index)}: f_path: cannot read image {path}: {error}") from None
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        return build_sample(image, record, self.preprocess, self.max_boxes, rng)
+        return build_sample(image, record, self.processor, self.max_boxes, rng)
 
 
 class FineHARDShardDataset(IterableDataset):
@@ -160,7 +164,7 @@ class FineHARDShardDataset(IterableDataset):
 
     Args:
         urls: shard paths or a brace pattern, e.g. ``"shards/finehard-{000000..000009}.tar"``.
-        preprocess / max_boxes / seed: as for `FineHARDDataset`.
+        processor / max_boxes / seed: as for `FineHARDDataset`.
         shuffle_shards: shuffle the shard order each epoch.
         skip_bad_records: skip malformed samples instead of raising `RecordError`.
     """
@@ -168,7 +172,7 @@ class FineHARDShardDataset(IterableDataset):
     def __init__(
         self,
         urls: str | Sequence[str],
-        preprocess: Preprocess,
+        processor: Processor,
         max_boxes: int = DEFAULT_MAX_BOXES,
         seed: int = 0,
         shuffle_shards: bool = False,
@@ -177,7 +181,7 @@ class FineHARDShardDataset(IterableDataset):
         self.urls = expand_shard_urls(urls)
         if not self.urls:
             raise ValueError(f"no shards in {urls!r}")
-        self.preprocess = preprocess
+        self.processor = processor
         self.max_boxes = _check_max_boxes(max_boxes)
         self.seed = seed
         self.shuffle_shards = shuffle_shards
@@ -197,6 +201,6 @@ class FineHARDShardDataset(IterableDataset):
             np.random.default_rng((self.seed, self.epoch)).shuffle(urls)
         for key, image, record, skipped in iter_shard_records(urls, self.skip_bad_records, self.stats):
             rng = np.random.default_rng((self.seed, self.epoch, _key_index(key)))
-            sample = build_sample(image, record, self.preprocess, self.max_boxes, rng)
+            sample = build_sample(image, record, self.processor, self.max_boxes, rng)
             sample["skipped_records"] = list(skipped)
             yield sample

@@ -9,14 +9,6 @@ from .boxcls import BoxClassificationSet, evaluate_boxcls, load_coco_boxes, load
 from .common import DataError, ImageRequest, RegionRequests
 from .features import FeatureExtractor, RegionFeatures
 from .fgovd import FGOVD_SUBSETS, FGOVDBenchmark, FGOVDItem, evaluate_fgovd, find_fgovd_files, load_fgovd
-from .interface import (
-    CLIPEvalModel,
-    EvalModel,
-    FGCLIP2EvalModel,
-    FGCLIPEvalModel,
-    detect_model_type,
-    load_eval_model,
-)
 from .metrics import classification_ranks, multiple_choice_accuracy, retrieval_recall, target_ranks, topk_accuracy
 from .retrieval import RetrievalSet, evaluate_retrieval, load_caption_file, load_dci, load_sharegpt4v, load_tsv
 from .runner import DATASETS, EvalOptions, RunConfig, markdown_table, prepare, run_evaluation
@@ -25,14 +17,10 @@ from .zeroshot import ClassificationSet, build_classifier, evaluate_zeroshot, lo
 
 __all__ = [
     "BoxClassificationSet",
-    "CLIPEvalModel",
     "ClassificationSet",
     "DATASETS",
     "DataError",
-    "EvalModel",
     "EvalOptions",
-    "FGCLIP2EvalModel",
-    "FGCLIPEvalModel",
     "FGOVDBenchmark",
     "FGOVDItem",
     "FGOVD_SUBSETS",
@@ -46,7 +34,6 @@ __all__ = [
     "RunConfig",
     "build_classifier",
     "classification_ranks",
-    "detect_model_type",
     "evaluate_boxcls",
     "evaluate_fgovd",
     "evaluate_retrieval",
@@ -55,7 +42,6 @@ __all__ = [
     "load_caption_file",
     "load_coco_boxes",
     "load_dci",
-    "load_eval_model",
     "load_fgovd",
     "load_image_folder",
     "load_lvis_boxes",

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..distributed import get_rank
-from .interface import MODEL_TYPES, detect_model_type, load_eval_model, resolve_device
+from ..encoders import MODEL_TYPES, detect_model_type, load_encoder, resolve_device
 from .runner import (
     TASKS,
     EvalOptions,
@@ -44,7 +44,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
                         help="checkpoint directory; repeat to evaluate models side by side")
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="auto",
-                        help="fgclip, clip (plain transformers CLIP baseline) or auto-detect (default)")
+                        help="fgclip, fgclip2, clip (plain transformers CLIP baseline) or auto-detect (default)")
     parser.add_argument("--tasks", type=_comma_list, default=list(TASKS),
                         help=f"comma-separated tasks (default: {','.join(TASKS)})")
     parser.add_argument("--datasets", type=_comma_list, default=None,
@@ -98,7 +98,7 @@ def _model_entries(specs: Sequence[str], model_type: str, device: torch.device) 
             name = f"{base}-{count}"
         names.add(name)
         kind = detect_model_type(path) if model_type == "auto" else model_type
-        entries.append((name, lambda path=path, kind=kind: load_eval_model(path, kind, device),
+        entries.append((name, lambda path=path, kind=kind: load_encoder(path, kind, device),
                         {"path": str(path), "type": kind}))
     return entries
 

@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..distributed import gather_counts, get_rank, get_world_size
+from ..encoders import Encoder, prepare_images
 from ..processing_fgclip import load_image
 from .common import DataError, ImageRequest
-from .interface import EvalModel
 
 
 @dataclass
@@ -50,11 +50,12 @@ class RegionFeatures:
 
 
 class _ImageDataset(Dataset):
-    """Reads and pre-processes the images of one shard; boxes are mapped to input pixels."""
+    """Reads the images of one shard (and their boxes in image pixels); :meth:`collate` turns a list
+    of them into one model batch with the processor, in the DataLoader worker."""
 
-    def __init__(self, requests: Sequence[ImageRequest], inputs, with_boxes: bool):
+    def __init__(self, requests: Sequence[ImageRequest], processor, with_boxes: bool):
         self.requests = list(requests)
-        self.inputs = inputs
+        self.processor = processor
         self.with_boxes = with_boxes
 
     def __len__(self) -> int:
@@ -73,15 +74,15 @@ class _ImageDataset(Dataset):
                 f"{request.size[0]}x{request.size[1]}"
             )
         if not self.with_boxes:
-            return self.inputs.prepare(image, None)
+            return image, None
         boxes = torch.as_tensor(request.boxes, dtype=torch.float64)
         if request.normalized:
             boxes = boxes * torch.tensor([width, height, width, height], dtype=torch.float64)
-        return self.inputs.prepare(image, boxes.float())
+        return image, boxes.float()
 
     def collate(self, batch):
-        pixels, boxes = zip(*batch)
-        return self.inputs.collate(list(pixels)), None if boxes[0] is None else list(boxes)
+        images, boxes = zip(*batch)
+        return prepare_images(self.processor, list(images), None if boxes[0] is None else list(boxes))
 
 
 def _real_tokens(features) -> list[torch.Tensor]:
@@ -111,7 +112,7 @@ def gather_rows(local: torch.Tensor) -> list[torch.Tensor]:
 
 
 class FeatureExtractor:
-    """Encodes images and texts of the benchmarks with an :class:`EvalModel`.
+    """Encodes images and texts of the benchmarks with an :class:`~fgclip.encoders.Encoder`.
 
     Args:
         batch_size: images per forward pass.
@@ -123,7 +124,7 @@ class FeatureExtractor:
 
     def __init__(
         self,
-        model: EvalModel,
+        model: Encoder,
         batch_size: int = 64,
         text_batch_size: int = 256,
         num_workers: int = 2,
@@ -154,17 +155,14 @@ class FeatureExtractor:
     def _encode_shard(self, requests: Sequence[ImageRequest], with_boxes: bool, desc: str) -> torch.Tensor:
         """This rank's images (``rank, rank + W, ...``) through the model, rows in shard order."""
         shard = requests[get_rank() :: get_world_size()]
-        dataset = _ImageDataset(shard, self.model.image_inputs, with_boxes)
+        dataset = _ImageDataset(shard, self.model.processor, with_boxes)
         loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
                             collate_fn=dataset.collate)
         device, pieces = self.model.device, []
-        for pixel_values, boxes in self._bar(loader, desc, len(loader)):
-            pixel_values = pixel_values.to(device, non_blocking=True)
+        for batch in self._bar(loader, desc, len(loader)):
+            batch = batch.to(device, non_blocking=True)
             with self._autocast():
-                if with_boxes:
-                    features = self.model.encode_regions(pixel_values, [b.to(device) for b in boxes])
-                else:
-                    features = self.model.encode_images(pixel_values)
+                features = self.model.encode_regions(batch) if with_boxes else self.model.encode_images(batch)
             pieces.append(features.float().cpu())
         return torch.cat(pieces) if pieces else torch.zeros(0, self._feature_dim())
 
@@ -214,13 +212,13 @@ class FeatureExtractor:
 
         Not sharded: under ``torch.distributed`` every rank encodes every image.
         """
-        dataset = _ImageDataset(requests, self.model.image_inputs, with_boxes=False)
+        dataset = _ImageDataset(requests, self.model.processor, with_boxes=False)
         loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
                             collate_fn=dataset.collate)
         tokens, embeds = [], []
-        for pixel_values, _ in self._bar(loader, desc, len(loader)):
+        for batch in self._bar(loader, desc, len(loader)):
             with self._autocast():
-                features = self.model.image_tokens(pixel_values.to(self.model.device, non_blocking=True))
+                features = self.model.image_tokens(batch.to(self.model.device, non_blocking=True))
             tokens.extend(_real_tokens(features))
             embeds.append(F.normalize(features.embeds.float(), dim=-1).cpu())
         return tokens, torch.cat(embeds)

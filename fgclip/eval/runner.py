@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
 from ..distributed import get_rank, get_world_size
+from ..encoders import Encoder
 from .boxcls import evaluate_boxcls, load_coco_boxes, load_lvis_boxes, load_openimages_boxes
 from .common import DataError
 from .features import FeatureExtractor
 from .fgovd import FGOVD_SUBSETS, evaluate_fgovd, find_fgovd_files, load_fgovd
 from ..rerank import CrossEncoderReranker
-from .interface import EvalModel
 from .matching import evaluate_matching, load_matching_tsv
 from .retrieval import evaluate_retrieval, load_caption_file, load_dci, load_sharegpt4v, load_tsv
 from .templates import IMAGENET_TEMPLATES
@@ -322,7 +322,7 @@ class RunConfig:
     rerank_top_k: int = 128
 
 
-ModelEntry = tuple[str, Union[EvalModel, Callable[[], EvalModel]], dict]
+ModelEntry = tuple[str, Union[Encoder, Callable[[], Encoder]], dict]
 
 
 def run_evaluation(models: Sequence[ModelEntry], config: RunConfig) -> dict:
@@ -358,7 +358,7 @@ def run_evaluation(models: Sequence[ModelEntry], config: RunConfig) -> dict:
         raise ValueError(f"re-rankers given for unknown model(s) {unknown}")
     report["settings"]["rerankers"] = dict(config.rerankers)
     for name, model, _ in models:
-        model = model if isinstance(model, EvalModel) else model()
+        model = model if isinstance(model, Encoder) else model()
         extractor = FeatureExtractor(
             model, batch_size=config.batch_size, text_batch_size=config.text_batch_size,
             num_workers=config.num_workers, bf16=config.bf16, progress=config.progress,

@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import distributed
 from ..modeling_fgclip import TokenFeatures
-from ..modeling_fgclip2 import FGCLIP2Model
+from ..data.datasets import IMAGE_KEYS
 from .modeling_reranker import CrossEncoderReranker
 
 
@@ -83,10 +83,8 @@ class RerankerForTraining(nn.Module):
             rows = batch["short_text_inverse"][slice(*batch["short_text_ranges"]["short"])]
             ids = batch["short_input_ids"][rows]
             mask = batch["short_attention_mask"][rows] if "short_attention_mask" in batch else None
-        if isinstance(model, FGCLIP2Model):
-            images = model.get_image_tokens(batch["pixel_values"], batch["pixel_attention_mask"], batch["spatial_shapes"])
-            return images, model.get_text_tokens(ids, kind, mask)
-        return model.get_image_tokens(batch["pixel_values"]), model.get_text_tokens(ids, kind)
+        images = model.get_image_tokens(**{key: batch[key] for key in IMAGE_KEYS if key in batch})
+        return images, model.get_text_tokens(ids, mask, kind)
 
     def forward(self, **batch) -> dict[str, Any]:
         images, texts = self.encode(batch)

@@ -29,16 +29,12 @@ from transformers import TrainingArguments
 
 from ..configuration_fgclip import FGCLIPConfig
 from ..configuration_fgclip2 import FGCLIP2Config
+from ..encoders import FAMILIES
 from ..losses import REGION_SCOPES
-from ..testing import tiny_config, tiny_fgclip2_config
 
-MODEL_PRESETS = {
-    "fgclip": {"vit_b16": FGCLIPConfig.vit_b16, "vit_l14_336": FGCLIPConfig.vit_l14_336, "tiny": tiny_config},
-    "fgclip2": {"base": FGCLIP2Config.base, "large": FGCLIP2Config.large, "so400m": FGCLIP2Config.so400m,
-                "tiny": tiny_fgclip2_config},
-}
+MODEL_PRESETS = {name: family.presets for name, family in FAMILIES.items()}
 # How each family's weights may start: a random config, its plain dual encoder, or a checkpoint.
-MODEL_INITS = {"fgclip": ("config", "clip", "pretrained"), "fgclip2": ("config", "siglip2", "pretrained")}
+MODEL_INITS = {name: ("config", family.base_init, "pretrained") for name, family in FAMILIES.items()}
 # model.reranker: the caption kind it learns to match, hard negatives per positive, cross-encoder size.
 RERANKER_KEYS = ("text_kind", "negatives", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "intermediate_size", "dropout")
@@ -107,6 +103,15 @@ class ModelSettings:
         options = dict(self.config)
         return MODEL_PRESETS[self.family][options.pop("preset", "tiny")](**options)
 
+    def load_tokenizer(self):
+        """FG-CLIP 2's tokenizer (``tokenizer`` or ``path``); ``None`` for FG-CLIP, whose processor
+        builds the CLIP BPE tokenizer offline."""
+        if self.family == "fgclip":
+            return None
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.tokenizer or self.path)
+
 
 @dataclass
 class DataSettings:
@@ -136,6 +141,12 @@ class DataSettings:
         if self.group_by_language and self.shards:
             raise ValueError("data.group_by_language: needs a JSON / JSONL file (shards stream in their own "
                              "order); write one language per shard instead")
+
+    def processor_options(self, family: str) -> dict[str, Any]:
+        """The image options of the family's processor that this section sets."""
+        if family == "fgclip":
+            return {"resize_mode": self.resize_mode}
+        return {} if self.max_num_patches is None else {"max_num_patches": self.max_num_patches}
 
 
 @dataclass

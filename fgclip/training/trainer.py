@@ -10,9 +10,11 @@ What this adds to ``Trainer``:
 * a checkpoint directory counts only once its ``COMPLETE`` marker is written, after every
   file of it (and after all ranks are done); :func:`last_complete_checkpoint` is what a
   resumed run starts from, so a run killed mid-save resumes from the previous checkpoint.
-  Old checkpoints are rotated (``save_total_limit``) only after the new one is complete;
-* boxes stay float32 on the device (DeepSpeed would cast every float input to bf16);
-  no weight decay on 1-d parameters (biases, norm gains, class embedding, temperatures);
+  Old checkpoints are rotated (``save_total_limit``) only after the new one is complete.
+  Both happen in :class:`CompleteCheckpointCallback` (``on_step_end`` / ``on_save``);
+* boxes travel as :class:`~fgclip.data.collate.Boxes`, which input preparation leaves alone
+  (DeepSpeed would cast every float input to bf16); no weight decay on 1-d parameters
+  (biases, norm gains, class embedding, temperatures);
 * under DeepSpeed the 0-dim temperatures are held as (1,) tensors while training:
   DeepSpeed 0.19 broadcasts every parameter as ``p.data.view(torch.uint8)`` at start-up,
   which fails on 0-dim tensors; the final model gets them back as scalars;
@@ -22,8 +24,8 @@ What this adds to ``Trainer``:
   log and the final summary;
 * the final model is written with ``save_pretrained`` (safetensors) together with its
   processor, ready for ``FGCLIPModel.from_pretrained``, and replaces ``final/`` atomically;
-* FG-CLIP 2 (``model.family: fgclip2``) trains the same way with :class:`FGCLIP2ForTraining`,
-  texts padded to their exact length, and batches of one language
+* every model family of :mod:`fgclip.encoders` trains through the same step
+  (:class:`FGCLIPForTraining`); FG-CLIP 2 recipes add batches of one language
   (``data.group_by_language``), as the paper trains it;
 * ``model.reranker`` trains an R2D2-style cross-encoder re-ranker on the frozen model
   (:class:`~fgclip.rerank.RerankerForTraining`); ``final/`` then holds the re-ranker.
@@ -41,18 +43,15 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
-from transformers import AutoTokenizer, Trainer, TrainerCallback, set_seed
+from transformers import DefaultFlowCallback, Trainer, TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data import FineHARDCollator, FineHARDDataset, FineHARDShardDataset, LanguageGroupedBatchSampler
-from ..losses import FGCLIP2Loss, FGCLIPLoss
-from ..modeling_fgclip import FGCLIPModel
-from ..modeling_fgclip2 import FGCLIP2Model
-from ..processing_fgclip import FGCLIPProcessor
-from ..processing_fgclip2 import FGCLIP2Processor
+from ..encoders import FAMILIES, processor_for
+from ..losses import clamp_logit_scales, copy_logit_scale_to_region_scales
 from ..rerank import CrossEncoderReranker, CrossEncoderRerankerConfig, RerankerForTraining
 from .config import TrainConfig
-from .module import FGCLIP2ForTraining, FGCLIPForTraining
+from .module import FGCLIPForTraining
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +107,50 @@ class DatasetEpochCallback(TrainerCallback):
             item.set_epoch(int(state.epoch or 0))
 
 
+class CompleteCheckpointCallback(TrainerCallback):
+    """Marks each checkpoint ``COMPLETE`` once every rank has written it, and only then rotates old
+    complete checkpoints down to ``save_total_limit`` (HF's own rotation is switched off: it would
+    count an unfinished checkpoint as the newest)."""
+
+    def __init__(self, save_total_limit: int | None):
+        self.save_total_limit = save_total_limit
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save and args.should_save:  # about to be (re)written: not complete until on_save
+            (Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / COMPLETE_MARKER).unlink(
+                missing_ok=True)
+
+    def on_save(self, args, state, control, **kwargs):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if args.should_save:
+            run_dir = Path(args.output_dir)
+            _write_marker(run_dir / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", state.global_step)
+            self._rotate(run_dir, state.best_model_checkpoint)
+
+    def _rotate(self, run_dir: Path, best: str | None) -> None:
+        limit = self.save_total_limit
+        if not limit or limit <= 0:
+            return
+        complete = [path for _, path, is_complete in _checkpoints(run_dir) if is_complete]
+        for path in complete[:-limit]:
+            if best is None or Path(best).resolve() != path.resolve():
+                _remove_checkpoint(path)
+
+
+class LogitScaleClampCallback(TrainerCallback):
+    """CLIP's clamp of every temperature to ``[0, ln max_scale]`` after each optimizer step (an option;
+    the official FG-CLIP code has none)."""
+
+    def __init__(self, max_scale: float):
+        self.max_scale = max_scale
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        clamp_logit_scales(model, self.max_scale)
+
+
 class FGCLIPTrainer(Trainer):
-    """``Trainer`` for :class:`FGCLIPForTraining` / :class:`FGCLIP2ForTraining` (see the module docstring).
+    """``Trainer`` for :class:`FGCLIPForTraining` (see the module docstring).
 
     Args:
         group_by_language: draw batches with :class:`~fgclip.data.LanguageGroupedBatchSampler`
@@ -118,6 +159,12 @@ class FGCLIPTrainer(Trainer):
 
     def __init__(self, *args, group_by_language: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        # Right after transformers' DefaultFlowCallback (which decides when to save), before the callbacks
+        # a user passes: a checkpoint is complete before anything else hears of its save.
+        callbacks = self.callback_handler.callbacks
+        flow = next(i for i, callback in enumerate(callbacks) if isinstance(callback, DefaultFlowCallback))
+        callbacks.insert(flow + 1, CompleteCheckpointCallback(self.args.save_total_limit))
+        self.args.save_total_limit = None  # rotated by CompleteCheckpointCallback once complete
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0
         self.stream_skips: Counter = Counter()  # bad shard samples met by this rank, by reason
@@ -153,13 +200,6 @@ class FGCLIPTrainer(Trainer):
             return super().get_train_dataloader()
         return DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
                           drop_last=args.dataloader_drop_last, **workers)
-
-    def _prepare_inputs(self, inputs: dict) -> dict:
-        boxes = inputs.pop("boxes", None)
-        inputs = super()._prepare_inputs(inputs)
-        if boxes is not None:
-            inputs["boxes"] = [box.to(device=self.args.device, dtype=torch.float32) for box in boxes]
-        return inputs
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         """Matrices and embedding tables decay; 1-d parameters and scalars do not (as open_clip)."""
@@ -213,33 +253,6 @@ class FGCLIPTrainer(Trainer):
             logs.update(self._logged_terms())
         super().log(logs, start_time)
 
-    # ------------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, model, trial) -> None:
-        run_dir = Path(self._get_output_dir(trial=trial))
-        checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.args.should_save:
-            (checkpoint / COMPLETE_MARKER).unlink(missing_ok=True)  # about to be rewritten
-        limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotate once complete
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            _write_marker(checkpoint, self.state.global_step)
-            self._rotate_complete_checkpoints(run_dir)
-
-    def _rotate_complete_checkpoints(self, run_dir: Path) -> None:
-        limit = self.args.save_total_limit
-        if not limit or limit <= 0:
-            return
-        complete = [path for _, path, is_complete in _checkpoints(run_dir) if is_complete]
-        best = self.state.best_model_checkpoint
-        for path in complete[:-limit]:
-            if best is None or Path(best).resolve() != path.resolve():
-                _remove_checkpoint(path)
-
-
 @dataclass
 class TrainResult:
     """What :func:`train` returns: where the run wrote, its log (one entry per log line, as
@@ -252,28 +265,29 @@ class TrainResult:
     skipped_records: dict[str, int] = field(default_factory=dict)
 
 
-def build_model(config: TrainConfig) -> FGCLIPModel | FGCLIP2Model:
+def build_model(config: TrainConfig):
+    """The model of ``config.model``: its family's model class, from a random config, the plain dual
+    encoder it extends (``init: clip`` / ``siglip2``) or a checkpoint; stage-2 recipes then copy
+    ``logit_scale`` into the region temperatures, as the official launch does."""
     settings = config.model
-    if settings.init == "clip":
-        return FGCLIPModel.from_clip(settings.path)
-    if settings.init == "siglip2":
-        return FGCLIP2Model.from_siglip2(settings.path)
-    model_class = FGCLIP2Model if settings.family == "fgclip2" else FGCLIPModel
-    if settings.init == "pretrained":
-        return model_class.from_pretrained(settings.path)
-    return model_class(settings.build_config())
+    family = FAMILIES[settings.family]
+    if settings.init == family.base_init:
+        model = family.from_base(settings.path)
+    elif settings.init == "pretrained":
+        model = family.model_class.from_pretrained(settings.path)
+    else:
+        model = family.model_class(settings.build_config())
+    if config.loss.region_scales_from_logit_scale:
+        copy_logit_scale_to_region_scales(model)
+    return model
 
 
-def build_processor(config: TrainConfig, model) -> FGCLIPProcessor | FGCLIP2Processor:
-    settings = config.model
-    if settings.family == "fgclip":
-        return FGCLIPProcessor.for_config(model.config, resize_mode=config.data.resize_mode)
-    tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer or settings.path)
-    budget = {} if config.data.max_num_patches is None else {"max_num_patches": config.data.max_num_patches}
-    return FGCLIP2Processor.for_config(model.config, tokenizer, **budget)
+def build_processor(config: TrainConfig, model):
+    return processor_for(model, tokenizer=config.model.load_tokenizer(),
+                         **config.data.processor_options(config.model.family))
 
 
-def build_step(config: TrainConfig, model) -> FGCLIPForTraining | FGCLIP2ForTraining | RerankerForTraining:
+def build_step(config: TrainConfig, model) -> FGCLIPForTraining | RerankerForTraining:
     loss = config.loss
     if config.model.reranker is not None:
         options = dict(config.model.reranker)
@@ -283,17 +297,17 @@ def build_step(config: TrainConfig, model) -> FGCLIPForTraining | FGCLIP2ForTrai
             **options))
         seed = config.training.get("seed", 42)
         return RerankerForTraining(model, reranker, text_kind=text_kind, negatives=negatives, seed=seed)
-    if config.model.family == "fgclip2":
-        return FGCLIP2ForTraining(model, FGCLIP2Loss(**loss.weights("fgclip2")), loss.regional, loss.hard_negatives)
-    return FGCLIPForTraining(model, FGCLIPLoss(**loss.weights("fgclip")), loss.regional, loss.hard_negatives)
+    loss_class = FAMILIES[config.model.family].loss_class()
+    return FGCLIPForTraining(model, loss_class(**loss.loss_arguments(config.model.family)), loss.regional,
+                             loss.hard_negatives)
 
 
-def build_dataset(config: TrainConfig, processor: FGCLIPProcessor | FGCLIP2Processor, seed: int):
+def build_dataset(config: TrainConfig, processor, seed: int):
     data = config.data
     if data.shards:
-        return FineHARDShardDataset(data.train, processor.preprocess, data.max_boxes, seed=seed,
+        return FineHARDShardDataset(data.train, processor, data.max_boxes, seed=seed,
                                     shuffle_shards=True, skip_bad_records=data.skip_bad_records)
-    dataset = FineHARDDataset(data.train, data.image_root, processor.preprocess, data.max_boxes, seed=seed,
+    dataset = FineHARDDataset(data.train, data.image_root, processor, data.max_boxes, seed=seed,
                               skip_bad_records=data.skip_bad_records)
     if dataset.stats.skipped:
         logger.warning("%s; first: %s", dataset.stats.summary(), " | ".join(dataset.stats.examples))
@@ -339,10 +353,12 @@ def train(config: TrainConfig, resume: bool | str = False, callbacks: list | Non
     processor = build_processor(config, model)
     data_seed = arguments.data_seed if arguments.data_seed is not None else arguments.seed
     dataset = build_dataset(config, processor, data_seed)
-    padding = "max_length" if config.model.family == "fgclip2" else "longest"  # SigLIP pools the last position
     step = build_step(config, model)
+    callbacks = list(callbacks or [])
+    if config.loss.max_logit_scale is not None:
+        callbacks.append(LogitScaleClampCallback(config.loss.max_logit_scale))
     trainer = FGCLIPTrainer(model=step, args=arguments, train_dataset=dataset,
-                            data_collator=FineHARDCollator(processor.tokenize, padding, padding), callbacks=callbacks,
+                            data_collator=FineHARDCollator(processor), callbacks=callbacks,
                             group_by_language=config.data.group_by_language)
 
     checkpoint = last_complete_checkpoint(arguments.output_dir) if resume is True else (resume or None)

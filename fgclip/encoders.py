@@ -1,0 +1,268 @@
+"""One encoder interface over every model family: loading by type detection, and an :class:`Encoder`
+that evaluation, re-ranking, the CLI, class-embedding dumps, the detection backbone and the trainer
+use without knowing which family they hold.
+
+The families share one model API (``get_image_features`` / ``get_text_features`` /
+``get_region_features`` / ``get_dense_features`` / ``encode_image`` / ``vision_hidden_states`` /
+``forward``, all taking a processor ``BatchFeature`` as ``**batch``) and one processor call
+(``processor(images=..., text=..., boxes=..., text_kind=...)``). This module is the only place
+outside the two model files that knows which families exist (:data:`FAMILIES`); a new family is
+one entry there.
+
+* ``fgclip``: :class:`~fgclip.FGCLIPModel` (our checkpoints and upstream ``qihoo360/fg-clip-*``).
+* ``fgclip2``: :class:`~fgclip.FGCLIP2Model` (bilingual, NaFlex images).
+* ``clip``: a plain transformers CLIP checkpoint as the baseline, held as an FG-CLIP model
+  (:meth:`~fgclip.FGCLIPModel.from_clip`): regions by FG-CLIP's recipe (the last block's value
+  path, RoIAlign); CLIP has no long-text path, so long texts are cut to 77 tokens and take the
+  short path.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import BatchFeature
+from transformers.utils import cached_file
+
+from .configuration_fgclip import FGCLIPConfig
+from .configuration_fgclip2 import FGCLIP2Config
+from .modeling_fgclip import FGCLIPModel, TokenFeatures, check_text_kind
+from .modeling_fgclip2 import FGCLIP2Model
+from .processing_fgclip import FGCLIPProcessor, concat_image_batches
+from .processing_fgclip2 import FGCLIP2Processor
+from .testing import tiny_config, tiny_fgclip2_config
+
+MODEL_TYPES = ("auto", "fgclip", "fgclip2", "clip")
+# A weight only FG-CLIP checkpoints have (upstream ones keep ``model_type: clip`` in config.json).
+FGCLIP_MARKER_KEY = "text_model.embeddings.position_embedding_res.weight"
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """What the loader and the trainer need to know of one model family.
+
+    Args:
+        config_class / model_class / processor_class: its configuration, model and processor.
+        base_init: the ``model.init`` value that starts from the plain dual encoder it extends.
+        from_base: builds the model from that plain checkpoint (a path or hub id).
+        presets: configuration presets by name (the trainer's ``model.config.preset``).
+    """
+
+    name: str
+    config_class: type
+    model_class: type
+    processor_class: type
+    base_init: str
+    from_base: Callable
+    presets: dict
+
+    def loss_class(self):
+        """The family's training objective (imported on use: the losses are a training dependency)."""
+        from . import losses
+
+        return {"fgclip": losses.FGCLIPLoss, "fgclip2": losses.FGCLIP2Loss}[self.name]
+
+
+FAMILIES: dict[str, ModelFamily] = {
+    "fgclip": ModelFamily("fgclip", FGCLIPConfig, FGCLIPModel, FGCLIPProcessor, "clip", FGCLIPModel.from_clip,
+                          {"tiny": tiny_config, "vit_b16": FGCLIPConfig.vit_b16,
+                           "vit_l14_336": FGCLIPConfig.vit_l14_336}),
+    "fgclip2": ModelFamily("fgclip2", FGCLIP2Config, FGCLIP2Model, FGCLIP2Processor, "siglip2",
+                           FGCLIP2Model.from_siglip2, {"tiny": tiny_fgclip2_config, "base": FGCLIP2Config.base,
+                                                       "large": FGCLIP2Config.large, "so400m": FGCLIP2Config.so400m}),
+}
+
+
+def family_of(model) -> ModelFamily:
+    """The family of a model instance."""
+    for family in FAMILIES.values():
+        if isinstance(model, family.model_class):
+            return family
+    raise TypeError(f"{type(model).__name__} is not a model of a known family ({', '.join(FAMILIES)})")
+
+
+def prepare_images(processor, images: list, boxes: list[torch.Tensor] | None = None) -> BatchFeature:
+    """PIL images (and (K_i, 4) xyxy boxes in their pixels) -> a model batch on the CPU; boxes are
+    clamped to their image first, then mapped into the model input. Needs only the (picklable)
+    processor, so DataLoader workers call it."""
+    if boxes is not None:
+        boxes = [torch.stack([b[:, 0].clamp(0, image.width), b[:, 1].clamp(0, image.height),
+                              b[:, 2].clamp(0, image.width), b[:, 3].clamp(0, image.height)], dim=1)
+                 for image, b in zip(images, boxes)]
+    return processor(images=images, boxes=boxes)
+
+
+class Encoder:
+    """A model and its processor behind one family-blind interface. Every ``encode_*`` method runs one
+    backbone pass per image and returns L2-normalised float32 features.
+
+    Image batches are processor ``BatchFeature`` s (:meth:`prepare_images`), built per batch (in
+    DataLoader workers: the encoder pickles) and joined with :func:`concat_image_batches`.
+
+    Args:
+        long_text_kind: the text path long texts take (``"short"`` for a plain CLIP baseline).
+    """
+
+    def __init__(self, model, processor, long_text_kind: str = "long"):
+        self.model = model.eval()
+        self.processor = processor
+        self.long_text_kind = check_text_kind(long_text_kind)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def text_kind(self, kind: str) -> str:
+        """The text path ``kind`` actually uses (texts embedded the same way share a cache)."""
+        return self.long_text_kind if check_text_kind(kind) == "long" else kind
+
+    # ------------------------------------------------------------------ images
+    def prepare_images(self, images: list, boxes: list[torch.Tensor] | None = None) -> BatchFeature:
+        """See :func:`prepare_images`."""
+        return prepare_images(self.processor, images, boxes)
+
+    def encode_images(self, batch) -> torch.Tensor:
+        """A model batch -> (B, D) global embeddings."""
+        return F.normalize(self.model.get_image_features(**batch).float(), dim=-1)
+
+    def encode_regions(self, batch) -> torch.Tensor:
+        """A model batch with ``boxes`` -> (sum K_i, D) region embeddings (no global embedding is computed)."""
+        return F.normalize(self.model.get_region_features(**batch).float(), dim=-1)
+
+    def dense_maps(self, batch) -> list[torch.Tensor]:
+        """Per image, its (h, w, D) L2-normalised patch embeddings (for similarity heatmaps)."""
+        output = self.model.encode_image(**batch, dense=True, image_embeds=False, normalize=True)
+        return [dense.float() for dense in self.model.dense_maps(output)]
+
+    def image_tokens(self, batch) -> TokenFeatures:
+        """Per-token image features for a cross-encoder re-ranker (:mod:`fgclip.rerank`)."""
+        return self.model.get_image_tokens(**batch)
+
+    def vision_hidden_states(self, batch, layers: Sequence[int]) -> list[torch.Tensor]:
+        """Patch tokens after the blocks ``layers`` (see the model's ``vision_hidden_states``)."""
+        return self.model.vision_hidden_states(**batch, layers=layers)
+
+    # ------------------------------------------------------------------ texts
+    def encode_texts(self, texts: list[str], kind: str = "short") -> torch.Tensor:
+        """(N, D) embeddings of ``texts`` for one text kind, padded as little as the family allows."""
+        path = self.text_kind(kind)
+        batch = self.processor(text=texts, text_kind=path, padding=self.processor.minimal_padding)
+        return F.normalize(self.model.get_text_features(**batch.to(self.device)).float(), dim=-1)
+
+    def text_tokens(self, texts: list[str], kind: str = "short") -> TokenFeatures:
+        """Per-token text features for a cross-encoder re-ranker (:mod:`fgclip.rerank`)."""
+        path = self.text_kind(kind)
+        batch = self.processor(text=texts, text_kind=path).to(self.device)
+        return self.model.get_text_tokens(batch["input_ids"], batch["attention_mask"], path)
+
+
+# ---------------------------------------------------------------------------------- loading
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` when available else ``cpu``; a bare ``cuda`` under torchrun -> ``cuda:LOCAL_RANK``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def checkpoint_keys(directory: Path) -> set[str]:
+    """Parameter names stored in a transformers checkpoint directory (read without loading tensors)."""
+    index_file = next((p for p in directory.glob("*.index.json")), None)
+    if index_file is not None:
+        return set(json.loads(index_file.read_text()).get("weight_map", {}))
+    safetensors_file = directory / "model.safetensors"
+    if safetensors_file.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(safetensors_file), framework="pt") as handle:
+            return set(handle.keys())
+    bin_file = directory / "pytorch_model.bin"
+    if bin_file.is_file():
+        return set(torch.load(bin_file, map_location="meta", weights_only=True, mmap=True))
+    raise FileNotFoundError(f"no model.safetensors, pytorch_model.bin or *.index.json in {directory}")
+
+
+def config_model_type(path: str | os.PathLike) -> str | None:
+    """``model_type`` of a checkpoint's ``config.json`` (a directory, or a hub id: fetched)."""
+    if Path(path).is_dir():
+        config_file = Path(path, "config.json")
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{path}: no config.json (expected a transformers checkpoint directory)")
+    else:
+        config_file = Path(cached_file(str(path), "config.json"))
+    return json.loads(config_file.read_text()).get("model_type")
+
+
+def detect_model_type(path: str | os.PathLike) -> str:
+    """``"fgclip"``, ``"fgclip2"`` or ``"clip"`` for a checkpoint directory or hub id.
+
+    ``model_type: fgclip`` / ``fgclip2`` in config.json means FG-CLIP / FG-CLIP 2;
+    ``model_type: clip`` means FG-CLIP when the weights hold the long position table
+    (upstream checkpoints), else plain CLIP. A hub id with ``model_type: clip`` is taken as an
+    upstream FG-CLIP checkpoint (give ``model_type="clip"`` for a plain CLIP one).
+    """
+    model_type = config_model_type(path)
+    if model_type in FAMILIES:
+        return model_type
+    if model_type != "clip":
+        raise ValueError(f"{path}: config.json has model_type {model_type!r}; expected one of "
+                         f"{', '.join(FAMILIES)} or 'clip'")
+    if not Path(path).is_dir():
+        return "fgclip"
+    return "fgclip" if FGCLIP_MARKER_KEY in checkpoint_keys(Path(path)) else "clip"
+
+
+def load_model(path: str | os.PathLike, model_type: str = "auto", **kwargs):
+    """A model of any family from a checkpoint directory or hub id (``kwargs`` go to ``from_pretrained``)."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
+    model_type = detect_model_type(path) if model_type == "auto" else model_type
+    if model_type == "clip":
+        return FGCLIPModel.from_clip(path, **kwargs)
+    return FAMILIES[model_type].model_class.from_pretrained(path, **kwargs)
+
+
+def processor_for(model, path: str | os.PathLike | None = None, tokenizer=None, **options):
+    """The processor of ``model``: the one saved with checkpoint ``path``, or one built for its config
+    (with ``tokenizer``, which FG-CLIP 2 needs)."""
+    processor_class = family_of(model).processor_class
+    if path is not None:
+        return processor_class.from_pretrained(path, **options)
+    return processor_class.for_config(model.config, tokenizer=tokenizer, **options)
+
+
+def load_encoder(path: str | os.PathLike, model_type: str = "auto", device: str | torch.device = "cpu") -> Encoder:
+    """Load a checkpoint directory or hub id as an :class:`Encoder` on ``device``.
+
+    Args:
+        model_type: ``"fgclip"``, ``"fgclip2"``, ``"clip"`` (plain transformers CLIP, the baseline)
+            or ``"auto"`` (see :func:`detect_model_type`).
+    """
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
+    model_type = detect_model_type(path) if model_type == "auto" else model_type
+    model = load_model(path, model_type).to(torch.device(device))
+    return Encoder(model, processor_for(model, path), long_text_kind="short" if model_type == "clip" else "long")
+
+
+__all__ = [
+    "FAMILIES",
+    "MODEL_TYPES",
+    "Encoder",
+    "ModelFamily",
+    "concat_image_batches",
+    "detect_model_type",
+    "family_of",
+    "load_encoder",
+    "load_model",
+    "prepare_images",
+    "processor_for",
+    "resolve_device",
+]
