@@ -363,3 +363,32 @@ def test_template_sets_files_and_their_use(tmp_path):
     model = Recording()
     evaluate(FeatureExtractor(model, num_workers=0, progress=False), prepared, templates=CHINESE_TEMPLATES)
     assert sorted(model.texts) == sorted(t.format(name) for name in ("红色", "蓝色") for t in CHINESE_TEMPLATES)
+
+
+# ---------------------------------------------------------------------------------- registry
+def test_a_new_benchmark_is_its_own_prepare_and_score_plus_one_registry_line(tmp_path, monkeypatch):
+    """A toy benchmark (the mean colour of each image against colour names) runs through the runner's
+    prepare / evaluate with nothing but its DatasetSpec added to the registry."""
+    from fgclip.eval import runner
+    from fgclip.eval.spec import DatasetSpec, single
+
+    (tmp_path / "toy").mkdir()
+    for name in ("red", "blue"):
+        Image.new("RGB", (64, 64), COLORS[name]).save(tmp_path / "toy" / f"{name}.png")
+
+    def prepare_toy(spec, paths, options):
+        return single(spec, sorted(paths["dir"].glob("*.png")))
+
+    def score_toy(extractor, prepared, context):
+        requests = [ImageRequest(str(path), source=path.name) for path in prepared.payload]
+        images = extractor.encode_images(requests)
+        texts = extractor.encode_texts([f"a {path.stem} square" for path in prepared.payload], "short")
+        return {prepared.label: {"accuracy": (images @ texts.T).argmax(1).eq(torch.arange(2)).float().mean().item()}}
+
+    toy = DatasetSpec("toy", "zeroshot", "toy/colours", (("dir", "toy"),), "colour squares", prepare_toy, score_toy)
+    monkeypatch.setattr(runner, "DATASETS", (*runner.DATASETS, toy))
+    monkeypatch.setattr(runner, "DATASETS_BY_NAME", {**runner.DATASETS_BY_NAME, "toy": toy})
+    prepared, _ = runner.prepare(tmp_path, datasets=["toy"])
+    extractor = FeatureExtractor(ColorModel(), batch_size=2, num_workers=0, progress=False)
+    results = runner.evaluate(extractor, prepared)
+    assert results["toy/colours"]["accuracy"] == 1.0

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import torch
 from pycocotools.coco import COCO
 
+from .spec import Prepared, ScoreContext, single
 from .common import (
     DataError,
     RegionRequests,
@@ -216,3 +217,18 @@ def evaluate_boxcls(
     metrics = topk_from_ranks(classification_ranks(box_features, classifier, torch.tensor(dataset.labels)))
     return {**metrics, "num_boxes": len(dataset.labels)}
 
+
+def prepare_coco_boxes(spec, paths: dict, options) -> list[Prepared]:
+    return single(spec, load_coco_boxes(paths["ann"], paths["images"]))
+
+
+def prepare_lvis_boxes(spec, paths: dict, options) -> list[Prepared]:
+    return single(spec, load_lvis_boxes(paths["ann"], paths["images"]))
+
+
+def prepare_openimages_boxes(spec, paths: dict, options) -> list[Prepared]:
+    return single(spec, load_openimages_boxes(paths["ann"], paths["classes"], paths["images"]))
+
+
+def score_boxcls(extractor, prepared: Prepared, context: ScoreContext) -> dict[str, dict[str, float]]:
+    return {prepared.label: evaluate_boxcls(extractor, prepared.payload, context.templates)}

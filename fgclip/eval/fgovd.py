@@ -35,6 +35,7 @@ from typing import Sequence
 
 import torch
 
+from .spec import Prepared, ScoreContext
 from .common import (
     DataError,
     RegionRequests,
@@ -191,3 +192,23 @@ def evaluate_fgovd(extractor: FeatureExtractor, benchmarks: Sequence[FGOVDBenchm
         accuracy = multiple_choice_accuracy(positive_scores, negative_scores, valid)
         results[bench.name] = {"accuracy": accuracy, "num_items": len(bench.items)}
     return results
+
+
+def prepare_fgovd(spec, paths: dict, options) -> list[Prepared]:
+    """Every FG-OVD subset file found under ``paths["dir"]`` (or those of ``options.fgovd_subsets``)."""
+    found = find_fgovd_files(paths["dir"])
+    wanted = list(options.fgovd_subsets) if options.fgovd_subsets else list(found)
+    unknown = [s for s in wanted if s not in FGOVD_SUBSETS]
+    if unknown:
+        raise ValueError(f"unknown FG-OVD subset(s) {unknown}; expected {', '.join(FGOVD_SUBSETS)}")
+    missing = [s for s in wanted if s not in found]
+    if missing:
+        raise DataError(f"{paths['dir']}: no file for FG-OVD subset(s) {missing}")
+    if not wanted:
+        raise DataError(f"{paths['dir']}: no FG-OVD files (expected e.g. h_attributes_llava.jsonl, "
+                        "1_attributes.json or hard.jsonl)")
+    return [Prepared(spec, "fgovd", [load_fgovd(found[s], paths["images"], name=s) for s in wanted])]
+
+
+def score_fgovd(extractor, prepared: Prepared, context: ScoreContext) -> dict[str, dict[str, float]]:
+    return {f"fgovd/{name}": metrics for name, metrics in evaluate_fgovd(extractor, prepared.payload).items()}

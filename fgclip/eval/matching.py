@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .spec import Prepared, ScoreContext
 from .common import DataError, ImageRequest, iter_tsv, resolve_image
 from .features import FeatureExtractor
 from .retrieval import PairScorer
@@ -79,3 +80,16 @@ def evaluate_matching(extractor: FeatureExtractor, dataset: MatchingSet, reranke
                             for start in range(0, len(text_index), 256)])
         metrics["rerank_auc"] = float(roc_auc_score(dataset.labels, scores.numpy()))
     return {**metrics, "num_pairs": len(dataset.labels), "num_images": len(dataset.images)}
+
+
+def prepare_matching_dir(spec, paths: dict, options) -> list[Prepared]:
+    """One benchmark per ``image<TAB>text<TAB>label`` file of ``paths["dir"]``."""
+    files = sorted(Path(paths["dir"]).glob("*.tsv"))
+    if not files:
+        raise DataError(f"{paths['dir']}: no .tsv files")
+    return [Prepared(spec, f"{spec.label}/{f.stem}", load_matching_tsv(f, text_kind=options.tsv_text_kind))
+            for f in files]
+
+
+def score_matching(extractor, prepared: Prepared, context: ScoreContext) -> dict[str, dict[str, float]]:
+    return {prepared.label: evaluate_matching(extractor, prepared.payload, context.reranker)}

@@ -30,6 +30,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from ..rerank.ranking import ranked_recall, rerank_topk
+from .spec import Prepared, ScoreContext, single
 from .common import DataError, ImageRequest, coco_image_path, iter_tsv, read_json, require, require_text, resolve_image
 from .features import FeatureExtractor
 from .metrics import retrieval_recall
@@ -267,3 +268,28 @@ class PairScorer:
         images = self._padded([self.image_tokens[i] for i in image_index.tolist()])
         texts = self._padded([self.text_tokens[t] for t in text_index.tolist()])
         return self.reranker(*images, *texts).scores
+
+
+def prepare_sharegpt4v(spec, paths: dict, options) -> list[Prepared]:
+    return single(spec, load_sharegpt4v(paths["ann"], paths["images"], limit=options.sharegpt4v_limit))
+
+
+def prepare_dci(spec, paths: dict, options) -> list[Prepared]:
+    return single(spec, load_dci(paths["ann"], paths["images"]))
+
+
+def prepare_caption_file(spec, paths: dict, options) -> list[Prepared]:
+    """COCO captions or Flickr30k (Karpathy) files; ``spec.name`` tells which."""
+    return single(spec, load_caption_file(paths["ann"], paths["images"], spec.name, max_captions=options.max_captions))
+
+
+def prepare_tsv_dir(spec, paths: dict, options) -> list[Prepared]:
+    """One benchmark per ``image<TAB>caption`` file of ``paths["dir"]``."""
+    files = sorted(Path(paths["dir"]).glob("*.tsv"))
+    if not files:
+        raise DataError(f"{paths['dir']}: no .tsv files")
+    return [Prepared(spec, f"{spec.label}/{f.stem}", load_tsv(f, text_kind=options.tsv_text_kind)) for f in files]
+
+
+def score_retrieval(extractor, prepared: Prepared, context: ScoreContext) -> dict[str, dict[str, float]]:
+    return {prepared.label: evaluate_retrieval(extractor, prepared.payload, context.reranker, context.rerank_top_k)}

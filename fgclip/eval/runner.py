@@ -3,7 +3,8 @@ write ``results.json`` and a markdown table.
 
 Layout under ``--data-root`` (each path can be overridden with ``--path DATASET.KEY=PATH``)::
 
-    fgovd/                      FG-OVD files: 1_attributes.jsonl / hard.jsonl / 1_attributes.json ...
+    fgovd/                      FG-OVD files: h_attributes_llava.jsonl (FG-CLIP's) / 1_attributes.json (FG-OVD's) /
+                                hard.jsonl ...
     coco/val2017/               COCO val2017 images (FG-OVD, COCO boxes, COCO captions)
     coco/train2017/             COCO train2017 images (LVIS val uses some)
     coco/annotations/instances_val2017.json, coco/annotations/captions_val2017.json
@@ -30,99 +31,60 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Callable, Sequence, Union
 
 from ..distributed import get_rank, get_world_size
 from ..encoders import Encoder
-from .boxcls import evaluate_boxcls, load_coco_boxes, load_lvis_boxes, load_openimages_boxes
+from ..rerank import CrossEncoderReranker
+from .boxcls import prepare_coco_boxes, prepare_lvis_boxes, prepare_openimages_boxes, score_boxcls
 from .common import DataError
 from .features import FeatureExtractor
-from .fgovd import FGOVD_SUBSETS, evaluate_fgovd, find_fgovd_files, load_fgovd
-from ..rerank import CrossEncoderReranker
-from .matching import evaluate_matching, load_matching_tsv
-from .retrieval import evaluate_retrieval, load_caption_file, load_dci, load_sharegpt4v, load_tsv
+from .fgovd import prepare_fgovd, score_fgovd
+from .matching import prepare_matching_dir, score_matching
+from .retrieval import prepare_caption_file, prepare_dci, prepare_sharegpt4v, prepare_tsv_dir, score_retrieval
+from .spec import DatasetSpec, EvalOptions, Prepared, ScoreContext
 from .templates import IMAGENET_TEMPLATES
-from .zeroshot import evaluate_zeroshot, load_image_folder, load_templates, read_classnames
+from .zeroshot import load_templates, prepare_image_folder, score_zeroshot
 
 logger = logging.getLogger("fgclip.eval")
 
 TASKS = ("fgovd", "boxcls", "retrieval", "zeroshot", "matching")
 
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A benchmark: its task, the label of its results and its paths (key -> default under the data root;
-    ``None`` for optional paths). The first path decides whether the benchmark is present."""
-
-    name: str
-    task: str
-    label: str
-    paths: tuple[tuple[str, str | None], ...]
-    description: str
-
-
+# The registry: one line per benchmark (its files, then its own prepare and score functions).
 DATASETS: tuple[DatasetSpec, ...] = (
     DatasetSpec("fgovd", "fgovd", "fgovd", (("dir", "fgovd"), ("images", "coco")),
-                "FG-OVD subsets (FG-CLIP JSONL or original JSON) on COCO val2017"),
+                "FG-OVD subsets (FG-CLIP JSONL or original JSON) on COCO val2017", prepare_fgovd, score_fgovd),
     DatasetSpec("coco_boxes", "boxcls", "boxcls/coco",
                 (("ann", "coco/annotations/instances_val2017.json"), ("images", "coco")),
-                "COCO val2017 boxes, 80 classes"),
+                "COCO val2017 boxes, 80 classes", prepare_coco_boxes, score_boxcls),
     DatasetSpec("lvis_boxes", "boxcls", "boxcls/lvis", (("ann", "lvis/lvis_v1_val.json"), ("images", "coco")),
-                "LVIS v1 val boxes, 1203 classes"),
+                "LVIS v1 val boxes, 1203 classes", prepare_lvis_boxes, score_boxcls),
     DatasetSpec("openimages_boxes", "boxcls", "boxcls/openimages",
                 (("ann", "openimages/validation-annotations-bbox.csv"),
                  ("classes", "openimages/class-descriptions-boxable.csv"), ("images", "openimages/validation")),
-                "Open Images validation boxes"),
+                "Open Images validation boxes", prepare_openimages_boxes, score_boxcls),
     DatasetSpec("sharegpt4v", "retrieval", "retrieval/sharegpt4v",
                 (("ann", "sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json"), ("images", "sharegpt4v/images")),
-                "ShareGPT4V-1k long-caption retrieval"),
+                "ShareGPT4V-1k long-caption retrieval", prepare_sharegpt4v, score_retrieval),
     DatasetSpec("dci", "retrieval", "retrieval/dci", (("ann", "dci/annotations"), ("images", "dci/photos")),
-                "DCI long-caption retrieval (extra_caption)"),
+                "DCI long-caption retrieval (extra_caption)", prepare_dci, score_retrieval),
     DatasetSpec("coco_captions", "retrieval", "retrieval/coco",
                 (("ann", "coco/annotations/captions_val2017.json"), ("images", "coco")),
-                "COCO 5k short-caption retrieval"),
+                "COCO 5k short-caption retrieval", prepare_caption_file, score_retrieval),
     DatasetSpec("flickr30k", "retrieval", "retrieval/flickr30k",
                 (("ann", "flickr30k/dataset_flickr30k.json"), ("images", "flickr30k/flickr30k-images")),
-                "Flickr30k 1k test short-caption retrieval"),
+                "Flickr30k 1k test short-caption retrieval", prepare_caption_file, score_retrieval),
     DatasetSpec("tsv", "retrieval", "retrieval/tsv", (("dir", "tsv"),),
-                "image<TAB>caption retrieval files (one benchmark per .tsv)"),
+                "image<TAB>caption retrieval files (one benchmark per .tsv)", prepare_tsv_dir, score_retrieval),
     DatasetSpec("matching", "matching", "matching", (("dir", "matching"),),
-                "image<TAB>text<TAB>label matching files, ROC AUC (one benchmark per .tsv)"),
+                "image<TAB>text<TAB>label matching files, ROC AUC (one benchmark per .tsv)", prepare_matching_dir,
+                score_matching),
     DatasetSpec("imagenet", "zeroshot", "zeroshot/imagenet", (("dir", "imagenet/val"), ("classnames", None)),
-                "ImageNet-1K validation, 80 templates"),
+                "ImageNet-1K validation, 80 templates", prepare_image_folder, score_zeroshot),
     DatasetSpec("imagenetv2", "zeroshot", "zeroshot/imagenetv2", (("dir", "imagenetv2"), ("classnames", None)),
-                "ImageNetV2, 80 templates"),
+                "ImageNetV2, 80 templates", prepare_image_folder, score_zeroshot),
 )
 DATASETS_BY_NAME = {spec.name: spec for spec in DATASETS}
-
-
-@dataclass
-class EvalOptions:
-    """Benchmark settings that are not paths.
-
-    Args:
-        fgovd_subsets: FG-OVD subsets to run (default: every subset found).
-        max_captions: captions kept per image in COCO / Flickr30k caption files.
-        tsv_text_kind: text path of TSV captions and matching texts (``short`` or ``long``).
-        sharegpt4v_limit: records of the ShareGPT4V file used (the benchmark's 1000).
-        templates: prompt templates of box and zero-shot classification: ``openai`` (80),
-            ``zh`` (Chinese) or a file with one template per line.
-    """
-
-    fgovd_subsets: Sequence[str] | None = None
-    max_captions: int | None = 5
-    tsv_text_kind: str = "short"
-    sharegpt4v_limit: int = 1000
-    templates: str = "openai"
-
-
-@dataclass
-class Prepared:
-    """A parsed benchmark ready for any model."""
-
-    spec: DatasetSpec
-    label: str
-    payload: Any
 
 
 def parse_path_overrides(items: Sequence[str]) -> dict[str, str]:
@@ -162,52 +124,6 @@ def describe_layout(data_root: str | os.PathLike | None = None) -> str:
     return "\n".join(lines)
 
 
-def _load(spec: DatasetSpec, paths: dict, options: EvalOptions) -> list[Prepared]:
-    if spec.name == "fgovd":
-        found = find_fgovd_files(paths["dir"])
-        wanted = list(options.fgovd_subsets) if options.fgovd_subsets else list(found)
-        unknown = [s for s in wanted if s not in FGOVD_SUBSETS]
-        if unknown:
-            raise ValueError(f"unknown FG-OVD subset(s) {unknown}; expected {', '.join(FGOVD_SUBSETS)}")
-        missing = [s for s in wanted if s not in found]
-        if missing:
-            raise DataError(f"{paths['dir']}: no file for FG-OVD subset(s) {missing}")
-        if not wanted:
-            raise DataError(f"{paths['dir']}: no FG-OVD files (expected e.g. 1_attributes.jsonl or hard.jsonl)")
-        benchmarks = [load_fgovd(found[s], paths["images"], name=s) for s in wanted]
-        return [Prepared(spec, "fgovd", benchmarks)]
-    if spec.name == "coco_boxes":
-        return [Prepared(spec, spec.label, load_coco_boxes(paths["ann"], paths["images"]))]
-    if spec.name == "lvis_boxes":
-        return [Prepared(spec, spec.label, load_lvis_boxes(paths["ann"], paths["images"]))]
-    if spec.name == "openimages_boxes":
-        dataset = load_openimages_boxes(paths["ann"], paths["classes"], paths["images"])
-        return [Prepared(spec, spec.label, dataset)]
-    if spec.name == "sharegpt4v":
-        dataset = load_sharegpt4v(paths["ann"], paths["images"], limit=options.sharegpt4v_limit)
-        return [Prepared(spec, spec.label, dataset)]
-    if spec.name == "dci":
-        return [Prepared(spec, spec.label, load_dci(paths["ann"], paths["images"]))]
-    if spec.name in ("coco_captions", "flickr30k"):
-        dataset = load_caption_file(paths["ann"], paths["images"], spec.name, max_captions=options.max_captions)
-        return [Prepared(spec, spec.label, dataset)]
-    if spec.name == "tsv":
-        files = sorted(Path(paths["dir"]).glob("*.tsv"))
-        if not files:
-            raise DataError(f"{paths['dir']}: no .tsv files")
-        return [Prepared(spec, f"{spec.label}/{f.stem}", load_tsv(f, text_kind=options.tsv_text_kind)) for f in files]
-    if spec.name == "matching":
-        files = sorted(Path(paths["dir"]).glob("*.tsv"))
-        if not files:
-            raise DataError(f"{paths['dir']}: no .tsv files")
-        return [Prepared(spec, f"{spec.label}/{f.stem}", load_matching_tsv(f, text_kind=options.tsv_text_kind))
-                for f in files]
-    if spec.task == "zeroshot":
-        classnames = read_classnames(paths["classnames"]) if paths["classnames"] else None
-        return [Prepared(spec, spec.label, load_image_folder(paths["dir"], classnames, name=spec.name))]
-    raise ValueError(f"no loader for dataset {spec.name!r}")
-
-
 def prepare(
     data_root: str | os.PathLike | None,
     tasks: Sequence[str] = TASKS,
@@ -242,7 +158,7 @@ def prepare(
                 raise DataError(f"dataset {spec.name!r}: {reason}")
             skipped[spec.name] = reason
             continue
-        prepared.extend(_load(spec, paths, options))
+        prepared.extend(spec.prepare(spec, paths, options))
     if not prepared:
         raise DataError(
             "no benchmark found for tasks " + ", ".join(tasks) + "; expected layout:\n" + describe_layout(data_root)
@@ -260,19 +176,10 @@ def evaluate(
     and its AUC to the matching ones.
     """
     results = {}
+    context = ScoreContext(templates, reranker, rerank_top_k)
     for item in prepared:
         start = time.perf_counter()
-        task = item.spec.task
-        if task == "fgovd":
-            metrics = {f"fgovd/{name}": m for name, m in evaluate_fgovd(extractor, item.payload).items()}
-        elif task == "boxcls":
-            metrics = {item.label: evaluate_boxcls(extractor, item.payload, templates)}
-        elif task == "retrieval":
-            metrics = {item.label: evaluate_retrieval(extractor, item.payload, reranker, rerank_top_k)}
-        elif task == "matching":
-            metrics = {item.label: evaluate_matching(extractor, item.payload, reranker)}
-        else:
-            metrics = {item.label: evaluate_zeroshot(extractor, item.payload, templates)}
+        metrics = item.spec.score(extractor, item, context)
         seconds = time.perf_counter() - start
         for label, values in metrics.items():
             results[label] = {**values, "seconds": round(seconds, 3)}

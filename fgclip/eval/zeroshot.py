@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.finehard import IMAGE_EXTENSIONS, is_image_file
+from .spec import Prepared, ScoreContext, single
 from .common import DataError, ImageRequest
 from .features import FeatureExtractor
 from .metrics import classification_ranks, topk_from_ranks
@@ -131,3 +132,12 @@ def evaluate_zeroshot(
     features = extractor.encode_images(requests, desc=f"{dataset.name} images")
     metrics = topk_from_ranks(classification_ranks(features, classifier, torch.tensor(dataset.labels)))
     return {**metrics, "num_images": len(dataset.images)}
+
+
+def prepare_image_folder(spec, paths: dict, options) -> list[Prepared]:
+    classnames = read_classnames(paths["classnames"]) if paths["classnames"] else None
+    return single(spec, load_image_folder(paths["dir"], classnames, name=spec.name))
+
+
+def score_zeroshot(extractor, prepared: Prepared, context: ScoreContext) -> dict[str, dict[str, float]]:
+    return {prepared.label: evaluate_zeroshot(extractor, prepared.payload, context.templates)}
