@@ -283,14 +283,14 @@ def test_shard_of_only_bad_samples_warns_with_its_count(tmp_path, image_root):
 def test_dataset_maps_boxes_and_converts_image_modes(tmp_path, image_root):
     Image.new("L", (64, 48), 100).save(image_root / "gray.png")
     rgba = Image.new("RGBA", (64, 48), (255, 0, 0, 255))
-    rgba.paste((0, 0, 255, 0), (0, 0, 32, 48))  # left half fully transparent -> white
+    rgba.paste((0, 0, 255, 0), (0, 0, 32, 48))  # left half fully transparent: alpha dropped -> blue
     rgba.save(image_root / "rgba.png")
     items = [dict(record(0, 2), f_path="gray.png"), dict(record(1, 2), f_path="rgba.png")]
     dataset = FineHARDDataset(write_jsonl(tmp_path / "d.jsonl", items), image_root, fake_preprocess(size=16))
     gray, rgba_sample = dataset[0], dataset[1]
     assert torch.allclose(gray["pixel_values"][:, 0, 0], torch.tensor([100.0, 100.0, 100.0]))
-    # half white (255, 255, 255), half red (255, 0, 0)
-    assert torch.allclose(rgba_sample["pixel_values"][:, 0, 0], torch.tensor([255.0, 127.5, 127.5]))
+    # half blue (0, 0, 255), half red (255, 0, 0): the alpha channel is dropped, as PIL's convert("RGB")
+    assert torch.allclose(rgba_sample["pixel_values"][:, 0, 0], torch.tensor([127.5, 0.0, 127.5]))
     # region boxes [0, 0, .5, .5] and [.25, .5, .75, 1] on a 64 x 48 image -> original pixels -> 16 x 16 input
     expected = torch.tensor([[0.0, 0.0, 32.0, 24.0], [16.0, 24.0, 48.0, 48.0]]) * torch.tensor([16 / 64, 16 / 48] * 2)
     assert torch.allclose(gray["boxes"], expected)

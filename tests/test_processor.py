@@ -8,6 +8,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from fgclip import FGCLIPProcessor
+from fgclip.errors import ImageError
 
 TEXTS = [
     "a photo of a cat",
@@ -80,10 +81,10 @@ def test_pad_mode_fills_with_mean_colour():
 
 
 def test_bad_images(processor, tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.png"):
+    with pytest.raises(ImageError, match="missing.png: image file not found"):
         processor.preprocess(str(tmp_path / "missing.png"))
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="broken.png"):
+    with pytest.raises(ImageError, match="broken.png: not an image file"):
         processor.preprocess(str(tmp_path / "broken.png"))
     with pytest.raises(ValueError, match="resize_mode"):
         FGCLIPProcessor(resize_mode="crop")

@@ -15,9 +15,10 @@ batches it)::
     hard_negative_texts  H lists of 1 + 10 str: [short_expr, negative "0", ..., negative "9"]
     hard_negative_regions H int, the region (0..K-1) each group belongs to
     skipped_records      list of `RecordError.reason` of bad shard samples skipped just
-                         before this one, and for a stream's last sample also after it
-                         (always empty for the map-style dataset, whose skips are
-                         counted up front in `reader.stats`)
+                         before this one, and for a stream's last sample also after it;
+                         for the map-style dataset (whose bad records are counted up front
+                         in `reader.stats`), the unreadable images it stepped over to give
+                         this sample
 
 The `processor` contract is the processor call of either family
 (``FGCLIPProcessor`` / ``FGCLIP2Processor``): it is called as ``processor(images=[image],
@@ -42,6 +43,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
+from ..errors import DataError, ImageError
 from ..modeling_fgclip import IMAGE_BATCH_KEYS
 from .finehard import FineHARDReader, FineHARDRecord, SkipStats, expand_shard_urls, iter_shard_records, load_rgb
 
@@ -105,8 +107,11 @@ class FineHARDDataset(Dataset):
         processor: an `FGCLIPProcessor` / `FGCLIP2Processor` (contract in the module docstring).
         max_boxes: regions kept per image (default 4, as upstream).
         seed: seed of the region-caption choice.
-        skip_bad_records: when `source` is a path, skip and count malformed records
-            (see `stats`) instead of raising.
+        skip_bad_records: when `source` is a path, skip and count malformed records and
+            missing images while indexing (see `stats`) instead of raising; an image that
+            cannot be decoded is then replaced by the next readable record's, and counted in the
+            sample's ``skipped_records`` (``f_path: bad image``) each time it is met.
+        allow_outside_root: accept ``f_path`` values that are absolute or leave ``image_root``.
     """
 
     def __init__(
@@ -117,8 +122,11 @@ class FineHARDDataset(Dataset):
         max_boxes: int = DEFAULT_MAX_BOXES,
         seed: int = 0,
         skip_bad_records: bool = False,
+        allow_outside_root: bool = False,
     ):
-        self.reader = source if isinstance(source, FineHARDReader) else FineHARDReader(source, skip_bad_records)
+        self.reader = source if isinstance(source, FineHARDReader) else FineHARDReader(
+            source, skip_bad_records, image_root=image_root, allow_outside_root=allow_outside_root)
+        self.skip_bad_records = skip_bad_records
         self.image_root = Path(image_root)
         self.processor = processor
         self.max_boxes = _check_max_boxes(max_boxes)
@@ -141,16 +149,23 @@ class FineHARDDataset(Dataset):
         return len(self.reader)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.reader[index]
-        path = self.image_root / record.f_path
-        if not path.is_file():
-            raise FileNotFoundError(f"{self.reader.location(index)}: f_path: image not found: {path}")
-        try:
-            image = load_rgb(path)
-        except OSError as error:
-            raise ValueError(f"{self.reader.location(index)}: f_path: cannot read image {path}: {error}") from None
-        rng = np.random.default_rng((self.seed, self.epoch, index))
-        return build_sample(image, record, self.processor, self.max_boxes, rng)
+        skipped = []
+        for offset in range(len(self)):
+            position = (index + offset) % len(self)
+            record = self.reader[position]
+            try:
+                image = load_rgb(self.image_root / record.f_path,
+                                 f"{self.reader.location(position)}: f_path: {self.image_root / record.f_path}")
+            except ImageError:
+                if not self.skip_bad_records:
+                    raise
+                skipped.append("f_path: bad image")
+                continue
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            sample = build_sample(image, record, self.processor, self.max_boxes, rng)
+            sample["skipped_records"] = skipped
+            return sample
+        raise DataError(self.reader.path, f"none of its {len(self)} records has a readable image")
 
 
 class FineHARDShardDataset(IterableDataset):

@@ -40,6 +40,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError, ImageError, outside_root_reason
+from ..processing_fgclip import load_image as load_rgb  # the project's one image reader, under its old name here
+
 NUM_HARD_NEGATIVES = 10
 NEGATIVE_KEYS = tuple(str(i) for i in range(NUM_HARD_NEGATIVES))
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -50,7 +53,7 @@ def is_image_file(name: str | os.PathLike) -> bool:
     return Path(name).suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
 
 
-class RecordError(ValueError):
+class RecordError(DataError):
     """A record that does not follow the FineHARD schema.
 
     Attributes:
@@ -290,21 +293,34 @@ class FineHARDReader(Sequence[FineHARDRecord]):
     - JSON list: loaded whole and kept as parsed records (memory grows with the file;
       prefer JSONL or shards for large data).
 
+    With an ``image_root``, every record's image must exist under it when the file is indexed
+    (a missing image is a bad record, found before training starts), and an ``f_path`` that is
+    absolute or leaves the root with ``..`` is refused unless ``allow_outside_root``.
+    ``with_regions`` / ``with_negatives`` count the good records with boxes / hard negatives.
+
     Args:
         path: the .json / .jsonl file.
         skip_bad_records: skip malformed records and count them in `stats` instead of
             raising `RecordError`.
+        image_root: directory the records' ``f_path`` are relative to (checked when given).
+        allow_outside_root: accept absolute ``f_path`` and ones that leave ``image_root``.
     """
 
-    def __init__(self, path: str | os.PathLike, skip_bad_records: bool = False):
+    def __init__(self, path: str | os.PathLike, skip_bad_records: bool = False,
+                 image_root: str | os.PathLike | None = None, allow_outside_root: bool = False):
         self.path = str(path)
         self.skip_bad_records = skip_bad_records
+        self.image_root = None if image_root is None else Path(image_root)
+        self.allow_outside_root = allow_outside_root
         self.stats = SkipStats()
+        self.with_regions = self.with_negatives = 0
         self._records: list[FineHARDRecord] | None = None
         self._offsets = np.zeros(0, dtype=np.int64)  # JSONL: byte offset of each good record
         self._positions = np.zeros(0, dtype=np.int64)  # line number (JSONL) or list index (JSON)
         self._handle: io.BufferedReader | None = None
         self._handle_pid = -1
+        if not Path(self.path).is_file():
+            raise DataError(self.path, "FineHARD file not found")
         first = _first_char(Path(self.path))
         if first == b"[":
             self.format = "json"
@@ -313,12 +329,25 @@ class FineHARDReader(Sequence[FineHARDRecord]):
             self.format = "jsonl"
             self._index_lines()
         else:
-            raise ValueError(f"{self.path}: expected a JSON list or JSON lines, file starts with {first!r}")
+            raise DataError(self.path, f"expected a JSON list or JSON lines, file starts with {first!r}")
 
     def _handle_error(self, error: RecordError) -> None:
         if not self.skip_bad_records:
             raise error
         self.stats.add(error)
+
+    def _check(self, record: FineHARDRecord, location: str) -> FineHARDRecord:
+        """Check a parsed record's image (when the reader has an image root) and count its regions."""
+        if self.image_root is not None:
+            reason = None if self.allow_outside_root else outside_root_reason(record.f_path)
+            if reason:
+                raise RecordError(location, "f_path", reason, "outside the image root")
+            if not (self.image_root / record.f_path).is_file():
+                raise RecordError(location, "f_path", f"image not found: {self.image_root / record.f_path}",
+                                  "image not found")
+        self.with_regions += bool(record.regions)
+        self.with_negatives += any(region.negatives is not None for region in record.regions)
+        return record
 
     def _index_lines(self) -> None:
         offsets, line_numbers = [], []
@@ -327,8 +356,9 @@ class FineHARDReader(Sequence[FineHARDRecord]):
             for line_number, line in enumerate(handle, start=1):
                 if line.strip():
                     self.stats.seen += 1
+                    location = f"{self.path} line {line_number}"
                     try:
-                        parse_json_bytes(line, f"{self.path} line {line_number}")
+                        self._check(parse_json_bytes(line, location), location)
                     except RecordError as error:
                         self._handle_error(error)
                     else:
@@ -344,14 +374,15 @@ class FineHARDReader(Sequence[FineHARDRecord]):
                 items = json.load(handle)
         except json.JSONDecodeError as error:
             where = f"line {error.lineno} column {error.colno}"
-            raise ValueError(f"{self.path}: invalid JSON: {error.msg} ({where})") from None
+            raise DataError(f"{self.path}:{error.lineno}: invalid JSON: {error.msg} ({where})") from None
         if not isinstance(items, list):
-            raise ValueError(f"{self.path}: expected a JSON list of records")
+            raise DataError(self.path, "expected a JSON list of records")
         self._records, positions = [], []
         for index, item in enumerate(items):
             self.stats.seen += 1
             try:
-                self._records.append(parse_record(item, f"{self.path} item {index}"))
+                location = f"{self.path} item {index}"
+                self._records.append(self._check(parse_record(item, location), location))
             except RecordError as error:
                 self._handle_error(error)
             else:
@@ -388,16 +419,6 @@ class FineHARDReader(Sequence[FineHARDRecord]):
             self._handle.close()
 
 
-def load_rgb(source: str | os.PathLike | bytes) -> Image.Image:
-    """Open an image (a path or encoded bytes) as RGB; transparency is composited on white."""
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
-
-
 def _import_webdataset():
     try:
         import webdataset
@@ -427,7 +448,7 @@ def write_finehard_shards(
         The written shard paths, in order.
     """
     wds = _import_webdataset()
-    reader = source if isinstance(source, FineHARDReader) else FineHARDReader(source)
+    reader = source if isinstance(source, FineHARDReader) else FineHARDReader(source, image_root=image_root)
     Path(pattern % 0).parent.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
     with wds.ShardWriter(pattern, maxcount=max_samples_per_shard, post=written.append, verbose=0) as sink:
@@ -436,9 +457,9 @@ def write_finehard_shards(
             image_path = Path(image_root) / record.f_path
             extension = image_path.suffix.lower().lstrip(".")
             if extension not in IMAGE_EXTENSIONS:
-                raise ValueError(f"{reader.location(index)}: f_path: unsupported image type {image_path.suffix!r}")
+                raise DataError(f"{reader.location(index)}: f_path: unsupported image type {image_path.suffix!r}")
             if not image_path.is_file():
-                raise FileNotFoundError(f"{reader.location(index)}: f_path: image not found: {image_path}")
+                raise DataError(f"{reader.location(index)}: f_path: image not found: {image_path}")
             sink.write(
                 {
                     "__key__": f"{index:09d}",
@@ -467,9 +488,9 @@ def decode_shard_sample(sample: dict[str, Any]) -> tuple[Image.Image, FineHARDRe
     if not extensions:
         raise RecordError(location, "image", f"missing (expected one of {', '.join(IMAGE_EXTENSIONS)})", "missing")
     try:
-        image = load_rgb(bytes(sample[extensions[0]]))
-    except (OSError, Image.DecompressionBombError) as error:
-        raise RecordError(location, extensions[0], f"cannot decode image: {error}", "bad image") from None
+        image = load_rgb(bytes(sample[extensions[0]]), "image")
+    except ImageError as error:
+        raise RecordError(location, extensions[0], f"cannot decode {error}", "bad image") from None
     return image, record
 
 

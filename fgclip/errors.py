@@ -1,0 +1,123 @@
+"""The project's error types, and the one line every command prints for them.
+
+A user's bad input (a data file, a recipe, a checkpoint, an image, an argument) raises one of
+:class:`DataError`, :class:`ConfigError`, :class:`CheckpointError`, :class:`ImageError`, whose
+message starts with the file (and line) at fault. Commands run through :func:`run_command`, which
+prints such an error, or a failed write, as::
+
+    error: <file>[:<line>]: <what is wrong and how to fix it>
+
+and exits with status 2. ``--debug`` on the command line or ``FGCLIP_DEBUG=1`` shows the
+traceback instead. Any other exception is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any
+
+EXIT_USER_ERROR = 2
+ALLOW_OUTSIDE_HINT = "give --allow-outside-root to read it anyway"
+DEBUG_FLAG = "--debug"
+
+
+class UserError(ValueError):
+    """Bad input from the user; the message names the file (and line) at fault.
+
+    Built from ``(message)`` or ``(path, what, line=None)``, which reads ``path[:line]: what``.
+    A ``ValueError``, so callers that caught the older ``ValueError`` keep working.
+    """
+
+    def __init__(self, path_or_message: Any, what: str | None = None, line: int | None = None):
+        if what is None:
+            super().__init__(str(path_or_message))
+        else:
+            where = str(path_or_message) if line is None else f"{path_or_message}:{line}"
+            super().__init__(f"{where}: {what}")
+
+
+class DataError(UserError):
+    """A data file or record (FineHARD, benchmark, LLaVA conversations, answers) that cannot be used."""
+
+
+class ConfigError(UserError):
+    """A recipe or option that cannot be used (YAML syntax, unknown key, invalid value)."""
+
+
+class CheckpointError(UserError):
+    """A model checkpoint that cannot be found or read."""
+
+
+class ImageError(DataError):
+    """An image file that is missing, truncated, empty, not an image or above PIL's pixel limit."""
+
+
+def outside_root_reason(relative: str) -> str | None:
+    """Why a path written in a data file may not be read under its root: it is absolute or climbs out
+    of the root with ``..`` (``None`` when it stays inside). Readers refuse such paths unless the
+    user passes ``--allow-outside-root``."""
+    path = PurePosixPath(relative.replace("\\", "/"))
+    if path.is_absolute() or PureWindowsPath(relative).drive:
+        return f"path {relative!r} is absolute; data paths are relative to their root ({ALLOW_OUTSIDE_HINT})"
+    depth = 0
+    for part in path.parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            return f"path {relative!r} leaves its root with '..' ({ALLOW_OUTSIDE_HINT})"
+    return None
+
+
+def debug_requested(argv: Sequence[str]) -> bool:
+    """Whether tracebacks are wanted: ``--debug`` in ``argv`` or ``FGCLIP_DEBUG=1``."""
+    return DEBUG_FLAG in argv or os.environ.get("FGCLIP_DEBUG", "") not in ("", "0")
+
+
+def describe(error: BaseException) -> str | None:
+    """The one-line report of a user error or a failed file operation, ``None`` for anything else."""
+    if isinstance(error, UserError):
+        return f"error: {error}"
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"error: {error.filename}: {error.strerror or error}"
+    return None
+
+
+def run_command(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)`` (``argv`` without ``--debug``); a user error prints one line and gives status 2.
+
+    Standard output is flushed inside, so a failed write to it (a full disk) is reported too.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    try:
+        status = main([argument for argument in argv if argument != DEBUG_FLAG])
+        _flush_stdout()
+    except (UserError, OSError) as error:
+        message = describe(error)
+        if debug or message is None:
+            raise
+        print(message, file=sys.stderr)
+        return EXIT_USER_ERROR
+    return status if isinstance(status, int) else 0
+
+
+def _flush_stdout() -> None:
+    """Flush standard output; on failure point it at the null device (so the interpreter's own flush
+    at exit does not fail again) and raise the error naming ``<stdout>``."""
+    try:
+        sys.stdout.flush()
+    except OSError as error:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        error.filename = error.filename or "<stdout>"
+        raise
+
+
+def command(main: Callable[[list[str]], Any]) -> Callable[[Sequence[str] | None], int]:
+    """Decorate a ``main(argv)`` so that it runs through :func:`run_command`."""
+
+    def wrapped(argv: Sequence[str] | None = None) -> int:
+        return run_command(main, argv)
+
+    wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = main.__name__, main.__doc__, main
+    return wrapped
