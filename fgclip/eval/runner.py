@@ -45,6 +45,8 @@ from .retrieval import prepare_caption_file, prepare_dci, prepare_sharegpt4v, pr
 from .spec import DatasetSpec, EvalOptions, Prepared, ScoreContext
 from .templates import IMAGENET_TEMPLATES
 from .zeroshot import load_templates, prepare_image_folder, score_zeroshot
+from .zero import (prepare_flickr30k_cna, prepare_zero_icm, prepare_zero_icr, prepare_zero_iqm, prepare_zero_iqr,
+                   score_zero_matching, score_zero_retrieval)
 
 logger = logging.getLogger("fgclip.eval")
 
@@ -83,6 +85,24 @@ DATASETS: tuple[DatasetSpec, ...] = (
                 "ImageNet-1K validation, 80 templates", prepare_image_folder, score_zeroshot),
     DatasetSpec("imagenetv2", "zeroshot", "zeroshot/imagenetv2", (("dir", "imagenetv2"), ("classnames", None)),
                 "ImageNetV2, 80 templates", prepare_image_folder, score_zeroshot),
+    DatasetSpec("zero_icr", "retrieval", "retrieval/zero_icr",
+                (("ann", "zero/ICR/val/long_itr_val.json"), ("images", "zero/IQR_IQM_ICR_ICM_images")),
+                "Zero ICR image-caption retrieval (CCMB release), R@1/5/10 + mean recall", prepare_zero_icr,
+                score_zero_retrieval),
+    DatasetSpec("zero_iqr", "retrieval", "retrieval/zero_iqr",
+                (("ann", "zero/IQR/val/short_itr_val.json"), ("images", "zero/IQR_IQM_ICR_ICM_images")),
+                "Zero IQR image-query retrieval (CCMB release), R@1/5/10 + mean recall", prepare_zero_iqr,
+                score_zero_retrieval),
+    DatasetSpec("zero_icm", "matching", "matching/zero_icm",
+                (("ann", "zero/ICM/val/long_itm_val.json"), ("images", "zero/IQR_IQM_ICR_ICM_images")),
+                "Zero ICM image-caption matching (CCMB release), ROC AUC", prepare_zero_icm, score_zero_matching),
+    DatasetSpec("zero_iqm", "matching", "matching/zero_iqm",
+                (("ann", "zero/IQM/val/short_itm_val.json"), ("images", "zero/IQR_IQM_ICR_ICM_images")),
+                "Zero IQM image-query matching (CCMB release), ROC AUC", prepare_zero_iqm, score_zero_matching),
+    DatasetSpec("zero_flickr30k_cna", "retrieval", "retrieval/zero_flickr30k_cna",
+                (("ann", "flickr30k_cna/test/flickr30k_cna_test.txt"), ("images", "flickr30k_cna/Flickr30k-images")),
+                "Flickr30k-CNA test (CCMB release), R@1/5/10 + mean recall", prepare_flickr30k_cna,
+                score_zero_retrieval),
 )
 DATASETS_BY_NAME = {spec.name: spec for spec in DATASETS}
 
