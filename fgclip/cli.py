@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -14,10 +15,28 @@ import torch
 import torch.nn.functional as F
 
 from .encoders import Encoder, load_encoder
+from .errors import ConfigError, command, writing
 from .eval.cli import add_eval_subcommand
 from .processing_fgclip import load_image
 
 DEFAULT_MODEL = "qihoo360/fg-clip-base"
+
+
+def parse_text(text: str) -> str:
+    """A non-empty description (an empty one would score its padding and print a number)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a text is empty; give words to look for")
+    return text
+
+
+def check_boxes(boxes: list[list[float]], image, name: str) -> None:
+    """Each box must have area and lie inside the image (boxes are not clamped)."""
+    for box in boxes:
+        x1, y1, x2, y2 = box
+        if not (0 <= x1 < x2 <= image.width and 0 <= y1 < y2 <= image.height):
+            shown = ",".join(f"{value:g}" for value in box)
+            raise ConfigError(name, f"--box {shown}: expected 0 <= x1 < x2 <= {image.width} and "
+                                    f"0 <= y1 < y2 <= {image.height} (pixels of this {image.width}x{image.height} image)")
 
 
 def parse_box(text: str) -> list[float]:
@@ -36,7 +55,10 @@ def parse_box(text: str) -> list[float]:
 def score_regions(model: Encoder, image, boxes: list[list[float]], texts: list[str]) -> torch.Tensor:
     """(K boxes, T texts) cosine similarities between region features and region texts; boxes are
     checked against the image, not clamped."""
-    batch = model.processor(images=[load_image(image)], boxes=[torch.tensor(boxes, dtype=torch.float32)])
+    name = str(image) if isinstance(image, (str, Path)) else "image"
+    image = load_image(image)
+    check_boxes(boxes, image, name)
+    batch = model.processor(images=[image], boxes=[torch.tensor(boxes, dtype=torch.float32)])
     regions = model.encode_regions(batch.to(model.device))
     return (regions @ model.encode_texts(texts, "region").t()).cpu()
 
@@ -65,9 +87,12 @@ def save_heatmap(image, similarity: torch.Tensor, text: str, output: str | Path,
     figure.colorbar(overlay, ax=axis, fraction=0.046, pad=0.04, label="cosine similarity")
     axis.set_title(text)
     axis.axis("off")
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=100, bbox_inches="tight")
+    png = io.BytesIO()  # matplotlib ignores a failed close: write the file ourselves
+    figure.savefig(png, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    with writing(output), open(output, "wb") as handle:
+        handle.write(png.getvalue())
 
 
 def format_table(scores: torch.Tensor, boxes: list[list[float]], texts: list[str]) -> str:
@@ -90,26 +115,33 @@ def build_parser() -> argparse.ArgumentParser:
     score = subparsers.add_parser("score", help="print a region x text cosine-similarity table")
     add_common(score)
     score.add_argument("--box", type=parse_box, action="append", required=True, help="x1,y1,x2,y2 in pixels")
-    score.add_argument("--text", action="append", required=True, help="a region description")
+    score.add_argument("--text", type=parse_text, action="append", required=True, help="a region description")
 
     heatmap = subparsers.add_parser("heatmap", help="write the patch-text similarity map blended over the image")
     add_common(heatmap)
-    heatmap.add_argument("text", help="what to look for, e.g. 'black dog'")
+    heatmap.add_argument("text", type=parse_text, help="what to look for, e.g. 'black dog'")
     heatmap.add_argument("-o", "--output", required=True, help="output PNG")
     heatmap.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     add_eval_subcommand(subparsers)
+    for sub in (score, heatmap):
+        sub.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     return parser
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
+    """The ``fgclip`` console script; an input error prints ``error: <file>: <what>`` and gives status 2."""
     args = build_parser().parse_args(argv)
     if args.command == "eval":
         return args.func(args)
+    image = load_image(args.image)  # input errors before the model loads
+    if args.command == "score":
+        check_boxes(args.box, image, args.image)
     model = load_encoder(args.model, device=args.device)
     if args.command == "score":
-        print(format_table(score_regions(model, args.image, args.box, args.text), args.box, args.text))
+        print(format_table(score_regions(model, image, args.box, args.text), args.box, args.text))
     elif args.command == "heatmap":
-        save_heatmap(args.image, similarity_map(model, args.image, args.text), args.text, args.output, args.alpha)
+        save_heatmap(image, similarity_map(model, image, args.text), args.text, args.output, args.alpha)
         print(f"wrote {args.output}")
     return 0
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from transformers.utils import cached_file
 
 from .configuration_fgclip import FGCLIPConfig
 from .configuration_fgclip2 import FGCLIP2Config
+from .errors import CheckpointError
 from .modeling_fgclip import FGCLIPModel, TokenFeatures, check_text_kind
 from .modeling_fgclip2 import FGCLIP2Model
 from .processing_fgclip import FGCLIPProcessor, concat_image_batches
@@ -181,23 +183,79 @@ def checkpoint_keys(directory: Path) -> set[str]:
     if safetensors_file.is_file():
         from safetensors import safe_open
 
+        check_safetensors(safetensors_file)
         with safe_open(str(safetensors_file), framework="pt") as handle:
             return set(handle.keys())
     bin_file = directory / "pytorch_model.bin"
     if bin_file.is_file():
         return set(torch.load(bin_file, map_location="meta", weights_only=True, mmap=True))
-    raise FileNotFoundError(f"no model.safetensors, pytorch_model.bin or *.index.json in {directory}")
+    raise CheckpointError(directory, "no model.safetensors, pytorch_model.bin or *.index.json")
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "name" or "owner/name"
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Raise a :class:`CheckpointError` naming ``path`` when a safetensors file is truncated or its
+    header is corrupt (read from the header: 8-byte length, JSON, data offsets)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little") if size >= 8 else -1
+        if not 0 < length <= size - 8:
+            raise CheckpointError(path, f"truncated or corrupt safetensors file ({size} bytes, no complete "
+                                        "header); re-download or re-save the checkpoint")
+        try:
+            header = json.loads(handle.read(length))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+            raise CheckpointError(path, f"corrupt safetensors header ({error}); re-download or re-save the "
+                                        "checkpoint") from None
+    if 8 + length + end > size:
+        raise CheckpointError(path, f"truncated safetensors file: {size} bytes, its header describes "
+                                    f"{8 + length + end}; re-download or re-save the checkpoint")
+
+
+def check_checkpoint_files(directory: str | os.PathLike) -> None:
+    """Every ``*.safetensors`` file of a local checkpoint directory is complete (see :func:`check_safetensors`)."""
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        check_safetensors(path)
+
+
+def read_config_json(config_file: Path) -> dict:
+    """A checkpoint's ``config.json``; invalid JSON is a :class:`CheckpointError` naming the file and line."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(config_file, f"not valid JSON ({error.msg}, column {error.colno})",
+                              error.lineno) from None
+    except UnicodeDecodeError as error:
+        raise CheckpointError(config_file, f"not a text file ({error.reason})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(config_file, "expected a JSON object")
+    return config
+
+
+def locate_config(path: str | os.PathLike) -> Path:
+    """``config.json`` of a checkpoint directory, or of a hub id (fetched). A path that is not a
+    directory is reported as a missing directory unless it reads as a hub id (``owner/name``)."""
+    if Path(path).is_dir():
+        config_file = Path(path, "config.json")
+        if not config_file.is_file():
+            raise CheckpointError(path, "no config.json (expected a transformers checkpoint directory)")
+        return config_file
+    if Path(path).exists() or not HUB_ID.match(str(path)) or ".." in str(path):
+        raise CheckpointError(path, "checkpoint directory not found")
+    try:
+        return Path(cached_file(str(path), "config.json"))
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(path, f"not a local directory, and no hub checkpoint could be fetched ({reason})") from None
 
 
 def config_model_type(path: str | os.PathLike) -> str | None:
     """``model_type`` of a checkpoint's ``config.json`` (a directory, or a hub id: fetched)."""
-    if Path(path).is_dir():
-        config_file = Path(path, "config.json")
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{path}: no config.json (expected a transformers checkpoint directory)")
-    else:
-        config_file = Path(cached_file(str(path), "config.json"))
-    return json.loads(config_file.read_text()).get("model_type")
+    return read_config_json(locate_config(path)).get("model_type")
 
 
 def detect_model_type(path: str | os.PathLike) -> str:
@@ -212,8 +270,8 @@ def detect_model_type(path: str | os.PathLike) -> str:
     if model_type in FAMILIES:
         return model_type
     if model_type != "clip":
-        raise ValueError(f"{path}: config.json has model_type {model_type!r}; expected one of "
-                         f"{', '.join(FAMILIES)} or 'clip'")
+        raise CheckpointError(Path(path, "config.json") if Path(path).is_dir() else path,
+                              f"model_type {model_type!r} is not one of {', '.join(FAMILIES)} or 'clip'")
     if not Path(path).is_dir():
         return "fgclip"
     return "fgclip" if FGCLIP_MARKER_KEY in checkpoint_keys(Path(path)) else "clip"
@@ -224,6 +282,8 @@ def load_model(path: str | os.PathLike, model_type: str = "auto", **kwargs):
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
     model_type = detect_model_type(path) if model_type == "auto" else model_type
+    if Path(path).is_dir():
+        check_checkpoint_files(path)
     if model_type == "clip":
         return FGCLIPModel.from_clip(path, **kwargs)
     return FAMILIES[model_type].model_class.from_pretrained(path, **kwargs)

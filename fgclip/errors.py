@@ -12,9 +12,10 @@ traceback instead. Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -67,6 +68,18 @@ def outside_root_reason(relative: str) -> str | None:
         if depth < 0:
             return f"path {relative!r} leaves its root with '..' ({ALLOW_OUTSIDE_HINT})"
     return None
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Around the writing (and closing) of an output file: an ``OSError`` (full disk, no permission)
+    leaves it naming ``path``, so the command reports ``error: <path>: <reason>``."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(path)
+        raise
 
 
 def debug_requested(argv: Sequence[str]) -> bool:

@@ -70,8 +70,9 @@ def test_console_script_errors_are_readable(saved):
     result = subprocess.run([sys.executable, "-m", "fgclip.cli", "score", str(directory / "scene.png"),
                              "--model", str(directory), "--box", "0,0,100,10", "--text", "a cat"],
                             capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "outside the 32x32 image" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (f"error: {directory / 'scene.png'}: --box 0,0,100,10: expected 0 <= x1 < x2 <= 64 and "
+                             "0 <= y1 < y2 <= 48 (pixels of this 64x48 image)")
 
 
 def test_fgclip2_checkpoint_scores_and_heatmap(tmp_path, capsys):

@@ -19,6 +19,8 @@ import torch.distributed as dist
 
 from ..distributed import get_rank
 from ..encoders import MODEL_TYPES, detect_model_type, load_encoder, resolve_device
+from ..errors import CheckpointError, ConfigError, run_command
+from .common import allow_outside_root
 from .runner import (
     TASKS,
     EvalOptions,
@@ -71,6 +73,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="cross-encoder re-ranker (fgclip.rerank) for a model's retrieval; NAME picks the model "
                              "when several are given")
     parser.add_argument("--rerank-top-k", type=int, default=128, help="dual-encoder candidates each query re-ranks")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept image paths in benchmark files that are absolute or leave the image root")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--list-datasets", action="store_true", help="print the expected layout and exit")
     return parser
@@ -91,7 +96,7 @@ def _model_entries(specs: Sequence[str], model_type: str, device: torch.device) 
         if not sep:
             name, path = Path(spec).name or spec, spec
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"--model {spec}: {path} is not a directory")
+            raise CheckpointError(f"--model {spec}: checkpoint directory not found: {path}")
         base, count = name, 1
         while name in names:
             count += 1
@@ -110,12 +115,12 @@ def _reranker_paths(specs: Sequence[str], model_names: list[str]) -> dict[str, s
         name, sep, path = spec.partition("=")
         if not sep:
             if len(model_names) != 1:
-                raise SystemExit(f"--reranker {spec}: name the model (NAME=PATH), one of {', '.join(model_names)}")
+                raise ConfigError(f"--reranker {spec}: name the model (NAME=PATH), one of {', '.join(model_names)}")
             name, path = model_names[0], spec
         if name not in model_names:
-            raise SystemExit(f"--reranker {spec}: no model named {name!r} (models: {', '.join(model_names)})")
+            raise ConfigError(f"--reranker {spec}: no model named {name!r} (models: {', '.join(model_names)})")
         if not Path(path).is_dir():
-            raise SystemExit(f"--reranker {spec}: {path} is not a directory")
+            raise CheckpointError(f"--reranker {spec}: re-ranker directory not found: {path}")
         paths[name] = path
     return paths
 
@@ -126,7 +131,8 @@ def run_eval(args: argparse.Namespace) -> int:
         print(describe_layout(args.data_root))
         return 0
     if not args.model:
-        raise SystemExit("fgclip eval: give at least one --model")
+        raise ConfigError("fgclip eval: give at least one --model")
+    allow_outside_root(args.allow_outside_root)
     device = resolve_device(args.device)
     started_group = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -168,6 +174,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``tools/eval_fgclip.py``."""
+    """Entry point of ``tools/eval_fgclip.py``: an input error prints one line and gives status 2."""
     parser = add_eval_arguments(argparse.ArgumentParser(description=DESCRIPTION))
-    return run_eval(parser.parse_args(argv))
+    return run_command(lambda arguments: run_eval(parser.parse_args(arguments)), argv)

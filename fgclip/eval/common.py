@@ -2,7 +2,8 @@
 
 Every reader turns its annotation file into :class:`ImageRequest` objects (one per image,
 holding all boxes of that image) so the feature extractor runs the backbone once per image.
-A malformed record raises :class:`DataError` naming the file, the record and the field::
+A malformed record raises :class:`DataError` (:mod:`fgclip.errors`) naming the file, the record and
+the field::
 
     fgovd/hard.jsonl line 12: bbox [600.0, 10.0, 80.0, 20.0] (x, y, w, h) lies outside the 640x480 image
 """
@@ -18,11 +19,19 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from ..errors import DataError, outside_root_reason
+
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image (annotation rounding); it is clipped
 
 
-class DataError(ValueError):
-    """A benchmark file that cannot be evaluated; the message names the file, record and field."""
+# Whether image paths of benchmark files may be absolute or leave the image root (--allow-outside-root).
+_ROOT_POLICY = {"allow_outside_root": False}
+
+
+def allow_outside_root(allow: bool) -> None:
+    """Let benchmark files name images outside their root (absolute paths, ``..``): the
+    ``--allow-outside-root`` option of the evaluation command."""
+    _ROOT_POLICY["allow_outside_root"] = bool(allow)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -157,7 +166,11 @@ def coco_image_path(image: dict, where: str) -> str:
 
 
 def resolve_image(root: str | os.PathLike, relative: str, where: str, basename_fallback: bool = False) -> str:
-    """``root/relative`` if it exists (optionally ``root/basename(relative)``), else a :class:`DataError`."""
+    """``root/relative`` if it exists (optionally ``root/basename(relative)``), else a :class:`DataError`;
+    a path that is absolute or leaves ``root`` is refused unless :func:`allow_outside_root` was set."""
+    reason = None if _ROOT_POLICY["allow_outside_root"] else outside_root_reason(relative)
+    if reason:
+        raise DataError(f"{where}: image {reason}")
     path = Path(root, relative)
     if path.is_file():
         return str(path)

@@ -48,6 +48,8 @@ from .common import (
     text_list,
     xywh_to_xyxy,
 )
+from ..errors import ImageError
+from ..processing_fgclip import image_size
 from .features import FeatureExtractor
 from .metrics import multiple_choice_accuracy
 
@@ -114,17 +116,29 @@ def load_fgovd(path: str | os.PathLike, image_root: str | os.PathLike, name: str
     return FGOVDBenchmark(name, str(path), items)
 
 
+def _header_size(image: str, where: str, cache: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """(width, height) of an image file from its header (cached), for records that declare none."""
+    if image not in cache:
+        try:
+            cache[image] = image_size(image)
+        except ImageError as error:
+            raise DataError(f"{where}: {error}") from None
+    return cache[image]
+
+
 def _load_jsonl(path: Path, image_root) -> list[FGOVDItem]:
-    items = []
+    """FG-CLIP's JSONL; a record without ``width`` / ``height`` has its box checked against the size
+    read from the image header."""
+    items, sizes = [], {}
     for where, record in iter_jsonl(path):
         relative = require(record, "img_path", where, str)
+        image = resolve_image(image_root, relative, where)
         size = image_size_of(record, where)
-        box = xywh_to_xyxy(require(record, "bbox", where), where, size)
+        box = xywh_to_xyxy(require(record, "bbox", where), where, size or _header_size(image, where, sizes))
         positives = text_list(require(record, "pos_expression", where), "pos_expression", where)
         if len(positives) != 1:
             raise DataError(f"{where}: 'pos_expression' must hold one caption, got {len(positives)}")
         negatives = text_list(require(record, "neg_expression", where), "neg_expression", where)
-        image = resolve_image(image_root, relative, where)
         items.append(FGOVDItem(image, box, size, positives[0], negatives, where))
     return items
 
@@ -143,7 +157,7 @@ def _load_lvis_style(path: Path, image_root) -> list[FGOVDItem]:
     for index, image in enumerate(data["images"]):
         where = f"{path} images[{index}]"
         images[require(image, "id", where)] = (image, where)
-    items, resolved = [], {}
+    items, resolved, sizes = [], {}, {}
     for index, annotation in enumerate(data["annotations"]):
         where = f"{path} annotations[{index}]"
         if isinstance(annotation, dict) and "id" in annotation:
@@ -152,8 +166,11 @@ def _load_lvis_style(path: Path, image_root) -> list[FGOVDItem]:
         if image_id not in images:
             raise DataError(f"{where}: unknown image_id {image_id!r} (not in 'images')")
         image, image_where = images[image_id]
+        if image_id not in resolved:
+            resolved[image_id] = resolve_image(image_root, coco_image_path(image, image_where), image_where)
         size = image_size_of(image, image_where)
-        box = xywh_to_xyxy(require(annotation, "bbox", where), where, size)
+        box = xywh_to_xyxy(require(annotation, "bbox", where), where,
+                           size or _header_size(resolved[image_id], image_where, sizes))
         positive_id = require(annotation, "category_id", where)
         negative_ids = require(annotation, "neg_category_ids", where, list)
         if not negative_ids:
@@ -161,8 +178,6 @@ def _load_lvis_style(path: Path, image_root) -> list[FGOVDItem]:
         for category_id in [positive_id, *negative_ids]:
             if category_id not in captions:
                 raise DataError(f"{where}: unknown category id {category_id!r} (not in 'categories')")
-        if image_id not in resolved:
-            resolved[image_id] = resolve_image(image_root, coco_image_path(image, image_where), image_where)
         items.append(
             FGOVDItem(resolved[image_id], box, size, captions[positive_id], [captions[i] for i in negative_ids], where)
         )
