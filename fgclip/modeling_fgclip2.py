@@ -6,12 +6,16 @@ adds, under the upstream ``qihoo360/fg-clip2-*`` parameter names,
 * a 196-row long position table (``position_embedding_ori`` rows ``0..keep-1``,
   ``position_embedding_res`` rows ``keep..``) built from the 64-row one as in FG-CLIP;
 * a head per text kind: ``text_model.head`` for short captions, ``longtext_head`` for long
-  ones, ``boxtext_head`` for region (box) captions, each on the last token's hidden state
-  (SigLIP pools the last position, so texts are padded to exactly 64 or 196 tokens);
+  ones, ``boxtext_head`` for region (box) captions (the official ``walk_type`` ``"short"`` /
+  ``"long"`` / ``"box"``), each on the last token's hidden state (SigLIP pools the last
+  position, so texts are padded to a fixed length: 64 or 196 tokens, or any length up to
+  those); the long and box heads are ``hidden_size x hidden_size`` as the official model builds them;
 * ``dense_feature_head``: a multi-head-attention-pooling block whose attention runs with
   every patch as its own query (no probe), giving one feature per patch; region features are
   RoIAlign (1x1, aligned) of each image's own ``h x w`` patch grid, L2-normalised upstream;
-* ``logit_scale`` / ``logit_bias`` of the sigmoid loss.
+* ``logit_scale`` / ``logit_bias`` of the sigmoid loss, and for training the region and
+  hard-negative temperatures ``logit_scale_finegraind`` / ``logit_scale_hardneg`` (loaded and
+  saved whenever a checkpoint holds them, as the official training writes them).
 
 Images are NaFlex inputs: ``pixel_values`` (B, N, 3 * 16 * 16) patches, ``pixel_attention_mask``
 (B, N) and ``spatial_shapes`` (B, 2) = each image's patch grid ``(h, w)``, ``h * w <= N``.
@@ -19,6 +23,7 @@ Boxes are xyxy in *input pixels* of each image's grid, ``0..w*16`` by ``0..h*16`
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -26,6 +31,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import roi_align
 from transformers import Siglip2Model, Siglip2TextModel, Siglip2VisionModel
 from transformers import initialization as init
 from transformers.models.siglip2.modeling_siglip2 import (
@@ -54,8 +60,44 @@ from .modeling_fgclip import (
 # SigLIP's initial temperature and bias (Zhai et al. 2023): t' = log 10, b = -10.
 LOGIT_SCALE_INIT = 2.302585092994046
 LOGIT_BIAS_INIT = -10.0
-# Initial log temperature of the regional and hard-negative terms (CLIP's 1 / 0.07), trained only.
-REGION_LOGIT_SCALE_INIT = 2.6592
+# Initial log temperature of the regional and hard-negative terms: the official launch's
+# ``log_scale`` (train_fgclip2.py ModelArguments), trained only.
+REGION_LOGIT_SCALE_INIT = 4.6052
+REGION_TEMPERATURE_KEYS = ("logit_scale_finegraind", "logit_scale_hardneg")
+# The official ``walk_type`` names of the text kinds.
+WALK_TYPES = {"short": "short", "long": "long", "box": "region"}
+# from_pretrained keywords that locate a checkpoint's files (passed on to the key lookup).
+HUB_KEYWORDS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+def stored_parameter_names(path: str | os.PathLike, **hub_kwargs) -> set[str]:
+    """Parameter names stored in a checkpoint (a directory or hub id), read without loading tensors;
+    empty when no safetensors weights are found."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    for name in ("model.safetensors.index.json", "model.safetensors"):
+        resolved = cached_file(str(path), name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+        if resolved is None:
+            continue
+        if name.endswith(".json"):
+            with open(resolved, encoding="utf-8") as handle:
+                return set(json.load(handle).get("weight_map", {}))
+        with safe_open(resolved, framework="pt") as handle:
+            return set(handle.keys())
+    return set()
+
+
+def resolve_text_kind(text_kind: str, walk_type: str | None) -> str:
+    """Our ``text_kind`` from the official ``walk_type`` (``"box"`` is our ``"region"``), if given."""
+    if walk_type is None:
+        return text_kind
+    if walk_type.lower() not in WALK_TYPES:
+        raise ValueError(f"Invalid walk_type {walk_type!r}: expected one of {', '.join(WALK_TYPES)}")
+    kind = WALK_TYPES[walk_type.lower()]
+    if text_kind not in ("short", kind):
+        raise ValueError(f"text_kind {text_kind!r} and walk_type {walk_type!r} disagree")
+    return kind
 
 
 class FGCLIP2TextEmbeddings(LongPositionEmbeddings, Siglip2TextEmbeddings):
@@ -81,8 +123,8 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
         self.text_model.embeddings = FGCLIP2TextEmbeddings(text_config, text_config.longtext_len, text_config.keep_len)
         self.vision_model = Siglip2VisionModel._from_config(vision_config)
         width = text_config.hidden_size
-        self.longtext_head = nn.Linear(width, text_config.projection_size)
-        self.boxtext_head = nn.Linear(width, text_config.projection_size)
+        self.longtext_head = nn.Linear(width, width)  # hidden x hidden, as the official model
+        self.boxtext_head = nn.Linear(width, width)
         self.dense_feature_head = Siglip2MultiheadAttentionPoolingHead(vision_config)
         self.logit_scale = nn.Parameter(torch.full((1,), LOGIT_SCALE_INIT))
         self.logit_bias = nn.Parameter(torch.full((1,), LOGIT_BIAS_INIT))
@@ -105,6 +147,20 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
             init.copy_(module.long_position_ids, long_ids[None])
 
     # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, **kwargs) -> "FGCLIP2Model":
+        """``PreTrainedModel.from_pretrained``; a checkpoint that stores the training-only temperatures
+        (``logit_scale_finegraind`` / ``logit_scale_hardneg``, as the official training saves them)
+        loads them even when its config.json (e.g. one the official code wrote) lacks
+        ``region_temperatures``."""
+        hub_kwargs = {key: kwargs[key] for key in HUB_KEYWORDS if key in kwargs}
+        if config is None:
+            config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if isinstance(config, FGCLIP2Config) and not config.region_temperatures:
+            stored = stored_parameter_names(pretrained_model_name_or_path, **hub_kwargs)
+            config.region_temperatures = set(REGION_TEMPERATURE_KEYS) <= stored
+        return super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+
     @classmethod
     def from_siglip2(cls, siglip2: str | os.PathLike | Siglip2Model, **kwargs) -> "FGCLIP2Model":
         """Initialisation from a plain SigLIP 2 checkpoint (a path, hub id or ``Siglip2Model``).
@@ -148,29 +204,33 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
         text_kind: str = "short",
         normalize: bool = False,
         *,
+        walk_type: str | None = None,
         kind: str | None = None,
         **batch_keys,
     ) -> torch.Tensor:
         """Embed token ids of one text kind.
 
         Args:
-            input_ids: (N, L) ids padded to exactly the kind's length (64 short / region, 196
-                long): the last position is pooled, padding or not.
+            input_ids: (N, L) ids padded to a fixed length, at most 64 (short / region) or 196
+                (long): the last position is pooled, padding or not (the processor pads to 64 / 196;
+                the official retrieval scripts also run the long path on 64).
             attention_mask: (N, L), 1 on real tokens, as the tokenizer returns it.
             text_kind: ``"short"`` (``text_model.head``), ``"region"`` (``boxtext_head``) or
                 ``"long"`` (long positions, ``longtext_head``).
+            walk_type: the official spelling: ``"short"``, ``"box"`` (= ``"region"``) or ``"long"``.
             kind: deprecated spelling of ``text_kind``.
             batch_keys: image keys of a processor batch (ignored), so ``get_text_features(**batch)`` works.
         Returns:
             (N, D) text embeddings.
         """
         attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
+        text_kind = resolve_text_kind(text_kind, walk_type)
         ignore_batch_keys(batch_keys, IMAGE_BATCH_KEYS, "get_text_features")
         is_long = text_kind == "long"
         length = self.config.long_text_length if is_long else self.config.short_text_length
-        if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] != length:
+        if input_ids.ndim != 2 or input_ids.shape[0] == 0 or not 0 < input_ids.shape[1] <= length:
             raise ValueError(
-                f"{text_kind} texts must be (N, {length}) token ids padded to exactly {length} (the last position "
+                f"{text_kind} texts must be (N, L) token ids padded to a fixed L <= {length} (the last position "
                 f"is pooled), got shape {tuple(input_ids.shape)}; tokenize with FGCLIP2Processor(text=texts, "
                 f"text_kind={text_kind!r})"
             )
@@ -193,7 +253,7 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
         return input_ids, attention_mask
 
     def _text_states(self, input_ids, attention_mask, long: bool) -> torch.Tensor:
-        position_ids = self.long_position_ids if long else None
+        position_ids = self.long_position_ids[:, : input_ids.shape[1]] if long else None
         return self.text_model(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids).last_hidden_state
 
@@ -395,6 +455,48 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
         output = self.encode_image(pixel_values, pixel_attention_mask, spatial_shapes, dense=False, boxes=boxes,
                                    **batch_keys)
         return F.normalize(output.region_embeds, dim=-1) if normalize else output.region_embeds
+
+    def get_image_dense_feature(self, pixel_values, pixel_attention_mask=None, spatial_shapes=None) -> torch.Tensor:
+        """The official name of :meth:`get_dense_features`: (B, N, D) per-patch features, unnormalised."""
+        return self.get_dense_features(pixel_values, pixel_attention_mask, spatial_shapes)
+
+    def get_image_region_features(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+        region_infos: Sequence[Sequence[Sequence[float]]] | None = None,
+    ) -> list[torch.Tensor]:
+        """The official region API: boxes in ORIGINAL image pixels.
+
+        Args:
+            image_sizes: per image, its original ``(height, width)``.
+            region_infos: per image, its ``[x1, y1, x2, y2]`` boxes in original pixels.
+        Returns:
+            per image, its (K_i, D) unnormalised region features ((0, D) for an image without
+            boxes); ``[]`` when ``region_infos`` is empty, as the official method.
+        """
+        if not region_infos:
+            return []
+        batch = pixel_values.shape[0]
+        if image_sizes is None or len(image_sizes) != batch or len(region_infos) != batch:
+            raise ValueError(f"image_sizes and region_infos need one entry per image ({batch} images)")
+        dense = self.encode_image(pixel_values, pixel_attention_mask, spatial_shapes, dense=True)
+        regions = []
+        for feature_map, (height, width), boxes in zip(self.dense_maps(dense), image_sizes, region_infos):
+            grid_h, grid_w = feature_map.shape[:2]
+            # Grid coordinates computed as the official method does (Python floats, then float32), unclipped.
+            grid_boxes = [[0, x1 / width * grid_w, y1 / height * grid_h, x2 / width * grid_w, y2 / height * grid_h]
+                          for x1, y1, x2, y2 in boxes]
+            if not grid_boxes:
+                regions.append(feature_map.new_zeros(0, feature_map.shape[-1]))
+                continue
+            rois = torch.tensor(grid_boxes, dtype=torch.float32, device=feature_map.device)
+            pooled = roi_align(feature_map.permute(2, 0, 1)[None], rois, output_size=(1, 1), spatial_scale=1.0,
+                               sampling_ratio=-1, aligned=True)
+            regions.append(pooled[:, :, 0, 0])
+        return regions
 
     # ------------------------------------------------------------------ training
     def global_logit_parameters(self) -> dict[str, torch.Tensor]:

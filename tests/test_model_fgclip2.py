@@ -123,14 +123,36 @@ def test_long_path_uses_ori_rows_then_res_rows_and_its_own_head(model, processor
         torch.testing.assert_close(model.get_text_features(**short, kind="region"), model.boxtext_head(pooled_short))
 
 
-def test_text_length_must_be_exact(model, processor):
-    texts = processor.tokenize(["a red car"])
-    with pytest.raises(ValueError, match=r"padded to exactly 64 .*got shape \(1, 10\)"):
-        model.get_text_features(texts["input_ids"][:, :10])
-    with pytest.raises(ValueError, match="padded to exactly 196"):
-        model.get_text_features(**texts, kind="long")
+def test_text_length_up_to_the_table_and_walk_type(model, processor):
+    texts = processor(text=["a red car"])
+    with pytest.raises(ValueError, match=r"fixed L <= 64 .*got shape \(1, 65\)"):
+        model.get_text_features(torch.cat([texts["input_ids"], texts["input_ids"][:, :1]], 1))
+    with pytest.raises(ValueError, match="fixed L <= 196"):
+        model.get_text_features(torch.zeros(1, 197, dtype=torch.long), text_kind="long")
     with pytest.raises(ValueError, match="unknown text kind 'box'"):
         model.get_text_features(**texts, kind="box")
+    with pytest.raises(ValueError, match="Invalid walk_type 'boxes'"):
+        model.get_text_features(texts["input_ids"], walk_type="boxes")
+    with pytest.raises(ValueError, match="text_kind 'long' and walk_type 'box' disagree"):
+        model.get_text_features(texts["input_ids"], text_kind="long", walk_type="box")
+    with torch.no_grad():
+        for walk_type, kind in (("short", "short"), ("box", "region"), ("LONG", "long")):
+            torch.testing.assert_close(model.get_text_features(texts["input_ids"], walk_type=walk_type),
+                                       model.get_text_features(texts["input_ids"], text_kind=kind), rtol=0, atol=0)
+        # 64 tokens on the long path: positions 0..63 of the long table, by a plain SigLIP 2 text tower
+        plain = Siglip2TextModel._from_config(Siglip2TextConfig(**{
+            k: v for k, v in model.config.text_config.to_dict().items() if k not in ("keep_len", "longtext_len")}))
+        plain.load_state_dict(model.text_model.state_dict(), strict=False)
+        table = long_table_from_model(model)
+        plain.embeddings.position_embedding.weight.copy_(table[:SHORT])
+        pooled = plain(input_ids=texts["input_ids"]).last_hidden_state[:, -1]
+        torch.testing.assert_close(model.get_text_features(texts["input_ids"], walk_type="long"),
+                                   model.longtext_head(pooled), atol=1e-6, rtol=1e-5)
+
+
+def long_table_from_model(model) -> torch.Tensor:
+    embeddings = model.text_model.embeddings
+    return torch.cat([embeddings.position_embedding_ori.weight[:KEEP], embeddings.position_embedding_res.weight[KEEP:]])
 
 
 # ---------------------------------------------------------------------------------------- dense and regions
@@ -261,11 +283,21 @@ def test_auto_patch_budget_rule_and_mixed_budget_batches(model):
                          (16 * 28, 16 * 28): 784, (16 * 29, 16 * 28): 1024, (4000, 3000): 1024}
     for (width, height), budget in sizes_and_budgets.items():
         assert auto_patch_budget(Image.new("RGB", (width, height))) == budget, (width, height)
-    processor = FGCLIP2Processor.for_config(model.config, tiny_word_tokenizer(WORDS), max_num_patches="auto")
     small, large = images_of([(20, 12), (80, 80)])  # patch 4: 15 native patches -> 128, 400 -> 576
-    batch = processor.preprocess([small, large])
-    assert batch.pixel_values.shape[1] == 576 and batch.pixel_attention_mask[0].sum() <= 128
+    per_image = FGCLIP2Processor.for_config(model.config, tiny_word_tokenizer(WORDS), max_num_patches="auto",
+                                            budget_scope="image")
+    batch = per_image(images=[small, large])
+    assert batch["pixel_values"].shape[1] == 576 and batch["pixel_attention_mask"][0].sum() <= 128
     with torch.no_grad():
-        together = model.get_image_features(**batch.as_kwargs())
-        alone = torch.cat([model.get_image_features(**processor.preprocess(image).as_kwargs()) for image in (small, large)])
+        together = model.get_image_features(**batch)
+        alone = torch.cat([model.get_image_features(**per_image(images=[image])) for image in (small, large)])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+    # the official rule (the default): one budget, the largest of the call, for every image of it
+    official = FGCLIP2Processor.for_config(model.config, tiny_word_tokenizer(WORDS), max_num_patches="auto")
+    call = official(images=[small, large])
+    large_grid = per_image(images=[small], max_num_patches=576)["spatial_shapes"]
+    assert torch.equal(call["spatial_shapes"], torch.cat([large_grid, batch["spatial_shapes"][1:]]))
+    assert torch.equal(official(images=[small])["spatial_shapes"], batch["spatial_shapes"][:1])
+    assert official.patch_budgets([small, large]) == [576, 576] and per_image.patch_budgets([small, large]) == [128, 576]
+    with pytest.raises(ValueError, match="budget_scope must be one of"):
+        official(images=[small], budget_scope="batch")
