@@ -27,6 +27,13 @@ class CrossEncoderRerankerConfig(PretrainedConfig):
         image_width / text_width: token widths of the dual encoder's vision and text towers.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: of each cross encoder.
         dropout: inside the cross-encoder layers.
+        pre_ranking: training also updates the dual encoder with R2D2's global contrastive
+            (pre-ranking) loss instead of keeping it frozen.
+        distill_momentum, distill_target_weight, distill_feature_weight, distill_feature_mask_ratio:
+            R2D2's target- and feature-guided distillation while training (see
+            :class:`~fgclip.rerank.distillation.Distillation`; off by default).
+
+    The training options are kept in the saved config as a record of how the re-ranker was trained.
     """
 
     model_type = "fgclip_reranker"
@@ -39,6 +46,11 @@ class CrossEncoderRerankerConfig(PretrainedConfig):
     dropout: float = 0.1
     layer_norm_eps: float = 1e-6
     initializer_range: float = 0.02
+    pre_ranking: bool = False
+    distill_momentum: float | None = None
+    distill_target_weight: float = 0.0
+    distill_feature_weight: float = 0.0
+    distill_feature_mask_ratio: float = 0.0
 
 
 @dataclass
@@ -49,11 +61,15 @@ class RerankerOutput(ModelOutput):
         text_query_logits: (P, 2) of the cross encoder whose queries are the text tokens.
         image_query_logits: (P, 2) of the cross encoder whose queries are the image tokens.
         scores: (P,) mean matching probability of the two (class 1 = match).
+        text_query_features / image_query_features: (P, hidden_size) the pooled states that feed
+            each cross encoder's head.
     """
 
     text_query_logits: torch.Tensor | None = None
     image_query_logits: torch.Tensor | None = None
     scores: torch.Tensor | None = None
+    text_query_features: torch.Tensor | None = None
+    image_query_features: torch.Tensor | None = None
 
 
 class CrossEncoder(nn.Module):
@@ -69,13 +85,14 @@ class CrossEncoder(nn.Module):
                                             norm=nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps))
         self.head = nn.Linear(config.hidden_size, 2)
 
-    def forward(self, queries, query_mask, memory, memory_mask) -> torch.Tensor:
-        """(P, Lq, H) queries and (P, Lm, H) memory with their (P, L) masks of real tokens -> (P, 2)."""
+    def forward(self, queries, query_mask, memory, memory_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, Lq, H) queries and (P, Lm, H) memory with their (P, L) masks of real tokens ->
+        (P, 2) logits and the (P, H) pooled states they are computed from."""
         hidden = self.layers(queries, memory, tgt_key_padding_mask=~query_mask.bool(),
                              memory_key_padding_mask=~memory_mask.bool())
         weights = query_mask.to(hidden.dtype).unsqueeze(-1)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        return self.head(pooled)
+        return self.head(pooled), pooled
 
 
 class CrossEncoderReranker(PreTrainedModel):
@@ -126,7 +143,8 @@ class CrossEncoderReranker(PreTrainedModel):
             raise ValueError(f"got {image_tokens.shape[0]} images for {text_tokens.shape[0]} texts: pairs are rows")
         image = self.image_input(image_tokens)
         text = self.text_input(text_tokens)
-        text_logits = self.text_queries(text, text_mask, image, image_mask)
-        image_logits = self.image_queries(image, image_mask, text, text_mask)
+        text_logits, text_pooled = self.text_queries(text, text_mask, image, image_mask)
+        image_logits, image_pooled = self.image_queries(image, image_mask, text, text_mask)
         scores = (F.softmax(text_logits.float(), dim=-1)[:, 1] + F.softmax(image_logits.float(), dim=-1)[:, 1]) / 2
-        return RerankerOutput(text_query_logits=text_logits, image_query_logits=image_logits, scores=scores)
+        return RerankerOutput(text_query_logits=text_logits, image_query_logits=image_logits, scores=scores,
+                              text_query_features=text_pooled, image_query_features=image_pooled)

@@ -30,14 +30,18 @@ from transformers import TrainingArguments
 from ..configuration_fgclip import FGCLIPConfig
 from ..configuration_fgclip2 import FGCLIP2Config
 from ..encoders import FAMILIES
+from ..errors import ConfigError
 from ..losses import REGION_SCOPES
+from ..rerank.distillation import Distillation
 
 MODEL_PRESETS = {name: family.presets for name, family in FAMILIES.items()}
 # How each family's weights may start: a random config, its plain dual encoder, or a checkpoint.
 MODEL_INITS = {name: ("config", family.base_init, "pretrained") for name, family in FAMILIES.items()}
-# model.reranker: the caption kind it learns to match, hard negatives per positive, cross-encoder size.
+# model.reranker: the caption kind it learns to match, hard negatives per positive, cross-encoder size,
+# R2D2's pre-ranking on the dual encoder and its two-way distillation (fgclip.rerank.distillation).
 RERANKER_KEYS = ("text_kind", "negatives", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                 "intermediate_size", "dropout")
+                 "intermediate_size", "dropout", "pre_ranking", "distill_momentum", "distill_target_weight",
+                 "distill_feature_weight", "distill_feature_mask_ratio")
 SECTIONS = ("model", "data", "loss", "training")
 
 # TrainingArguments defaults of every recipe: the collator's keys are not forward()'s
@@ -47,7 +51,16 @@ TRAINING_DEFAULTS = {"remove_unused_columns": False, "report_to": "none", "ddp_f
 
 
 class RecipeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-4`` / ``3E+2`` (no dot) as floats."""
+    """``yaml.SafeLoader`` with YAML 1.2's scalars: ``1e-4`` / ``3E+2`` (no dot) are floats, and only
+    ``true`` / ``false`` are booleans (``save_strategy: no`` stays the string ``"no"``)."""
+
+
+BOOL_TAG = "tag:yaml.org,2002:bool"
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 RecipeLoader.add_implicit_resolver(
@@ -72,7 +85,9 @@ class ModelSettings:
     by default from ``path``.
 
     ``reranker`` (a mapping of :data:`RERANKER_KEYS`) trains an R2D2-style cross-encoder
-    re-ranker (:mod:`fgclip.rerank`) on the frozen model instead of the model itself.
+    re-ranker (:mod:`fgclip.rerank`) on the frozen model instead of the model itself
+    (``pre_ranking: true``: on the model trained with R2D2's global contrastive loss);
+    ``distill_*`` keys switch on R2D2's target- / feature-guided distillation (off by default).
     """
 
     family: str = "fgclip"
@@ -98,6 +113,12 @@ class ModelSettings:
         unknown = sorted(set(self.reranker or {}) - set(RERANKER_KEYS))
         if unknown:
             raise ValueError(f"model.reranker: unknown key(s) {unknown}; it takes {', '.join(RERANKER_KEYS)}")
+        if self.reranker:
+            try:
+                Distillation(**{key.removeprefix("distill_"): value for key, value in self.reranker.items()
+                                if key.startswith("distill_")})
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"model.reranker: {error}") from None
 
     def build_config(self) -> FGCLIPConfig | FGCLIP2Config:
         options = dict(self.config)
@@ -119,7 +140,8 @@ class DataSettings:
 
     ``resize_mode`` is FG-CLIP's (squash or pad to a square); ``max_num_patches`` is FG-CLIP 2's
     NaFlex patch budget per image (upstream trains with 1024); ``group_by_language`` draws
-    batches of one language (the records' ``is_cn``), as FG-CLIP 2 trains.
+    batches of one language (the records' ``is_cn``), as FG-CLIP 2 trains. ``allow_outside_root``
+    accepts ``f_path`` values that are absolute or leave ``image_root`` (refused by default).
     """
 
     train: str = ""
@@ -127,6 +149,7 @@ class DataSettings:
     shards: bool = False
     max_boxes: int = 4
     skip_bad_records: bool = False
+    allow_outside_root: bool = False
     resize_mode: str = "squash"
     group_by_language: bool = False
     max_num_patches: int | None = None
@@ -251,8 +274,13 @@ def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise ValueError(f"{path}: _base_ cycle through {' -> '.join(map(str, chain + (path,)))}")
     if not path.is_file():
         where = f" (_base_ of {chain[-1]})" if chain else ""
-        raise FileNotFoundError(f"config file not found: {path}{where}")
-    content = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
+        raise ConfigError(f"config file not found: {path}{where}")
+    try:
+        content = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(path, f"YAML syntax error: {problem}", None if mark is None else mark.line + 1) from None
     if not isinstance(content, dict):
         raise ValueError(f"{path}: a recipe is a mapping of sections, got {type(content).__name__}")
     bases = content.pop("_base_", [])
@@ -345,13 +373,28 @@ def _check_training(values: Any, source: str) -> dict[str, Any]:
     hints = typing.get_type_hints(TrainingArguments)
     names = [item.name for item in dataclasses.fields(TrainingArguments) if item.init]
     values = _check_keys(values, names, "training", source)
-    return {key: _check_type(value, hints[key], f"training.{key}", source) for key, value in values.items()}
+    checked = {key: _check_type(value, hints[key], f"training.{key}", source) for key, value in values.items()}
+    if checked.get("num_train_epochs", 1) <= 0 and checked.get("max_steps", -1) <= 0:
+        raise ConfigError(f"{source}: training.num_train_epochs: expected a number above 0 (or max_steps > 0), "
+                          f"got {checked['num_train_epochs']!r}")
+    return checked
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-    """Read a recipe with its ``_base_`` chain and overrides; unknown or mistyped keys are errors."""
+    """Read a recipe with its ``_base_`` chain and overrides; unknown or mistyped keys, YAML syntax errors
+    and invalid values raise a :class:`~fgclip.errors.ConfigError` naming the recipe."""
     source = str(path)
-    content = apply_overrides(_read(Path(path)), list(overrides))
+    try:
+        return _load_config(source, overrides)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        message = str(error)
+        raise ConfigError(message if message.startswith(source) else f"{source}: {message}") from None
+
+
+def _load_config(source: str, overrides: list[str]) -> TrainConfig:
+    content = apply_overrides(_read(Path(source)), list(overrides))
     unknown = sorted(set(content) - set(SECTIONS))
     if unknown:
         raise ValueError(f"{source}: unknown section(s) {unknown}; expected {', '.join(SECTIONS)}")

@@ -1,0 +1,205 @@
+"""R2D2's two-way distillation in the re-ranker training step: soft targets, soft cross entropy,
+the EMA update and the token masking by hand on tiny tensors; a distilled step (target- and
+feature-guided) and a pre-ranking step against pair-by-pair hand computations; the recipe
+options; the shipped R2D2 recipe."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fgclip import FGCLIPModel, FGCLIPProcessor
+from fgclip.data import FineHARDCollator, FineHARDDataset
+from fgclip.data.shapes import write_shapes_dataset
+from fgclip.rerank import CrossEncoderReranker, CrossEncoderRerankerConfig, RerankerForTraining, sample_hard_negatives
+from fgclip.rerank.distillation import (
+    Distillation,
+    ema_update,
+    mask_tokens,
+    soft_cross_entropy,
+    soft_targets,
+)
+from fgclip.testing import tiny_config
+from fgclip.training import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_reranker(seed=0, **options) -> CrossEncoderReranker:
+    torch.manual_seed(seed)
+    return CrossEncoderReranker(CrossEncoderRerankerConfig(
+        image_width=32, text_width=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, dropout=0.0, **options))
+
+
+# ---------------------------------------------------------------------------------------- the pieces by hand
+def test_soft_targets_and_soft_cross_entropy_by_hand():
+    hard = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    teacher = torch.tensor([[0.0, 0.0], [2.0, 0.0]])  # softmax: (0.5, 0.5) and (e^2, 1) / (e^2 + 1)
+    mixed = soft_targets(hard, teacher, 0.4)
+    p = torch.exp(torch.tensor(2.0)) / (torch.exp(torch.tensor(2.0)) + 1)
+    torch.testing.assert_close(mixed, torch.tensor([[0.6 + 0.2, 0.2], [0.4 * p, 0.6 + 0.4 * (1 - p)]]))
+    logits = torch.tensor([[1.0, -1.0], [0.5, 0.5]])
+    log_p = torch.log(torch.tensor([[torch.e ** 2 / (torch.e ** 2 + 1), 1 / (torch.e ** 2 + 1)], [0.5, 0.5]]))
+    expected = -((mixed * log_p).sum(1)).mean()
+    torch.testing.assert_close(soft_cross_entropy(logits, mixed), expected)
+    torch.testing.assert_close(soft_cross_entropy(logits, hard), F.cross_entropy(logits, torch.tensor([0, 1])))
+    torch.testing.assert_close(soft_targets(hard, teacher, 0.0), hard)
+
+
+def test_ema_update_by_hand():
+    student, teacher = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        student.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        student.bias.fill_(4.0)
+        teacher.weight.copy_(torch.tensor([[3.0, -2.0]]))
+        teacher.bias.fill_(0.0)
+    ema_update(teacher, student, 0.75)
+    torch.testing.assert_close(teacher.weight, torch.tensor([[0.75 * 3 + 0.25 * 1, 0.75 * -2 + 0.25 * 2]]))
+    torch.testing.assert_close(teacher.bias, torch.tensor([1.0]))
+    ema_update(teacher, student, 0.5)
+    torch.testing.assert_close(teacher.bias, torch.tensor([2.5]))
+
+
+def test_mask_tokens_hides_the_ratio_of_real_tokens_and_keeps_one():
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    masked = mask_tokens(mask, 0.5, torch.Generator().manual_seed(0))
+    assert masked.sum(1).tolist() == [2, 1, 1, 3]  # round(0.5 * n), at least one left
+    assert bool((masked <= mask).all())  # padding stays padding
+    again = mask_tokens(mask, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(masked, again)
+    assert mask_tokens(mask, 1.0, torch.Generator()).sum(1).tolist() == [1, 1, 1, 1]
+
+
+# ---------------------------------------------------------------------------------------- steps by hand
+@pytest.fixture(scope="module")
+def batch_and_dual(tmp_path_factory):
+    root = tmp_path_factory.mktemp("r2d2_shapes")
+    write_shapes_dataset(root, seed=4, num_train=12, num_test=1, image_size=32)
+    torch.manual_seed(0)
+    dual = FGCLIPModel(tiny_config())
+    processor = FGCLIPProcessor.for_config(dual.config)
+    samples = [FineHARDDataset(root / "train.jsonl", root, processor)[i] for i in range(5)]
+    return FineHARDCollator(processor)(samples), dual.state_dict()
+
+
+def perturbed_teacher(step: RerankerForTraining) -> dict[str, torch.Tensor]:
+    torch.manual_seed(11)
+    with torch.no_grad():
+        for parameter in step.teacher.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return {name: value.clone() for name, value in step.teacher.state_dict().items()}
+
+
+def test_distilled_ranking_step_by_hand(batch_and_dual):
+    batch, weights = batch_and_dual
+    dual = FGCLIPModel(tiny_config())
+    dual.load_state_dict(weights)
+    distill = Distillation(momentum=0.8, target_weight=0.4, feature_weight=2.0, feature_mask_ratio=0.5)
+    step = RerankerForTraining(dual, tiny_reranker(), text_kind="short", negatives=2, seed=9, distillation=distill)
+    before = perturbed_teacher(step)
+    student = {name: value.clone() for name, value in step.reranker.state_dict().items()}
+    generator = step._generator()
+    output = step.train()(**batch)
+    output["loss"].backward()
+    assert all(p.grad is None for p in step.teacher.parameters()) and all(p.grad is None for p in dual.parameters())
+    for name, value in step.teacher["reranker"].state_dict().items():  # EMA before use
+        torch.testing.assert_close(value, 0.8 * before[f"reranker.{name}"] + 0.2 * student[name], msg=name)
+
+    teacher = step.teacher["reranker"]
+    with torch.no_grad():
+        images, texts = step.encode(batch)
+        similarity = F.normalize(images.embeds, dim=-1) @ F.normalize(texts.embeds, dim=-1).T
+        hard_texts = sample_hard_negatives(similarity, 2, generator)
+        hard_images = sample_hard_negatives(similarity.T, 2, generator)
+        masked = mask_tokens(texts.mask, 0.5, generator)
+        pairs = [(i, i, 1) for i in range(5)] + [(i, int(t), 0) for i in range(5) for t in hard_texts[i]] + \
+            [(int(i), t, 0) for t in range(5) for i in hard_images[t]]
+        ce = {"text_query": [], "image_query": []}
+        squared = {"text_query": [], "image_query": []}
+        for image, text, label in pairs:  # one pair at a time, real tokens only
+            image_args = (images.tokens[image : image + 1], images.mask[image : image + 1])
+            keep, full = masked[text].bool(), texts.mask[text].bool()
+            mine = step.reranker(*image_args, texts.tokens[text : text + 1, keep], torch.ones(1, int(keep.sum())))
+            theirs = teacher(*image_args, texts.tokens[text : text + 1, full], torch.ones(1, int(full.sum())))
+            for name in ce:
+                target = 0.6 * F.one_hot(torch.tensor([label]), 2) + 0.4 * F.softmax(getattr(theirs, f"{name}_logits"), -1)
+                ce[name].append(-(target * F.log_softmax(getattr(mine, f"{name}_logits"), -1)).sum())
+                squared[name].append(((getattr(mine, f"{name}_features") - getattr(theirs, f"{name}_features")) ** 2
+                                      ).mean())
+    expected = {"text_queries": torch.stack(ce["text_query"]).mean(),
+                "image_queries": torch.stack(ce["image_query"]).mean(),
+                "feature_distillation": 2.0 * sum(torch.stack(values).mean() for values in squared.values())}
+    assert set(output["terms"]) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(output["terms"][name], value, atol=1e-5, rtol=1e-5, msg=name)
+    torch.testing.assert_close(output["loss"].detach(), sum(expected.values()), atol=1e-5, rtol=1e-5)
+
+
+def test_pre_ranking_step_by_hand(batch_and_dual):
+    batch, weights = batch_and_dual
+    dual = FGCLIPModel(tiny_config())
+    dual.load_state_dict(weights)
+    step = RerankerForTraining(dual, tiny_reranker(), text_kind="short", negatives=1, seed=2,
+                               distillation=Distillation(momentum=0.5, target_weight=0.3), pre_ranking=True)
+    assert set(step.teacher) == {"reranker", "dual_encoder"}
+    before = perturbed_teacher(step)
+    student = {name: value.clone() for name, value in dual.state_dict().items()}
+    output = step.train()(**batch)
+    output["loss"].backward()
+    assert dual.logit_scale.grad is not None and dual.vision_model.embeddings.patch_embedding.weight.grad is not None
+    for name, value in step.teacher["dual_encoder"].state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.5 * before[f"dual_encoder.{name}"] + 0.5 * student[name], msg=name)
+
+    with torch.no_grad():
+        images, texts = step.encode(batch)
+        taught_images, taught_texts = step.encode(batch, step.teacher["dual_encoder"])
+        logits = dual.logit_scale.exp() * F.normalize(images.embeds, dim=-1) @ F.normalize(texts.embeds, dim=-1).T
+        taught = step.teacher["dual_encoder"].logit_scale.exp() * \
+            F.normalize(taught_images.embeds, dim=-1) @ F.normalize(taught_texts.embeds, dim=-1).T
+        eye = torch.eye(5)
+        i2t = -((0.7 * eye + 0.3 * F.softmax(taught, 1)) * F.log_softmax(logits, 1)).sum(1).mean()
+        t2i = -((0.7 * eye + 0.3 * F.softmax(taught.T, 1)) * F.log_softmax(logits.T, 1)).sum(1).mean()
+    torch.testing.assert_close(output["terms"]["pre_ranking"], (i2t + t2i) / 2, atol=1e-5, rtol=1e-5)
+    assert set(output["terms"]) == {"pre_ranking", "text_queries", "image_queries"}
+
+
+def test_without_options_the_step_has_no_teacher_and_keeps_the_dual_encoder_frozen(batch_and_dual):
+    batch, weights = batch_and_dual
+    dual = FGCLIPModel(tiny_config())
+    step = RerankerForTraining(dual, tiny_reranker(), text_kind="short")
+    assert step.teacher is None and not step.pre_ranking and not any(p.requires_grad for p in dual.parameters())
+    assert not any(key.startswith("teacher") for key in step.state_dict())
+
+
+# ---------------------------------------------------------------------------------------- recipes
+def test_shipped_r2d2_recipes_switch_distillation_on_and_fgclip_recipes_leave_it_off():
+    config = load_config(REPO / "configs" / "r2d2" / "rerank_fgclip_vitb16.yaml")
+    options = config.model.reranker
+    assert options["distill_momentum"] == 0.995 and options["distill_target_weight"] == 0.4
+    assert options["distill_feature_weight"] == 1.0 and options["distill_feature_mask_ratio"] == 0.15
+    assert config.training["dataloader_drop_last"] is True
+    miniature = load_config(REPO / "configs" / "r2d2" / "shapes_rerank.yaml")
+    assert miniature.model.reranker["pre_ranking"] is True
+    for recipe in sorted((REPO / "configs" / "fgclip").glob("[!_]*.yaml")):
+        assert load_config(recipe).model.reranker is None, recipe
+    defaults = CrossEncoderRerankerConfig()
+    assert not Distillation.from_config(defaults).enabled and defaults.pre_ranking is False
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.reranker.distill_target_weight=0.4", "need a teacher: set distill_momentum"),
+    ("model.reranker.distill_momentum=1.0", r"distill_momentum: expected a value in \[0, 1\)"),
+    ("model.reranker.distill_target_weight=1.5", r"distill_target_weight: expected a value in \[0, 1\]"),
+    ("model.reranker.distill_feature_mask_ratio=0.0", "set distill_feature_mask_ratio > 0"),
+    ("model.reranker.distill_temperature=2", r"unknown key\(s\) \['distill_temperature'\]"),
+])
+def test_bad_distillation_options_name_the_recipe_and_key(override, message):
+    recipe = REPO / "configs" / "r2d2" / "rerank_fgclip_vitb16.yaml"
+    extra = ["model.reranker.distill_momentum=null", "model.reranker.distill_target_weight=0.0",
+             "model.reranker.distill_feature_weight=0.0"] if "need a teacher" in message else []
+    with pytest.raises(ValueError, match=f"{recipe}: model.reranker: .*{message}"):
+        load_config(recipe, [*extra, override])
