@@ -4,7 +4,9 @@
     torchrun --nproc_per_node 8 tools/train_fgclip.py configs/fgclip/stage2_vitb16.yaml
     python tools/train_fgclip.py CONFIG --resume          # from the last complete checkpoint
 
-Overrides are ``section.key=value`` (sections: model, data, loss, training).
+Overrides are ``section.key=value`` (sections: model, data, loss, training). A bad recipe, data
+file or checkpoint prints ``error: <file>[:<line>]: <what>`` and exits with status 2 (``--debug``
+shows the traceback).
 """
 import argparse
 import json
@@ -14,6 +16,7 @@ import sys
 
 import torch
 
+from fgclip.errors import run_command
 from fgclip.training import load_config, train
 
 
@@ -23,9 +26,13 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     parser.add_argument("--resume", nargs="?", const=True, default=False,
                         help="resume from the last complete checkpoint of training.output_dir, or from a given one")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept f_path values that are absolute or leave data.image_root")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = load_config(args.config, args.overrides)
+    overrides = args.overrides + (["data.allow_outside_root=true"] if args.allow_outside_root else [])
+    config = load_config(args.config, overrides)
     main_process = int(os.environ.get("RANK", "0")) == 0  # set by torchrun
     if main_process:
         print(json.dumps(config.to_dict(), indent=2, default=str))
@@ -49,4 +56,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

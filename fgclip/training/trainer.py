@@ -8,8 +8,9 @@ What this adds to ``Trainer``:
   under DDP and when a resumed run fast-forwards its data), so the region-caption draw of a
   resumed run is the one of an uninterrupted run;
 * a checkpoint directory counts only once its ``COMPLETE`` marker is written, after every
-  file of it (and after all ranks are done); :func:`last_complete_checkpoint` is what a
-  resumed run starts from, so a run killed mid-save resumes from the previous checkpoint.
+  file of it (and after all ranks are done); a resumed run starts from the newest complete
+  checkpoint that can be read (:func:`resumable_checkpoint`), so a run killed mid-save, or one
+  whose newest checkpoint was damaged later, resumes from the previous one (with a warning).
   Old checkpoints are rotated (``save_total_limit``) only after the new one is complete.
   Both happen in :class:`CompleteCheckpointCallback` (``on_step_end`` / ``on_save``);
 * boxes travel as :class:`~fgclip.data.collate.Boxes`, which input preparation leaves alone
@@ -21,7 +22,8 @@ What this adds to ``Trainer``:
 * webdataset shards, which split themselves by rank and worker, are read by a plain
   DataLoader on every rank (accelerate would read them on rank 0 only and dispatch);
 * bad FineHARD records skipped under ``skip_bad_records`` are counted, by reason, in the
-  log and the final summary;
+  log and the final summary; a stage-2 recipe whose data holds no box (or no hard negative)
+  for its regional (hard-negative) loss is refused before training;
 * the final model is written with ``save_pretrained`` (safetensors) together with its
   processor, ready for ``FGCLIPModel.from_pretrained``, and replaces ``final/`` atomically;
 * every model family of :mod:`fgclip.encoders` trains through the same step
@@ -32,10 +34,12 @@ What this adds to ``Trainer``:
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +51,8 @@ from transformers import DefaultFlowCallback, Trainer, TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data import FineHARDCollator, FineHARDDataset, FineHARDShardDataset, LanguageGroupedBatchSampler
-from ..encoders import FAMILIES, processor_for
+from ..encoders import FAMILIES, check_checkpoint_files, check_safetensors, locate_config, processor_for
+from ..errors import CheckpointError, ConfigError, DataError
 from ..losses import clamp_logit_scales, copy_logit_scale_to_region_scales
 from ..rerank import CrossEncoderReranker, CrossEncoderRerankerConfig, RerankerForTraining
 from .config import TrainConfig
@@ -73,6 +78,40 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     """The newest ``checkpoint-N`` of ``output_dir`` whose ``COMPLETE`` marker exists."""
     complete = [path for _, path, is_complete in _checkpoints(output_dir) if is_complete]
     return str(complete[-1]) if complete else None
+
+
+def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
+    """Why a checkpoint directory cannot be resumed from (a file truncated or corrupt after it was
+    marked complete), or ``None``: ``trainer_state.json`` must parse, safetensors files be whole and
+    torch files (optimizer, scheduler, RNG states) be complete zip archives."""
+    checkpoint = Path(checkpoint)
+    state = checkpoint / "trainer_state.json"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return f"{state}: {error}"
+    for path in sorted(checkpoint.iterdir()):
+        if path.suffix == ".safetensors":
+            try:
+                check_safetensors(path)
+            except CheckpointError as error:
+                return str(error)
+        elif path.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(path):
+            return f"{path}: truncated or not a torch file"
+    return None
+
+
+def resumable_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest complete checkpoint of ``output_dir`` that can be read; newer complete ones that cannot
+    are named in a warning and passed over."""
+    complete = [path for _, path, is_complete in _checkpoints(output_dir) if is_complete]
+    for path in reversed(complete):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        logger.warning("%s is marked %s but cannot be read (%s); resuming from the previous complete checkpoint "
+                       "instead", path, COMPLETE_MARKER, problem)
+    return None
 
 
 def _write_marker(checkpoint: Path, step: int) -> None:
@@ -271,6 +310,10 @@ def build_model(config: TrainConfig):
     ``logit_scale`` into the region temperatures, as the official launch does."""
     settings = config.model
     family = FAMILIES[settings.family]
+    if settings.init != "config":
+        locate_config(settings.path)  # a missing directory or an unknown hub id, named
+        if Path(settings.path).is_dir():
+            check_checkpoint_files(settings.path)
     if settings.init == family.base_init:
         model = family.from_base(settings.path)
     elif settings.init == "pretrained":
@@ -308,10 +351,24 @@ def build_dataset(config: TrainConfig, processor, seed: int):
         return FineHARDShardDataset(data.train, processor, data.max_boxes, seed=seed,
                                     shuffle_shards=True, skip_bad_records=data.skip_bad_records)
     dataset = FineHARDDataset(data.train, data.image_root, processor, data.max_boxes, seed=seed,
-                              skip_bad_records=data.skip_bad_records)
+                              skip_bad_records=data.skip_bad_records, allow_outside_root=data.allow_outside_root)
     if dataset.stats.skipped:
         logger.warning("%s; first: %s", dataset.stats.summary(), " | ".join(dataset.stats.examples))
+    check_regions(config, dataset)
     return dataset
+
+
+def check_regions(config: TrainConfig, dataset: FineHARDDataset) -> None:
+    """A recipe with the regional (hard-negative) loss on needs records with boxes (negatives): without
+    any, the term would silently be zero and stage 2 would train the global loss only."""
+    reader, loss = dataset.reader, config.loss
+    needs = [("loss.regional", "a box (bbox_info)", reader.with_regions, loss.regional),
+             ("loss.hard_negatives", "hard negatives (flag_short_neg: 1)", reader.with_negatives,
+              loss.hard_negatives)]
+    for option, what, count, on in needs:
+        if on and count == 0:
+            raise DataError(config.data.train, f"none of its {len(dataset)} records has {what}, but {option} is on "
+                                               f"in {config.source}; give stage-2 data or set {option}=false")
 
 
 def _discard_incomplete_checkpoints(output_dir: str, resume_from: str | None) -> None:
@@ -347,7 +404,10 @@ def train(config: TrainConfig, resume: bool | str = False, callbacks: list | Non
             (a fresh start if there is none); a path resumes from that checkpoint.
         callbacks: extra ``TrainerCallback`` objects.
     """
-    arguments = config.training_arguments()
+    try:
+        arguments = config.training_arguments()
+    except ValueError as error:
+        raise ConfigError(f"{config.source}: training: {error}") from None
     set_seed(arguments.seed)  # the random initialisation of `init: config` models
     model = build_model(config)
     processor = build_processor(config, model)
@@ -361,9 +421,15 @@ def train(config: TrainConfig, resume: bool | str = False, callbacks: list | Non
                             data_collator=FineHARDCollator(processor), callbacks=callbacks,
                             group_by_language=config.data.group_by_language)
 
-    checkpoint = last_complete_checkpoint(arguments.output_dir) if resume is True else (resume or None)
-    if checkpoint and not (Path(checkpoint) / COMPLETE_MARKER).is_file():
-        logger.warning("%s has no %s marker: it may be incomplete", checkpoint, COMPLETE_MARKER)
+    checkpoint = resumable_checkpoint(arguments.output_dir) if resume is True else (resume or None)
+    if checkpoint and resume is not True:
+        if not Path(checkpoint).is_dir():
+            raise CheckpointError(checkpoint, "checkpoint directory not found")
+        if not (Path(checkpoint) / COMPLETE_MARKER).is_file():
+            logger.warning("%s has no %s marker: it may be incomplete", checkpoint, COMPLETE_MARKER)
+        problem = checkpoint_problem(checkpoint)
+        if problem:
+            raise CheckpointError(f"cannot resume from {checkpoint}: {problem}")
     if resume is True and trainer.args.should_save:
         _discard_incomplete_checkpoints(arguments.output_dir, checkpoint)
     trainer.accelerator.wait_for_everyone()
