@@ -1,7 +1,8 @@
 """Curate an image folder into FineHARD records (FG-CLIP Sec. 3.2): a VLM writes the captions and
 region descriptions, spaCy parses referring expressions, an open-vocabulary detector grounds
 them (confidence > 0.4, NMS), an LLM writes 10 hard negatives per region. Resumable: rerun
-the same command after an interruption. Split a large folder over GPUs with --shard.
+the same command after an interruption. Split a large folder over GPUs with --shard. A bad input
+prints ``error: <file>: <what>`` and exits with status 2; --skip-errors counts and skips bad images.
 
     python tools/curate_finehard.py --images data/raw --output data/curated.jsonl \\
         --vlm Qwen/Qwen2-VL-7B-Instruct --detector google/owlv2-base-patch16-ensemble \\
@@ -13,6 +14,7 @@ import argparse
 import logging
 
 from fgclip.curation import LLMNegativeWriter, PipelineGrounder, SpacyExpressionParser, VLMCaptioner, curate, find_images
+from fgclip.errors import run_command
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="INDEX/COUNT",
                         help="curate images INDEX, INDEX + COUNT, ... (one process per GPU)")
     parser.add_argument("--skip-errors", action="store_true", help="count and skip images that fail")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -61,4 +64,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(main))

@@ -6,9 +6,11 @@ and retrieval files (layout: `fgclip.data.shapes`). Same arguments, byte-identic
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from fgclip.data.shapes import write_shapes_dataset
+from fgclip.errors import run_command
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,4 +40,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create (or refresh) the project's virtual environment and install everything
-# fgclip needs. Idempotent: a second run only checks what is already there.
+# Create (or refresh) the project's virtual environment and install fgclip with all of its
+# Python dependencies (mmcv's compiled ops for detection/ come from tools/install_mmcv.sh).
+# Idempotent: a second run only checks what is already there.
 #
 #   FGCLIP_HOME   cache root (default ~/.cache/fgclip): the venv and built wheels
 #   FGCLIP_TORCH  pip spec of the torch/torchvision pair
@@ -38,6 +39,9 @@ echo "[setup] installing fgclip and its dependencies"
 "$PY" -m pip install -q -e ".[all]"
 "$PY" -c "import torch, torchvision.ops; torchvision.ops.roi_align(torch.zeros(1, 1, 2, 2), [torch.zeros(1, 4)], 1)"
 
-# mmcv with its compiled ops for detection/ (built once per torch version, then cached).
-bash tools/install_mmcv.sh "$PY"
+# mmcv's compiled ops (detection/ only) are not built here: `make setup-detection` (or
+# `bash tools/install_mmcv.sh`) builds them once per torch version; `make test` does it first.
+if ! "$PY" -c "import mmcv._ext" 2>/dev/null; then
+    echo "[setup] detection/ needs mmcv's compiled ops: make setup-detection (about 9 min on 2 cores, once)"
+fi
 echo "[setup] ready: $PY"

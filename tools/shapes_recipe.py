@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from fgclip.data.shapes import write_shapes_dataset
 from fgclip.eval.features import FeatureExtractor
 from fgclip.eval.fgovd import evaluate_fgovd, load_fgovd
 from fgclip.encoders import load_encoder
+from fgclip.errors import run_command
 from fgclip.eval.retrieval import RetrievalSet, evaluate_retrieval
 from fgclip.training import load_config, train
 
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"total time {time.time() - started:.0f} s")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("outputs/shapes"))
     parser.add_argument("--seed", type=int, default=0)
@@ -116,8 +118,8 @@ def main() -> None:
     parser.add_argument("--stage2", dest="stage2_overrides", nargs="*", default=[],
                         help="key=value overrides of configs/fgclip/shapes_stage2.yaml")
     logging.basicConfig(level=logging.WARNING)
-    run(parser.parse_args())
+    run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

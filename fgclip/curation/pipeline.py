@@ -8,8 +8,9 @@ Every record is validated with :func:`fgclip.data.parse_record` before it is wri
 
 The output is resumable: records are appended and flushed one line at a time, a rerun skips
 the images already written, and a last line cut short by a crash is dropped before writing
-resumes. Images that fail (unreadable file, a stage error, an invalid record) raise with
-the image named, or with ``skip_errors`` are counted by reason and left out.
+resumes. Images that fail (a missing, truncated or non-image file: ``bad image``; a stage
+error; an invalid record) raise with the image named, or with ``skip_errors`` are counted by
+reason and left out.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from ..data.finehard import FineHARDRecord, RecordError, Region, is_image_file, load_rgb, parse_record
+from ..errors import DataError, ImageError, writing
 from .grounding import select_regions
 
 @dataclass
@@ -59,7 +61,15 @@ def _written_paths(output: Path) -> set[str]:
         with open(output, "r+b") as handle:
             handle.truncate(len(complete))
         data = complete
-    return {json.loads(line)["f_path"] for line in data.decode("utf-8").splitlines() if line.strip()}
+    paths = set()
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if line.strip():
+            try:
+                paths.add(json.loads(line)["f_path"])
+            except (ValueError, KeyError, TypeError):
+                raise DataError(output, "not a record this tool wrote (no JSON object with f_path); "
+                                        "give a new --output", number) from None
+    return paths
 
 
 def curate_image(image, f_path: str, captioner, parser, grounder, negative_writer, *, threshold: float = 0.4,
@@ -104,15 +114,21 @@ def curate(
     done = _written_paths(output)
     stats = CurationStats()
     images = list(images)
-    with open(output, "a", encoding="utf-8") as sink:
+    with writing(output), open(output, "a", encoding="utf-8") as sink:
         for f_path in tqdm(images, desc="curating", disable=not progress, dynamic_ncols=True):
             if f_path in done:
                 stats.already_done += 1
                 continue
             where = f"{Path(image_root) / f_path}"
             try:
-                record = curate_image(load_rgb(Path(image_root) / f_path), f_path, captioner, parser, grounder,
-                                      negative_writer, **options)
+                image = load_rgb(Path(image_root) / f_path)
+            except ImageError:
+                if not skip_errors:
+                    raise
+                stats.skipped["bad image"] += 1
+                continue
+            try:
+                record = curate_image(image, f_path, captioner, parser, grounder, negative_writer, **options)
                 line = json.dumps(record.to_dict(), ensure_ascii=False)
                 parse_record(json.loads(line), f"{output} (record of {f_path})")
             except (OSError, ValueError, RecordError) as error:
