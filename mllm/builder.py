@@ -41,6 +41,7 @@ from transformers.models.auto.tokenization_auto import get_tokenizer_config
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from fgclip import FGCLIPProcessor
+from fgclip.errors import run_command
 
 from .tower import FGCLIPVisionTower, FGCLIPVisionTowerConfig
 
@@ -204,4 +205,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_command(main))

@@ -53,6 +53,9 @@ from transformers import PreTrainedTokenizerBase
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import logging
 
+from fgclip.errors import DataError, outside_root_reason
+from fgclip.processing_fgclip import load_image
+
 from .builder import IMAGE_TOKEN
 
 IGNORE_INDEX = -100
@@ -68,7 +71,7 @@ INDEX_BATCH = 1024  # records tokenized together when a dataset is indexed
 logger = logging.get_logger(__name__)
 
 
-class RecordError(ValueError):
+class RecordError(DataError):
     """A conversation record that cannot be used; the message names the file, record and field."""
 
 
@@ -354,13 +357,13 @@ def load_records(path: str | os.PathLike) -> list[dict]:
     """A JSON list (LLaVA's files) or JSON lines."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"conversation file not found: {path}")
+        raise DataError(path, "conversation file not found")
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: invalid JSON: {error}") from error
+            raise DataError(path, f"invalid JSON: {error.msg} (column {error.colno})", error.lineno) from None
         return records
     records = []
     for line_number, line in enumerate(text.splitlines(), start=1):
@@ -368,18 +371,14 @@ def load_records(path: str | os.PathLike) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: line {line_number}: invalid JSON: {error}") from error
+                raise DataError(path, f"invalid JSON: {error.msg} (column {error.colno})", line_number) from None
     return records
 
 
 def open_image(path: str | os.PathLike, where: str) -> Image.Image:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{where}: image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as error:
-        raise RecordError(f"{where}: cannot read image {path}: {error}") from error
+    """The image of a record through the project's reader (:func:`fgclip.processing_fgclip.load_image`);
+    a missing or unreadable file is an :class:`~fgclip.errors.ImageError` naming ``where`` and the file."""
+    return load_image(path, f"{where}: image {path}")
 
 
 class ConversationDataset(Dataset):
@@ -401,6 +400,7 @@ class ConversationDataset(Dataset):
         image_aspect_ratio: ``"square"`` resizes the short side and centre-crops (LLaVA's default,
             its stage 1); ``"pad"`` first pads to a square with the mean colour (its stage 2).
         strict: refuse records left with no target token instead of counting them.
+        allow_outside_root: accept image paths that are absolute or leave ``image_folder``.
     """
 
     def __init__(
@@ -415,6 +415,7 @@ class ConversationDataset(Dataset):
         check_image_files: bool = True,
         image_aspect_ratio: str = "pad",
         strict: bool = False,
+        allow_outside_root: bool = False,
     ):
         if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
             raise ValueError(f"image_aspect_ratio must be one of {', '.join(IMAGE_ASPECT_RATIOS)}, "
@@ -427,15 +428,20 @@ class ConversationDataset(Dataset):
         self.tokenization = LlavaTokenization(tokenizer, image_tokens, max_length)
         self.records = load_records(data_path)
         if not self.records:
-            raise ValueError(f"{data_path}: no records")
+            raise DataError(data_path, "no records")
         self.turns = [record_turns(record, self.where(index)) for index, record in enumerate(self.records)]
         for index, record in enumerate(self.records):
             if self.format.name == "plain" and (record.get("image") is None or len(self.turns[index]) != 1):
                 raise RecordError(f"{self.where(index)}: the plain format needs an image and one human/gpt pair")
-            if check_image_files and record.get("image") is not None:
+            if record.get("image") is not None:
+                if not isinstance(record["image"], str):
+                    raise RecordError(f"{self.where(index)}: image: expected a path, got {record['image']!r}")
+                reason = None if allow_outside_root else outside_root_reason(record["image"])
+                if reason:
+                    raise RecordError(f"{self.where(index)}: image: {reason}")
                 path = self.image_path(record)
-                if not os.path.isfile(path):
-                    raise FileNotFoundError(f"{self.where(index)}: image file not found: {path}")
+                if check_image_files and not os.path.isfile(path):
+                    raise RecordError(f"{self.where(index)}: image file not found: {path}")
         self.without_targets: dict[str, list[int]] = {"masked": [], "truncated": [], "image cut": []}
         for start in range(0, len(self.records), INDEX_BATCH):
             indices = range(start, min(start + INDEX_BATCH, len(self.records)))

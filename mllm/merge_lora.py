@@ -16,6 +16,8 @@ import sys
 from peft import PeftConfig, PeftModel
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
+from fgclip.errors import run_command
+
 from .builder import load_llava, save_llava
 
 
@@ -44,4 +46,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_command(main))

@@ -27,6 +27,8 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.models.llava.modeling_llava import LlavaModel
 from transformers.utils import logging
 
+from fgclip.errors import run_command
+
 from .builder import build_llava, load_llava
 from .data import ConversationCollator, ConversationDataset, ModalityLengthGroupedSampler
 
@@ -56,6 +58,9 @@ class DataArguments:
         default=None,
         metadata={"help": "square: resize and centre-crop; pad: pad to a square with the mean colour first "
                           "(default: square for --stage pretrain, pad for finetune, as LLaVA-1.5's scripts)"},
+    )
+    allow_outside_root: bool = field(
+        default=False, metadata={"help": "accept image paths that are absolute or leave --image_folder"},
     )
     strict_records: bool = field(
         default=False,
@@ -237,6 +242,7 @@ def main(argv: list[str] | None = None) -> Trainer:
         check_image_files=data_args.check_image_files,
         image_aspect_ratio=data_args.image_aspect_ratio or ("square" if args.stage == "pretrain" else "pad"),
         strict=data_args.strict_records,
+        allow_outside_root=data_args.allow_outside_root,
     )
     trainer = LlavaTrainer(
         model=model,
@@ -257,4 +263,4 @@ def main(argv: list[str] | None = None) -> Trainer:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_command(main))

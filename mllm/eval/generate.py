@@ -20,9 +20,11 @@ import torch
 from tqdm import tqdm
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
+from fgclip.errors import command
+
 from ..builder import load_llava
 from ..data import encode_text, get_format, open_image, with_image_first
-from .jsonl import read_jsonl, report_input_errors, write_jsonl
+from .jsonl import read_jsonl, write_jsonl
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -92,6 +94,7 @@ def generate_answers(
     return answers
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="assembled LLaVA directory (training or merge output)")
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     args = parser.parse_args(argv)
-    return report_input_errors(lambda: run(args))
+    run(args)
+    return 0
 
 
 def run(args: argparse.Namespace) -> None:

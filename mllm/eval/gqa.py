@@ -16,7 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .jsonl import InputError, answer_texts, print_json, read_json, read_jsonl, report_input_errors, write_jsonl
+from fgclip.errors import command
+
+from .jsonl import InputError, answer_texts, print_json, read_json, read_jsonl, write_jsonl
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 
@@ -74,6 +76,7 @@ def score(gqa_questions: str | Path, answers_path: str | Path, lenient: bool = F
     return result
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     scoring.add_argument("--lenient", action="store_true", help="strip white space, lower-case the gold answer too")
     args = parser.parse_args(argv)
     if args.command == "build":
-        return report_input_errors(lambda: write_jsonl(build_questions(args.gqa_questions), args.output))
-    return report_input_errors(lambda: print_json(score(args.gqa_questions, args.answers, args.lenient)))
+        write_jsonl(build_questions(args.gqa_questions), args.output)
+        return 0
+    print_json(score(args.gqa_questions, args.answers, args.lenient))
+    return 0
 
 
 if __name__ == "__main__":

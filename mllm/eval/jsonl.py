@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from fgclip.errors import DataError, writing
+
 Numbered = tuple[int, dict]  # (line number, record)
 
 
-class InputError(ValueError):
-    """A question, label or answer file that cannot be scored; the message starts with ``file[:line]``."""
-
-    def __init__(self, path: str | os.PathLike, what: str, line: int | None = None):
-        where = str(path) if line is None else f"{path}:{line}"
-        super().__init__(f"{where}: {what}")
+class InputError(DataError):
+    """A question, label or answer file that cannot be scored: ``InputError(path, what, line=None)``
+    reads ``path[:line]: what`` (see :class:`fgclip.errors.UserError`)."""
 
 
 def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ("question_id",)) -> list[Numbered]:
@@ -59,7 +57,7 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
+    with writing(path), path.open("w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
@@ -96,16 +94,6 @@ def answer_texts(
         unanswered = f"{len(missing)} questions of {questions_name} are unanswered, e.g. {missing[:3]}"
         raise InputError(answers_path, unanswered)
     return texts
-
-
-def report_input_errors(run: Callable[[], None]) -> int:
-    """Run a command; a user's bad input prints ``error: <file>[:<line>]: <what>`` and gives status 2."""
-    try:
-        run()
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def print_json(result: dict) -> None:

@@ -35,7 +35,6 @@ import argparse
 import base64
 import binascii
 import csv
-import io
 import re
 import string
 import sys
@@ -43,9 +42,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from fgclip.errors import command
+from fgclip.processing_fgclip import load_image
 
-from .jsonl import InputError, Numbered, answer_texts, print_json, read_jsonl, report_input_errors, write_jsonl
+from .jsonl import InputError, Numbered, answer_texts, print_json, read_jsonl, write_jsonl
 from .xlsx import Cell, write_xlsx
 
 CIRCULAR_OFFSET = 1_000_000
@@ -213,8 +213,8 @@ def build_questions(tsv: str | Path, image_dir: str | Path, circular: bool = Tru
             if source.value("image") is None:
                 raise InputError(tsv, f"index {source.index}: no image", source.line)
             try:
-                image = Image.open(io.BytesIO(base64.b64decode(source.cells["image"]))).convert("RGB")
-            except (OSError, ValueError, binascii.Error) as error:
+                image = load_image(base64.b64decode(source.cells["image"]), "image")
+            except (ValueError, binascii.Error) as error:
                 raise InputError(tsv, f"index {source.index}: field 'image' is not a base64 image ({error})",
                                  source.line) from error
             image.save(image_dir / f"{source.index}.png")
@@ -322,6 +322,7 @@ def write_submission(columns: list[str], rows: list[Row], answers: list[Numbered
     write_xlsx(header, table, path)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -337,12 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     scoring.add_argument("--submission", help="also write LLaVA's submission .xlsx here")
     args = parser.parse_args(argv)
     if args.command == "build":
-        return report_input_errors(
-            lambda: write_jsonl(build_questions(args.tsv, args.image_dir, not args.no_circular), args.output)
-        )
-    return report_input_errors(
-        lambda: print_json(score(args.tsv, args.answers, not args.no_circular, args.submission))
-    )
+        write_jsonl(build_questions(args.tsv, args.image_dir, not args.no_circular), args.output)
+        return 0
+    print_json(score(args.tsv, args.answers, not args.no_circular, args.submission))
+    return 0
 
 
 if __name__ == "__main__":

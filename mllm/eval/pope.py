@@ -21,8 +21,10 @@ import string
 import sys
 from pathlib import Path
 
+from fgclip.errors import command
+
 from .gqa import SHORT_ANSWER_PROMPT
-from .jsonl import InputError, Numbered, answer_texts, print_json, read_jsonl, report_input_errors, write_jsonl
+from .jsonl import InputError, Numbered, answer_texts, print_json, read_jsonl, write_jsonl
 
 LABELS = ("yes", "no")
 OFFICIAL_NO_WORDS = {"No", "not", "no"}
@@ -140,6 +142,7 @@ def score(
     return results
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -153,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     scoring.add_argument("--lenient", action="store_true", help="case-insensitive words, any white space")
     args = parser.parse_args(argv)
     if args.command == "build":
-        return report_input_errors(lambda: write_jsonl(build_questions(args.annotation_dir), args.output))
-    return report_input_errors(
-        lambda: print_json(score(args.questions, args.answers, args.annotation_dir, args.lenient))
-    )
+        write_jsonl(build_questions(args.annotation_dir), args.output)
+        return 0
+    print_json(score(args.questions, args.answers, args.annotation_dir, args.lenient))
+    return 0
 
 
 if __name__ == "__main__":

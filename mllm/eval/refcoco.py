@@ -26,7 +26,9 @@ import re
 import sys
 from pathlib import Path
 
-from .jsonl import InputError, answer_texts, print_json, read_json, read_jsonl, report_input_errors, write_jsonl
+from fgclip.errors import command
+
+from .jsonl import InputError, answer_texts, print_json, read_json, read_jsonl, write_jsonl
 
 FRAMES = ("original", "padded")
 REC_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: {}."
@@ -168,6 +170,7 @@ def score(questions_path: str | Path, answers_path: str | Path, frame: str = "or
     return result
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -183,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                          help="padded: boxes are fractions of LLaVA-1.5's padded square")
     args = parser.parse_args(argv)
     if args.command == "build":
-        return report_input_errors(
-            lambda: write_jsonl(build_questions(args.refs, args.instances, args.split), args.output)
-        )
-    return report_input_errors(lambda: print_json(score(args.questions, args.answers, args.frame)))
+        write_jsonl(build_questions(args.refs, args.instances, args.split), args.output)
+        return 0
+    print_json(score(args.questions, args.answers, args.frame))
+    return 0
 
 
 if __name__ == "__main__":
