@@ -30,3 +30,5 @@ model = dict(
     train_cfg=dict(rcnn=dict(assigner=dict(match_low_quality=True))),
     test_cfg=dict(rcnn=dict(score_thr=0.0001, nms=dict(type="nms", iou_threshold=0.5), max_per_img=300)),
 )
+# As the reference: a checkpoint every epoch, only the latest kept.
+default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=1, save_last=True))

@@ -108,7 +108,7 @@ def batch_loss(model, batch, seed: int = 0) -> torch.Tensor:
     torch.manual_seed(seed)  # the same RoI sampling every call
     data = model.data_preprocessor(copy.deepcopy(batch), True)
     with torch.no_grad():
-        return model.loss(**data)["loss_cls"]
+        return model.loss(data["inputs"], data["data_samples"])["loss_cls"]
 
 
 def test_training_loss_ignores_novel_embeddings_and_follows_base_ones(in_workspace):

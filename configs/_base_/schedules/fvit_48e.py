@@ -6,4 +6,3 @@ param_scheduler = [
     dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=251),
     dict(type="MultiStepLR", by_epoch=True, begin=0, end=48, milestones=[32, 44], gamma=0.1),
 ]
-default_hooks = dict(checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1, save_last=True))
