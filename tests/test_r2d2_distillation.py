@@ -47,6 +47,10 @@ def test_soft_targets_and_soft_cross_entropy_by_hand():
     torch.testing.assert_close(soft_cross_entropy(logits, mixed), expected)
     torch.testing.assert_close(soft_cross_entropy(logits, hard), F.cross_entropy(logits, torch.tensor([0, 1])))
     torch.testing.assert_close(soft_targets(hard, teacher, 0.0), hard)
+    labels = torch.tensor([0, 1, 1, 0, 0])  # R2D2's class-weighted loss: F.cross_entropy(weight=[1, 2])
+    many = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(soft_cross_entropy(many, F.one_hot(labels, 2).float(), 1.0 + labels.float()),
+                               F.cross_entropy(many, labels, weight=torch.tensor([1.0, 2.0])))
 
 
 def test_ema_update_by_hand():
@@ -98,7 +102,8 @@ def test_distilled_ranking_step_by_hand(batch_and_dual):
     dual = FGCLIPModel(tiny_config())
     dual.load_state_dict(weights)
     distill = Distillation(momentum=0.8, target_weight=0.4, feature_weight=2.0, feature_mask_ratio=0.5)
-    step = RerankerForTraining(dual, tiny_reranker(), text_kind="short", negatives=2, seed=9, distillation=distill)
+    step = RerankerForTraining(dual, tiny_reranker(positive_weight=2.0), text_kind="short", negatives=2, seed=9,
+                               distillation=distill)
     before = perturbed_teacher(step)
     student = {name: value.clone() for name, value in step.reranker.state_dict().items()}
     generator = step._generator()
@@ -129,8 +134,9 @@ def test_distilled_ranking_step_by_hand(batch_and_dual):
                 ce[name].append(-(target * F.log_softmax(getattr(mine, f"{name}_logits"), -1)).sum())
                 squared[name].append(((getattr(mine, f"{name}_features") - getattr(theirs, f"{name}_features")) ** 2
                                       ).mean())
-    expected = {"text_queries": torch.stack(ce["text_query"]).mean(),
-                "image_queries": torch.stack(ce["image_query"]).mean(),
+    weights = torch.tensor([2.0 if label else 1.0 for _, _, label in pairs])
+    expected = {"text_queries": (weights * torch.stack(ce["text_query"])).sum() / weights.sum(),
+                "image_queries": (weights * torch.stack(ce["image_query"])).sum() / weights.sum(),
                 "feature_distillation": 2.0 * sum(torch.stack(values).mean() for values in squared.values())}
     assert set(output["terms"]) == set(expected)
     for name, value in expected.items():
@@ -181,6 +187,7 @@ def test_shipped_r2d2_recipes_switch_distillation_on_and_fgclip_recipes_leave_it
     options = config.model.reranker
     assert options["distill_momentum"] == 0.995 and options["distill_target_weight"] == 0.4
     assert options["distill_feature_weight"] == 1.0 and options["distill_feature_mask_ratio"] == 0.15
+    assert options["negatives"] == 1 and options["positive_weight"] == 2.0  # R2D2's fine-tuning code
     assert config.training["dataloader_drop_last"] is True
     miniature = load_config(REPO / "configs" / "r2d2" / "shapes_rerank.yaml")
     assert miniature.model.reranker["pre_ranking"] is True

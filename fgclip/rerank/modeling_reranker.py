@@ -27,6 +27,8 @@ class CrossEncoderRerankerConfig(PretrainedConfig):
         image_width / text_width: token widths of the dual encoder's vision and text towers.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: of each cross encoder.
         dropout: inside the cross-encoder layers.
+        positive_weight: weight of the matching class in the training cross entropy (R2D2's
+            fine-tuning code weighs it 2 against 1 for the non-matching class).
         pre_ranking: training also updates the dual encoder with R2D2's global contrastive
             (pre-ranking) loss instead of keeping it frozen.
         distill_momentum, distill_target_weight, distill_feature_weight, distill_feature_mask_ratio:
@@ -46,6 +48,7 @@ class CrossEncoderRerankerConfig(PretrainedConfig):
     dropout: float = 0.1
     layer_norm_eps: float = 1e-6
     initializer_range: float = 0.02
+    positive_weight: float = 1.0
     pre_ranking: bool = False
     distill_momentum: float | None = None
     distill_target_weight: float = 0.0

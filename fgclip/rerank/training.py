@@ -70,8 +70,9 @@ class RerankerForTraining(nn.Module):
     world size); with one generator shared by all ranks, each of the N images gets ``negatives``
     hard-negative captions and each caption ``negatives`` hard-negative images from the global
     similarities, and each rank classifies its own B positive and 2 * B * negatives negative
-    pairs with both cross encoders; the loss is the sum of their cross-entropies (so 2 ranks
-    equal 1 process on the joined batch). ``forward`` takes a :class:`~fgclip.data.FineHARDCollator`
+    pairs with both cross encoders; the loss is the sum of their cross-entropies, the matching
+    class weighted by the config's ``positive_weight`` (so 2 ranks equal 1 process on the joined
+    batch). R2D2's fine-tuning code draws 1 negative per direction and weighs positives 2. ``forward`` takes a :class:`~fgclip.data.FineHARDCollator`
     batch (boxes and region texts are not used).
 
     Options (the re-ranker config's fields by default):
@@ -190,8 +191,9 @@ class RerankerForTraining(nn.Module):
                 terms["feature_distillation"] = distill.feature_weight * sum(
                     feature_distillation_loss(getattr(output, f"{name}_features"), getattr(taught, f"{name}_features"))
                     for name in ("text_query", "image_query"))
-        terms["text_queries"] = soft_cross_entropy(output.text_query_logits, targets["text_query"])
-        terms["image_queries"] = soft_cross_entropy(output.image_query_logits, targets["image_query"])
+        weights = torch.where(labels == 1, self.config.positive_weight, 1.0).float()
+        terms["text_queries"] = soft_cross_entropy(output.text_query_logits, targets["text_query"], weights)
+        terms["image_queries"] = soft_cross_entropy(output.image_query_logits, targets["image_query"], weights)
         return {"loss": sum(terms.values()), "terms": {name: value.detach() for name, value in terms.items()}}
 
     def _pre_ranking_loss(self, local_images: TokenFeatures, local_texts: TokenFeatures, images: TokenFeatures,
