@@ -1,7 +1,7 @@
 """R2D2's two-way distillation: target-guided (soft targets from a momentum teacher) and
 feature-guided (teacher features of the full input supervise the student's features of a
 masked input). The teacher is the exponential moving average (EMA) of the modules being
-trained; see docs/evaluation.md ("R2D2 distillation") for what supervises what.
+trained; see README.md ("Re-ranking (R2D2-style)") for what supervises what.
 """
 from __future__ import annotations
 
