@@ -19,6 +19,10 @@ Layout under ``--data-root`` (each path can be overridden with ``--path DATASET.
     tsv/*.tsv                   image<TAB>caption retrieval files (e.g. Chinese), images relative to tsv/
     matching/*.tsv              image<TAB>text<TAB>label matching files (ICM / IQM style), images relative
                                 to matching/
+    long_cn/*.txt               LIT-CN / DCI-CN / DOCCI-CN image<TAB>caption files, images relative to long_cn/
+    coco_cn/coco_cn_test.txt    COCO-CN captions (images in coco/train2014, coco/val2014)
+    flickr30k_cna/flickr30k_cna_test.txt   Flickr30k-CNA token file (images in flickr30k/flickr30k-images)
+    BoxClass-CN/valid_category_data_total_zh.json, BoxClass-CN/images/
 
 Benchmarks whose files are absent are skipped (and listed in ``results.json``) unless they
 were asked for by name with ``--datasets``.
@@ -37,6 +41,14 @@ from ..distributed import get_rank, get_world_size
 from ..encoders import Encoder
 from ..rerank import CrossEncoderReranker
 from .boxcls import prepare_coco_boxes, prepare_lvis_boxes, prepare_openimages_boxes, score_boxcls
+from .chinese import (
+    prepare_boxclass_cn,
+    prepare_coco_cn,
+    prepare_fgclip2_flickr30k_cna,
+    prepare_long_cn_dir,
+    score_boxclass_cn,
+    score_chinese_retrieval,
+)
 from .common import DataError
 from .features import FeatureExtractor
 from .fgovd import prepare_fgovd, score_fgovd
@@ -103,6 +115,19 @@ DATASETS: tuple[DatasetSpec, ...] = (
                 (("ann", "flickr30k_cna/test/flickr30k_cna_test.txt"), ("images", "flickr30k_cna/Flickr30k-images")),
                 "Flickr30k-CNA test (CCMB release), R@1/5/10 + mean recall", prepare_flickr30k_cna,
                 score_zero_retrieval),
+    DatasetSpec("long_cn", "retrieval", "retrieval/long_cn", (("dir", "long_cn"),),
+                "LIT-CN / DCI-CN / DOCCI-CN long-caption retrieval as FG-CLIP 2's long_trans_cn.py (image<TAB>caption, "
+                "one benchmark per .txt)", prepare_long_cn_dir, score_chinese_retrieval),
+    DatasetSpec("coco_cn", "retrieval", "retrieval/coco_cn", (("ann", "coco_cn/coco_cn_test.txt"), ("images", "coco")),
+                "COCO-CN retrieval as FG-CLIP 2's coco_cn.py", prepare_coco_cn, score_chinese_retrieval),
+    DatasetSpec("flickr30k_cna", "retrieval", "retrieval/flickr30k_cna",
+                (("ann", "flickr30k_cna/flickr30k_cna_test.txt"), ("images", "flickr30k/flickr30k-images")),
+                "Flickr30k-CNA retrieval as FG-CLIP 2's flicker_cna.py", prepare_fgclip2_flickr30k_cna,
+                score_chinese_retrieval),
+    DatasetSpec("boxclass_cn", "boxcls", "boxcls/boxclass_cn",
+                (("ann", "BoxClass-CN/valid_category_data_total_zh.json"), ("images", "BoxClass-CN/images")),
+                "BoxClass-CN box classification as FG-CLIP 2's laion_cn_box_cls_ddp.py", prepare_boxclass_cn,
+                score_boxclass_cn),
 )
 DATASETS_BY_NAME = {spec.name: spec for spec in DATASETS}
 
