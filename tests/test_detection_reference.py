@@ -75,6 +75,10 @@ def in_workspace(workspace, monkeypatch) -> Path:
     return workspace
 
 
+def fc_shapes(layers) -> list[tuple[int, int]]:
+    return [(fc.in_features, fc.out_features) for fc in layers]
+
+
 def write_embeddings(path: Path, names, width: int, seed: int = 0) -> Path:
     generator = torch.Generator().manual_seed(seed)
     embeddings = F.normalize(torch.randn(len(names), width, generator=generator), dim=-1)
@@ -201,10 +205,9 @@ def test_head_layers_and_temperature_as_the_reference(tmp_path):
     head_cfg.class_embeddings = str(write_embeddings(tmp_path / "coco.pt", OV_COCO_CLASSES, 512))
     head = MODELS.build(head_cfg).eval()
     assert [type(c).__name__ for c in head.shared_convs] == ["ConvModule"] * 4
-    assert all(isinstance(c.norm, nn.SyncBatchNorm) or type(c.norm).__name__ == "SyncBatchNorm" for c in head.shared_convs)
-    shapes = lambda layers: [(fc.in_features, fc.out_features) for fc in layers]  # noqa: E731
-    assert shapes(head.shared_fcs) == [(256 * 7 * 7, 512), (512, 512)]
-    assert shapes(head.cls_fcs) == [(512, 512)] and shapes(head.reg_fcs) == [(512, 512)]
+    assert all(type(c.norm).__name__ == "SyncBatchNorm" for c in head.shared_convs)
+    assert fc_shapes(head.shared_fcs) == [(256 * 7 * 7, 512), (512, 512)]
+    assert fc_shapes(head.cls_fcs) == [(512, 512)] and fc_shapes(head.reg_fcs) == [(512, 512)]
     assert (head.fc_reg.in_features, head.fc_reg.out_features) == (512, 4) and not hasattr(head, "fc_cls")
     assert isinstance(head.temperature, nn.Parameter) and head.temperature.shape == () and head.temperature.item() == 50.0
     assert head.loss_cls.class_weight == [0.0 if n in OV_COCO_NOVEL_CLASSES else 1.0 for n in OV_COCO_CLASSES] + [0.6]
@@ -235,7 +238,7 @@ def test_head_layers_and_temperature_as_the_reference(tmp_path):
 
     large = Config.fromfile(str(REPO / "configs" / "fvit_fgclip_l14.py")).model.roi_head.bbox_head
     large.class_embeddings = str(write_embeddings(tmp_path / "coco_l.pt", OV_COCO_CLASSES, 768))
-    assert shapes(MODELS.build(large).cls_fcs) == [(768, 768)]
+    assert fc_shapes(MODELS.build(large).cls_fcs) == [(768, 768)]
 
 
 # ----------------------------------------------------------------------------- 4. schedule
