@@ -189,9 +189,11 @@ def test_shipped_r2d2_recipes_switch_distillation_on_and_fgclip_recipes_leave_it
     assert options["distill_feature_weight"] == 1.0 and options["distill_feature_mask_ratio"] == 0.15
     assert options["negatives"] == 1 and options["positive_weight"] == 2.0  # R2D2's fine-tuning code
     assert config.training["dataloader_drop_last"] is True
+    bilingual = load_config(REPO / "configs" / "r2d2" / "rerank_fgclip2_base.yaml")
+    assert bilingual.model.family == "fgclip2" and bilingual.model.reranker == options
     miniature = load_config(REPO / "configs" / "r2d2" / "shapes_rerank.yaml")
     assert miniature.model.reranker["pre_ranking"] is True
-    for recipe in sorted((REPO / "configs" / "fgclip").glob("[!_]*.yaml")):
+    for recipe in sorted([*REPO.glob("configs/fgclip/[!_]*.yaml"), *REPO.glob("configs/fgclip2/[!_]*.yaml")]):
         assert load_config(recipe).model.reranker is None, recipe
     defaults = CrossEncoderRerankerConfig()
     assert not Distillation.from_config(defaults).enabled and defaults.pre_ranking is False
