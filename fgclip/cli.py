@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .encoders import Encoder, load_encoder
-from .errors import ConfigError, command, writing
+from .errors import ConfigError, command, print_output, writing
 from .eval.cli import add_eval_subcommand
 from .processing_fgclip import load_image
 
@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         check_boxes(args.box, image, args.image)
     model = load_encoder(args.model, device=args.device)
     if args.command == "score":
-        print(format_table(score_regions(model, image, args.box, args.text), args.box, args.text))
+        print_output(format_table(score_regions(model, image, args.box, args.text), args.box, args.text))
     elif args.command == "heatmap":
         save_heatmap(image, similarity_map(model, image, args.text), args.text, args.output, args.alpha)
-        print(f"wrote {args.output}")
+        print_output(f"wrote {args.output}")
     return 0
 
 

@@ -22,6 +22,7 @@ from typing import Any
 EXIT_USER_ERROR = 2
 ALLOW_OUTSIDE_HINT = "give --allow-outside-root to read it anyway"
 DEBUG_FLAG = "--debug"
+STDOUT = "<stdout>"
 
 
 class UserError(ValueError):
@@ -105,9 +106,12 @@ def run_command(main: Callable[[list[str]], Any], argv: Sequence[str] | None = N
     debug = debug_requested(argv)
     try:
         status = main([argument for argument in argv if argument != DEBUG_FLAG])
-        _flush_stdout()
+        with writing(STDOUT):
+            sys.stdout.flush()
     except (UserError, OSError) as error:
         message = describe(error)
+        if getattr(error, "filename", None) == STDOUT:  # the interpreter's flush at exit would fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if debug or message is None:
             raise
         print(message, file=sys.stderr)
@@ -115,15 +119,11 @@ def run_command(main: Callable[[list[str]], Any], argv: Sequence[str] | None = N
     return status if isinstance(status, int) else 0
 
 
-def _flush_stdout() -> None:
-    """Flush standard output; on failure point it at the null device (so the interpreter's own flush
-    at exit does not fail again) and raise the error naming ``<stdout>``."""
-    try:
+def print_output(text: str) -> None:
+    """Print a command's result to standard output; a failed write (a full disk) names ``<stdout>``."""
+    with writing(STDOUT):
+        print(text)
         sys.stdout.flush()
-    except OSError as error:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        error.filename = error.filename or "<stdout>"
-        raise
 
 
 def command(main: Callable[[list[str]], Any]) -> Callable[[Sequence[str] | None], int]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from fgclip.errors import DataError, writing
+from fgclip.errors import DataError, print_output, writing
 
 Numbered = tuple[int, dict]  # (line number, record)
 
@@ -97,4 +97,4 @@ def answer_texts(
 
 
 def print_json(result: dict) -> None:
-    print(json.dumps(result, indent=2))
+    print_output(json.dumps(result, indent=2))

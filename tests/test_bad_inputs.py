@@ -1,0 +1,340 @@
+"""Bad input and faults, command by command: one line ``error: <file>[:<line>]: <what>`` and exit
+status 2 (no traceback, no silent result), the traceback with --debug, and skip modes that count."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from fgclip import FGCLIPModel, FGCLIPProcessor
+from fgclip.cli import main as fgclip_main
+from fgclip.data import FineHARDDataset, FineHARDReader
+from fgclip.data.shapes import write_shapes_dataset
+from fgclip.errors import ImageError, run_command
+from fgclip.testing import tiny_config
+from fgclip.training import load_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "{preset: tiny, image_size: 32, patch_size: 8, hidden_size: 32, num_layers: 2}"
+FULL_DISK = "No space left on device"
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def last_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("model")
+    config = tiny_config()
+    FGCLIPModel(config).save_pretrained(directory)
+    FGCLIPProcessor.for_config(config).save_pretrained(directory)
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(directory / "scene.png")
+    return directory
+
+
+def damaged_copy(model_dir: Path, tmp_path: Path, damage: str) -> Path:
+    directory = tmp_path / f"model-{damage}"
+    shutil.copytree(model_dir, directory)
+    if damage == "config":
+        (directory / "config.json").write_text('{"model_type": "fgclip",\n  "projection_dim": 32,,\n}')
+    else:
+        weights = directory / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-1000])
+    return directory
+
+
+# ----------------------------------------------------------------------------------- fgclip
+FGCLIP_CASES = {  # name -> (argv, expected error line); {image}, {model}, {tmp} are filled in
+    "missing image": (["score", "{tmp}/none.png", "--box", "0,0,4,4", "--text", "a"],
+                      "error: {tmp}/none.png: image file not found"),
+    "zero-byte image": (["score", "{tmp}/empty.png", "--box", "0,0,4,4", "--text", "a"],
+                        "error: {tmp}/empty.png: empty file (0 bytes), not an image"),
+    "box outside the image": (["score", "{image}", "--box", "0,0,100,10", "--text", "a"],
+                              "error: {image}: --box 0,0,100,10: expected 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 48 "
+                              "(pixels of this 64x48 image)"),
+    "missing local model directory": (["score", "{image}", "--box", "0,0,4,4", "--text", "a", "--model",
+                                       "{tmp}/runs/final"],
+                                      "error: {tmp}/runs/final: checkpoint directory not found"),
+    "corrupt config.json": (["score", "{image}", "--box", "0,0,4,4", "--text", "a", "--model", "{tmp}/model-config"],
+                            "error: {tmp}/model-config/config.json:2: not valid JSON (Expecting property name "
+                            "enclosed in double quotes, column 24)"),
+    "truncated safetensors": (["score", "{image}", "--box", "0,0,4,4", "--text", "a", "--model",
+                               "{tmp}/model-weights"],
+                              "error: {tmp}/model-weights/model.safetensors: truncated safetensors file: "),
+    "heatmap to a full disk": (["heatmap", "{image}", "red", "-o", "/dev/full"],
+                               f"error: /dev/full: {FULL_DISK}"),
+}
+
+
+@pytest.mark.parametrize("case", FGCLIP_CASES)
+def test_fgclip_command_bad_input(case, model_dir, tmp_path, capsys):
+    argv, expected = FGCLIP_CASES[case]
+    (tmp_path / "empty.png").write_bytes(b"")
+    damaged_copy(model_dir, tmp_path, "config")
+    damaged_copy(model_dir, tmp_path, "weights")
+    fill = {"image": model_dir / "scene.png", "model": model_dir, "tmp": tmp_path}
+    argv = [argument.format(**fill) for argument in argv]
+    if "--model" not in argv:
+        argv += ["--model", str(model_dir)]
+    assert fgclip_main(argv) == 2
+    assert last_error(capsys).startswith(expected.format(**fill))
+
+
+def test_fgclip_score_refuses_an_empty_text(model_dir, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        fgclip_main(["score", str(model_dir / "scene.png"), "--box", "0,0,4,4", "--text", " ", "--model", str(model_dir)])
+    assert exit_status.value.code == 2
+    assert last_error(capsys).endswith("argument --text: a text is empty; give words to look for")
+
+
+def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, monkeypatch):
+    argv = ["score", str(tmp_path / "none.png"), "--box", "0,0,4,4", "--text", "a"]
+    with pytest.raises(ImageError, match="none.png: image file not found"):
+        fgclip_main([*argv, "--debug"])
+    monkeypatch.setenv("FGCLIP_DEBUG", "1")
+    with pytest.raises(ImageError):
+        fgclip_main(argv)
+    monkeypatch.delenv("FGCLIP_DEBUG")
+    with pytest.raises(ZeroDivisionError):
+        run_command(lambda _: 1 / 0, [])
+
+
+def test_a_full_stdout_fails_the_command(model_dir):
+    command = [sys.executable, "-m", "fgclip.cli", "score", str(model_dir / "scene.png"), "--box", "0,0,32,48",
+               "--text", "a red square", "--model", str(model_dir)]
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: <stdout>: {FULL_DISK}"
+
+
+# ----------------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    write_shapes_dataset(root, seed=5, num_train=8, num_test=1, image_size=32)
+    return root
+
+
+def shapes_records(shapes: Path) -> list[dict]:
+    return [json.loads(line) for line in (shapes / "train.jsonl").read_text().splitlines()]
+
+
+def write_records(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def train_argv(shapes: Path, train_file: Path, out: Path, *extra: str) -> list[str]:
+    return [str(REPO / "configs" / "fgclip" / "shapes_stage2.yaml"),
+            "model.init=config", f"model.config={TINY}", f"data.train={train_file}", f"data.image_root={shapes}",
+            f"training.output_dir={out}", "training.per_device_train_batch_size=2", "training.max_steps=4",
+            "training.logging_steps=1", "training.save_steps=100", "training.warmup_steps=0",
+            "training.dataloader_num_workers=0", "training.use_cpu=true", "training.bf16=false", *extra]
+
+
+def test_training_command_bad_input(shapes, tmp_path, capsys):
+    tool = load_tool("train_fgclip")
+    records = shapes_records(shapes)
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("training:\n  output_dir: out\n   seed: 3\n")
+    cases = [  # (argv, expected error line)
+        ([str(recipe)], f"error: {recipe}:3: YAML syntax error: mapping values are not allowed here"),
+        (train_argv(shapes, shapes / "train.jsonl", tmp_path, "training.num_train_epochs=0", "training.max_steps=-1"),
+         f"error: {REPO}/configs/fgclip/shapes_stage2.yaml: training.num_train_epochs: expected a number above 0 "
+         "(or max_steps > 0), got 0"),
+        (train_argv(shapes, write_records(tmp_path / "abs.jsonl", [{**records[0], "f_path": "/etc/hostname"}]),
+                    tmp_path),
+         f"error: {tmp_path}/abs.jsonl line 1: f_path: path '/etc/hostname' is absolute; data paths are relative to "
+         "their root (give --allow-outside-root to read it anyway)"),
+        (train_argv(shapes, write_records(tmp_path / "up.jsonl", [{**records[0], "f_path": "../x/../../y.png"}]),
+                    tmp_path),
+         f"error: {tmp_path}/up.jsonl line 1: f_path: path '../x/../../y.png' leaves its root with '..' "
+         "(give --allow-outside-root to read it anyway)"),
+        (train_argv(shapes, write_records(tmp_path / "gone.jsonl", [{**records[0], "f_path": "images/gone.png"}]),
+                    tmp_path),
+         f"error: {tmp_path}/gone.jsonl line 1: f_path: image not found: {shapes}/images/gone.png"),
+        (train_argv(shapes, write_records(tmp_path / "noboxes.jsonl", [{**r, "bbox_info": []} for r in records]),
+                    tmp_path),
+         f"error: {tmp_path}/noboxes.jsonl: none of its 8 records has a box (bbox_info), but loss.regional is on in "
+         f"{REPO}/configs/fgclip/shapes_stage2.yaml; give stage-2 data or set loss.regional=false"),
+        (train_argv(shapes, shapes / "train.jsonl", tmp_path, "model.init=pretrained", f"model.path={tmp_path}/no/run"),
+         f"error: {tmp_path}/no/run: checkpoint directory not found"),
+    ]
+    for argv, expected in cases:
+        assert run_command(tool.main, argv) == 2, expected
+        assert last_error(capsys) == expected
+
+
+def test_allow_outside_root_accepts_paths_that_leave_the_root(shapes, tmp_path):
+    records = shapes_records(shapes)
+    outside = tmp_path / "elsewhere.png"
+    shutil.copy(shapes / records[0]["f_path"], outside)
+    data = write_records(tmp_path / "outside.jsonl", [{**records[0], "f_path": str(outside)}])
+    assert len(FineHARDReader(data, image_root=shapes, allow_outside_root=True)) == 1
+    config = load_config(train_argv(shapes, data, tmp_path)[0], train_argv(shapes, data, tmp_path)[1:]
+                         + ["data.allow_outside_root=true"])
+    assert config.data.allow_outside_root
+
+
+def test_save_strategy_no_reads_as_the_string_no(shapes, tmp_path):
+    argv = train_argv(shapes, shapes / "train.jsonl", tmp_path)
+    recipe = tmp_path / "no_saves.yaml"
+    recipe.write_text(f"_base_: {argv[0]}\ntraining:\n  save_strategy: no\n")
+    assert load_config(recipe, argv[1:]).training_arguments().save_strategy == "no"
+
+
+def test_unreadable_images_are_skipped_and_counted_in_training(shapes, tmp_path):
+    records = shapes_records(shapes)
+    root = tmp_path / "root"
+    shutil.copytree(shapes / "images", root / "images")
+    bad = root / records[5]["f_path"]
+    bad.write_bytes(bad.read_bytes()[:-60])  # truncated PNG
+    data = write_records(tmp_path / "train.jsonl", records)
+    argv = train_argv(shapes, data, tmp_path / "run", f"data.image_root={root}")
+    with pytest.raises(ImageError, match=rf"^{data} line 6: f_path: {bad}: truncated or corrupt image"):
+        train(load_config(argv[0], argv[1:]))
+    dataset = FineHARDDataset(data, root, FGCLIPProcessor(image_size=32), skip_bad_records=True)
+    assert dataset[5]["skipped_records"] == ["f_path: bad image"] and dataset[5]["long_text"] == records[6]["caption"]
+    # 8 records, batch 2, 4 steps: one epoch, each record drawn once, the bad one once
+    result = train(load_config(argv[0], [*argv[1:], "data.skip_bad_records=true"]))
+    assert result.skipped_records == {"f_path: bad image": 1}
+    assert result.skipped_summary == "skipped 1 bad record(s) (f_path: bad image: 1)"
+
+
+def test_resume_passes_over_an_unreadable_complete_checkpoint(tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    from fgclip.training.trainer import COMPLETE_MARKER, resumable_checkpoint
+
+    for step in (2, 4):
+        checkpoint = tmp_path / f"checkpoint-{step}"
+        checkpoint.mkdir()
+        save_file({"w": torch.zeros(100)}, str(checkpoint / "model.safetensors"))
+        torch.save({"state": {}}, checkpoint / "optimizer.pt")
+        (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        (checkpoint / COMPLETE_MARKER).write_text(f"{step}\n")
+    newest = tmp_path / "checkpoint-4" / "model.safetensors"
+    assert resumable_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    newest.write_bytes(newest.read_bytes()[:-8])
+    with caplog.at_level("WARNING"):
+        assert resumable_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert (f"{tmp_path}/checkpoint-4 is marked COMPLETE but cannot be read ({newest}: truncated safetensors file"
+            in caplog.text and "resuming from the previous complete checkpoint instead" in caplog.text)
+    optimizer = tmp_path / "checkpoint-2" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    assert resumable_checkpoint(tmp_path) is None
+
+
+# ----------------------------------------------------------------------------------- evaluation
+def fgovd_record(**fields) -> dict:
+    return {"img_path": "scene.png", "bbox": [40, 10, 30, 20], "pos_expression": "a red square",
+            "neg_expression": ["a blue square"], **fields}
+
+
+@pytest.mark.parametrize("record, expected", [
+    (fgovd_record(), "{file} line 1: bbox [40, 10, 30, 20] (x, y, w, h) lies outside the 64x48 image"),
+    (fgovd_record(width=60, height=48), "{file} line 1: bbox [40, 10, 30, 20] (x, y, w, h) lies outside the "
+                                        "60x48 image"),
+    (fgovd_record(img_path="/etc/hostname"), "{file} line 1: image path '/etc/hostname' is absolute; data paths are "
+                                             "relative to their root (give --allow-outside-root to read it anyway)"),
+    (fgovd_record(img_path="empty.png"), "{file} line 1: {root}/empty.png: empty file (0 bytes), not an image"),
+])
+def test_fgovd_boxes_and_paths_are_checked(record, expected, model_dir, tmp_path):
+    from fgclip.eval.common import DataError
+    from fgclip.eval.fgovd import load_fgovd
+
+    root = tmp_path / "images"
+    root.mkdir()
+    shutil.copy(model_dir / "scene.png", root / "scene.png")
+    (root / "empty.png").write_bytes(b"")
+    file = write_records(tmp_path / "hard.jsonl", [record])
+    with pytest.raises(DataError) as error:
+        load_fgovd(file, root)
+    assert str(error.value) == expected.format(file=file, root=root)
+
+
+def test_evaluation_command_names_a_missing_model_directory(tmp_path, capsys):
+    from fgclip.eval.cli import main
+
+    assert main(["--model", str(tmp_path / "nowhere"), "--data-root", str(tmp_path)]) == 2
+    assert last_error(capsys) == f"error: --model {tmp_path}/nowhere: checkpoint directory not found: {tmp_path}/nowhere"
+
+
+# ----------------------------------------------------------------------------------- curation
+def test_curation_names_or_skips_and_counts_bad_images(tmp_path, monkeypatch, capsys):
+    tool = load_tool("curate_finehard")
+    for stage in ("VLMCaptioner", "SpacyExpressionParser", "PipelineGrounder", "LLMNegativeWriter"):
+        monkeypatch.setattr(tool, stage, lambda *args, **kwargs: None)  # never reached: every image is bad
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "b.jpg").write_bytes(b"GIF89a but cut")
+    argv = ["--images", str(tmp_path), "--output", str(tmp_path / "out.jsonl")]
+    assert run_command(tool.main, argv) == 2
+    assert last_error(capsys) == f"error: {tmp_path}/a.png: empty file (0 bytes), not an image"
+    assert run_command(tool.main, [*argv, "--skip-errors"]) == 0
+    assert capsys.readouterr().out.strip() == ("wrote 0 records (0 regions, 0 with negatives), 0 already done, "
+                                               "skipped 2 (bad image: 2)")
+
+
+# ----------------------------------------------------------------------------------- LLaVA
+@pytest.mark.parametrize("variable", ["NPROC", "GLOBAL_BATCH", "PER_DEVICE_BATCH"])
+@pytest.mark.parametrize("script", ["pretrain", "finetune"])
+def test_launch_scripts_refuse_non_integers_before_arithmetic(script, variable, tmp_path):
+    marker = tmp_path / "ran"
+    value = f"HOME[$(touch {marker})]"
+    env = {**os.environ, "LANGUAGE_MODEL": "x", "FGCLIP": "x", "PRETRAINED": "x", "DATA": "x", "IMAGES": "x",
+           "OUTPUT": "x", variable: value}
+    result = subprocess.run(["bash", str(REPO / "mllm" / f"{script}.sh")], env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and not marker.exists()
+    assert result.stderr == f"error: mllm/{script}.sh: {variable} must be a positive integer, got '{value}'\n"
+
+
+@pytest.mark.parametrize("image, allowed, expected", [
+    ("../secret.png", False, "{data}: record 0: image: path '../secret.png' leaves its root with '..' "
+                             "(give --allow-outside-root to read it anyway)"),
+    ("/etc/hostname", False, "{data}: record 0: image: path '/etc/hostname' is absolute; data paths are relative to "
+                             "their root (give --allow-outside-root to read it anyway)"),
+    ("missing.png", False, "{data}: record 0: image file not found: {root}/missing.png"),
+])
+def test_llava_record_image_paths_stay_under_the_image_folder(image, allowed, expected, tmp_path):
+    from transformers import AutoTokenizer, LlavaImageProcessorPil
+
+    from mllm import prepare_tokenizer
+    from mllm.data import ConversationDataset, RecordError
+
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(REPO / "tests" / "data" / "mllm" / "vicuna"))
+    data = write_records(tmp_path / "records.jsonl", [{"id": 0, "image": image, "conversations": [
+        {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A square."}]}])
+    root = tmp_path / "images"
+    with pytest.raises(RecordError) as error:
+        ConversationDataset(data, tokenizer, LlavaImageProcessorPil(), 4, root, "v1", 64,
+                            allow_outside_root=allowed)
+    assert str(error.value) == expected.format(data=data, root=root).replace("record 0", "record 0 (id 0)")
+
+
+def test_llava_answer_file_to_a_full_disk_fails(capsys):
+    from mllm.eval import pope
+
+    data = REPO / "tests" / "data" / "mllm_eval" / "pope" / "coco"
+    assert pope.main(["build", "--annotation-dir", str(data), "--output", "/dev/full"]) == 2
+    assert last_error(capsys) == f"error: /dev/full: {FULL_DISK}"
