@@ -246,6 +246,21 @@ def test_resume_passes_over_an_unreadable_complete_checkpoint(tmp_path, caplog):
     assert resumable_checkpoint(tmp_path) is None
 
 
+def test_a_run_whose_newest_checkpoint_is_damaged_resumes_from_the_previous_one(shapes, tmp_path, caplog):
+    argv = train_argv(shapes, shapes / "train.jsonl", tmp_path / "run", "training.save_steps=2",
+                      "training.learning_rate=1e-3", "training.seed=3")
+    first = train(load_config(argv[0], argv[1:]))
+    weights = tmp_path / "run" / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # damaged after it was marked complete
+    with caplog.at_level("INFO"):
+        resumed = train(load_config(argv[0], argv[1:]), resume=True)
+    assert f"{tmp_path}/run/checkpoint-4 is marked COMPLETE but cannot be read ({weights}: truncated" in caplog.text
+    assert f"resuming from {tmp_path}/run/checkpoint-2" in caplog.text
+    losses = {entry["step"]: entry["loss"] for entry in first.log_history if "loss" in entry}
+    again = {entry["step"]: entry["loss"] for entry in resumed.log_history if "loss" in entry}
+    assert [again[step] for step in (3, 4)] == pytest.approx([losses[3], losses[4]], abs=1e-6)  # steps 3-4 re-run
+
+
 # ----------------------------------------------------------------------------------- evaluation
 def fgovd_record(**fields) -> dict:
     return {"img_path": "scene.png", "bbox": [40, 10, 30, 20], "pos_expression": "a red square",

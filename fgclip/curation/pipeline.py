@@ -133,7 +133,7 @@ def curate(
                 parse_record(json.loads(line), f"{output} (record of {f_path})")
             except (OSError, ValueError, RecordError) as error:
                 if not skip_errors:
-                    raise ValueError(f"{where}: {error}") from error
+                    raise DataError(f"{where}: {error}") from error
                 stats.skipped[getattr(error, "reason", type(error).__name__)] += 1
                 continue
             sink.write(line + "\n")

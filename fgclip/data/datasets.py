@@ -195,7 +195,7 @@ class FineHARDShardDataset(IterableDataset):
     ):
         self.urls = expand_shard_urls(urls)
         if not self.urls:
-            raise ValueError(f"no shards in {urls!r}")
+            raise DataError(f"{urls}: no shards match this pattern")
         self.processor = processor
         self.max_boxes = _check_max_boxes(max_boxes)
         self.seed = seed
@@ -210,7 +210,8 @@ class FineHARDShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         if len(self.urls) < world_size:
-            raise ValueError(f"{len(self.urls)} shards cannot be split across {world_size} ranks")
+            raise DataError(f"{self.urls[0]}: {len(self.urls)} shards cannot be split across {world_size} ranks; "
+                            "write at least one shard per rank")
         urls = list(self.urls)
         if self.shuffle_shards:
             np.random.default_rng((self.seed, self.epoch)).shuffle(urls)

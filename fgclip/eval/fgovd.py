@@ -48,7 +48,7 @@ from .common import (
     text_list,
     xywh_to_xyxy,
 )
-from ..errors import ImageError
+from ..errors import ConfigError, ImageError
 from ..processing_fgclip import image_size
 from .features import FeatureExtractor
 from .metrics import multiple_choice_accuracy
@@ -215,7 +215,7 @@ def prepare_fgovd(spec, paths: dict, options) -> list[Prepared]:
     wanted = list(options.fgovd_subsets) if options.fgovd_subsets else list(found)
     unknown = [s for s in wanted if s not in FGOVD_SUBSETS]
     if unknown:
-        raise ValueError(f"unknown FG-OVD subset(s) {unknown}; expected {', '.join(FGOVD_SUBSETS)}")
+        raise ConfigError(f"--fgovd-subsets: unknown FG-OVD subset(s) {unknown}; expected {', '.join(FGOVD_SUBSETS)}")
     missing = [s for s in wanted if s not in found]
     if missing:
         raise DataError(f"{paths['dir']}: no file for FG-OVD subset(s) {missing}")
