@@ -353,3 +353,21 @@ def test_llava_answer_file_to_a_full_disk_fails(capsys):
     data = REPO / "tests" / "data" / "mllm_eval" / "pope" / "coco"
     assert pope.main(["build", "--annotation-dir", str(data), "--output", "/dev/full"]) == 2
     assert last_error(capsys) == f"error: /dev/full: {FULL_DISK}"
+
+
+@pytest.mark.parametrize("question, expected", [
+    ({"question_id": 1, "image": "../q.png", "text": "What?"},
+     "error: {questions}:1: image: path '../q.png' leaves its root with '..' (give --allow-outside-root to read it "
+     "anyway)"),
+    ({"question_id": 1, "image": "q.png", "text": "What?"}, "error: {questions}:1: image file not found: {root}/q.png"),
+    ({"question_id": 1, "text": None}, "error: {questions}:1: field 'text' must be a string"),
+])
+def test_llava_generation_checks_its_questions_before_loading_the_model(question, expected, tmp_path, capsys):
+    from mllm.eval import generate
+
+    questions = write_records(tmp_path / "questions.jsonl", [question])
+    root = tmp_path / "images"
+    argv = ["--model", str(tmp_path / "no-model"), "--questions", str(questions), "--answers",
+            str(tmp_path / "answers.jsonl"), "--image-folder", str(root)]
+    assert generate.main(argv) == 2
+    assert last_error(capsys) == expected.format(questions=questions, root=root)

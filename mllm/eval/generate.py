@@ -20,11 +20,11 @@ import torch
 from tqdm import tqdm
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-from fgclip.errors import command
+from fgclip.errors import command, outside_root_reason
 
 from ..builder import load_llava
 from ..data import encode_text, get_format, open_image, with_image_first
-from .jsonl import read_jsonl, write_jsonl
+from .jsonl import InputError, read_jsonl, write_jsonl
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -38,6 +38,25 @@ def left_pad(sequences: list[torch.Tensor], pad_token_id: int) -> tuple[torch.Te
         input_ids[row, length - len(sequence) :] = sequence
         attention_mask[row, length - len(sequence) :] = 1
     return input_ids, attention_mask
+
+
+def check_questions(questions: list[tuple[int, dict]], source: str, image_folder: str | os.PathLike = "",
+                    allow_outside_root: bool = False) -> None:
+    """Every question has a string ``text`` and, if it names one, an image file under ``image_folder``
+    (absolute paths and ``..`` only with ``allow_outside_root``): checked before the model loads."""
+    for line, question in questions:
+        if not isinstance(question.get("text"), str):
+            raise InputError(source, "field 'text' must be a string", line)
+        image = question.get("image")
+        if not image:
+            continue
+        if not isinstance(image, str):
+            raise InputError(source, f"image: expected a path, got {image!r}", line)
+        reason = None if allow_outside_root else outside_root_reason(image)
+        if reason:
+            raise InputError(source, f"image: {reason}", line)
+        if not os.path.isfile(os.path.join(image_folder, image)):
+            raise InputError(source, f"image file not found: {os.path.join(image_folder, image)}", line)
 
 
 @torch.no_grad()
@@ -106,13 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept question image paths that are absolute or leave --image-folder")
     args = parser.parse_args(argv)
     run(args)
     return 0
 
 
 def run(args: argparse.Namespace) -> None:
-    questions = [question for _, question in read_jsonl(args.questions)]
+    numbered = read_jsonl(args.questions)
+    check_questions(numbered, args.questions, args.image_folder, args.allow_outside_root)
+    questions = [question for _, question in numbered]
     model, processor = load_llava(args.model, dtype=DTYPES[args.dtype])
     model.to(args.device)
     answers = generate_answers(
