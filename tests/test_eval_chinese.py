@@ -62,7 +62,7 @@ def test_sizes(results):
 # ---------------------------------------------------------------------------------------- readers
 def test_long_cn_reader_pairs_lines_and_keeps_case(tmp_path):
     dataset = load_long_cn(ROOT / "long_cn" / "lit_cn.txt")
-    assert len(dataset.images) == len(dataset.texts) == 6 and dataset.text_kind == "long" and not dataset.lowercase
+    assert len(dataset.images) == len(dataset.texts) == 6 and dataset.text_kind == "long"
     assert dataset.texts[2].endswith(" RED car") and Path(dataset.images[0]).name == "lit_0.jpg"
     bad = tmp_path / "bad.txt"
     bad.write_text("images/a.jpg\tone\ttwo\n", encoding="utf-8")
@@ -72,7 +72,8 @@ def test_long_cn_reader_pairs_lines_and_keeps_case(tmp_path):
 
 def test_coco_cn_reader_groups_by_image_and_skips_other_lines(tmp_path):
     dataset = load_coco_cn(ROOT / "coco_cn" / "coco_cn_test.txt", ROOT / "coco")
-    assert len(dataset.images) == 12 and len(dataset.texts) == 60 and dataset.lowercase
+    assert len(dataset.images) == 12 and len(dataset.texts) == 60
+    assert dataset.texts[1].endswith(" red car")  # lower-cased as coco_cn.py does ("RED car" in the file)
     assert Path(dataset.images[1]).parts[-2:] == ("train2014", "COCO_train2014_000000000002.jpg")
     assert "this line" not in " ".join(dataset.texts)
     (tmp_path / "val2014").mkdir()
@@ -85,7 +86,7 @@ def test_coco_cn_reader_groups_by_image_and_skips_other_lines(tmp_path):
 def test_flickr30k_cna_reader_keeps_words_and_tags(tmp_path):
     dataset = load_fgclip2_flickr30k_cna(ROOT / "flickr30k_cna" / "flickr30k_cna_test.txt",
                                          ROOT / "flickr30k" / "flickr30k-images")
-    assert len(dataset.images) == 10 and not dataset.lowercase
+    assert len(dataset.images) == 10
     assert Path(dataset.images[0]).name == "1000.jpg"
     tagged = dataset.texts[2]
     assert ":n " in tagged and tagged == tagged.strip() and tagged.count(" ") == 6  # 7 words, tags kept
@@ -123,7 +124,7 @@ def test_paired_recall_by_hand():
 
 def test_official_processing_sets_and_restores_the_processor():
     processor = FGCLIP2Processor.from_pretrained(CHECKPOINT)
-    with official_processing(processor, lowercase=False):
+    with official_processing(processor):
         assert processor.budget_scope == "image" and not processor.lowercase
         kept = processor(text=["RED car"])["input_ids"]
     assert processor.budget_scope == "call" and processor.lowercase

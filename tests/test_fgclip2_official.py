@@ -69,6 +69,14 @@ def test_mixed_batch_takes_the_largest_budget_as_the_official(processor, expecte
     torch.testing.assert_close(per_image["spatial_shapes"][0], expected["single0.spatial_shapes"][0], rtol=0, atol=0)
 
 
+def test_preprocessor_config_without_dynamic_budget(tmp_path):
+    config = json.loads((DATA / "preprocessor_config.json").read_text())
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({**config, "dynamic_max_patches": False,
+                                                                   "max_num_patches": 64, "image_mean": [0.0] * 3}))
+    image_processor, budget = load_image_processor(tmp_path)
+    assert budget == 64 and list(image_processor.image_mean) == [0.0] * 3
+
+
 def test_saved_processor_round_trip_keeps_the_budget(processor, tmp_path):
     processor.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())

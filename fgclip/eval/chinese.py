@@ -52,8 +52,8 @@ class ChineseRetrievalSet:
     """Images and captions of one Chinese retrieval benchmark.
 
     Args:
-        texts: captions in file order; ``text_kind`` the text path; ``lowercase`` whether the
-            official script lower-cases them.
+        texts: captions in file order, as the official script tokenizes them (lower-cased by the
+            reader where it lower-cases); ``text_kind`` the text path.
         grouped: captions grouped by image (truth by position, five per image), else one pair per line.
     """
 
@@ -62,7 +62,6 @@ class ChineseRetrievalSet:
     images: list[str]
     texts: list[str]
     text_kind: str
-    lowercase: bool
     grouped: bool
 
 
@@ -101,7 +100,7 @@ def load_long_cn(path: str | os.PathLike, image_root: str | os.PathLike | None =
         texts.append(fields[1])
     if not texts:
         raise DataError(f"{path}: no image-caption lines")
-    return ChineseRetrievalSet(path.stem, str(path), images, texts, "long", lowercase=False, grouped=False)
+    return ChineseRetrievalSet(path.stem, str(path), images, texts, "long", grouped=False)
 
 
 def _grouped(name: str, source: str, pairs: dict[str, tuple[str, list[str]]], lowercase: bool, limit: int | None):
@@ -110,8 +109,8 @@ def _grouped(name: str, source: str, pairs: dict[str, tuple[str, list[str]]], lo
     images, texts = [], []
     for image, captions in pairs.values():
         images.append(image)
-        texts.extend(captions[:limit])
-    return ChineseRetrievalSet(name, source, images, texts, "short", lowercase, grouped=True)
+        texts.extend(caption.lower() if lowercase else caption for caption in captions[:limit])
+    return ChineseRetrievalSet(name, source, images, texts, "short", grouped=True)
 
 
 def load_coco_cn(path: str | os.PathLike, image_root: str | os.PathLike) -> ChineseRetrievalSet:
@@ -181,14 +180,15 @@ def load_boxclass_cn(path: str | os.PathLike, image_root: str | os.PathLike) -> 
 
 # ---------------------------------------------------------------------------------- scoring
 @contextlib.contextmanager
-def official_processing(processor, lowercase: bool):
+def official_processing(processor):
     """The scripts' pre-processing for the duration of a benchmark: each image its own patch budget
-    (a processor with ``budget_scope``) and texts lower-cased or not (one with ``lowercase``)."""
+    (a processor with ``budget_scope``) and texts tokenized as given (one with ``lowercase``; the
+    readers lower-case where the script does)."""
     saved = {name: getattr(processor, name) for name in ("budget_scope", "lowercase") if hasattr(processor, name)}
     if "budget_scope" in saved:
         processor.budget_scope = "image"
     if "lowercase" in saved:
-        processor.lowercase = lowercase
+        processor.lowercase = False
     try:
         yield
     finally:
@@ -237,7 +237,7 @@ def paired_recall(similarity: torch.Tensor) -> dict[str, float]:
 def evaluate_chinese_retrieval(extractor: FeatureExtractor, dataset: ChineseRetrievalSet) -> dict[str, float]:
     """The official script's recalls of one retrieval benchmark."""
     encoder = extractor.model
-    with official_processing(encoder.processor, dataset.lowercase):
+    with official_processing(encoder.processor):
         requests = [ImageRequest(path, source=f"{dataset.source}: {path}") for path in dataset.images]
         images = extractor.encode_images(requests, desc=f"{dataset.name} images")
         texts = extractor.encode_texts(dataset.texts, dataset.text_kind, desc=f"{dataset.name} captions")
@@ -248,7 +248,7 @@ def evaluate_chinese_retrieval(extractor: FeatureExtractor, dataset: ChineseRetr
 
 def evaluate_boxclass_cn(extractor: FeatureExtractor, dataset: ChineseBoxSet) -> dict[str, float]:
     """Top-1 / top-5 of ``softmax(100 * region @ class texts)``, as the BoxClass-CN script."""
-    with official_processing(extractor.model.processor, lowercase=False):
+    with official_processing(extractor.model.processor):
         classes = extractor.encode_texts(dataset.classnames, "region", desc="class names")
         regions = RegionRequests()
         handles = [regions.add(image, box, where) for image, box, where in
