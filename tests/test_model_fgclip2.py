@@ -242,6 +242,14 @@ def test_upstream_layout_checkpoint_loads_and_saves_back(model, tmp_path):
         torch.testing.assert_close(reloaded.get_text_features(ids, "long"), model.get_text_features(ids, "long"))
 
 
+def test_long_and_box_heads_are_hidden_by_hidden_as_the_official_model():
+    config = tiny_fgclip2_config()
+    config.text_config.projection_size = 16  # the official model sizes only text_model.head by projection_size
+    model = FGCLIP2Model(config)
+    assert tuple(model.text_model.head.weight.shape) == (16, 32)
+    assert tuple(model.longtext_head.weight.shape) == tuple(model.boxtext_head.weight.shape) == (32, 32)
+
+
 def test_presets_are_the_released_sizes():
     base, so400m = FGCLIP2Config.base(), FGCLIP2Config.so400m()
     assert (base.vision_config.hidden_size, base.vision_config.num_hidden_layers, base.vision_config.patch_size) == \
