@@ -159,7 +159,7 @@ def test_background_row_is_the_prompt_ensemble_of_background(in_workspace, tmp_p
 
     def ensemble(texts):
         with torch.no_grad():
-            rows = [model.get_text_features(processor.tokenize(text), normalize=True)[0] for text in texts]
+            rows = [model.get_text_features(**processor(text=[text], text_kind="short"), normalize=True)[0] for text in texts]
         return F.normalize(torch.stack(rows).mean(0), dim=0)
 
     background_texts = [t.replace("{article}", "a").replace("{}", "background") for t in CLIPSELF_TEMPLATES]
@@ -181,6 +181,9 @@ def test_background_row_is_the_prompt_ensemble_of_background(in_workspace, tmp_p
     cosine = F.normalize(clip_region, dim=-1) @ torch.cat([head.class_embeddings, expected[None]]).t()
     torch.testing.assert_close(head.clip_probabilities(clip_region), (75.0 * cosine).softmax(-1), rtol=1e-5, atol=1e-6)
 
+    with pytest.raises(SystemExit, match="'background' is not a class name"):
+        load_tool("dump_class_embeddings").main(["--model", f"{ASSETS}/fgclip", "--vocab", "cat,background",
+                                                 "--out", str(tmp_path / "x.pt")])
     old = {key: value for key, value in saved.items() if key != "background"}
     torch.save(old, tmp_path / "old.pt")
     with pytest.raises(ValueError, match=r"old\.pt: no field 'background'.*tools/dump_class_embeddings\.py"):
