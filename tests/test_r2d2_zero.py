@@ -1,7 +1,7 @@
-"""Zero / CCMB downstream sets as released (tests/data/zero: the released file names, JSON-lines fields
-and Flickr30k-CNA's id#n<TAB>caption lines): the readers, their errors, R2D2's retrieval metrics
-(itm_eval, compute_cross_score of yuxie11/R2D2 train_r2d2_retrieval.py, c7127fa) against a loop
-written like the authors', and the five sets through `fgclip eval`."""
+"""Zero / CCMB downstream sets as released (tests/data/zero: the released file names and JSON-lines
+fields): the readers, their errors, R2D2's retrieval metrics (itm_eval, compute_cross_score of
+yuxie11/R2D2 train_r2d2_retrieval.py, c7127fa) against a loop written like the authors', and the
+four sets through `fgclip eval` (Flickr30k-CNA is fgclip.eval.chinese's)."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,6 @@ from fgclip.eval.cli import main as eval_main
 from fgclip.eval.common import DataError, ImageRequest
 from fgclip.eval.metrics import retrieval_recall
 from fgclip.eval.zero import (
-    load_flickr30k_cna,
     load_zero_matching,
     load_zero_retrieval,
     r2d2_reranked_recall,
@@ -33,21 +32,18 @@ from fgclip.testing import tiny_config
 
 DATA = Path(__file__).resolve().parent / "data" / "zero"
 ZERO_IMAGES = ("4f2a91c0.jpg", "77b0e3d1.jpg", "0c9d5e22.jpg")
-FLICKR_IMAGES = ("1000092795.jpg", "10002456.jpg", "1000268201.jpg")
 
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
-    """The released folders: zero/{ICR,IQR,ICM,IQM}/val + zero/IQR_IQM_ICR_ICM_images, flickr30k_cna/test +
-    flickr30k_cna/Flickr30k-images (images drawn here)."""
+    """The released folders: zero/{ICR,IQR,ICM,IQM}/val and zero/IQR_IQM_ICR_ICM_images (images drawn here)."""
     root = tmp_path_factory.mktemp("zero_layout")
-    shutil.copytree(DATA, root / "zero", ignore=shutil.ignore_patterns("flickr30k_cna"))
-    shutil.copytree(DATA / "flickr30k_cna", root / "flickr30k_cna")
+    shutil.copytree(DATA, root / "zero")
     rng = np.random.default_rng(0)
-    for folder, names in (("zero/IQR_IQM_ICR_ICM_images", ZERO_IMAGES), ("flickr30k_cna/Flickr30k-images", FLICKR_IMAGES)):
-        (root / folder).mkdir(parents=True)
-        for index, name in enumerate(names):
-            Image.fromarray(rng.integers(0, 256, (20 + 6 * index, 28, 3), dtype=np.uint8)).save(root / folder / name)
+    (root / "zero/IQR_IQM_ICR_ICM_images").mkdir()
+    for index, name in enumerate(ZERO_IMAGES):
+        Image.fromarray(rng.integers(0, 256, (20 + 6 * index, 28, 3), dtype=np.uint8)).save(
+            root / "zero/IQR_IQM_ICR_ICM_images" / name)
     return root
 
 
@@ -63,11 +59,6 @@ def test_readers_follow_the_released_layout(layout):
     assert icm.pair_image == [0, 0, 1, 1, 2, 2] and icm.labels == [1, 0, 1, 0, 1, 0]
     iqm = load_zero_matching(layout / "zero/IQM/val/short_itm_val.json", images, "short")
     assert iqm.pair_image == [0, 0, 1, 2, 2] and iqm.labels == [1, 0, 1, 1, 0] and iqm.texts[1] == "跑车"
-    flickr = load_flickr30k_cna(layout / "flickr30k_cna/test/flickr30k_cna_test.txt",
-                                layout / "flickr30k_cna/Flickr30k-images")
-    assert [Path(p).name for p in flickr.images] == list(FLICKR_IMAGES)
-    assert flickr.text_to_image == [0, 0, 1, 2, 2]  # "1000268201" without "#n" is the same image
-    assert flickr.texts[4] == "一个女孩走进一栋木制建筑。"
 
 
 @pytest.mark.parametrize("line, message", [
@@ -82,13 +73,6 @@ def test_matching_reader_errors_name_file_line_and_field(layout, tmp_path, line,
     path.write_text('{"text": "橘猫", "image_path": "a/4f2a91c0.jpg", "label": 1}\n' + line + "\n")
     with pytest.raises(DataError, match=f"{path} {message}"):
         load_zero_matching(path, layout / "zero" / "IQR_IQM_ICR_ICM_images", "long")
-
-
-def test_flickr30k_cna_reader_errors(layout, tmp_path):
-    path = tmp_path / "flickr30k_cna_test.txt"
-    path.write_text("1000092795#0\t两个年轻人\n\n10002456#0 没有制表符\n")
-    with pytest.raises(DataError, match=rf"{path} line 3: expected '<image id>\[#n\]<TAB><caption>'"):
-        load_flickr30k_cna(path, layout / "flickr30k_cna" / "Flickr30k-images")
 
 
 # ---------------------------------------------------------------------------------------- R2D2's metrics
@@ -168,16 +152,15 @@ def test_fgclip_eval_runs_the_released_sets(layout, tmp_path):
     CrossEncoderReranker(CrossEncoderRerankerConfig(image_width=32, text_width=32, hidden_size=16,
                                                     num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                                                     dropout=0.0)).save_pretrained(tmp_path / "reranker")
-    names = ["zero_icr", "zero_iqr", "zero_icm", "zero_iqm", "zero_flickr30k_cna"]
+    names = ["zero_icr", "zero_iqr", "zero_icm", "zero_iqm"]
     assert eval_main(["--model", str(tmp_path / "fgclip"), "--reranker", str(tmp_path / "reranker"),
                       "--datasets", ",".join(names), "--data-root", str(layout), "--output-dir", str(tmp_path / "out"),
                       "--device", "cpu", "--workers", "0", "--no-progress", "--rerank-top-k", "10"]) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]["fgclip"]
-    assert set(results) == {"retrieval/zero_icr", "retrieval/zero_iqr", "matching/zero_icm", "matching/zero_iqm",
-                            "retrieval/zero_flickr30k_cna"}
-    for label in ("retrieval/zero_icr", "retrieval/zero_iqr", "retrieval/zero_flickr30k_cna"):
+    assert set(results) == {"retrieval/zero_icr", "retrieval/zero_iqr", "matching/zero_icm", "matching/zero_iqm"}
+    for label in ("retrieval/zero_icr", "retrieval/zero_iqr"):
         assert {"i2t_r1", "t2i_r10", "mean_recall", "rerank_mean_recall"} <= set(results[label])
-    assert results["retrieval/zero_icr"]["num_texts"] == 5 and results["retrieval/zero_flickr30k_cna"]["num_images"] == 3
+    assert results["retrieval/zero_icr"]["num_texts"] == 5 and results["retrieval/zero_iqr"]["num_images"] == 3
 
     encoder = load_encoder(tmp_path / "fgclip")
     extractor = FeatureExtractor(encoder, batch_size=4, num_workers=0, progress=False)

@@ -57,8 +57,8 @@ from .retrieval import prepare_caption_file, prepare_dci, prepare_sharegpt4v, pr
 from .spec import DatasetSpec, EvalOptions, Prepared, ScoreContext
 from .templates import IMAGENET_TEMPLATES
 from .zeroshot import load_templates, prepare_image_folder, score_zeroshot
-from .zero import (prepare_flickr30k_cna, prepare_zero_icm, prepare_zero_icr, prepare_zero_iqm, prepare_zero_iqr,
-                   score_zero_matching, score_zero_retrieval)
+from .zero import (prepare_zero_icm, prepare_zero_icr, prepare_zero_iqm, prepare_zero_iqr, score_zero_matching,
+                   score_zero_retrieval)
 
 logger = logging.getLogger("fgclip.eval")
 
@@ -111,10 +111,6 @@ DATASETS: tuple[DatasetSpec, ...] = (
     DatasetSpec("zero_iqm", "matching", "matching/zero_iqm",
                 (("ann", "zero/IQM/val/short_itm_val.json"), ("images", "zero/IQR_IQM_ICR_ICM_images")),
                 "Zero IQM image-query matching (CCMB release), ROC AUC", prepare_zero_iqm, score_zero_matching),
-    DatasetSpec("zero_flickr30k_cna", "retrieval", "retrieval/zero_flickr30k_cna",
-                (("ann", "flickr30k_cna/test/flickr30k_cna_test.txt"), ("images", "flickr30k_cna/Flickr30k-images")),
-                "Flickr30k-CNA test (CCMB release), R@1/5/10 + mean recall", prepare_flickr30k_cna,
-                score_zero_retrieval),
     DatasetSpec("long_cn", "retrieval", "retrieval/long_cn", (("dir", "long_cn"),),
                 "LIT-CN / DCI-CN / DOCCI-CN long-caption retrieval as FG-CLIP 2's long_trans_cn.py (image<TAB>caption, "
                 "one benchmark per .txt)", prepare_long_cn_dir, score_chinese_retrieval),

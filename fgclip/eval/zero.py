@@ -8,13 +8,15 @@ Released layout (the repository's README; zero.so.com/detail.html gives the fiel
     IQR/val/short_itr_val.json        retrieval, JSON lines {"text", "image_path"} (short search queries)
     ICM/val/long_itm_val.json         matching, JSON lines {"text", "image_path", "label"}
     IQM/val/short_itm_val.json        matching, JSON lines {"text", "image_path", "label"}
-    Flickr30k-images/<id>.jpg         Flickr30k-CNA images
-    test/flickr30k_cna_test.txt       Flickr30k-CNA, lines "<image id>[#n]<TAB><caption>"
 
 As the authors' loaders: only the base name of ``image_path`` is used (looked up in the image
-folder), a Flickr30k-CNA image is ``<text before '#'>.jpg``, and captions of one image are grouped
-in first-seen order. The authors evaluate ICR / IQR on the ``val`` file (their ``test`` split
-reads it too), ICM / IQM on ``val``, Flickr30k-CNA on ``test``.
+folder) and captions of one image are grouped in first-seen order. The authors evaluate ICR / IQR
+on the ``val`` file (their ``test`` split reads it too), ICM / IQM on ``val``.
+
+Flickr30k-CNA, the fifth set, is released as a token file (``<image id>#n<TAB><caption>`` lines,
+images ``<image id>.jpg``), the layout FG-CLIP 2's script reads too: it is read and scored by
+:mod:`fgclip.eval.chinese` (benchmark ``flickr30k_cna``), whose R@1/5/10 equal the authors'
+``itm_eval`` for five captions per image (their mean is the paper's mean recall).
 
 Metrics, as the authors' scripts compute them:
 
@@ -22,8 +24,8 @@ Metrics, as the authors' scripts compute them:
   their mean, ``mean_recall`` (the paper's MR). Fractions here; the paper prints percentages. With
   a re-ranker, each query's ``top_k`` dual-encoder candidates are ordered by the cross encoders'
   mean matching probability *plus* the dual-encoder cosine (their ``compute_cross_score``), and
-  ``rerank_*`` recalls are added; their configs use ``top_k`` 64 for ICR / IQR, 128 for
-  Flickr30k-CNA (``--rerank-top-k``);
+  ``rerank_*`` recalls are added; their configs use ``top_k`` 64 for ICR / IQR
+  (``--rerank-top-k``);
 * matching (``train_r2d2_matching.py``): ROC AUC of the pairs' scores against the labels
   (:func:`fgclip.eval.matching.evaluate_matching`: the dual-encoder cosine, ``auc``, and with a
   re-ranker its mean matching probability, ``rerank_auc``, the authors' score).
@@ -84,26 +86,6 @@ def load_zero_matching(path: str | os.PathLike, image_root: str | os.PathLike, t
     if len(set(dataset.labels)) != 2:
         raise DataError(f"{path}: matching needs both matching (1) and non-matching (0) pairs")
     return dataset
-
-
-def load_flickr30k_cna(path: str | os.PathLike, image_root: str | os.PathLike,
-                       name: str = "flickr30k_cna") -> RetrievalSet:
-    """Flickr30k-CNA: ``<image id>[#n]<TAB><caption>`` lines, image ``<image id>.jpg``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    builder = _Builder()
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            fields = line.strip().split("\t")
-            if len(fields) < 2 or not fields[0].split("#")[0].strip() or not fields[1].strip():
-                raise DataError(f"{where}: expected '<image id>[#n]<TAB><caption>', got {line.strip()[:80]!r}")
-            image = resolve_image(image_root, f"{fields[0].split('#')[0].strip()}.jpg", where)
-            builder.add(image, [fields[1].strip()], where)
-    return builder.build(name, str(path), "short")
 
 
 def with_mean_recall(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
@@ -167,10 +149,6 @@ def prepare_zero_icm(spec, paths: dict, options) -> list[Prepared]:
 
 def prepare_zero_iqm(spec, paths: dict, options) -> list[Prepared]:
     return single(spec, load_zero_matching(paths["ann"], paths["images"], "short", "zero_iqm"))
-
-
-def prepare_flickr30k_cna(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_flickr30k_cna(paths["ann"], paths["images"]))
 
 
 def score_zero_retrieval(extractor, prepared: Prepared, context: ScoreContext) -> dict[str, dict[str, float]]:
