@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     vocab.add_argument("--vocab", help='comma-separated class names, e.g. "cat,red cup"')
     vocab.add_argument("--vocab-file", help="text file with one class name per line")
     templates = parser.add_mutually_exclusive_group()
-    templates.add_argument("--templates", choices=sorted(TEMPLATE_SETS), default="clipself", help="named template set")
+    templates.add_argument("--templates", choices=sorted(TEMPLATE_SETS), default="clipself", help="named template set: clipself (CLIPSelf's 63 prompts, the default) or fgclip (FG-CLIP's 20 short ones)")
     templates.add_argument("--templates-file", help="text file with one prompt template per line, '{}' = class name, "
                            "optionally '{article}' = a / an")
     parser.add_argument("--out", help="output .pt file")
