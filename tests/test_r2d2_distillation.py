@@ -130,7 +130,8 @@ def test_distilled_ranking_step_by_hand(batch_and_dual):
             mine = step.reranker(*image_args, texts.tokens[text : text + 1, keep], torch.ones(1, int(keep.sum())))
             theirs = teacher(*image_args, texts.tokens[text : text + 1, full], torch.ones(1, int(full.sum())))
             for name in ce:
-                target = 0.6 * F.one_hot(torch.tensor([label]), 2) + 0.4 * F.softmax(getattr(theirs, f"{name}_logits"), -1)
+                teacher_probabilities = F.softmax(getattr(theirs, f"{name}_logits"), -1)
+                target = 0.6 * F.one_hot(torch.tensor([label]), 2) + 0.4 * teacher_probabilities
                 ce[name].append(-(target * F.log_softmax(getattr(mine, f"{name}_logits"), -1)).sum())
                 squared[name].append(((getattr(mine, f"{name}_features") - getattr(theirs, f"{name}_features")) ** 2
                                       ).mean())

@@ -83,7 +83,8 @@ def soft_targets(hard: torch.Tensor, teacher_logits: torch.Tensor, weight: float
     return (1.0 - weight) * hard + weight * F.softmax(teacher_logits.detach().float(), dim=-1)
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over rows of ``-sum(targets * log_softmax(logits))`` (cross entropy when targets are one-hot);
     with per-row ``weights``, their weighted mean ``sum(w * ce) / sum(w)`` (``F.cross_entropy``'s class
     weights when the targets are one-hot and ``w`` is the weight of each row's class)."""

@@ -72,8 +72,9 @@ class RerankerForTraining(nn.Module):
     similarities, and each rank classifies its own B positive and 2 * B * negatives negative
     pairs with both cross encoders; the loss is the sum of their cross-entropies, the matching
     class weighted by the config's ``positive_weight`` (so 2 ranks equal 1 process on the joined
-    batch). R2D2's fine-tuning code draws 1 negative per direction and weighs positives 2. ``forward`` takes a :class:`~fgclip.data.FineHARDCollator`
-    batch (boxes and region texts are not used).
+    batch). R2D2's fine-tuning code draws 1 negative per direction and weighs positives 2.
+    ``forward`` takes a :class:`~fgclip.data.FineHARDCollator` batch (boxes and region texts are
+    not used).
 
     Options (the re-ranker config's fields by default):
 

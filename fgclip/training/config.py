@@ -40,8 +40,8 @@ MODEL_INITS = {name: ("config", family.base_init, "pretrained") for name, family
 # model.reranker: the caption kind it learns to match, hard negatives per positive, cross-encoder size,
 # R2D2's pre-ranking on the dual encoder and its two-way distillation (fgclip.rerank.distillation).
 RERANKER_KEYS = ("text_kind", "negatives", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                 "intermediate_size", "dropout", "positive_weight", "pre_ranking", "distill_momentum", "distill_target_weight",
-                 "distill_feature_weight", "distill_feature_mask_ratio")
+                 "intermediate_size", "dropout", "positive_weight", "pre_ranking", "distill_momentum",
+                 "distill_target_weight", "distill_feature_weight", "distill_feature_mask_ratio")
 SECTIONS = ("model", "data", "loss", "training")
 
 # TrainingArguments defaults of every recipe: the collator's keys are not forward()'s
