@@ -19,6 +19,14 @@ split is printed with the ratios.
 
     python bench/eval.py                     # 8 images x 10 boxes, best of 2
     python bench/eval.py --images 16 --repeats 3 --threads 2 --bf16
+
+With ``--upstream-src DIR --upstream-python PY`` it also times upstream FG-CLIP v1's own
+``fgovd_eval.py`` (run by ``bench/upstream_fgovd.py``) against the whole ``fgclip eval`` command,
+each as a fresh process, on the first ``--items`` items of FG-CLIP's released hard file
+(``--fgovd-file``, ``data/fgovd/h_attributes_llava.jsonl`` of the upstream checkout) with noise
+JPEG stand-ins at the recorded image sizes and one random ViT-B/16 checkpoint in the upstream
+layout (see `bench/fgovd_workload.py`); it prints the ratio, the image decode + resize share,
+the achieved GFLOP/s and the fraction of the machine's measured matmul rate.
 """
 from __future__ import annotations
 
@@ -121,7 +129,7 @@ def _requests(items: list[FGOVDItem]):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=8, help="images (each with --boxes-per-image boxes)")
     parser.add_argument("--boxes-per-image", type=int, default=10)
     parser.add_argument("--negatives", type=int, default=10, help="FG-OVD negatives per item")
@@ -134,9 +142,20 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for both ways")
     parser.add_argument("--repeats", type=int, default=2, help="measure each way N times, keep the fastest")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--upstream-src", help="upstream FG-CLIP checkout (branch v1.0): time its fgovd_eval.py")
+    parser.add_argument("--upstream-python", help="the Python that runs the upstream code (transformers 4.41)")
+    parser.add_argument("--fgovd-file", help="FG-CLIP's h_attributes_llava.jsonl (default: in --upstream-src)")
+    parser.add_argument("--items", type=int, default=150, help="first N items of --fgovd-file")
+    parser.add_argument("--skip-in-process", action="store_true", help="only the upstream comparison")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.upstream_src:
+        from fgovd_workload import compare_with_upstream
+
+        compare_with_upstream(args)
+        if args.skip_in_process:
+            return
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
 

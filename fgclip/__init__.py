@@ -1,30 +1,55 @@
-"""fgclip: fine-grained vision-language alignment (FG-CLIP) for PyTorch and transformers."""
-from transformers import AutoConfig, AutoModel
+"""fgclip: fine-grained vision-language alignment (FG-CLIP) for PyTorch and transformers.
 
-from .configuration_fgclip import FGCLIPConfig
-from .configuration_fgclip2 import FGCLIP2Config, FGCLIP2TextConfig, FGCLIP2VisionConfig
-from .modeling_fgclip import FGCLIPImageOutput, FGCLIPModel, FGCLIPOutput, interpolate_long_positions
-from .modeling_fgclip2 import FGCLIP2ImageOutput, FGCLIP2Model
-from .processing_fgclip import FGCLIPProcessor
-from .processing_fgclip2 import FGCLIP2Images, FGCLIP2Processor
+Names load on first use (``fgclip.FGCLIPModel`` imports torch, transformers and the model
+module then), so ``import fgclip`` and the ``fgclip`` command start at once; training,
+evaluation, curation, detection and the MLLM are separate modules imported only where used.
+Loading a model name registers both families with ``AutoConfig`` / ``AutoModel``.
+"""
+from __future__ import annotations
 
-AutoConfig.register(FGCLIPConfig.model_type, FGCLIPConfig)
-AutoModel.register(FGCLIPConfig, FGCLIPModel)
-AutoConfig.register(FGCLIP2Config.model_type, FGCLIP2Config)
-AutoModel.register(FGCLIP2Config, FGCLIP2Model)
+import importlib
 
-__all__ = [
-    "FGCLIP2Config",
-    "FGCLIP2ImageOutput",
-    "FGCLIP2Images",
-    "FGCLIP2Model",
-    "FGCLIP2Processor",
-    "FGCLIP2TextConfig",
-    "FGCLIP2VisionConfig",
-    "FGCLIPConfig",
-    "FGCLIPImageOutput",
-    "FGCLIPModel",
-    "FGCLIPOutput",
-    "FGCLIPProcessor",
-    "interpolate_long_positions",
-]
+_EXPORTS = {
+    "FGCLIPConfig": "configuration_fgclip",
+    "FGCLIP2Config": "configuration_fgclip2",
+    "FGCLIP2TextConfig": "configuration_fgclip2",
+    "FGCLIP2VisionConfig": "configuration_fgclip2",
+    "FGCLIPImageOutput": "modeling_fgclip",
+    "FGCLIPModel": "modeling_fgclip",
+    "FGCLIPOutput": "modeling_fgclip",
+    "interpolate_long_positions": "modeling_fgclip",
+    "FGCLIP2ImageOutput": "modeling_fgclip2",
+    "FGCLIP2Model": "modeling_fgclip2",
+    "FGCLIPProcessor": "processing_fgclip",
+    "FGCLIP2Images": "processing_fgclip2",
+    "FGCLIP2Processor": "processing_fgclip2",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def register_auto_classes() -> None:
+    """Register both model families with transformers' ``AutoConfig`` and ``AutoModel`` (idempotent)."""
+    from transformers import AutoConfig, AutoModel
+
+    from .configuration_fgclip import FGCLIPConfig
+    from .configuration_fgclip2 import FGCLIP2Config
+    from .modeling_fgclip import FGCLIPModel
+    from .modeling_fgclip2 import FGCLIP2Model
+
+    for config, model in ((FGCLIPConfig, FGCLIPModel), (FGCLIP2Config, FGCLIP2Model)):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+        AutoModel.register(config, model, exist_ok=True)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    register_auto_classes()
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -26,8 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
-from transformers import CLIPModel, CLIPTextModel, CLIPVisionModel
+from transformers import AttentionInterface, AutoConfig, AutoModel, CLIPModel, CLIPTextModel, CLIPVisionModel
 from transformers import initialization as init
+from transformers.activations import QuickGELUActivation
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.clip.modeling_clip import CLIPPreTrainedModel, CLIPTextEmbeddings
 from transformers.utils import ModelOutput
 
@@ -98,6 +101,59 @@ def interpolate_long_positions(short_table: torch.Tensor, keep: int, stretch: in
     slope = short_table[-1] - short_table[-2]
     tail = short_table[-1][None] + steps[:, None] * slope[None]
     return torch.cat([short_table[:keep], middle.flatten(0, 1), tail])
+
+
+def sdpa_or_math_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, is_causal=None,
+                           **kwargs):
+    """transformers' ``sdpa`` attention, except on the CPU where gradients flow.
+
+    There the fused CPU kernel's backward is slow (in bf16 about 15x its own forward for many
+    short causal sequences), so the math path runs: matmul, float32 softmax, matmul. Inference
+    and every other device call ``sdpa`` unchanged (CUDA keeps flash attention), so features
+    without gradients are bit for bit those of ``sdpa``.
+    """
+    if query.device.type != "cpu" or not (torch.is_grad_enabled() and query.requires_grad):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    causal = module.is_causal if is_causal is None else is_causal
+    if attention_mask is not None:
+        scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
+                  else scores + attention_mask)
+    elif causal and query.shape[2] > 1:
+        future = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    weights = F.dropout(scores.softmax(dim=-1, dtype=torch.float32).to(value.dtype), p=dropout,
+                        training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
+
+
+# Registered under its own name (masks as for sdpa); FGCLIPModel selects it where sdpa was chosen.
+SDPA_OR_MATH = "sdpa_cpu_math_backward"
+AttentionInterface.register(SDPA_OR_MATH, sdpa_or_math_attention)
+AttentionMaskInterface.register(SDPA_OR_MATH, sdpa_mask)
+
+
+class QuickGELU(nn.Module):
+    """CLIP's ``x * sigmoid(1.702 x)``. Where gradients flow it runs as ``silu(1.702 x) / 1.702``,
+    the same function with a fused kernel (about half the elementwise time forward and backward,
+    equal up to rounding); inference keeps the exact formula, so features do not move."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            return F.silu(hidden * 1.702) / 1.702
+        return hidden * torch.sigmoid(1.702 * hidden)
+
+
+def use_training_kernels(model: CLIPPreTrainedModel, towers: Sequence[nn.Module]) -> None:
+    """The attention and activation choices above for ``towers`` (CLIP encoders): attention only
+    where ``sdpa`` was chosen (an explicit ``attn_implementation`` stays), QuickGELU where used."""
+    if model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation(SDPA_OR_MATH)
+    for tower in towers:
+        for layer in tower.encoder.layers:
+            if isinstance(layer.mlp.activation_fn, QuickGELUActivation):
+                layer.mlp.activation_fn = QuickGELU()
 
 
 class LongPositionEmbeddings:
@@ -217,6 +273,7 @@ class FGCLIPModel(CLIPPreTrainedModel):
         long_ids = torch.arange(config.long_text_length) + config.short_text_length
         self.long_position_ids = nn.Buffer(long_ids[None], persistent=False)
         self.post_init()
+        use_training_kernels(self, (self.text_model, self.vision_model))
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -616,3 +673,7 @@ def check_boxes(boxes: list[torch.Tensor], num_images: int, height: int, width: 
                 raise ValueError(f"{where}: outside the {width}x{height} image")
         checked.append(image_boxes)
     return checked
+
+
+AutoConfig.register(FGCLIPConfig.model_type, FGCLIPConfig, exist_ok=True)
+AutoModel.register(FGCLIPConfig, FGCLIPModel, exist_ok=True)

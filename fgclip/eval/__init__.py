@@ -4,55 +4,64 @@ Each benchmark has a reader for its public file format and an ``evaluate_*`` fun
 a :class:`FeatureExtractor` (batched, one backbone pass per image, each distinct text once,
 sharded over ``torch.distributed`` ranks). :func:`run_evaluation` / ``tools/eval_fgclip.py``
 run everything found under a data root and write ``results.json`` and a markdown table.
+Names load on first use, so importing one benchmark module does not import the others.
 """
-from .boxcls import BoxClassificationSet, evaluate_boxcls, load_coco_boxes, load_lvis_boxes, load_openimages_boxes
-from .common import DataError, ImageRequest, RegionRequests
-from .features import FeatureExtractor, RegionFeatures
-from .fgovd import FGOVD_SUBSETS, FGOVDBenchmark, FGOVDItem, evaluate_fgovd, find_fgovd_files, load_fgovd
-from .metrics import classification_ranks, multiple_choice_accuracy, retrieval_recall, target_ranks, topk_accuracy
-from .retrieval import RetrievalSet, evaluate_retrieval, load_caption_file, load_dci, load_sharegpt4v, load_tsv
-from .runner import DATASETS, EvalOptions, RunConfig, markdown_table, prepare, run_evaluation
-from .templates import IMAGENET_CLASSNAMES, IMAGENET_TEMPLATES
-from .zeroshot import ClassificationSet, build_classifier, evaluate_zeroshot, load_image_folder
+from __future__ import annotations
 
-__all__ = [
-    "BoxClassificationSet",
-    "ClassificationSet",
-    "DATASETS",
-    "DataError",
-    "EvalOptions",
-    "FGOVDBenchmark",
-    "FGOVDItem",
-    "FGOVD_SUBSETS",
-    "FeatureExtractor",
-    "IMAGENET_CLASSNAMES",
-    "IMAGENET_TEMPLATES",
-    "ImageRequest",
-    "RegionFeatures",
-    "RegionRequests",
-    "RetrievalSet",
-    "RunConfig",
-    "build_classifier",
-    "classification_ranks",
-    "evaluate_boxcls",
-    "evaluate_fgovd",
-    "evaluate_retrieval",
-    "evaluate_zeroshot",
-    "find_fgovd_files",
-    "load_caption_file",
-    "load_coco_boxes",
-    "load_dci",
-    "load_fgovd",
-    "load_image_folder",
-    "load_lvis_boxes",
-    "load_openimages_boxes",
-    "load_sharegpt4v",
-    "load_tsv",
-    "markdown_table",
-    "multiple_choice_accuracy",
-    "prepare",
-    "retrieval_recall",
-    "run_evaluation",
-    "target_ranks",
-    "topk_accuracy",
-]
+import importlib
+
+_EXPORTS = {
+    "BoxClassificationSet": "boxcls",
+    "evaluate_boxcls": "boxcls",
+    "load_coco_boxes": "boxcls",
+    "load_lvis_boxes": "boxcls",
+    "load_openimages_boxes": "boxcls",
+    "DataError": "common",
+    "ImageRequest": "common",
+    "RegionRequests": "common",
+    "FeatureExtractor": "features",
+    "RegionFeatures": "features",
+    "FGOVD_SUBSETS": "fgovd",
+    "FGOVDBenchmark": "fgovd",
+    "FGOVDItem": "fgovd",
+    "evaluate_fgovd": "fgovd",
+    "find_fgovd_files": "fgovd",
+    "load_fgovd": "fgovd",
+    "classification_ranks": "metrics",
+    "multiple_choice_accuracy": "metrics",
+    "retrieval_recall": "metrics",
+    "target_ranks": "metrics",
+    "topk_accuracy": "metrics",
+    "RetrievalSet": "retrieval",
+    "evaluate_retrieval": "retrieval",
+    "load_caption_file": "retrieval",
+    "load_dci": "retrieval",
+    "load_sharegpt4v": "retrieval",
+    "load_tsv": "retrieval",
+    "DATASETS": "runner",
+    "EvalOptions": "runner",
+    "RunConfig": "runner",
+    "markdown_table": "runner",
+    "prepare": "runner",
+    "run_evaluation": "runner",
+    "IMAGENET_CLASSNAMES": "templates",
+    "IMAGENET_TEMPLATES": "templates",
+    "ClassificationSet": "zeroshot",
+    "build_classifier": "zeroshot",
+    "evaluate_zeroshot": "zeroshot",
+    "load_image_folder": "zeroshot",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

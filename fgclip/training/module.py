@@ -11,6 +11,31 @@ import torch
 from torch import nn
 
 
+def length_buckets(widths: list[int], overhead_tokens: int) -> list[tuple[int, int]]:
+    """Cut texts sorted by width into contiguous buckets, each padded to its widest text, at the least
+    cost ``sum(rows * width) + overhead_tokens * buckets`` (exact, over the distinct widths).
+
+    Args:
+        widths: each text's tokens, ascending.
+        overhead_tokens: the fixed cost of one more text-tower call, in tokens.
+    Returns:
+        ``(start, end)`` row ranges covering ``0..len(widths)``.
+    """
+    ends = [end for end in range(1, len(widths) + 1) if end == len(widths) or widths[end] != widths[end - 1]]
+    best = [(0.0, -1)]  # best[j]: (cost of rows before ends[j - 1], previous cut)
+    for j, end in enumerate(ends):
+        candidates = []
+        for i in range(j + 1):
+            start = ends[i - 1] if i else 0
+            candidates.append((best[i][0] + (end - start) * widths[end - 1] + overhead_tokens, i))
+        best.append(min(candidates))
+    bounds, j = [], len(ends)
+    while j:
+        i = best[j][1]
+        bounds.append((ends[i - 1] if i else 0, ends[j - 1]))
+        j = i
+    return bounds[::-1]
+
 
 def select_slots(
     short_text_inverse: torch.Tensor, short_text_ranges: dict[str, tuple[int, int]], kinds: list[str]
@@ -76,6 +101,9 @@ class FGCLIPForTraining(nn.Module):
 
     # The loss is a per-batch mean: HF Trainer must not pass `num_items_in_batch` to forward.
     accepts_loss_kwargs = False
+    # Fixed cost of one more short-path text-tower call, in tokens, by device type, when bucketing
+    # texts by length (CPU: about 12 layers x 40 small ops; GPU: kernel launches dominate short texts).
+    bucket_overhead_tokens = {"cpu": 64, "cuda": 4096}
 
     def __init__(self, model: nn.Module, loss: nn.Module, regional: bool = False, hard_negatives: bool = False):
         super().__init__()
@@ -126,7 +154,7 @@ class FGCLIPForTraining(nn.Module):
         kinds = ["short"] + ["region"] * self.regional + ["hard_negative"] * self.hard_negatives
         texts = self.encode_short_path(short_input_ids, short_attention_mask, short_text_inverse, short_text_ranges,
                                        kinds)
-        self.text_tower_calls += 2
+        self.text_tower_calls += 1
 
         extra = {}
         if needs_regions:
@@ -144,22 +172,42 @@ class FGCLIPForTraining(nn.Module):
         short_text_ranges: dict[str, tuple[int, int]],
         kinds: list[str],
     ) -> dict[str, torch.Tensor]:
-        """Embed the short-path texts of ``kinds`` in one text-tower call.
+        """Embed the short-path texts of ``kinds``, bucketed by length.
 
         Only the unique rows that the slots of ``kinds`` refer to are encoded (stage 1 leaves
-        the batch's region and negative texts out), cut to the model's shortest equivalent
-        padding (``model.trim_padding``); hard-negative candidates take the region head.
+        the batch's region and negative texts out). Where the model pools a position that
+        padding does not reach (``model.trim_padding`` shortens a text to its own tokens, as
+        FG-CLIP's first-eos pooling under the causal mask does), the texts are sorted by length
+        (``short_attention_mask``) and cut into the buckets of :func:`length_buckets`, each
+        padded only to its own longest text; otherwise they go in one call. Hard-negative
+        candidates take the region head.
 
         Returns:
             ``{kind: (slots of kind, D)}`` in slot order.
         """
         model = self.model
         rows, position, sizes = select_slots(short_text_inverse, short_text_ranges, kinds)
+        input_ids = short_input_ids[rows]
         mask = None if short_attention_mask is None else short_attention_mask[rows]
-        input_ids, mask = model.trim_padding(short_input_ids[rows], mask)
-        pooled = model.pooled_text(input_ids, mask)[position]
+        pooled = self._pooled_by_length(input_ids, mask)[position]
         heads = {"short": "short", "region": "region", "hard_negative": "region"}
         return {kind: model.project_text(part, heads[kind]) for kind, part in zip(kinds, pooled.split(sizes))}
+
+    def _pooled_by_length(self, input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(T, C) pooled states of the rows of ``input_ids``, in row order, from length buckets."""
+        model = self.model
+        if mask is not None:
+            widths, order = torch.sort(mask.sum(dim=1), stable=True)
+        if mask is None or model.trim_padding(input_ids[order[:1]])[0].shape[1] == input_ids.shape[1]:
+            self.text_tower_calls += 1  # no lengths, or nothing to trim: one call
+            return model.pooled_text(*model.trim_padding(input_ids, mask))
+        overhead = self.bucket_overhead_tokens.get(input_ids.device.type, max(self.bucket_overhead_tokens.values()))
+        pieces = []
+        for start, end in length_buckets(widths.tolist(), overhead):
+            bucket = order[start:end]
+            pieces.append(model.pooled_text(*model.trim_padding(input_ids[bucket], mask[bucket])))
+        self.text_tower_calls += len(pieces)
+        return torch.cat(pieces)[torch.argsort(order)]
 
 
 # The step of FG-CLIP 2 is the same class; this name stays for existing imports.

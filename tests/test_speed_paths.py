@@ -1,0 +1,216 @@
+"""The fast paths give the plain paths' numbers: math-path attention and fused QuickGELU where
+gradients flow on the CPU, short-path texts bucketed by length; inference stays bit for bit."""
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.activations import QuickGELUActivation
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from fgclip import FGCLIPModel
+from fgclip.losses import FGCLIPLoss
+from fgclip.modeling_fgclip import SDPA_OR_MATH, QuickGELU, sdpa_or_math_attention
+from fgclip.testing import tiny_config
+from fgclip.training import FGCLIPForTraining
+from fgclip.training.module import length_buckets
+
+BOS, EOS = 49406, 49407
+
+
+class Attention(torch.nn.Module):
+    """Stands in for a transformers attention module (the fields the attention functions read)."""
+
+    def __init__(self, is_causal: bool):
+        super().__init__()
+        self.is_causal = is_causal
+
+
+def plain(model: FGCLIPModel) -> FGCLIPModel:
+    """transformers' own kernels: sdpa attention, its QuickGELU."""
+    model.set_attn_implementation("sdpa")
+    for tower in (model.text_model, model.vision_model):
+        for layer in tower.encoder.layers:
+            layer.mlp.activation_fn = QuickGELUActivation()
+    return model
+
+
+def tiny_model(seed: int = 0) -> FGCLIPModel:
+    torch.manual_seed(seed)
+    return FGCLIPModel(tiny_config(num_layers=2))
+
+
+def texts(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids padded with eos to the longest, and the attention mask (1 on bos..eos)."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), EOS)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        ids[row, 0] = BOS
+        ids[row, 1:length - 1] = torch.randint(1, 49400, (length - 2,), generator=generator)
+        mask[row, :length] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("case", ["causal", "full", "bool mask", "float mask"])
+def test_attention_math_path_equals_sdpa_forward_and_backward(case):
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(3, 2, 7, 8, generator=generator) for _ in range(3))
+    module = Attention(is_causal=case == "causal")
+    mask = None
+    if case == "bool mask":
+        mask = torch.rand(3, 1, 7, 7, generator=generator) > 0.3
+        mask[..., 0] = True  # every query sees a key
+    if case == "float mask":
+        mask = torch.randn(3, 1, 7, 7, generator=generator)
+    results = []
+    for function in (sdpa_attention_forward, sdpa_or_math_attention):
+        inputs = [tensor.clone().requires_grad_() for tensor in (query, key, value)]
+        output, _ = function(module, *inputs, mask, scaling=0.3, is_causal=case == "causal")
+        output.square().sum().backward()
+        results.append([output.detach()] + [tensor.grad for tensor in inputs])
+    for reference, fast in zip(*results):
+        torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_without_gradients_is_sdpa_bit_for_bit():
+    generator = torch.Generator().manual_seed(1)
+    query, key, value = (torch.randn(4, 2, 9, 8, generator=generator) for _ in range(3))
+    module = Attention(is_causal=True)
+    with torch.no_grad():
+        fast, _ = sdpa_or_math_attention(module, query, key, value, None, scaling=0.125, is_causal=True)
+        reference, _ = sdpa_attention_forward(module, query, key, value, None, scaling=0.125, is_causal=True)
+    assert torch.equal(fast, reference)
+
+
+def test_quick_gelu_fused_form_equals_clip_formula_with_gradient():
+    hidden = torch.linspace(-8, 8, 1001, dtype=torch.float64)
+    exact_input = hidden.clone().requires_grad_()
+    exact = exact_input * torch.sigmoid(1.702 * exact_input)
+    exact.sum().backward()
+    fast_input = hidden.clone().requires_grad_()
+    fast = QuickGELU()(fast_input)
+    fast.sum().backward()
+    torch.testing.assert_close(fast, exact, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast_input.grad, exact_input.grad, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        assert torch.equal(QuickGELU()(hidden.float()), QuickGELUActivation()(hidden.float()))
+
+
+def test_model_selects_the_training_kernels_and_keeps_an_explicit_choice():
+    model = tiny_model()
+    assert model.text_model.config._attn_implementation == SDPA_OR_MATH
+    assert model.vision_model.config._attn_implementation == SDPA_OR_MATH
+    assert all(isinstance(layer.mlp.activation_fn, QuickGELU) for layer in model.text_model.encoder.layers)
+    eager = FGCLIPModel._from_config(tiny_config(), attn_implementation="eager")
+    assert eager.text_model.config._attn_implementation == "eager"
+
+
+def test_inference_features_do_not_move():
+    """Without gradients the default model and one on transformers' kernels agree bit for bit."""
+    fast, reference = tiny_model(), plain(tiny_model())
+    ids, _ = texts([5, 9, 17, 3, 77])
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    boxes = [torch.tensor([[0.0, 0.0, 16.0, 20.0]]), torch.tensor([[4.0, 8.0, 30.0, 31.0]])]
+    with torch.no_grad():
+        for model_a, model_b in [(fast, reference)]:
+            assert torch.equal(model_a.get_text_features(ids), model_b.get_text_features(ids))
+            out_a, out_b = model_a.encode_image(pixels, boxes=boxes), model_b.encode_image(pixels, boxes=boxes)
+            for name in ("image_embeds", "dense_features", "region_embeds"):
+                assert torch.equal(getattr(out_a, name), getattr(out_b, name))
+
+
+def brute_force_cost(widths: list[int], overhead: int) -> int:
+    best = None
+    for cuts in itertools.product([False, True], repeat=len(widths) - 1):
+        cost, start = 0, 0
+        for index, cut in enumerate(list(cuts) + [True]):
+            if cut:
+                cost += (index + 1 - start) * widths[index] + overhead
+                start = index + 1
+        best = cost if best is None else min(best, cost)
+    return best
+
+
+def test_length_buckets_are_the_cheapest_cut():
+    rng = random.Random(0)
+    for _ in range(60):
+        widths = sorted(rng.choice([3, 4, 5, 9, 12, 30, 77]) for _ in range(rng.randint(1, 10)))
+        overhead = rng.choice([0, 5, 40, 1000])
+        bounds = length_buckets(widths, overhead)
+        assert bounds[0][0] == 0 and bounds[-1][1] == len(widths)
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        cost = sum((end - start) * widths[end - 1] + overhead for start, end in bounds)
+        assert cost == brute_force_cost(widths, overhead)
+
+
+def stage2_batch(lengths: list[int]) -> dict:
+    """4 images, 2 boxes each, one group of 1 + 3 candidates per box; short-path texts of ``lengths``."""
+    generator = torch.Generator().manual_seed(3)
+    short_ids, short_mask = texts(lengths, seed=4)
+    long_ids, long_mask = texts([40, 12, 60, 25], seed=5)
+    slots = 4 + 8 + 8 * 4
+    assert len(lengths) >= slots
+    return {
+        "pixel_values": torch.randn(4, 3, 32, 32, generator=generator),
+        "long_input_ids": long_ids, "long_attention_mask": long_mask,
+        "short_input_ids": short_ids, "short_attention_mask": short_mask,
+        "short_text_inverse": torch.randperm(len(lengths), generator=generator)[:slots],
+        "short_text_ranges": {"short": (0, 4), "region": (4, 12), "hard_negative": (12, slots)},
+        "boxes": [torch.tensor([[0.0, 0.0, 16.0, 20.0], [4.0, 8.0, 30.0, 31.0]])] * 4,
+        "hard_negative_region_index": torch.arange(8),
+    }
+
+
+def run_step(step: FGCLIPForTraining, batch: dict) -> tuple[torch.Tensor, dict]:
+    step.model.zero_grad(set_to_none=True)
+    loss = step(**batch)["loss"]
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in step.model.named_parameters() if p.grad is not None}
+
+
+def test_bucketed_step_equals_plain_one_call_step_in_fp32():
+    lengths = [4] * 20 + [9] * 10 + [31] * 8 + [70] * 10
+    batch = stage2_batch(lengths)
+    fast = FGCLIPForTraining(tiny_model(), FGCLIPLoss(), regional=True, hard_negatives=True)
+    fast.bucket_overhead_tokens = {"cpu": 16}
+    reference = FGCLIPForTraining(plain(tiny_model()), FGCLIPLoss(), regional=True, hard_negatives=True)
+    plain_batch = {**batch, "short_attention_mask": None}  # no lengths: one call padded to the longest
+    loss, grads = run_step(fast, batch)
+    reference_loss, reference_grads = run_step(reference, plain_batch)
+    assert fast.text_tower_calls >= 1 + 3 and reference.text_tower_calls == 2
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == reference_grads.keys()
+    for name, grad in grads.items():  # to ~1e-6 of each gradient's scale (summation order differs)
+        scale = max(float(reference_grads[name].abs().max()), 1.0)  # key biases: zero up to rounding
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=2e-6 * scale, msg=name)
+
+
+def test_bucketed_short_path_equals_each_text_alone_at_full_length():
+    lengths = [3, 77, 5, 5, 40, 12, 3, 60, 8, 8, 8, 20] * 4
+    batch = stage2_batch(lengths)
+    step = FGCLIPForTraining(tiny_model(), FGCLIPLoss(), regional=True, hard_negatives=True)
+    step.bucket_overhead_tokens = {"cpu": 0}
+    with torch.no_grad():
+        texts_by_kind = step.encode_short_path(batch["short_input_ids"], batch["short_attention_mask"],
+                                               batch["short_text_inverse"], batch["short_text_ranges"],
+                                               ["short", "region", "hard_negative"])
+        full = F.pad(batch["short_input_ids"], (0, 77 - batch["short_input_ids"].shape[1]), value=EOS)
+        for kind, head in (("short", "short"), ("region", "region"), ("hard_negative", "region")):
+            rows = batch["short_text_inverse"][slice(*batch["short_text_ranges"][kind])]
+            alone = torch.cat([step.model.get_text_features(full[row][None], text_kind=head) for row in rows])
+            torch.testing.assert_close(texts_by_kind[kind], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_one_call_when_the_model_cannot_trim():
+    """All texts at the model's full length (nothing to trim): one short-path call."""
+    batch = stage2_batch([77] * 44)
+    step = FGCLIPForTraining(tiny_model(), FGCLIPLoss(), regional=True, hard_negatives=True)
+    with torch.no_grad():
+        step.encode_short_path(batch["short_input_ids"], batch["short_attention_mask"], batch["short_text_inverse"],
+                               batch["short_text_ranges"], ["short", "region", "hard_negative"])
+    assert step.text_tower_calls == 1
