@@ -72,17 +72,21 @@ HUB_KEYWORDS = ("cache_dir", "force_download", "local_files_only", "token", "rev
 
 def stored_parameter_names(path: str | os.PathLike, **hub_kwargs) -> set[str]:
     """Parameter names stored in a checkpoint (a directory or hub id), read without loading tensors;
-    empty when no safetensors weights are found."""
+    empty when no weights file is found."""
     from safetensors import safe_open
     from transformers.utils import cached_file
 
-    for name in ("model.safetensors.index.json", "model.safetensors"):
-        resolved = cached_file(str(path), name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                 "pytorch_model.bin"):
+        resolved = cached_file(str(path), name, _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False, **hub_kwargs)
         if resolved is None:
             continue
         if name.endswith(".json"):
             with open(resolved, encoding="utf-8") as handle:
                 return set(json.load(handle).get("weight_map", {}))
+        if name.endswith(".bin"):
+            return set(torch.load(resolved, map_location="meta", weights_only=True, mmap=True))
         with safe_open(resolved, framework="pt") as handle:
             return set(handle.keys())
     return set()

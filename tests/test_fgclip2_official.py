@@ -102,6 +102,11 @@ def test_official_checkpoint_loads_every_weight_and_the_temperatures(model, tmp_
     again = load_file(tmp_path / "model.safetensors")
     assert set(again) == set(stored)
     assert again["logit_scale_hardneg"].item() == pytest.approx(4.6052)
+    as_bin = tmp_path / "bin"  # the same weights as pytorch_model.bin
+    as_bin.mkdir()
+    torch.save(stored, as_bin / "pytorch_model.bin")
+    (as_bin / "config.json").write_text((DATA / "config.json").read_text())
+    assert FGCLIP2Model.from_pretrained(as_bin).logit_scale_finegraind.item() == pytest.approx(4.6052)
 
 
 # ---------------------------------------------------------------------------------------- features
