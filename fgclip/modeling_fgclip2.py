@@ -538,12 +538,15 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         text_kind: str = "short",
         *,
+        walk_type: str | None = None,
         kind: str | None = None,
         **batch_keys,
     ) -> FGCLIPOutput:
-        """Sigmoid-loss logits ``exp(t) * <text, image> + b`` between B images and T texts of one kind."""
+        """Sigmoid-loss logits ``exp(t) * <text, image> + b`` between B images and T texts of one kind
+        (``text_kind``, or the official ``walk_type``)."""
         if isinstance(attention_mask, str) or kind is not None:
             attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
+        text_kind = resolve_text_kind(text_kind, walk_type)
         ignore_batch_keys(batch_keys, ("boxes", "image_sizes"), "forward")
         image_embeds = self.get_image_features(pixel_values, pixel_attention_mask, spatial_shapes, normalize=True)
         text_embeds = self.get_text_features(input_ids, attention_mask, text_kind, normalize=True)

@@ -173,4 +173,6 @@ def test_forward_logits_box_path(model, processor, expected, meta):
     del batch["attention_mask"]  # the reference forward was called with input ids alone (every token attended)
     with torch.no_grad():
         logits = model(**batch).logits_per_image
+        official = model(**{**batch, "text_kind": "short"}, walk_type="box").logits_per_image
     torch.testing.assert_close(logits, expected["forward.box.logits_per_image"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(official, logits, rtol=0, atol=0)
