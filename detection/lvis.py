@@ -23,6 +23,7 @@ from pycocotools import mask as mask_utils
 from mmdet.registry import DATASETS, METRICS
 
 from .datasets import OVCocoDataset
+from .metrics import prediction_arrays
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
@@ -211,16 +212,7 @@ class OVLVISMetric(BaseMetric):
         self.ann_file = ann_file
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
-        for sample in data_samples:
-            pred = sample["pred_instances"]
-            self.results.append(
-                {
-                    "img_id": int(sample["img_id"]),
-                    "bboxes": pred["bboxes"].detach().cpu().float().numpy(),
-                    "scores": pred["scores"].detach().cpu().float().numpy(),
-                    "labels": pred["labels"].detach().cpu().numpy(),
-                }
-            )
+        self.results.extend(prediction_arrays(sample) for sample in data_samples)
 
     def compute_metrics(self, results: list[dict]) -> dict[str, float]:
         if self.dataset_meta is None or "classes" not in self.dataset_meta:

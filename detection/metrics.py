@@ -63,6 +63,17 @@ def per_class_ap50(coco_gt: COCO, detections: list[dict], cat_ids: Sequence[int]
     return ap
 
 
+
+def prediction_arrays(sample: dict) -> dict:
+    """One image's detections as CPU numpy arrays: ``img_id``, ``bboxes`` (N, 4), ``scores``, ``labels``."""
+    pred = sample["pred_instances"]
+    return {
+        "img_id": int(sample["img_id"]),
+        "bboxes": pred["bboxes"].detach().cpu().float().numpy(),
+        "scores": pred["scores"].detach().cpu().float().numpy(),
+        "labels": pred["labels"].detach().cpu().numpy(),
+    }
+
 @METRICS.register_module()
 class OVCocoAP50Metric(BaseMetric):
     """AP50 of the novel classes, the base classes and all classes (in percent).
@@ -95,16 +106,7 @@ class OVCocoAP50Metric(BaseMetric):
         self.classwise = classwise
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
-        for sample in data_samples:
-            pred = sample["pred_instances"]
-            self.results.append(
-                {
-                    "img_id": int(sample["img_id"]),
-                    "bboxes": pred["bboxes"].detach().cpu().float().numpy(),
-                    "scores": pred["scores"].detach().cpu().float().numpy(),
-                    "labels": pred["labels"].detach().cpu().numpy(),
-                }
-            )
+        self.results.extend(prediction_arrays(sample) for sample in data_samples)
 
     def compute_metrics(self, results: list[dict]) -> dict[str, float]:
         if self.dataset_meta is None or "classes" not in self.dataset_meta:
