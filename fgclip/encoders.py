@@ -217,7 +217,11 @@ def check_safetensors(path: str | os.PathLike) -> None:
 
 
 def check_checkpoint_files(directory: str | os.PathLike) -> None:
-    """Every ``*.safetensors`` file of a local checkpoint directory is complete (see :func:`check_safetensors`)."""
+    """A local checkpoint directory holds weights, and every ``*.safetensors`` file of it is complete
+    (see :func:`check_safetensors`)."""
+    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if not any(Path(directory, name).is_file() for name in names):
+        raise CheckpointError(directory, f"no weights ({', '.join(names[::2])} or an index of shards)")
     for path in sorted(Path(directory).glob("*.safetensors")):
         check_safetensors(path)
 
@@ -244,7 +248,9 @@ def locate_config(path: str | os.PathLike) -> Path:
         if not config_file.is_file():
             raise CheckpointError(path, "no config.json (expected a transformers checkpoint directory)")
         return config_file
-    if Path(path).exists() or not HUB_ID.match(str(path)) or ".." in str(path):
+    if Path(path).exists():
+        raise CheckpointError(path, "not a directory (a checkpoint is a directory holding config.json)")
+    if not HUB_ID.match(str(path)) or ".." in str(path):
         raise CheckpointError(path, "checkpoint directory not found")
     try:
         return Path(cached_file(str(path), "config.json"))

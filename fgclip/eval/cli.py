@@ -41,13 +41,21 @@ def _comma_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def _task_list(value: str) -> list[str]:
+    tasks = _comma_list(value)
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown or not tasks:
+        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown}; expected some of {', '.join(TASKS)}")
+    return tasks
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the evaluation options to ``parser``."""
     parser.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
                         help="checkpoint directory; repeat to evaluate models side by side")
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="auto",
                         help="fgclip, fgclip2, clip (plain transformers CLIP baseline) or auto-detect (default)")
-    parser.add_argument("--tasks", type=_comma_list, default=list(TASKS),
+    parser.add_argument("--tasks", type=_task_list, default=list(TASKS),
                         help=f"comma-separated tasks (default: {','.join(TASKS)})")
     parser.add_argument("--datasets", type=_comma_list, default=None,
                         help="comma-separated benchmark names (see --list-datasets); absent files are then errors")
@@ -132,6 +140,8 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise ConfigError("fgclip eval: give at least one --model")
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise ConfigError(f"--data-root {args.data_root}: directory not found")
     allow_outside_root(args.allow_outside_root)
     device = resolve_device(args.device)
     started_group = False

@@ -347,6 +347,8 @@ def build_step(config: TrainConfig, model) -> FGCLIPForTraining | RerankerForTra
 
 def build_dataset(config: TrainConfig, processor, seed: int):
     data = config.data
+    if data.shards and config.training.get("max_steps", -1) <= 0:
+        raise ConfigError(f"{config.source}: data.shards: a shard stream has no length; set training.max_steps")
     if data.shards:
         return FineHARDShardDataset(data.train, processor, data.max_boxes, seed=seed,
                                     shuffle_shards=True, skip_bad_records=data.skip_bad_records)
