@@ -54,7 +54,9 @@ def model_dir(tmp_path_factory):
 def damaged_copy(model_dir: Path, tmp_path: Path, damage: str) -> Path:
     directory = tmp_path / f"model-{damage}"
     shutil.copytree(model_dir, directory)
-    if damage == "config":
+    if damage == "noweights":
+        (directory / "model.safetensors").unlink()
+    elif damage == "config":
         (directory / "config.json").write_text('{"model_type": "fgclip",\n  "projection_dim": 32,,\n}')
     else:
         weights = directory / "model.safetensors"
@@ -77,6 +79,12 @@ FGCLIP_CASES = {  # name -> (argv, expected error line); {image}, {model}, {tmp}
     "corrupt config.json": (["score", "{image}", "--box", "0,0,4,4", "--text", "a", "--model", "{tmp}/model-config"],
                             "error: {tmp}/model-config/config.json:2: not valid JSON (Expecting property name "
                             "enclosed in double quotes, column 24)"),
+    "model given as a file": (["score", "{image}", "--box", "0,0,4,4", "--text", "a", "--model", "{image}"],
+                              "error: {image}: not a directory (a checkpoint is a directory holding config.json)"),
+    "checkpoint without weights": (["score", "{image}", "--box", "0,0,4,4", "--text", "a", "--model",
+                                    "{tmp}/model-noweights"],
+                                   "error: {tmp}/model-noweights: no weights (model.safetensors, pytorch_model.bin or "
+                                   "an index of shards)"),
     "truncated safetensors": (["score", "{image}", "--box", "0,0,4,4", "--text", "a", "--model",
                                "{tmp}/model-weights"],
                               "error: {tmp}/model-weights/model.safetensors: truncated safetensors file: "),
@@ -91,6 +99,7 @@ def test_fgclip_command_bad_input(case, model_dir, tmp_path, capsys):
     (tmp_path / "empty.png").write_bytes(b"")
     damaged_copy(model_dir, tmp_path, "config")
     damaged_copy(model_dir, tmp_path, "weights")
+    damaged_copy(model_dir, tmp_path, "noweights")
     fill = {"image": model_dir / "scene.png", "model": model_dir, "tmp": tmp_path}
     argv = [argument.format(**fill) for argument in argv]
     if "--model" not in argv:
@@ -180,6 +189,11 @@ def test_training_command_bad_input(shapes, tmp_path, capsys):
          f"{REPO}/configs/fgclip/shapes_stage2.yaml; give stage-2 data or set loss.regional=false"),
         (train_argv(shapes, shapes / "train.jsonl", tmp_path, "model.init=pretrained", f"model.path={tmp_path}/no/run"),
          f"error: {tmp_path}/no/run: checkpoint directory not found"),
+        (train_argv(shapes, shapes / "train.jsonl", tmp_path, f"data.train={tmp_path}/s-{{0..1}}.tar", "data.shards=true"),
+         f"error: {tmp_path}/s-0.tar: shard not found (2 of 2 shards are missing)"),
+        (train_argv(shapes, shapes / "train.jsonl", tmp_path, "data.shards=true", "training.max_steps=-1"),
+         f"error: {REPO}/configs/fgclip/shapes_stage2.yaml: data.shards: a shard stream has no length; set "
+         "training.max_steps"),
     ]
     for argv, expected in cases:
         assert run_command(tool.main, argv) == 2, expected
@@ -289,11 +303,18 @@ def test_fgovd_boxes_and_paths_are_checked(record, expected, model_dir, tmp_path
     assert str(error.value) == expected.format(file=file, root=root)
 
 
-def test_evaluation_command_names_a_missing_model_directory(tmp_path, capsys):
+def test_evaluation_command_bad_input(model_dir, tmp_path, capsys):
     from fgclip.eval.cli import main
 
     assert main(["--model", str(tmp_path / "nowhere"), "--data-root", str(tmp_path)]) == 2
     assert last_error(capsys) == f"error: --model {tmp_path}/nowhere: checkpoint directory not found: {tmp_path}/nowhere"
+    assert main(["--model", str(model_dir), "--data-root", str(tmp_path / "data")]) == 2
+    assert last_error(capsys) == f"error: --data-root {tmp_path}/data: directory not found"
+    with pytest.raises(SystemExit) as exit_status:
+        main(["--model", str(model_dir), "--tasks", "fgovd,nope"])
+    assert exit_status.value.code == 2
+    assert last_error(capsys).endswith("argument --tasks: unknown task(s) ['nope']; expected some of fgovd, boxcls, "
+                                       "retrieval, zeroshot, matching")
 
 
 # ----------------------------------------------------------------------------------- curation
