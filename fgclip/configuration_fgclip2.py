@@ -60,7 +60,9 @@ class FGCLIP2Config(Siglip2Config):
 
     Args:
         region_temperatures (`bool`, defaults to False): the model holds the training-only
-            ``logit_scale_finegraind`` / ``logit_scale_hardneg`` (released checkpoints do not).
+            ``logit_scale_finegraind`` / ``logit_scale_hardneg`` (released checkpoints do not;
+            ``FGCLIP2Model.from_pretrained`` sets it for a checkpoint that stores them, as the
+            official training saves them without this flag).
     """
 
     model_type = "fgclip2"
