@@ -90,13 +90,19 @@ def family_of(model) -> ModelFamily:
 
 def prepare_images(processor, images: list, boxes: list[torch.Tensor] | None = None) -> BatchFeature:
     """PIL images (and (K_i, 4) xyxy boxes in their pixels) -> a model batch on the CPU; boxes are
-    clamped to their image first, then mapped into the model input. Needs only the (picklable)
-    processor, so DataLoader workers call it."""
-    if boxes is not None:
-        boxes = [torch.stack([b[:, 0].clamp(0, image.width), b[:, 1].clamp(0, image.height),
-                              b[:, 2].clamp(0, image.width), b[:, 3].clamp(0, image.height)], dim=1)
-                 for image, b in zip(images, boxes)]
-    return processor(images=images, boxes=boxes)
+    clamped to their image first, then mapped into the model input.
+
+    Each image goes through the processor on its own, as the official evaluation scripts process
+    one image at a time, so no image's features depend on the others of its batch (FG-CLIP 2's
+    processor would otherwise give every image of a call the largest patch budget among them).
+    Needs only the (picklable) processor, so DataLoader workers call it.
+    """
+    if boxes is None:
+        return concat_image_batches([processor(images=[image]) for image in images])
+    clamped = [torch.stack([b[:, 0].clamp(0, image.width), b[:, 1].clamp(0, image.height),
+                            b[:, 2].clamp(0, image.width), b[:, 3].clamp(0, image.height)], dim=1)
+               for image, b in zip(images, boxes)]
+    return concat_image_batches([processor(images=[image], boxes=[b]) for image, b in zip(images, clamped)])
 
 
 class Encoder:

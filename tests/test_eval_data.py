@@ -328,7 +328,7 @@ def test_prepare_skips_absent_benchmarks_and_errors_when_asked_by_name(tmp_path,
     write_jsonl(tmp_path / "fgovd/3_attributes.jsonl", fgovd_records())
     prepared, skipped = prepare(tmp_path, tasks=["fgovd", "boxcls"])
     assert [p.label for p in prepared] == ["fgovd"] and [b.name for b in prepared[0].payload] == ["easy"]
-    assert set(skipped) == {"coco_boxes", "lvis_boxes", "openimages_boxes"}
+    assert set(skipped) == {"coco_boxes", "lvis_boxes", "openimages_boxes", "boxclass_cn"}
     with pytest.raises(DataError, match="dataset 'lvis_boxes': not found"):
         prepare(tmp_path, datasets=["lvis_boxes"])
     overrides = parse_path_overrides([f"coco_boxes.ann={tmp_path / 'instances.json'}"])
