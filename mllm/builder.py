@@ -41,7 +41,8 @@ from transformers.models.auto.tokenization_auto import get_tokenizer_config
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from fgclip import FGCLIPProcessor
-from fgclip.errors import run_command
+from fgclip.encoders import check_checkpoint_files, locate_config
+from fgclip.errors import CheckpointError, run_command
 
 from .tower import FGCLIPVisionTower, FGCLIPVisionTowerConfig
 
@@ -120,6 +121,10 @@ def build_llava(
         ``(model, processor)``; ``model.config.image_token_id`` is the id of ``<image>`` and
         ``model.config.image_seq_length`` the number of patch tokens per image.
     """
+    for path in (fgclip_path, language_model_path):
+        locate_config(path)  # a missing directory or unknown hub id, named before anything loads
+    if os.path.isdir(fgclip_path):
+        check_checkpoint_files(fgclip_path)
     tower = FGCLIPVisionTower.from_fgclip(fgclip_path)
     fgclip_processor = FGCLIPProcessor.from_pretrained(fgclip_path)
     tokenizer = load_language_tokenizer(language_model_path)
@@ -175,7 +180,7 @@ def load_processor(directory: str | os.PathLike) -> LlavaProcessor:
         tokenizer_class = json.load(file).get("tokenizer_class")
     tokenizer_type = getattr(transformers, tokenizer_class or "", None)
     if not (isinstance(tokenizer_type, type) and issubclass(tokenizer_type, PreTrainedTokenizerBase)):
-        raise ValueError(f"{config_path}: field 'tokenizer_class' names no transformers tokenizer: {tokenizer_class!r}")
+        raise CheckpointError(f"{config_path}: field 'tokenizer_class' names no transformers tokenizer: {tokenizer_class!r}")
     tokenizer = prepare_tokenizer(tokenizer_type.from_pretrained(directory))
     return AutoProcessor.from_pretrained(directory, backend="pil", tokenizer=tokenizer)
 
@@ -184,10 +189,13 @@ def load_llava(
     directory: str | os.PathLike, dtype: torch.dtype | None = None
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """Reload a model saved by :func:`save_llava` (or by ``mllm.train`` / ``mllm.merge_lora``)."""
+    locate_config(directory)
+    if os.path.isdir(directory):
+        check_checkpoint_files(directory)
     model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype or torch.float32)
     processor = load_processor(directory)
     if not isinstance(model.model.vision_tower, FGCLIPVisionTower):
-        raise ValueError(
+        raise CheckpointError(
             f"{directory}: vision tower is {type(model.model.vision_tower).__name__}, expected an FG-CLIP tower"
         )
     return model, processor

@@ -16,7 +16,7 @@ import sys
 from peft import PeftConfig, PeftModel
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-from fgclip.errors import run_command
+from fgclip.errors import CheckpointError, run_command
 
 from .builder import load_llava, save_llava
 
@@ -27,7 +27,7 @@ def merge_lora(
     """The base model with the adapter's LoRA deltas added and its projector swapped in."""
     base = base or PeftConfig.from_pretrained(adapter).base_model_name_or_path
     if not base or not os.path.isdir(base):
-        raise FileNotFoundError(f"base model directory not found: {base!r} (pass --base)")
+        raise CheckpointError(f"{base}: base model directory not found (pass --base)")
     model, processor = load_llava(base)
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     if os.path.isfile(os.path.join(adapter, "processor_config.json")):

@@ -27,7 +27,7 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.models.llava.modeling_llava import LlavaModel
 from transformers.utils import logging
 
-from fgclip.errors import run_command
+from fgclip.errors import ConfigError, DataError, run_command
 
 from .builder import build_llava, load_llava
 from .data import ConversationCollator, ConversationDataset, ModalityLengthGroupedSampler
@@ -86,9 +86,9 @@ class LlavaTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         if self.stage not in STAGES:
-            raise ValueError(f"--stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+            raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
         if self.lora and self.stage != "finetune":
-            raise ValueError("--lora applies to --stage finetune only")
+            raise ConfigError("--lora applies to --stage finetune only")
         if self.deepspeed and not any(name in os.environ for name in LAUNCHER_VARIABLES):
             logger.warning(
                 "no distributed launcher detected: running without DeepSpeed on one process "
@@ -122,7 +122,7 @@ def language_model_lora_targets(model: nn.Module) -> str:
     modules = llava.language_model.named_modules()
     names = {name.rsplit(".", 1)[-1] for name, module in modules if isinstance(module, nn.Linear)}
     if not names:
-        raise ValueError("the language model has no nn.Linear layers to adapt")
+        raise ConfigError("the language model has no nn.Linear layers to adapt")
     prefix = next(name for name, module in model.named_modules() if module is llava.language_model)
     return rf"{re.escape(prefix)}\..*\.({'|'.join(sorted(names))})"
 
@@ -205,14 +205,14 @@ def load_model(model_args: ModelArguments, args: LlavaTrainingArguments):
     dtype = torch.bfloat16 if args.bf16 and args.deepspeed else torch.float32
     if model_args.model_name_or_path:
         if model_args.language_model or model_args.vision_tower:
-            raise ValueError("give either --model_name_or_path or --language_model with --vision_tower, not both")
+            raise ConfigError("give either --model_name_or_path or --language_model with --vision_tower, not both")
         return load_llava(model_args.model_name_or_path, dtype=dtype)
     if not (model_args.language_model and model_args.vision_tower):
-        raise ValueError("give --model_name_or_path, or both --language_model and --vision_tower")
+        raise ConfigError("give --model_name_or_path, or both --language_model and --vision_tower")
     if args.lora:
-        raise ValueError("--lora needs --model_name_or_path (an assembled model the adapter refers to)")
+        raise ConfigError("--lora needs --model_name_or_path (an assembled model the adapter refers to)")
     if is_deepspeed_zero3_enabled():
-        raise ValueError(
+        raise ConfigError(
             "ZeRO-3 partitions weights while loading: assemble the model first (stage 1 output or "
             "python -m mllm.builder) and pass it as --model_name_or_path"
         )
@@ -222,6 +222,8 @@ def load_model(model_args: ModelArguments, args: LlavaTrainingArguments):
 def main(argv: list[str] | None = None) -> Trainer:
     parser = HfArgumentParser((ModelArguments, DataArguments, LlavaTrainingArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    if not os.path.isfile(data_args.data_path):  # before a language model loads
+        raise DataError(data_args.data_path, "conversation file not found")
     model, processor = load_model(model_args, args)
     model.config.use_cache = False
 

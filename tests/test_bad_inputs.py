@@ -392,3 +392,20 @@ def test_llava_generation_checks_its_questions_before_loading_the_model(question
             str(tmp_path / "answers.jsonl"), "--image-folder", str(root)]
     assert generate.main(argv) == 2
     assert last_error(capsys) == expected.format(questions=questions, root=root)
+
+
+def test_llava_commands_name_missing_inputs_before_loading(tmp_path, capsys):
+    from mllm import builder, merge_lora
+    from mllm import train as llava_train
+
+    cases = [
+        (llava_train.main, ["--data_path", f"{tmp_path}/none.json", "--model_name_or_path", f"{tmp_path}/llava",
+                            "--output_dir", f"{tmp_path}/out"], f"error: {tmp_path}/none.json: conversation file not found"),
+        (builder.main, ["--language-model", f"{tmp_path}/lm", "--fgclip", f"{tmp_path}/fg", "--output", f"{tmp_path}/o"],
+         f"error: {tmp_path}/fg: checkpoint directory not found"),
+        (merge_lora.main, ["--adapter", f"{tmp_path}/a", "--output", f"{tmp_path}/o", "--base", f"{tmp_path}/b"],
+         f"error: {tmp_path}/b: base model directory not found (pass --base)"),
+    ]
+    for main, argv, expected in cases:
+        assert run_command(main, argv) == 2
+        assert last_error(capsys) == expected
