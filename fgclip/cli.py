@@ -34,9 +34,9 @@ def check_boxes(boxes: list[list[float]], image, name: str) -> None:
     for box in boxes:
         x1, y1, x2, y2 = box
         if not (0 <= x1 < x2 <= image.width and 0 <= y1 < y2 <= image.height):
-            shown = ",".join(f"{value:g}" for value in box)
+            shown, size = ",".join(f"{value:g}" for value in box), f"{image.width}x{image.height}"
             raise ConfigError(name, f"--box {shown}: expected 0 <= x1 < x2 <= {image.width} and "
-                                    f"0 <= y1 < y2 <= {image.height} (pixels of this {image.width}x{image.height} image)")
+                                    f"0 <= y1 < y2 <= {image.height} (pixels of this {size} image)")
 
 
 def parse_box(text: str) -> list[float]:

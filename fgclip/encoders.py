@@ -262,7 +262,8 @@ def locate_config(path: str | os.PathLike) -> Path:
         return Path(cached_file(str(path), "config.json"))
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(path, f"not a local directory, and no hub checkpoint could be fetched ({reason})") from None
+        raise CheckpointError(path, "not a local directory, and no hub checkpoint could be fetched "
+                                    f"({reason})") from None
 
 
 def config_model_type(path: str | os.PathLike) -> str | None:

@@ -180,7 +180,8 @@ def load_processor(directory: str | os.PathLike) -> LlavaProcessor:
         tokenizer_class = json.load(file).get("tokenizer_class")
     tokenizer_type = getattr(transformers, tokenizer_class or "", None)
     if not (isinstance(tokenizer_type, type) and issubclass(tokenizer_type, PreTrainedTokenizerBase)):
-        raise CheckpointError(f"{config_path}: field 'tokenizer_class' names no transformers tokenizer: {tokenizer_class!r}")
+        raise CheckpointError(config_path, f"field 'tokenizer_class' names no transformers tokenizer: "
+                                           f"{tokenizer_class!r}")
     tokenizer = prepare_tokenizer(tokenizer_type.from_pretrained(directory))
     return AutoProcessor.from_pretrained(directory, backend="pil", tokenizer=tokenizer)
 

@@ -110,7 +110,8 @@ def test_fgclip_command_bad_input(case, model_dir, tmp_path, capsys):
 
 def test_fgclip_score_refuses_an_empty_text(model_dir, capsys):
     with pytest.raises(SystemExit) as exit_status:
-        fgclip_main(["score", str(model_dir / "scene.png"), "--box", "0,0,4,4", "--text", " ", "--model", str(model_dir)])
+        fgclip_main(["score", str(model_dir / "scene.png"), "--box", "0,0,4,4", "--text", " ",
+                     "--model", str(model_dir)])
     assert exit_status.value.code == 2
     assert last_error(capsys).endswith("argument --text: a text is empty; give words to look for")
 
@@ -189,7 +190,8 @@ def test_training_command_bad_input(shapes, tmp_path, capsys):
          f"{REPO}/configs/fgclip/shapes_stage2.yaml; give stage-2 data or set loss.regional=false"),
         (train_argv(shapes, shapes / "train.jsonl", tmp_path, "model.init=pretrained", f"model.path={tmp_path}/no/run"),
          f"error: {tmp_path}/no/run: checkpoint directory not found"),
-        (train_argv(shapes, shapes / "train.jsonl", tmp_path, f"data.train={tmp_path}/s-{{0..1}}.tar", "data.shards=true"),
+        (train_argv(shapes, shapes / "train.jsonl", tmp_path, f"data.train={tmp_path}/s-{{0..1}}.tar",
+                    "data.shards=true"),
          f"error: {tmp_path}/s-0.tar: shard not found (2 of 2 shards are missing)"),
         (train_argv(shapes, shapes / "train.jsonl", tmp_path, "data.shards=true", "training.max_steps=-1"),
          f"error: {REPO}/configs/fgclip/shapes_stage2.yaml: data.shards: a shard stream has no length; set "
@@ -307,7 +309,8 @@ def test_evaluation_command_bad_input(model_dir, tmp_path, capsys):
     from fgclip.eval.cli import main
 
     assert main(["--model", str(tmp_path / "nowhere"), "--data-root", str(tmp_path)]) == 2
-    assert last_error(capsys) == f"error: --model {tmp_path}/nowhere: checkpoint directory not found: {tmp_path}/nowhere"
+    assert last_error(capsys) == (f"error: --model {tmp_path}/nowhere: checkpoint directory not found: "
+                                  f"{tmp_path}/nowhere")
     assert main(["--model", str(model_dir), "--data-root", str(tmp_path / "data")]) == 2
     assert last_error(capsys) == f"error: --data-root {tmp_path}/data: directory not found"
     with pytest.raises(SystemExit) as exit_status:
@@ -400,8 +403,10 @@ def test_llava_commands_name_missing_inputs_before_loading(tmp_path, capsys):
 
     cases = [
         (llava_train.main, ["--data_path", f"{tmp_path}/none.json", "--model_name_or_path", f"{tmp_path}/llava",
-                            "--output_dir", f"{tmp_path}/out"], f"error: {tmp_path}/none.json: conversation file not found"),
-        (builder.main, ["--language-model", f"{tmp_path}/lm", "--fgclip", f"{tmp_path}/fg", "--output", f"{tmp_path}/o"],
+                            "--output_dir", f"{tmp_path}/out"],
+         f"error: {tmp_path}/none.json: conversation file not found"),
+        (builder.main, ["--language-model", f"{tmp_path}/lm", "--fgclip", f"{tmp_path}/fg",
+                        "--output", f"{tmp_path}/o"],
          f"error: {tmp_path}/fg: checkpoint directory not found"),
         (merge_lora.main, ["--adapter", f"{tmp_path}/a", "--output", f"{tmp_path}/o", "--base", f"{tmp_path}/b"],
          f"error: {tmp_path}/b: base model directory not found (pass --base)"),

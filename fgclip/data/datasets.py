@@ -196,7 +196,8 @@ class FineHARDShardDataset(IterableDataset):
         self.urls = expand_shard_urls(urls)
         if not self.urls:
             raise DataError(f"{urls}: no shards match this pattern")
-        missing = [url for url in self.urls if "://" not in url and not url.startswith("pipe:") and not Path(url).is_file()]
+        local = [url for url in self.urls if "://" not in url and not url.startswith("pipe:")]
+        missing = [url for url in local if not Path(url).is_file()]
         if missing:
             raise DataError(missing[0], f"shard not found ({len(missing)} of {len(self.urls)} shards are missing)")
         self.processor = processor
