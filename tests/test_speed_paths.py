@@ -12,11 +12,11 @@ from transformers.activations import QuickGELUActivation
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from fgclip import FGCLIPModel
+from fgclip.data.collate import length_buckets
 from fgclip.losses import FGCLIPLoss
 from fgclip.modeling_fgclip import SDPA_OR_MATH, QuickGELU, sdpa_or_math_attention
 from fgclip.testing import tiny_config
 from fgclip.training import FGCLIPForTraining
-from fgclip.training.module import length_buckets
 
 BOS, EOS = 49406, 49407
 
@@ -214,3 +214,25 @@ def test_one_call_when_the_model_cannot_trim():
         step.encode_short_path(batch["short_input_ids"], batch["short_attention_mask"], batch["short_text_inverse"],
                                batch["short_text_ranges"], ["short", "region", "hard_negative"])
     assert step.text_tower_calls == 1
+
+
+def test_feature_extractor_text_batches_follow_token_counts_and_keep_features():
+    from fgclip import FGCLIPProcessor
+    from fgclip.encoders import Encoder
+    from fgclip.eval.features import FeatureExtractor
+
+    model = tiny_model().eval()
+    processor = FGCLIPProcessor.for_config(model.config)
+    words = "a red wooden chair with black metal legs and a green woollen cushion on the seat".split()
+    texts = [" ".join(words[: 1 + (index * 7) % len(words)]) + f" {index}" for index in range(23)]
+    extractor = FeatureExtractor(Encoder(model, processor), text_batch_size=4, num_workers=0, progress=False)
+    ordered, batches = extractor._text_batches(texts, "region")
+    tokens = processor(text=ordered, text_kind="region", padding="longest")["attention_mask"].sum(dim=1).tolist()
+    assert sorted(ordered) == sorted(texts) and tokens == sorted(tokens)
+    assert batches[0][0] == 0 and batches[-1][1] == len(texts)
+    assert all(a[1] == b[0] for a, b in zip(batches, batches[1:])) and all(0 < b - a <= 4 for a, b in batches)
+    features = extractor.encode_texts(texts, "region")
+    with torch.no_grad():
+        alone = torch.cat([F.normalize(model.get_text_features(**processor(text=[text], text_kind="region")), dim=-1)
+                           for text in texts])
+    torch.testing.assert_close(features, alone, rtol=1e-5, atol=1e-6)

@@ -7,7 +7,7 @@
   pre-processed in DataLoader workers, batched, and sharded across ranks (rank ``r`` takes
   images ``r, r + W, ...``);
 * texts: each distinct text is encoded once per text path and cached for the whole run;
-  texts are sorted by length so batches pad little, and batches are sharded across ranks.
+  texts are sorted by token count and cut into batches that pad little, sharded across ranks.
 
 Under ``torch.distributed`` every rank ends with the features of all images and texts
 (gathered in rank order, then put back in request order), so the metrics are computed the
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..data.collate import length_buckets
 from ..distributed import gather_counts, get_rank, get_world_size
 from ..encoders import Encoder, prepare_images
 from ..processing_fgclip import load_image
@@ -239,26 +240,44 @@ class FeatureExtractor:
         return tokens, torch.cat(embeds)
 
     # ------------------------------------------------------------------ texts
+    # Fixed cost of one more text batch, in tokens, when cutting texts into length buckets.
+    text_batch_overhead_tokens = 64
+
+    def _text_batches(self, texts: list[str], path: str) -> tuple[list[str], list[tuple[int, int]]]:
+        """``texts`` sorted by token count, and ``(start, end)`` batches of at most ``text_batch_size``
+        cut where padding each to its longest text costs least (:func:`length_buckets`). Families
+        that pad every text to the kind's full length get equal widths, so only the size cuts."""
+        processor = self.model.processor
+        if processor.minimal_padding == "longest":
+            lengths = processor(text=texts, text_kind=path, padding="longest")["attention_mask"].sum(dim=1).tolist()
+        else:
+            lengths = [0] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: (lengths[i], texts[i]))
+        batches = []
+        for start, end in length_buckets([lengths[i] for i in order], self.text_batch_overhead_tokens):
+            batches.extend((first, min(first + self.text_batch_size, end))
+                           for first in range(start, end, self.text_batch_size))
+        return [texts[i] for i in order], batches
+
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], kind: str, desc: str = "texts") -> torch.Tensor:
-        """(len(texts), D) features; each distinct text of a path is encoded once per run."""
+        """(len(texts), D) features; each distinct text of a path is encoded once per run, in
+        batches of similar token counts."""
         path = self.model.text_kind(kind)
         index = self._text_index.setdefault(path, {})
-        missing = sorted({t for t in texts if t not in index}, key=lambda t: (len(t), t))
+        missing = sorted({t for t in texts if t not in index})
         if missing:
             rank, world = get_rank(), get_world_size()
-            batches = [missing[i : i + self.text_batch_size] for i in range(0, len(missing), self.text_batch_size)]
+            missing, batches = self._text_batches(missing, path)
             mine = batches[rank::world]
             encoded = []
-            for batch in self._bar(mine, f"{desc} ({path})", len(mine)):
+            for start, end in self._bar(mine, f"{desc} ({path})", len(mine)):
                 with self._autocast():
-                    encoded.append(self.model.encode_texts(batch, path).float().cpu())
+                    encoded.append(self.model.encode_texts(missing[start:end], path).float().cpu())
             local = torch.cat(encoded) if encoded else torch.zeros(0, self._feature_dim())
             new_rows = torch.empty(len(missing), local.shape[-1])
             for source_rank, rows in enumerate(gather_rows(local)):
-                size = self.text_batch_size
-                owned = range(source_rank, len(batches), world)
-                destination = [torch.arange(b * size, b * size + len(batches[b])) for b in owned]
+                destination = [torch.arange(start, end) for start, end in batches[source_rank::world]]
                 if destination:
                     new_rows[torch.cat(destination)] = rows
             base = len(index)

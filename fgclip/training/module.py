@@ -10,31 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-def length_buckets(widths: list[int], overhead_tokens: int) -> list[tuple[int, int]]:
-    """Cut texts sorted by width into contiguous buckets, each padded to its widest text, at the least
-    cost ``sum(rows * width) + overhead_tokens * buckets`` (exact, over the distinct widths).
-
-    Args:
-        widths: each text's tokens, ascending.
-        overhead_tokens: the fixed cost of one more text-tower call, in tokens.
-    Returns:
-        ``(start, end)`` row ranges covering ``0..len(widths)``.
-    """
-    ends = [end for end in range(1, len(widths) + 1) if end == len(widths) or widths[end] != widths[end - 1]]
-    best = [(0.0, -1)]  # best[j]: (cost of rows before ends[j - 1], previous cut)
-    for j, end in enumerate(ends):
-        candidates = []
-        for i in range(j + 1):
-            start = ends[i - 1] if i else 0
-            candidates.append((best[i][0] + (end - start) * widths[end - 1] + overhead_tokens, i))
-        best.append(min(candidates))
-    bounds, j = [], len(ends)
-    while j:
-        i = best[j][1]
-        bounds.append((ends[i - 1] if i else 0, ends[j - 1]))
-        j = i
-    return bounds[::-1]
+from ..data.collate import length_buckets
 
 
 def select_slots(
