@@ -23,6 +23,7 @@ EXIT_USER_ERROR = 2
 ALLOW_OUTSIDE_HINT = "give --allow-outside-root to read it anyway"
 DEBUG_FLAG = "--debug"
 STDOUT = "<stdout>"
+WORKER_TRACEBACK = "\nOriginal Traceback"  # torch's re-raise of an error from a DataLoader worker
 
 
 class UserError(ValueError):
@@ -91,7 +92,10 @@ def debug_requested(argv: Sequence[str]) -> bool:
 def describe(error: BaseException) -> str | None:
     """The one-line report of a user error or a failed file operation, ``None`` for anything else."""
     if isinstance(error, UserError):
-        return f"error: {error}"
+        text = str(error)
+        if WORKER_TRACEBACK in text:  # re-raised by a DataLoader worker: the original message is last
+            text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        return f"error: {text}"
     if isinstance(error, OSError) and error.filename is not None:
         return f"error: {error.filename}: {error.strerror or error}"
     return None
@@ -114,6 +118,7 @@ def run_command(main: Callable[[list[str]], Any], argv: Sequence[str] | None = N
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if debug or message is None:
             raise
+        _close_progress_bars()
         print(message, file=sys.stderr)
         return EXIT_USER_ERROR
     return status if isinstance(status, int) else 0
@@ -124,6 +129,14 @@ def print_output(text: str) -> None:
     with writing(STDOUT):
         print(text)
         sys.stdout.flush()
+
+
+def _close_progress_bars() -> None:
+    """End open tqdm bars (a training or evaluation loop stopped by the error) so that the error
+    starts its own line."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def command(main: Callable[[list[str]], Any]) -> Callable[[Sequence[str] | None], int]:

@@ -414,3 +414,29 @@ def test_llava_commands_name_missing_inputs_before_loading(tmp_path, capsys):
     for main, argv, expected in cases:
         assert run_command(main, argv) == 2
         assert last_error(capsys) == expected
+
+
+def test_errors_from_dataloader_workers_stay_one_line(shapes, tmp_path, capsys):
+    """torch re-raises a worker's error with the worker's traceback in its message; the report keeps the
+    original message only (FineHARD files and shards)."""
+    from fgclip.data import write_finehard_shards
+
+    records = shapes_records(shapes)
+    root = tmp_path / "root"
+    shutil.copytree(shapes / "images", root / "images")
+    bad = root / records[5]["f_path"]
+    bad.write_bytes(bad.read_bytes()[:-60])
+    data = write_records(tmp_path / "train.jsonl", records)
+    argv = train_argv(shapes, data, tmp_path / "run", f"data.image_root={root}", "training.dataloader_num_workers=1",
+                      "training.per_device_train_batch_size=8", "training.max_steps=1")
+    assert run_command(load_tool("train_fgclip").main, argv) == 2
+    assert last_error(capsys).startswith(f"error: {data} line 6: f_path: {bad}: truncated or corrupt image (")
+
+    shard = tmp_path / "shards" / "s-000000.tar"
+    write_finehard_shards(data, root, str(tmp_path / "shards" / "s-%06d.tar"))
+    argv = train_argv(shapes, data, tmp_path / "run", f"data.train={shard}", "data.shards=true",
+                      "training.dataloader_num_workers=1", "training.per_device_train_batch_size=8",
+                      "training.max_steps=1")
+    assert run_command(load_tool("train_fgclip").main, argv) == 2
+    assert last_error(capsys) == (f"error: {shard} sample 000000005: png: cannot decode image: truncated or corrupt "
+                                  "image (image file is truncated)")

@@ -64,13 +64,16 @@ class RecordError(DataError):
             dropped, e.g. ``"bbox_info[].bbox: out of range"``.
     """
 
-    def __init__(self, location: str, field: str, problem: str, kind: str):
+    def __init__(self, location: str, field: str = "", problem: str | None = None, kind: str = ""):
+        if problem is None:  # built from a whole message (torch re-raising it from a DataLoader worker)
+            location, problem, kind = "", location, "re-raised"
         self.location = location
         self.field = field
         self.problem = problem
         generic_field = re.sub(r"\[\d+\]", "[]", field)
         self.reason = f"{generic_field}: {kind}" if field else kind
-        super().__init__(f"{location}: {field}: {problem}" if field else f"{location}: {problem}")
+        message = f"{location}: {field}: {problem}" if field else f"{location}: {problem}"
+        super().__init__(message if location else problem)
 
 
 @dataclass(frozen=True)
