@@ -88,7 +88,7 @@ def test_base_cycle_and_missing_base(tmp_path):
     with pytest.raises(ValueError, match="_base_ cycle"):
         load_config(tmp_path / "a.yaml")
     write(tmp_path / "c.yaml", "_base_: nowhere.yaml\n")
-    with pytest.raises(ConfigError, match=r"nowhere\.yaml \(_base_ of .*c\.yaml\)"):
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: recipe file not found \(_base_ of .*c\.yaml\)"):
         load_config(tmp_path / "c.yaml")
 
 

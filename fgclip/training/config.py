@@ -274,7 +274,7 @@ def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise ValueError(f"{path}: _base_ cycle through {' -> '.join(map(str, chain + (path,)))}")
     if not path.is_file():
         where = f" (_base_ of {chain[-1]})" if chain else ""
-        raise ConfigError(f"config file not found: {path}{where}")
+        raise ConfigError(path, f"recipe file not found{where}")
     try:
         content = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
     except yaml.YAMLError as error:
