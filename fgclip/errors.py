@@ -13,6 +13,7 @@ traceback instead. Any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -142,8 +143,8 @@ def _close_progress_bars() -> None:
 def command(main: Callable[[list[str]], Any]) -> Callable[[Sequence[str] | None], int]:
     """Decorate a ``main(argv)`` so that it runs through :func:`run_command`."""
 
+    @functools.wraps(main)
     def wrapped(argv: Sequence[str] | None = None) -> int:
         return run_command(main, argv)
 
-    wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = main.__name__, main.__doc__, main
     return wrapped
