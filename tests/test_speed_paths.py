@@ -1,5 +1,6 @@
-"""The fast paths give the plain paths' numbers: math-path attention and fused QuickGELU where
-gradients flow on the CPU, short-path texts bucketed by length; inference stays bit for bit."""
+"""The fast paths give the plain paths' numbers: math-path attention on the CPU, joined q/k/v
+projections and the folded QuickGELU MLP where gradients flow, short-path texts bucketed by length;
+inference stays bit for bit."""
 from __future__ import annotations
 
 import itertools
@@ -8,13 +9,13 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers.activations import QuickGELUActivation
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
 
 from fgclip import FGCLIPModel
 from fgclip.data.collate import length_buckets
 from fgclip.losses import FGCLIPLoss
-from fgclip.modeling_fgclip import SDPA_OR_MATH, QuickGELU, sdpa_or_math_attention
+from fgclip.modeling_fgclip import SDPA_OR_MATH, FoldedQuickGELUMLP, FusedProjectionsAttention, sdpa_or_math_attention
 from fgclip.testing import tiny_config
 from fgclip.training import FGCLIPForTraining
 
@@ -30,11 +31,11 @@ class Attention(torch.nn.Module):
 
 
 def plain(model: FGCLIPModel) -> FGCLIPModel:
-    """transformers' own kernels: sdpa attention, its QuickGELU."""
+    """transformers' own modules: sdpa attention, CLIPAttention, CLIPMLP."""
     model.set_attn_implementation("sdpa")
     for tower in (model.text_model, model.vision_model):
         for layer in tower.encoder.layers:
-            layer.mlp.activation_fn = QuickGELUActivation()
+            layer.self_attn.__class__, layer.mlp.__class__ = CLIPAttention, CLIPMLP
     return model
 
 
@@ -87,25 +88,39 @@ def test_attention_without_gradients_is_sdpa_bit_for_bit():
     assert torch.equal(fast, reference)
 
 
-def test_quick_gelu_fused_form_equals_clip_formula_with_gradient():
-    hidden = torch.linspace(-8, 8, 1001, dtype=torch.float64)
-    exact_input = hidden.clone().requires_grad_()
-    exact = exact_input * torch.sigmoid(1.702 * exact_input)
-    exact.sum().backward()
-    fast_input = hidden.clone().requires_grad_()
-    fast = QuickGELU()(fast_input)
-    fast.sum().backward()
-    torch.testing.assert_close(fast, exact, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(fast_input.grad, exact_input.grad, rtol=1e-12, atol=1e-12)
+def test_folded_mlp_and_joined_projections_equal_transformers_modules_with_gradients():
+    torch.manual_seed(0)
+    layer = FGCLIPModel(tiny_config()).text_model.encoder.layers[0].double()
+    assert type(layer.mlp) is FoldedQuickGELUMLP and type(layer.self_attn) is FusedProjectionsAttention
+    hidden = torch.randn(3, 6, 32, dtype=torch.float64)
+    results = []
+    for classes in ((FusedProjectionsAttention, FoldedQuickGELUMLP), (CLIPAttention, CLIPMLP)):
+        layer.self_attn.__class__, layer.mlp.__class__ = classes
+        layer.zero_grad(set_to_none=True)
+        inputs = hidden.clone().requires_grad_()
+        output = layer.mlp(layer.self_attn(inputs, is_causal=True)[0])
+        output.square().sum().backward()
+        results.append([output.detach(), inputs.grad] + [p.grad for p in layer.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1])
+    for fast, reference in zip(*results):
+        torch.testing.assert_close(fast, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_and_attention_without_gradients_are_transformers_bit_for_bit():
+    torch.manual_seed(1)
+    layer = FGCLIPModel(tiny_config()).vision_model.encoder.layers[1]
+    hidden = torch.randn(2, 17, 32)
     with torch.no_grad():
-        assert torch.equal(QuickGELU()(hidden.float()), QuickGELUActivation()(hidden.float()))
+        fast = layer.mlp(hidden), layer.self_attn(hidden)[0]
+        layer.self_attn.__class__, layer.mlp.__class__ = CLIPAttention, CLIPMLP
+        assert torch.equal(fast[0], layer.mlp(hidden)) and torch.equal(fast[1], layer.self_attn(hidden)[0])
 
 
 def test_model_selects_the_training_kernels_and_keeps_an_explicit_choice():
     model = tiny_model()
     assert model.text_model.config._attn_implementation == SDPA_OR_MATH
     assert model.vision_model.config._attn_implementation == SDPA_OR_MATH
-    assert all(isinstance(layer.mlp.activation_fn, QuickGELU) for layer in model.text_model.encoder.layers)
+    assert all(type(layer.mlp) is FoldedQuickGELUMLP for layer in model.text_model.encoder.layers)
     eager = FGCLIPModel._from_config(tiny_config(), attn_implementation="eager")
     assert eager.text_model.config._attn_implementation == "eager"
 
