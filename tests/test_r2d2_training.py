@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from fgclip import FGCLIPModel
 from fgclip.data.shapes import write_shapes_dataset
+from fgclip.encoders import load_encoder
 from fgclip.testing import tiny_config
 from fgclip.training import load_config, train
 
@@ -111,6 +112,11 @@ def test_killed_run_resumes_with_the_same_losses_reranker_and_teacher(setup, tmp
                          load_file(Path(uninterrupted.final_model_dir) / "model.safetensors"), atol=1e-6)
     assert_close_weights(teacher_weights(tmp_path / "resumed" / "checkpoint-12"),
                          teacher_weights(tmp_path / "full" / "checkpoint-12"), atol=1e-6)
+    # pre_ranking trains the dual encoder too: final/ holds it beside the re-ranker, loadable as a model
+    dual = Path(resumed.final_model_dir) / "dual_encoder"
+    assert_close_weights(load_file(dual / "model.safetensors"),
+                         load_file(Path(uninterrupted.final_model_dir) / "dual_encoder" / "model.safetensors"), atol=1e-6)
+    assert load_encoder(dual).encode_texts(["a red square"]).shape[0] == 1
 
 
 def test_two_gloo_ranks_match_one_process_on_the_joined_batch(setup, tmp_path):

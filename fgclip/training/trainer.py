@@ -30,7 +30,8 @@ What this adds to ``Trainer``:
   (:class:`FGCLIPForTraining`); FG-CLIP 2 recipes add batches of one language
   (``data.group_by_language``), as the paper trains it;
 * ``model.reranker`` trains an R2D2-style cross-encoder re-ranker on the frozen model
-  (:class:`~fgclip.rerank.RerankerForTraining`); ``final/`` then holds the re-ranker.
+  (:class:`~fgclip.rerank.RerankerForTraining`); ``final/`` then holds the re-ranker, and with
+  ``pre_ranking`` the trained dual encoder and its processor in ``final/dual_encoder/``.
 """
 from __future__ import annotations
 
@@ -383,19 +384,28 @@ def _discard_incomplete_checkpoints(output_dir: str, resume_from: str | None) ->
             shutil.rmtree(path)
 
 
-def _save_final(model, processor, final_dir: Path) -> None:
-    """``save_pretrained`` (of the model and, if given, its processor) into a staging directory,
-    then swap it in for ``final_dir``."""
+def _save_final(final_dir: Path, parts: list[tuple[str, object, object]]) -> None:
+    """``save_pretrained`` of each ``(subdirectory, model, processor or None)`` into a staging
+    directory, then swap it in for ``final_dir`` (``""`` is ``final_dir`` itself)."""
     staging, previous = final_dir.with_name(final_dir.name + ".tmp"), final_dir.with_name(final_dir.name + ".old")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    if processor is not None:
-        processor.save_pretrained(staging)
+    for subdirectory, model, processor in parts:
+        model.save_pretrained(staging / subdirectory)
+        if processor is not None:
+            processor.save_pretrained(staging / subdirectory)
     if final_dir.exists():
         shutil.rmtree(previous, ignore_errors=True)
         final_dir.rename(previous)
     staging.rename(final_dir)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def final_parts(step, model, processor) -> list[tuple[str, object, object]]:
+    """What ``final/`` holds: the trained model and its processor; for re-ranker training the re-ranker,
+    and under ``pre_ranking`` (where the dual encoder trains too) the dual encoder in ``dual_encoder/``."""
+    if not isinstance(step, RerankerForTraining):
+        return [("", model, processor)]
+    return [("", step.reranker, None)] + ([("dual_encoder", model, processor)] if step.pre_ranking else [])
 
 
 def train(config: TrainConfig, resume: bool | str = False, callbacks: list | None = None) -> TrainResult:
@@ -442,10 +452,7 @@ def train(config: TrainConfig, resume: bool | str = False, callbacks: list | Non
     final_dir = Path(arguments.output_dir) / "final"
     trainer.restore_scalar_parameters()
     if trainer.args.should_save:
-        if isinstance(step, RerankerForTraining):
-            _save_final(step.reranker, None, final_dir)
-        else:
-            _save_final(model, processor, final_dir)
+        _save_final(final_dir, final_parts(step, model, processor))
     trainer.accelerator.wait_for_everyone()
     skipped = trainer.skipped_records()
     summary = f"skipped {sum(skipped.values())} bad record(s)" + (
