@@ -59,17 +59,21 @@ def write_jsonl(path, items, blank_line_after_first=False):
 
 
 def fake_preprocess(size=16):
-    """Squash to size x size (pixel value = mean colour) and scale boxes like the processor."""
+    """Squash to size x size (pixel value = mean colour) and scale boxes like the processor; records
+    the image sizes of each call."""
 
     def preprocess(images, boxes):
-        (image,), (image_boxes,) = images, boxes
-        assert image.mode == "RGB"
-        width, height = image.size
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).mean((0, 1))
-        pixel_values = pixels.view(1, 3, 1, 1).expand(1, 3, size, size).clone()
-        scale = torch.tensor([size / width, size / height, size / width, size / height])
-        return {"pixel_values": pixel_values, "boxes": [image_boxes * scale]}
+        preprocess.calls.append([image.size for image in images])
+        pixel_values, mapped = [], []
+        for image, image_boxes in zip(images, boxes, strict=True):
+            assert image.mode == "RGB"
+            width, height = image.size
+            pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).mean((0, 1))
+            pixel_values.append(pixels.view(1, 3, 1, 1).expand(1, 3, size, size).clone())
+            mapped.append(image_boxes * torch.tensor([size / width, size / height, size / width, size / height]))
+        return {"pixel_values": torch.cat(pixel_values), "boxes": mapped}
 
+    preprocess.calls = []  # the image sizes of each call
     return preprocess
 
 
@@ -308,6 +312,66 @@ def test_dataset_with_fgclip_processor_maps_boxes_to_input_pixels(tmp_path, imag
     assert batch["short_input_ids"][0, 0].item() == 49406  # bos
     assert batch["long_input_ids"].shape[0] == 1
 
+
+
+def test_a_dataloader_batch_is_one_processor_call_and_fgclip_samples_stay_as_alone(tmp_path, image_root):
+    """FG-CLIP squashes each image on its own, so a batch's samples equal each image processed alone."""
+    from fgclip import FGCLIPProcessor
+
+    sizes = [(64, 48), (30, 90), (200, 130)]
+    for index, size in enumerate(sizes):
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+            image_root / f"mixed_{index}.png")
+    items = [dict(record(i, 3), f_path=f"mixed_{i}.png") for i in range(3)]
+    path = write_jsonl(tmp_path / "d.jsonl", items)
+    for mode in ("squash", "pad"):
+        dataset = FineHARDDataset(path, image_root, FGCLIPProcessor(image_size=32, resize_mode=mode), seed=2)
+        alone = [dataset[i] for i in range(3)]
+        for batched, single in zip(dataset.__getitems__([0, 1, 2]), alone, strict=True):
+            assert torch.equal(batched["pixel_values"], single["pixel_values"])
+            assert torch.equal(batched["boxes"], single["boxes"]) and batched.keys() == single.keys()
+    fake = fake_preprocess()
+    loader = torch.utils.data.DataLoader(FineHARDDataset(path, image_root, fake), batch_size=2,
+                                         collate_fn=FineHARDCollator(fake_tokenize_recorder()[0]))
+    assert [batch["pixel_values"].shape[0] for batch in loader] == [2, 1]
+    assert fake.calls == [[(64, 48), (30, 90)], [(200, 130)]]
+
+
+def test_shard_batches_share_one_processor_call(tmp_path, image_root):
+    source = write_jsonl(tmp_path / "train.jsonl", [record(i, i % 3) for i in range(5)])
+    write_finehard_shards(source, image_root, str(tmp_path / "part-%03d.tar"), max_samples_per_shard=2)
+    fake = fake_preprocess()
+    streamed = list(FineHARDShardDataset(str(tmp_path / "part-{000..002}.tar"), fake, seed=1, batch_size=2))
+    assert [len(call) for call in fake.calls] == [2, 2, 1]
+    map_style = FineHARDDataset(source, image_root, fake_preprocess(), seed=1)
+    for a, b in zip([map_style[i] for i in range(5)], streamed, strict=True):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+        assert a["region_texts"] == b["region_texts"]
+    with pytest.raises(ValueError, match="batch_size"):
+        FineHARDShardDataset(str(tmp_path / "part-000.tar"), fake, batch_size=0)
+
+
+def test_small_images_are_resized_to_a_square_first(tmp_path, image_root):
+    """FG-CLIP 2's training rule: a side under 128 px -> a small_image_size square (PIL's default
+    resize filter); normalised boxes follow the image."""
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (100, 300, 3), dtype=np.uint8)).save(image_root / "tall.png")
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(image_root / "edge.png")
+    items = [dict(record(0, 2), f_path="tall.png"), dict(record(1, 2), f_path="edge.png")]
+    seen = []
+
+    def keep_images(images, boxes):
+        seen.extend(images)
+        return fake_preprocess()(images, boxes)
+
+    dataset = FineHARDDataset(write_jsonl(tmp_path / "d.jsonl", items), image_root, keep_images, small_image_size=40)
+    samples = dataset.__getitems__([0, 1])
+    tall = Image.open(image_root / "tall.png").convert("RGB")
+    assert [image.size for image in seen] == [(40, 40), (128, 128)]
+    assert np.array_equal(np.asarray(seen[0]), np.asarray(tall.resize((40, 40))))
+    # boxes [0, 0, .5, .5] and [.25, .5, .75, 1] on the 40 x 40 image, then squashed to 16 x 16
+    assert torch.equal(samples[0]["boxes"], torch.tensor([[0.0, 0.0, 20.0, 20.0], [10.0, 20.0, 30.0, 40.0]]) * 0.4)
+    with pytest.raises(ValueError, match="small_image_size"):
+        FineHARDDataset(write_jsonl(tmp_path / "e.jsonl", items), image_root, keep_images, small_image_size=-1)
 
 def test_max_boxes_captions_and_negatives(tmp_path, image_root):
     items = [record(i, num_regions=4) for i in range(3)]

@@ -4,9 +4,10 @@ iterable (webdataset tar shards).
 Both produce the same per-image sample (a dict; `fgclip.data.collate.FineHARDCollator`
 batches it)::
 
-    pixel_values         the processor's image keys for this one image, batch dimension
-                         removed: (3, S, S) for FG-CLIP; (N, 3 * p * p) patches with
+    pixel_values         the processor's image keys for this image's row of its batch's
+                         processor call: (3, S, S) for FG-CLIP; (N, 3 * p * p) patches with
                          ``pixel_attention_mask`` (N,) and ``spatial_shapes`` (2,) for FG-CLIP 2
+                         (N: the patch budget of the batch)
     is_cn                bool, the record's `is_cn` (False when absent)
     long_text            str, the record's `caption`
     short_text           str, the record's `short_caption`
@@ -21,10 +22,12 @@ batches it)::
                          this sample
 
 The `processor` contract is the processor call of either family
-(``FGCLIPProcessor`` / ``FGCLIP2Processor``): it is called as ``processor(images=[image],
-boxes=[boxes])`` with an RGB PIL image and a (K, 4) float tensor of xyxy boxes in *original
-image pixels*, and returns a mapping of the model's image keys (batch of one) and ``boxes``,
-mapped to *input pixels* of the model input.
+(``FGCLIPProcessor`` / ``FGCLIP2Processor``): it is called as ``processor(images=images,
+boxes=boxes)`` with the RGB PIL images of one batch and one (K, 4) float tensor of xyxy boxes
+in *original image pixels* per image, and returns a mapping of the model's image keys (one row
+per image) and ``boxes``, mapped to *input pixels* of the model input. One call per batch is
+what makes FG-CLIP 2's size rule (``max_num_patches="auto"``) give every image of a batch the
+budget of its largest, as the official training collator does.
 
 Randomness (the region-caption choice) comes from a generator seeded by
 (seed, epoch, sample index), so a run is reproducible whatever the worker layout, and
@@ -49,7 +52,62 @@ from .finehard import FineHARDReader, FineHARDRecord, SkipStats, expand_shard_ur
 
 Processor = Callable[..., dict]
 DEFAULT_MAX_BOXES = 4
+SMALL_IMAGE_SIDE = 128  # the official FG-CLIP 2 training resizes images with a side under this to a square
 IMAGE_KEYS = tuple(key for key in IMAGE_BATCH_KEYS if key not in ("boxes", "image_sizes"))
+
+
+def load_sample(
+    image: Image.Image,
+    record: FineHARDRecord,
+    max_boxes: int,
+    rng: np.random.Generator,
+    small_image_size: int | None = None,
+) -> dict[str, Any]:
+    """One training sample before image processing: ``image`` (the RGB image) and ``boxes`` in its
+    pixels, with the texts of the module docstring.
+
+    The first `max_boxes` regions of the record are kept (upstream's rule). Each kept
+    region's caption is its short or long expression with probability 1/2; regions with
+    negatives also give a hard-negative group whose positive is always `short_expr`.
+    With `small_image_size`, an image with a side under 128 pixels is first resized to a
+    `small_image_size` square (PIL bicubic, the default of ``Image.resize``), as the official
+    FG-CLIP 2 training does (its ``box_image_size``); the normalised boxes follow the image.
+    """
+    if small_image_size and min(image.size) < SMALL_IMAGE_SIDE:
+        image = image.resize((small_image_size, small_image_size), Image.Resampling.BICUBIC)
+    regions = record.regions[:max_boxes]
+    width, height = image.size
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    boxes = torch.tensor([region.box for region in regions], dtype=torch.float32).reshape(-1, 4) * scale
+    use_long = rng.random(len(regions)) < 0.5
+    hard_regions = [index for index, region in enumerate(regions) if region.negatives is not None]
+    return {
+        "image": image,
+        "is_cn": bool(record.is_cn),
+        "long_text": record.caption,
+        "short_text": record.short_caption,
+        "boxes": boxes,
+        "region_texts": [r.long_expr if long else r.short_expr for r, long in zip(regions, use_long)],
+        "hard_negative_texts": [[regions[i].short_expr, *regions[i].negatives] for i in hard_regions],
+        "hard_negative_regions": hard_regions,
+        "skipped_records": [],
+    }
+
+
+def encode_images(samples: list[dict[str, Any]], processor: Processor) -> list[dict[str, Any]]:
+    """The samples of `load_sample` with their images through ONE processor call (so FG-CLIP 2's
+    per-call patch budget is the batch's, as the official training collator): ``image`` replaced by
+    the image keys of its row (batch dimension removed), ``boxes`` mapped to input pixels."""
+    if not samples:
+        return []
+    batch = processor(images=[sample["image"] for sample in samples], boxes=[sample["boxes"] for sample in samples])
+    encoded = []
+    for row, sample in enumerate(samples):
+        sample = {key: value for key, value in sample.items() if key != "image"}
+        sample.update({key: value[row] for key, value in batch.items() if key in IMAGE_KEYS})
+        sample["boxes"] = batch["boxes"][row].reshape(-1, 4).float()
+        encoded.append(sample)
+    return encoded
 
 
 def build_sample(
@@ -58,38 +116,22 @@ def build_sample(
     processor: Processor,
     max_boxes: int,
     rng: np.random.Generator,
+    small_image_size: int | None = None,
 ) -> dict[str, Any]:
-    """One training sample from an RGB image and its record (see the module docstring).
-
-    The first `max_boxes` regions of the record are kept (upstream's rule). Each kept
-    region's caption is its short or long expression with probability 1/2; regions with
-    negatives also give a hard-negative group whose positive is always `short_expr`.
-    """
-    regions = record.regions[:max_boxes]
-    width, height = image.size
-    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
-    boxes = torch.tensor([region.box for region in regions], dtype=torch.float32).reshape(-1, 4) * scale
-    batch = processor(images=[image], boxes=[boxes])
-    image_inputs = {key: value[0] for key, value in batch.items() if key in IMAGE_KEYS}
-    use_long = rng.random(len(regions)) < 0.5
-    hard_regions = [index for index, region in enumerate(regions) if region.negatives is not None]
-    return {
-        **image_inputs,
-        "is_cn": bool(record.is_cn),
-        "long_text": record.caption,
-        "short_text": record.short_caption,
-        "boxes": batch["boxes"][0].reshape(-1, 4).float(),
-        "region_texts": [r.long_expr if long else r.short_expr for r, long in zip(regions, use_long)],
-        "hard_negative_texts": [[regions[i].short_expr, *regions[i].negatives] for i in hard_regions],
-        "hard_negative_regions": hard_regions,
-        "skipped_records": [],
-    }
+    """One training sample with its image processed alone (see the module docstring)."""
+    return encode_images([load_sample(image, record, max_boxes, rng, small_image_size)], processor)[0]
 
 
 def _key_index(key: str) -> int:
     """The sample index of a shard key: the record position for keys written by
     `write_finehard_shards` (so shards and the source file give the same samples), else a hash."""
     return int(key) if key.isdigit() else zlib.crc32(key.encode("utf-8"))
+
+
+def _check_small_image_size(size: int | None) -> int | None:
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise ValueError(f"small_image_size must be an integer >= 1 or None, got {size!r}")
+    return size
 
 
 def _check_max_boxes(max_boxes: int) -> int:
@@ -112,6 +154,12 @@ class FineHARDDataset(Dataset):
             cannot be decoded is then replaced by the next readable record's, and counted in the
             sample's ``skipped_records`` (``f_path: bad image``) each time it is met.
         allow_outside_root: accept ``f_path`` values that are absolute or leave ``image_root``.
+        small_image_size: resize images with a side under 128 pixels to this square first
+            (`load_sample`; the official FG-CLIP 2 training's ``box_image_size``).
+
+    A DataLoader fetches a batch with ``__getitems__``: its images go through one processor call
+    (`encode_images`), so FG-CLIP 2's patch budget is the batch's largest, as the official training
+    collator does; ``dataset[i]`` processes image ``i`` alone.
     """
 
     def __init__(
@@ -123,6 +171,7 @@ class FineHARDDataset(Dataset):
         seed: int = 0,
         skip_bad_records: bool = False,
         allow_outside_root: bool = False,
+        small_image_size: int | None = None,
     ):
         self.reader = source if isinstance(source, FineHARDReader) else FineHARDReader(
             source, skip_bad_records, image_root=image_root, allow_outside_root=allow_outside_root)
@@ -130,6 +179,7 @@ class FineHARDDataset(Dataset):
         self.image_root = Path(image_root)
         self.processor = processor
         self.max_boxes = _check_max_boxes(max_boxes)
+        self.small_image_size = _check_small_image_size(small_image_size)
         self.seed = seed
         self.epoch = 0
 
@@ -149,6 +199,14 @@ class FineHARDDataset(Dataset):
         return len(self.reader)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return encode_images([self._load(index) for index in indices], self.processor)
+
+    def _load(self, index: int) -> dict[str, Any]:
+        """Sample `index` before image processing (`load_sample`), stepping over unreadable images
+        when `skip_bad_records` is set."""
         skipped = []
         for offset in range(len(self)):
             position = (index + offset) % len(self)
@@ -162,7 +220,7 @@ class FineHARDDataset(Dataset):
                 skipped.append("f_path: bad image")
                 continue
             rng = np.random.default_rng((self.seed, self.epoch, index))
-            sample = build_sample(image, record, self.processor, self.max_boxes, rng)
+            sample = load_sample(image, record, self.max_boxes, rng, self.small_image_size)
             sample["skipped_records"] = skipped
             return sample
         raise DataError(self.reader.path, f"none of its {len(self)} records has a readable image")
@@ -179,9 +237,12 @@ class FineHARDShardDataset(IterableDataset):
 
     Args:
         urls: shard paths or a brace pattern, e.g. ``"shards/finehard-{000000..000009}.tar"``.
-        processor / max_boxes / seed: as for `FineHARDDataset`.
+        processor / max_boxes / seed / small_image_size: as for `FineHARDDataset`.
         shuffle_shards: shuffle the shard order each epoch.
         skip_bad_records: skip malformed samples instead of raising `RecordError`.
+        batch_size: the images of each `batch_size` consecutive samples of a worker's stream go
+            through one processor call (`encode_images`); with the DataLoader's batch size, its
+            batches, so FG-CLIP 2's patch budget is the batch's largest as in official training.
     """
 
     def __init__(
@@ -192,6 +253,8 @@ class FineHARDShardDataset(IterableDataset):
         seed: int = 0,
         shuffle_shards: bool = False,
         skip_bad_records: bool = False,
+        small_image_size: int | None = None,
+        batch_size: int = 1,
     ):
         self.urls = expand_shard_urls(urls)
         if not self.urls:
@@ -205,6 +268,10 @@ class FineHARDShardDataset(IterableDataset):
         self.seed = seed
         self.shuffle_shards = shuffle_shards
         self.skip_bad_records = skip_bad_records
+        self.small_image_size = _check_small_image_size(small_image_size)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.batch_size = batch_size
         self.stats = SkipStats()
         self.epoch = 0
 
@@ -219,8 +286,12 @@ class FineHARDShardDataset(IterableDataset):
         urls = list(self.urls)
         if self.shuffle_shards:
             np.random.default_rng((self.seed, self.epoch)).shuffle(urls)
+        pending = []
         for key, image, record, skipped in iter_shard_records(urls, self.skip_bad_records, self.stats):
             rng = np.random.default_rng((self.seed, self.epoch, _key_index(key)))
-            sample = build_sample(image, record, self.processor, self.max_boxes, rng)
-            sample["skipped_records"] = list(skipped)
-            yield sample
+            pending.append(load_sample(image, record, self.max_boxes, rng, self.small_image_size))
+            pending[-1]["skipped_records"] = list(skipped)
+            if len(pending) == self.batch_size:
+                yield from encode_images(pending, self.processor)
+                pending = []
+        yield from encode_images(pending, self.processor)

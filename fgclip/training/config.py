@@ -43,6 +43,8 @@ RERANKER_KEYS = ("text_kind", "negatives", "hidden_size", "num_hidden_layers", "
                  "intermediate_size", "dropout", "positive_weight", "pre_ranking", "distill_momentum",
                  "distill_target_weight", "distill_feature_weight", "distill_feature_mask_ratio")
 SECTIONS = ("model", "data", "loss", "training")
+# FG-CLIP 2 training: the square images with a side under 128 px are resized to (the official box_image_size default)
+OFFICIAL_SMALL_IMAGE_SIZE = 224
 
 # TrainingArguments defaults of every recipe: the collator's keys are not forward()'s
 # column names, nothing is reported unless asked, and FGCLIPForTraining gives every
@@ -138,8 +140,13 @@ class ModelSettings:
 class DataSettings:
     """FineHARD training data: a JSON / JSONL file with an image root, or webdataset shards.
 
-    ``resize_mode`` is FG-CLIP's (squash or pad to a square); ``max_num_patches`` is FG-CLIP 2's
-    NaFlex patch budget per image (upstream trains with 1024); ``group_by_language`` draws
+    ``resize_mode`` is FG-CLIP's (squash or pad to a square). FG-CLIP 2 only: ``max_num_patches``
+    is the NaFlex patch budget, ``auto`` (the default, as the official training collator: every
+    image of a batch takes the smallest of 128 / 256 / 576 / 784 / 1024 patches that holds the
+    batch's largest image, whatever the launch's ``--max_num_patches``) or a fixed integer;
+    ``small_image_size`` (the official ``box_image_size``: 224 by default, 512 in the official
+    launch; 0 turns it off) is the square that images with a side under 128 pixels are resized
+    to first, as the official training dataset does. ``group_by_language`` draws
     batches of one language (the records' ``is_cn``), as FG-CLIP 2 trains. ``allow_outside_root``
     accepts ``f_path`` values that are absolute or leave ``image_root`` (refused by default).
     """
@@ -152,24 +159,47 @@ class DataSettings:
     allow_outside_root: bool = False
     resize_mode: str = "squash"
     group_by_language: bool = False
-    max_num_patches: int | None = None
+    max_num_patches: int | str | None = None
+    small_image_size: int | None = None
 
     def __post_init__(self):
         if not self.train:
             raise ValueError("data.train: path of the FineHARD file (or shard pattern) is required")
         if self.max_boxes < 0:
             raise ValueError(f"data.max_boxes: expected an integer >= 0, got {self.max_boxes}")
-        if self.max_num_patches is not None and self.max_num_patches < 1:
-            raise ValueError(f"data.max_num_patches: expected an integer >= 1, got {self.max_num_patches}")
+        if self.max_num_patches not in (None, "auto") and not (
+                isinstance(self.max_num_patches, int) and self.max_num_patches >= 1):
+            raise ValueError(f"data.max_num_patches: expected 'auto' or an integer >= 1, got {self.max_num_patches!r}")
+        if self.small_image_size is not None and not (
+                isinstance(self.small_image_size, int) and self.small_image_size >= 0):
+            raise ValueError(f"data.small_image_size: expected an integer >= 0, got {self.small_image_size!r}")
         if self.group_by_language and self.shards:
             raise ValueError("data.group_by_language: needs a JSON / JSONL file (shards stream in their own "
                              "order); write one language per shard instead")
 
     def processor_options(self, family: str) -> dict[str, Any]:
         """The image options of the family's processor that this section sets."""
+        self.check_family(family)
         if family == "fgclip":
             return {"resize_mode": self.resize_mode}
-        return {} if self.max_num_patches is None else {"max_num_patches": self.max_num_patches}
+        return {"max_num_patches": "auto" if self.max_num_patches is None else self.max_num_patches}
+
+    def dataset_options(self, family: str, batch_size: int) -> dict[str, Any]:
+        """The options of the family's FineHARD datasets that this section sets: ``small_image_size``,
+        and for shards ``batch_size`` (the per-device batch, so each batch's images share one
+        processor call)."""
+        self.check_family(family)
+        shards = {"batch_size": batch_size} if self.shards else {}
+        if family == "fgclip":
+            return shards
+        size = OFFICIAL_SMALL_IMAGE_SIZE if self.small_image_size is None else self.small_image_size
+        return {"small_image_size": size or None, **shards}
+
+    def check_family(self, family: str) -> None:
+        """Raise a ValueError naming the FG-CLIP 2-only options that are set for FG-CLIP."""
+        options = [f"data.{key}" for key in ("max_num_patches", "small_image_size") if getattr(self, key) is not None]
+        if family == "fgclip" and options:
+            raise ValueError(f"{', '.join(options)}: FG-CLIP 2 only (FG-CLIP squashes or pads to a fixed size)")
 
 
 @dataclass
@@ -243,6 +273,7 @@ class TrainConfig:
     def __post_init__(self):
         try:
             self.loss.check_family(self.model.family)
+            self.data.check_family(self.model.family)
         except ValueError as error:
             raise ValueError(f"{self.source}: {error}") from None
         if self.model.reranker is not None and (self.loss.regional or self.loss.hard_negatives):
