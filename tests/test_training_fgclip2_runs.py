@@ -63,7 +63,9 @@ def test_shipped_recipe_is_fgclip2_from_siglip2():
     config = load_config(RECIPE)
     assert (config.model.family, config.model.init, config.model.path) == \
         ("fgclip2", "siglip2", "google/siglip2-base-patch16-naflex")
-    assert config.data.group_by_language and config.data.max_num_patches == 1024
+    # the official launch: the size rule per batch (auto) and small images squared to 512 first
+    assert config.data.group_by_language and config.data.max_num_patches == "auto"
+    assert config.data.dataset_options("fgclip2", 8) == {"small_image_size": 512}
     assert config.training["learning_rate"] == 1e-6 and config.training["per_device_train_batch_size"] == 512
 
 

@@ -350,11 +350,13 @@ def build_dataset(config: TrainConfig, processor, seed: int):
     data = config.data
     if data.shards and config.training.get("max_steps", -1) <= 0:
         raise ConfigError(f"{config.source}: data.shards: a shard stream has no length; set training.max_steps")
+    options = data.dataset_options(config.model.family, config.training.get("per_device_train_batch_size", 8))
     if data.shards:
-        return FineHARDShardDataset(data.train, processor, data.max_boxes, seed=seed,
-                                    shuffle_shards=True, skip_bad_records=data.skip_bad_records)
+        return FineHARDShardDataset(data.train, processor, data.max_boxes, seed=seed, shuffle_shards=True,
+                                    skip_bad_records=data.skip_bad_records, **options)
     dataset = FineHARDDataset(data.train, data.image_root, processor, data.max_boxes, seed=seed,
-                              skip_bad_records=data.skip_bad_records, allow_outside_root=data.allow_outside_root)
+                              skip_bad_records=data.skip_bad_records, allow_outside_root=data.allow_outside_root,
+                              **options)
     if dataset.stats.skipped:
         logger.warning("%s; first: %s", dataset.stats.summary(), " | ".join(dataset.stats.examples))
     check_regions(config, dataset)
