@@ -2,7 +2,13 @@
 
 Importing this package registers its modules in mmdet's registries; configs load it with
 ``custom_imports = dict(imports=["detection"], allow_failed_imports=False)``.
+Without mmcv's compiled ops or mmdet the import raises :class:`~detection.extra.DetectionExtraMissing`
+(run ``make setup-detection``).
 """
+from .extra import require_detection_extra
+
+require_detection_extra()  # before the modules below import mmcv / mmdet
+# ruff: noqa: E402
 from .backbone import FGCLIPViT, SimpleFeaturePyramid
 from .checkpoint import WeightsOnlyCheckpointHook
 from .class_embeddings import (

@@ -11,20 +11,24 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from fgclip.encoders import load_model
+from fgclip.errors import CheckpointError, ConfigError
 from mmdet.registry import MODELS
 
 
 def load_checkpoint(checkpoint: str, field: str):
-    """An FG-CLIP / FG-CLIP 2 model (type detected) in float32, with an error naming the config ``field``."""
+    """An FG-CLIP / FG-CLIP 2 model (type detected) in float32; a :class:`CheckpointError` names the
+    checkpoint and the config ``field`` that set it."""
     if not checkpoint:
-        raise ValueError(f"{field} is empty; set it to an FG-CLIP or FG-CLIP 2 checkpoint directory or hub id")
+        raise ConfigError(f"{field} is empty; set it to an FG-CLIP or FG-CLIP 2 checkpoint directory or hub id")
     try:
         return load_model(checkpoint, dtype=torch.float32)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} (set by {field})") from error
     except (OSError, ValueError) as error:
-        reason = "no such file or directory" if not os.path.exists(checkpoint) else str(error)
-        raise FileNotFoundError(
-            f"{field} = {checkpoint!r}: cannot load an FG-CLIP or FG-CLIP 2 checkpoint ({reason}); "
-            f"point it to a directory written by save_pretrained or to a hub id"
+        reason = "no such file or directory" if not os.path.exists(checkpoint) else str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            checkpoint, f"cannot load an FG-CLIP or FG-CLIP 2 checkpoint ({reason}) set by {field}; "
+            "point it to a directory written by save_pretrained or to a hub id"
         ) from error
 
 
@@ -87,7 +91,7 @@ class FGCLIPViT(BaseModule):
         num_layers = vision_config.num_hidden_layers
         out_indices = tuple(int(i) for i in out_indices)
         if len(out_indices) != 4 or list(out_indices) != sorted(set(out_indices)) or not 0 <= out_indices[0] <= out_indices[-1] < num_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"model.backbone.out_indices must be 4 increasing block indices in 0..{num_layers - 1}, got {out_indices}"
             )
         self.out_indices = out_indices

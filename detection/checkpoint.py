@@ -8,13 +8,36 @@ numbers and rebuilds them after loading; the weights-only check itself stays on.
 """
 from __future__ import annotations
 
+import os
+import zipfile
+
 import numpy as np
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 
+from fgclip.errors import CheckpointError
 from mmdet.registry import HOOKS
 
 BUFFER_TAG = "__history_buffer__"
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> None:
+    """A :class:`CheckpointError` naming ``path`` when it is missing, empty, or a truncated or
+    corrupt zip archive (``torch.save``'s format), found before the model is built."""
+    if not os.path.isfile(path):
+        raise CheckpointError(path, "checkpoint file not found (a .pth written by tools/train_det.py)")
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if not head:
+        raise CheckpointError(path, "empty file (0 bytes), not a checkpoint")
+    if head != b"PK":
+        if head[:1] != b"\x80":  # torch.save's legacy format is a pickle stream
+            raise CheckpointError(path, "not a PyTorch checkpoint (neither a zip archive nor a pickle stream)")
+        return
+    try:
+        zipfile.ZipFile(path).close()
+    except zipfile.BadZipFile as error:
+        raise CheckpointError(path, f"truncated or corrupt checkpoint ({error}); copy or save it again") from error
 
 
 def plain(value):

@@ -13,6 +13,7 @@ A template holds ``{}`` (the class name) once and may hold ``{article}`` ("a" / 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fgclip.encoders import Encoder, processor_for
+from fgclip.errors import ConfigError, DataError, writing
 
 # CLIPSelf F-ViT's 63 class prompts (wusize/CLIPSelf@1c7fe9c, F-ViT/tools/clip_utils.py), with the
 # "This is " that it prepends to every prompt starting with "a" or "the" already applied.
@@ -135,7 +137,7 @@ def check_templates(templates: Sequence[str], where: str = "templates") -> None:
     """Every template holds ``{}`` exactly once and no placeholder but ``{article}``."""
     bad = [t for t in templates if (rest := t.replace("{article}", "")).count("{}") != 1 or rest.replace("{}", "").count("{")]
     if not templates or bad:
-        raise ValueError(f"{where}: every template needs exactly one '{{}}' (and optionally '{{article}}'); bad: {bad}")
+        raise ConfigError(f"{where}: every template needs exactly one '{{}}' (and optionally '{{article}}'); bad: {bad}")
 
 
 def embed_class_names(
@@ -186,11 +188,14 @@ def save_class_embeddings(
     model: str,
     background: torch.Tensor,
 ) -> None:
-    """Write an embedding file (see the module docstring)."""
+    """Write an embedding file (see the module docstring); a row that is not finite (a diverged or
+    corrupt text tower) is a :class:`DataError` naming ``path`` and the row, and nothing is written."""
     if embeddings.ndim != 2 or embeddings.shape[0] != len(class_names):
         raise ValueError(f"embeddings must be ({len(class_names)}, D), got {tuple(embeddings.shape)}")
     if background.shape != embeddings.shape[1:]:
         raise ValueError(f"background must be ({embeddings.shape[1]},), got {tuple(background.shape)}")
+    check_finite(path, list(class_names), embeddings, background,
+                 f"the text tower of {model} is not finite (diverged or corrupt weights); nothing written")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     content = {
         "class_names": list(class_names),
@@ -199,34 +204,51 @@ def save_class_embeddings(
         "templates": list(templates),
         "model": str(model),
     }
-    torch.save(content, path)
+    with writing(path), open(path, "wb") as handle:  # a failed write (a full disk) names the file
+        torch.save(content, handle)
+
+
+def check_finite(path, class_names: list[str], embeddings: torch.Tensor, background: torch.Tensor, hint: str) -> None:
+    """A :class:`DataError` naming ``path`` and the first row (class name, or the background) holding
+    NaN or inf: such a row would score every box NaN without any other sign."""
+    bad_rows = (~torch.isfinite(embeddings).all(dim=1)).nonzero().flatten().tolist()
+    if bad_rows:
+        row = bad_rows[0]
+        raise DataError(path, f"field 'embeddings', row {row} ({class_names[row]!r}) holds NaN or inf "
+                              f"({len(bad_rows)} of {len(class_names)} rows); {hint}")
+    if not torch.isfinite(background).all():
+        raise DataError(path, f"field 'background' holds NaN or inf; {hint}")
 
 
 def load_class_embeddings(path: str | os.PathLike, field: str = "class_embeddings") -> ClassEmbeddings:
-    """Read an embedding file; errors name the config ``field``, the file and the bad entry."""
+    """Read an embedding file; a :class:`DataError` names the file, then the config ``field`` or the
+    bad entry (a missing field, a wrong shape, a row holding NaN or inf)."""
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{field} = {str(path)!r}: no such file; write one with tools/dump_class_embeddings.py"
-        )
-    content = torch.load(path, map_location="cpu", weights_only=True)
+        raise DataError(path, f"class-embedding file not found (set by {field}); write one with "
+                              "tools/dump_class_embeddings.py")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(path, f"not a readable embedding file ({reason}); rewrite it with "
+                              "tools/dump_class_embeddings.py") from error
     if not isinstance(content, dict) or "class_names" not in content or "embeddings" not in content:
-        raise ValueError(f"{path}: expected a dict with 'class_names' and 'embeddings' (written by tools/dump_class_embeddings.py)")
+        raise DataError(path, "expected a dict with 'class_names' and 'embeddings' (written by tools/dump_class_embeddings.py)")
     names, embeddings = content["class_names"], content["embeddings"]
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: field 'class_names' must be a list of strings")
+        raise DataError(path, "field 'class_names' must be a list of strings")
     if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2 or embeddings.shape[0] != len(names):
         shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
-        raise ValueError(f"{path}: field 'embeddings' must be a ({len(names)}, D) tensor, got {shape}")
+        raise DataError(path, f"field 'embeddings' must be a ({len(names)}, D) tensor, got {shape}")
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: field 'class_names' has duplicates")
+        raise DataError(path, "field 'class_names' has duplicates")
     if "background" not in content:
-        raise ValueError(
-            f"{path}: no field 'background' (the file predates the background embedding); rewrite it with "
-            f"python tools/dump_class_embeddings.py --config <detection config> (or --model ... --out {path})"
-        )
+        raise DataError(path, "no field 'background' (the file predates the background embedding); rewrite it with "
+                              f"python tools/dump_class_embeddings.py --config <detection config> (or --model ... --out {path})")
     background = content["background"]
     if not isinstance(background, torch.Tensor) or tuple(background.shape) != (embeddings.shape[1],):
         shape = tuple(background.shape) if isinstance(background, torch.Tensor) else type(background).__name__
-        raise ValueError(f"{path}: field 'background' must be a ({embeddings.shape[1]},) tensor, got {shape}")
+        raise DataError(path, f"field 'background' must be a ({embeddings.shape[1]},) tensor, got {shape}")
+    check_finite(path, list(names), embeddings, background, "rewrite it with tools/dump_class_embeddings.py")
     templates = list(content.get("templates", []))
     return ClassEmbeddings(list(names), embeddings.float(), background.float(), templates)

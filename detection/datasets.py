@@ -16,9 +16,12 @@ the novel classes may be absent from a training file) and ``instances_val2017_al
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
+from fgclip.errors import ConfigError, DataError
 from mmdet.datasets import CocoDataset
 from mmdet.datasets.api_wrappers import COCO
 from mmdet.registry import DATASETS
@@ -44,9 +47,9 @@ def check_novel_classes(classes: Sequence[str], novel_classes: Sequence[str], wh
     """Validate that ``novel_classes`` is a duplicate-free subset of ``classes``; return it as a tuple."""
     unknown = [name for name in novel_classes if name not in classes]
     if unknown:
-        raise ValueError(f"{where}: novel classes {unknown} are not among the classes {list(classes)}")
+        raise ConfigError(f"{where}: novel classes {unknown} are not among the classes {list(classes)}")
     if len(set(novel_classes)) != len(novel_classes):
-        raise ValueError(f"{where}: novel_classes has duplicates: {list(novel_classes)}")
+        raise ConfigError(f"{where}: novel_classes has duplicates: {list(novel_classes)}")
     return tuple(novel_classes)
 
 
@@ -56,28 +59,53 @@ def category_ids_by_name(coco: COCO, class_names: Sequence[str], ann_file: str, 
     Names in ``may_miss`` that the file does not define get ids -1, -2, ... (no annotation has them).
 
     Raises:
-        ValueError: naming ``ann_file`` and the class names it does not define.
+        DataError: naming ``ann_file`` and the class names it does not define.
     """
     ids_by_name = {category["name"]: category["id"] for category in coco.dataset["categories"]}
     absent = [name for name in class_names if name not in ids_by_name and name in may_miss]
     ids_by_name.update({name: -1 - k for k, name in enumerate(absent)})
     missing = [name for name in class_names if name not in ids_by_name]
     if missing:
-        raise ValueError(
-            f"{ann_file}: field 'categories' has no category named {missing} "
-            f"(it defines {sorted(ids_by_name)})"
-        )
+        raise DataError(ann_file, f"field 'categories' has no category named {missing} (it defines {sorted(ids_by_name)})")
     return [ids_by_name[name] for name in class_names]
+
+
+def read_coco_json(path: str | Path) -> dict:
+    """A COCO-format annotation file, checked to be a JSON object with lists 'images', 'categories'
+    and (if present) 'annotations'; a :class:`DataError` names the file (and the line of a JSON
+    syntax error)."""
+    if not Path(path).is_file():
+        raise DataError(path, "annotation file not found (check ann_file and data_root in the config)")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            dataset = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DataError(path, f"not valid JSON ({error.msg}, column {error.colno})", line=error.lineno) from error
+    except UnicodeDecodeError as error:
+        raise DataError(path, f"not UTF-8 text ({error.reason} at byte {error.start}); expected COCO JSON") from error
+    if not isinstance(dataset, dict):
+        raise DataError(path, f"expected a JSON object with 'images' and 'categories', got {type(dataset).__name__}")
+    for key in ("images", "categories", "annotations"):
+        if key not in dataset and key != "annotations":
+            raise DataError(path, f"no field '{key}' (not a COCO-format annotation file)")
+        if not isinstance(dataset.get(key, []), list):
+            raise DataError(path, f"field '{key}' must be a list, got {type(dataset[key]).__name__}")
+    return dataset
 
 
 class NameOrderedCOCO(COCO):
     """mmdet's COCO API whose ``get_cat_ids(cat_names=...)`` keeps the order of the names
-    (mmdet's follows the file) and rejects names the file does not define, except ``may_miss``."""
+    (mmdet's follows the file) and rejects names the file does not define, except ``may_miss``;
+    the file is read by :func:`read_coco_json`."""
 
     def __init__(self, annotation_file: str | None = None, may_miss: Sequence[str] = ()):
         self.annotation_file = annotation_file
         self.may_miss = tuple(may_miss)
-        super().__init__(annotation_file)
+        super().__init__(None)
+        if annotation_file is not None:  # read here: errors name the file
+            self.dataset = read_coco_json(annotation_file)
+            self.createIndex()
+            self.img_ann_map, self.cat_img_map = self.imgToAnns, self.catToImgs  # mmdet's aliases
 
     def get_cat_ids(self, cat_names=(), sup_names=(), cat_ids=()) -> list[int]:
         if not cat_names or sup_names or cat_ids:

@@ -20,9 +20,10 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 from pycocotools import mask as mask_utils
 
+from fgclip.errors import ConfigError, DataError
 from mmdet.registry import DATASETS, METRICS
 
-from .datasets import OVCocoDataset
+from .datasets import OVCocoDataset, read_coco_json
 from .metrics import prediction_arrays
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -46,7 +47,7 @@ class OVLVISDataset(OVCocoDataset):
 
     def load_data_list(self) -> list[dict]:
         if not self.metainfo["classes"]:
-            raise ValueError(f"{type(self).__name__} ({self.ann_file}): set metainfo=dict(classes=...) "
+            raise ConfigError(f"{type(self).__name__} ({self.ann_file}): set metainfo=dict(classes=...) "
                              "(configs/_base_/datasets/ov_lvis.py lists the LVIS v1 classes)")
         return super().load_data_list()
 
@@ -54,7 +55,7 @@ class OVLVISDataset(OVCocoDataset):
         image = raw_data_info["raw_img_info"]
         if "file_name" not in image:
             if "coco_url" not in image:
-                raise ValueError(f"{self.ann_file}: image {image.get('id')} has neither 'file_name' nor 'coco_url'")
+                raise DataError(f"{self.ann_file}: image {image.get('id')} has neither 'file_name' nor 'coco_url'")
             image["file_name"] = "/".join(image["coco_url"].split("/")[-2:])
         return super().parse_data_info(raw_data_info)
 
@@ -222,7 +223,7 @@ class OVLVISMetric(BaseMetric):
         classes = list(self.dataset_meta["classes"])
         missing = [name for name in classes if name not in ids_by_name]
         if missing:
-            raise ValueError(f"{self.ann_file}: field 'categories' has no category named {missing[:10]}")
+            raise DataError(f"{self.ann_file}: field 'categories' has no category named {missing[:10]}")
         cat_ids = [ids_by_name[name] for name in classes]
         detections = [
             {"image_id": result["img_id"], "category_id": cat_ids[int(label)],
@@ -242,22 +243,22 @@ def load_lvis_json(path: str | Path) -> dict:
     """An LVIS json, checked for the fields the federated evaluation needs (errors name the record)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"LVIS annotation file not found: {path}")
-    dataset = json.loads(path.read_text(encoding="utf-8"))
+        raise DataError(path, "LVIS annotation file not found")
+    dataset = read_coco_json(path)
     for key in ("images", "annotations", "categories"):
         if key not in dataset:
-            raise ValueError(f"{path}: no field '{key}'")
+            raise DataError(path, f"no field '{key}'")
     for category in dataset["categories"]:
         if category.get("frequency") not in FREQUENCIES:
-            raise ValueError(f"{path}: category {category.get('id')} ({category.get('name')!r}): field 'frequency' "
+            raise DataError(f"{path}: category {category.get('id')} ({category.get('name')!r}): field 'frequency' "
                              f"must be one of {FREQUENCIES}, got {category.get('frequency')!r}")
     for image in dataset["images"]:
         for key in ("neg_category_ids", "not_exhaustive_category_ids"):
             if not isinstance(image.get(key), list):
-                raise ValueError(f"{path}: image {image.get('id')}: field '{key}' must be a list")
+                raise DataError(path, f"image {image.get('id')}: field '{key}' must be a list")
     for ann in dataset["annotations"]:
         if "area" not in ann or "bbox" not in ann:
-            raise ValueError(f"{path}: annotation {ann.get('id')}: fields 'bbox' and 'area' are required")
+            raise DataError(f"{path}: annotation {ann.get('id')}: fields 'bbox' and 'area' are required")
     return dataset
 
 

@@ -10,6 +10,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from fgclip.errors import ConfigError
 from mmdet.models.layers import multiclass_nms
 from mmdet.models.roi_heads import StandardRoIHead
 from mmdet.models.roi_heads.bbox_heads import ConvFCBBoxHead
@@ -92,16 +93,16 @@ class FViTBBoxHead(ConvFCBBoxHead):
         names, embeddings = content.class_names, content.embeddings
         width = embeddings.shape[1]
         if class_names is not None and list(class_names) != names:
-            raise ValueError(
-                f"{class_embeddings}: its class_names {names} differ from the configured "
-                f"{field}.class_names {list(class_names)} (same names, same order needed)"
+            raise ConfigError(
+                f"{field}.class_names {list(class_names)} differ from the class_names {names} of "
+                f"{class_embeddings} (same names, same order needed)"
             )
         if num_classes is not None and num_classes != len(names):
-            raise ValueError(f"{field}.num_classes={num_classes} but {class_embeddings} holds {len(names)} classes")
+            raise ConfigError(f"{field}.num_classes={num_classes} but {class_embeddings} holds {len(names)} classes")
         if fc_out_channels is not None and fc_out_channels != width:
-            raise ValueError(f"{field}.fc_out_channels={fc_out_channels} but the embeddings of {class_embeddings} are {width} wide")
+            raise ConfigError(f"{field}.fc_out_channels={fc_out_channels} but the embeddings of {class_embeddings} are {width} wide")
         if num_cls_fcs < 1:
-            raise ValueError(f"{field}.num_cls_fcs must be >= 1 (its last fc gives the region embedding), got {num_cls_fcs}")
+            raise ConfigError(f"{field}.num_cls_fcs must be >= 1 (its last fc gives the region embedding), got {num_cls_fcs}")
         novel = check_novel_classes(names, novel_classes, field)
         loss_cls = dict(loss_cls or dict(type="MaskedCrossEntropyLoss", loss_weight=1.0))
         loss_cls["class_weight"] = self._class_weights(names, novel, novel_weight, background_weight)

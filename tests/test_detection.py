@@ -32,6 +32,7 @@ from pycocotools.cocoeval import COCOeval  # noqa: E402
 from detection import OVCocoAP50Metric, OVCocoDataset, ensemble_scores  # noqa: E402  (registers the modules)
 from fgclip import FGCLIPModel, FGCLIPProcessor  # noqa: E402
 from fgclip.data.shapes import SHAPES, write_coco_detection  # noqa: E402
+from fgclip.errors import CheckpointError, ConfigError, DataError  # noqa: E402
 from fgclip.testing import tiny_config  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
 
@@ -281,15 +282,16 @@ def test_dumped_class_embeddings_equal_text_tower(in_workspace, tmp_path):
 def test_missing_checkpoint_or_embeddings_fail_clearly(in_workspace):
     cfg = tiny_cfg()
     cfg.model.backbone.checkpoint = "/nonexistent/fg-clip-base"
-    with pytest.raises(FileNotFoundError, match="model.backbone.checkpoint = '/nonexistent/fg-clip-base'"):
+    with pytest.raises(CheckpointError, match="^/nonexistent/fg-clip-base: .*set by model.backbone.checkpoint"):
         MODELS.build(cfg.model)
     cfg = tiny_cfg()
     cfg.model.roi_head.bbox_head.class_embeddings = "/nonexistent/ov_coco.pt"
-    with pytest.raises(FileNotFoundError, match="model.roi_head.bbox_head.class_embeddings = '/nonexistent/ov_coco.pt'"):
+    with pytest.raises(DataError, match="^/nonexistent/ov_coco.pt: class-embedding file not found "
+                       r"\(set by model.roi_head.bbox_head.class_embeddings\)"):
         MODELS.build(cfg.model)
     cfg = tiny_cfg()
     cfg.model.roi_head.bbox_head.class_names = ("circle", "square")
-    with pytest.raises(ValueError, match="differ from the configured"):
+    with pytest.raises(ConfigError, match="model.roi_head.bbox_head.class_names .* differ from the class_names"):
         MODELS.build(cfg.model)
 
 

@@ -11,7 +11,17 @@ novel class (CLIP-weighted ensemble). Detections are also printed, one per line.
 """
 from __future__ import annotations
 
+import sys
+from importlib import import_module
+
+from fgclip.errors import CheckpointError, ConfigError, print_output, run_command, writing
+
+if __name__ == "__main__" and (status := run_command(lambda _: import_module("detection"))):
+    sys.exit(status)  # mmcv or mmdet missing: one line saying to run `make setup-detection`
+# ruff: noqa: E402
 import argparse
+import math
+import pickle
 from pathlib import Path
 
 import torch
@@ -22,7 +32,9 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 from PIL import Image, ImageDraw
 
+from detection.checkpoint import check_checkpoint_file
 from detection.class_embeddings import PROMPT_TEMPLATES, embed_class_names, text_encoder_of
+from detection.config_file import load_config, naming_config
 from fgclip.processing_fgclip import load_image
 from mmdet.registry import MODELS
 
@@ -36,21 +48,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab", required=True, help='comma-separated class names, e.g. "cat,red cup"')
     parser.add_argument("--config", required=True, help="detection config used for training")
     parser.add_argument("--checkpoint", required=True, help="trained detector checkpoint (.pth)")
-    parser.add_argument("--out", help="output PNG (default: <image>_detections.png next to the image)")
-    parser.add_argument("--score-thr", type=float, default=0.3, help="draw detections scoring at least this")
+    parser.add_argument("-o", "--out", help="output PNG (default: <image>_detections.png next to the image)")
+    parser.add_argument("--score-thr", type=float, default=0.3, help="draw detections scoring at least this (0 to 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
 
 
 def build_detector(config: str, checkpoint: str, device: str) -> tuple[torch.nn.Module, Config]:
     """The detector of ``config`` with the weights of ``checkpoint``, in eval mode."""
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    cfg = Config.fromfile(config)
+    check_checkpoint_file(checkpoint)
+    cfg = load_config(config)
     init_default_scope(cfg.get("default_scope", "mmdet"))
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
-    load_checkpoint(model, checkpoint, map_location="cpu")
+    with naming_config(config):
+        model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    try:
+        load_checkpoint(model, checkpoint, map_location="cpu")
+    except pickle.UnpicklingError as error:  # torch's weights-only loader refuses code in the file
+        reason = str(error).strip().splitlines()[0]
+        raise CheckpointError(checkpoint, f"not loadable as weights only ({reason})") from error
     return model.to(device).eval(), cfg
+
+
+def check_score_threshold(value: float) -> float:
+    """``--score-thr`` as given, if it is a number in [0, 1] (NaN would silently keep nothing)."""
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"--score-thr {value}: expected a number from 0 to 1 (detection scores are probabilities)")
+    return value
 
 
 def set_vocabulary(model: torch.nn.Module, checkpoint: str, names: list[str]) -> list[str]:
@@ -91,24 +114,26 @@ def draw(image: Image.Image, boxes, scores, labels, names: list[str]) -> Image.I
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
+    score_thr = check_score_threshold(args.score_thr)
     names = [name.strip() for name in args.vocab.split(",") if name.strip()]
     if not names or len(set(names)) != len(names):
-        raise SystemExit(f"--vocab needs distinct, non-empty names, got {args.vocab!r}")
+        raise ConfigError(f"--vocab {args.vocab!r}: expected distinct, non-empty comma-separated class names")
     image = load_image(args.image)
     model, cfg = build_detector(args.config, args.checkpoint, args.device)
     novel = set(set_vocabulary(model, cfg.model.backbone.checkpoint, names))
     pred = detect(model, cfg, args.image)
-    keep = pred.scores >= args.score_thr
+    keep = pred.scores >= score_thr
     boxes, scores, labels = pred.bboxes[keep].tolist(), pred.scores[keep].tolist(), pred.labels[keep].tolist()
-    for box, score, label in zip(boxes, scores, labels):
-        kind = "novel" if names[label] in novel else "base"
-        print(f"{names[label]}\t{kind}\t{score:.3f}\t" + " ".join(f"{v:.1f}" for v in box))
+    lines = [f"{names[label]}\t{'novel' if names[label] in novel else 'base'}\t{score:.3f}\t" + " ".join(f"{v:.1f}" for v in box)
+             for box, score, label in zip(boxes, scores, labels)]
     out = Path(args.out) if args.out else Path(args.image).with_name(Path(args.image).stem + "_detections.png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    draw(image, boxes, scores, labels, names).save(out)
-    print(f"{len(boxes)} detections >= {args.score_thr} drawn to {out}")
+    image_format = None if out.suffix.lower() in Image.registered_extensions() else "PNG"  # e.g. -o /dev/full
+    with writing(out):
+        draw(image, boxes, scores, labels, names).save(out, format=image_format)
+    print_output("\n".join([*lines, f"{len(boxes)} detections >= {score_thr} drawn to {out}"]))
     return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -15,14 +15,21 @@ model path (see ``detection.class_embeddings``).
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from importlib import import_module
+
+from fgclip.errors import ConfigError, DataError, run_command
+
+if __name__ == "__main__" and (status := run_command(lambda _: import_module("detection"))):
+    sys.exit(status)  # mmcv or mmdet missing: one line saying to run `make setup-detection`
+# ruff: noqa: E402
+import argparse
 from pathlib import Path
 
 import torch
-from mmengine.config import Config
 
 from detection.class_embeddings import BACKGROUND, TEMPLATE_SETS, check_templates, embed_class_names, save_class_embeddings
+from detection.config_file import load_config
 from fgclip.encoders import load_encoder
 
 
@@ -38,20 +45,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     templates.add_argument("--templates", choices=sorted(TEMPLATE_SETS), default="clipself", help="named template set: clipself (CLIPSelf's 63 prompts, the default) or fgclip (FG-CLIP's 20 short ones)")
     templates.add_argument("--templates-file", help="text file with one prompt template per line, '{}' = class name, "
                            "optionally '{article}' = a / an")
-    parser.add_argument("--out", help="output .pt file")
+    parser.add_argument("-o", "--out", help="output .pt file")
     parser.add_argument("--batch-size", type=int, default=256, help="prompts per text-tower call")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
 
 
 def read_lines(path: str, what: str) -> list[str]:
-    """Non-empty stripped lines of ``path``; an error names the file if there are none."""
+    """Non-empty stripped lines of ``path``; a :class:`DataError` names the file if it is missing,
+    not UTF-8 text or holds none."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+        raise DataError(path, f"{what} file not found")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(path, f"not UTF-8 text ({error.reason} at byte {error.start}); expected {what}, one per line") from None
+    lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if not lines:
-        raise ValueError(f"{path}: no {what} (one per line expected)")
+        raise DataError(path, f"no {what} (one per line expected)")
     return lines
 
 
@@ -59,11 +71,13 @@ def resolve(args: argparse.Namespace) -> tuple[list[str], str, str]:
     """(class names, model path, output path) from the flags, falling back on ``--config``."""
     names = model = out = None
     if args.config:
-        cfg = Config.fromfile(args.config)
-        head = cfg.model.roi_head.bbox_head
-        names = list(head.get("class_names") or cfg.test_dataloader.dataset.metainfo.classes)
-        model = cfg.model.backbone.checkpoint
-        out = head.class_embeddings
+        cfg = load_config(args.config)
+        try:
+            head = cfg.model.roi_head.bbox_head
+            names = list(head.get("class_names") or cfg.test_dataloader.dataset.metainfo.classes)
+            model, out = cfg.model.backbone.checkpoint, head.class_embeddings
+        except (AttributeError, KeyError) as error:
+            raise ConfigError(args.config, f"not an F-ViT detection config ({error}); give --vocab, --model and --out instead") from None
     if args.vocab:
         names = [name.strip() for name in args.vocab.split(",") if name.strip()]
     elif args.vocab_file:
@@ -71,12 +85,13 @@ def resolve(args: argparse.Namespace) -> tuple[list[str], str, str]:
     model, out = args.model or model, args.out or out
     missing = [flag for flag, value in (("--vocab/--vocab-file", names), ("--model", model), ("--out", out)) if not value]
     if missing:
-        raise SystemExit(f"missing {', '.join(missing)} (give them, or a --config that defines them)")
+        raise ConfigError(f"missing {', '.join(missing)}: give them, or a --config that defines them")
+    source = "--vocab" if args.vocab else args.vocab_file or args.config
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise SystemExit(f"duplicate class names: {duplicates}")
+        raise ConfigError(source, f"duplicate class names {duplicates}")
     if BACKGROUND in names:
-        raise SystemExit(f"{BACKGROUND!r} is not a class name: it is embedded as the background row")
+        raise ConfigError(source, f"{BACKGROUND!r} is not a class name: it is embedded as the background row")
     return names, model, out
 
 
@@ -96,4 +111,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

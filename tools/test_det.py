@@ -9,6 +9,14 @@ For OV-COCO configs the metrics are ``ov_coco/AP50_novel``, ``ov_coco/AP50_base`
 """
 from __future__ import annotations
 
+import sys
+from importlib import import_module
+
+from fgclip.errors import print_output, run_command, writing
+
+if __name__ == "__main__" and (status := run_command(lambda _: import_module("detection"))):
+    sys.exit(status)  # mmcv or mmdet missing: one line saying to run `make setup-detection`
+# ruff: noqa: E402
 import argparse
 import json
 import os
@@ -18,6 +26,8 @@ from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
+from detection.checkpoint import check_checkpoint_file
+from detection.config_file import load_config, naming_config
 from detection.launch import setup_launcher
 
 
@@ -26,17 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("config", help="config file")
     parser.add_argument("checkpoint", help="checkpoint file (.pth) written by tools/train_det.py")
     parser.add_argument("--work-dir", help="where logs go (default work_dirs/<config name>)")
-    parser.add_argument("--out", help="also write the metrics to this JSON file")
+    parser.add_argument("-o", "--out", help="also write the metrics to this JSON file")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries, key=value")
     return parser.parse_args(argv)
 
 
 def setup_config(args: argparse.Namespace) -> Config:
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    check_checkpoint_file(args.checkpoint)
+    cfg = load_config(args.config, args.cfg_options)
     setup_launcher(cfg)
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
@@ -46,17 +53,17 @@ def setup_config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    runner = Runner.from_cfg(setup_config(args))
-    metrics = runner.test()
+    with naming_config(args.config):
+        metrics = Runner.from_cfg(setup_config(args)).test()
     if is_main_process():
         text = json.dumps(metrics, indent=2)
-        print(text)
         if args.out:
             os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w", encoding="utf-8") as handle:
+            with writing(args.out), open(args.out, "w", encoding="utf-8") as handle:
                 handle.write(text + "\n")
+        print_output(text)
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -10,12 +10,22 @@ process group uses gloo.
 """
 from __future__ import annotations
 
+import sys
+from importlib import import_module
+
+from fgclip.errors import run_command
+
+if __name__ == "__main__" and (status := run_command(lambda _: import_module("detection"))):
+    sys.exit(status)  # mmcv or mmdet missing: one line saying to run `make setup-detection`
+# ruff: noqa: E402
 import argparse
 import os.path as osp
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from detection.checkpoint import check_checkpoint_file
+from detection.config_file import load_config, naming_config
 from detection.launch import setup_launcher
 
 
@@ -33,9 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def setup_config(args: argparse.Namespace) -> Config:
     """The config with the command-line choices applied (launcher, work_dir, resume, AMP, lr scaling)."""
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     setup_launcher(cfg)
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0])
     if args.amp:
@@ -46,14 +54,16 @@ def setup_config(args: argparse.Namespace) -> Config:
     if args.resume == "auto":
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
+        check_checkpoint_file(args.resume)
         cfg.resume, cfg.load_from = True, args.resume
     return cfg
 
 
 def main(argv: list[str] | None = None) -> None:
-    runner = Runner.from_cfg(setup_config(parse_args(argv)))
-    runner.train()
+    args = parse_args(argv)
+    with naming_config(args.config):
+        Runner.from_cfg(setup_config(args)).train()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

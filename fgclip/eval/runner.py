@@ -201,9 +201,9 @@ def prepare(
             continue
         prepared.extend(spec.prepare(spec, paths, options))
     if not prepared:
-        raise DataError(
-            "no benchmark found for tasks " + ", ".join(tasks) + "; expected layout:\n" + describe_layout(data_root)
-        )
+        where = data_root if data_root is not None else "--path"
+        raise DataError(where, f"no benchmark found for tasks {', '.join(tasks)} ({len(specs)} looked for, none "
+                               "present); `fgclip eval --list-datasets --data-root DIR` prints the expected layout")
     return prepared, skipped
 
 
