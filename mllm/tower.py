@@ -68,7 +68,7 @@ class FGCLIPVisionTower(CLIPVisionModel):
         :meth:`fgclip.FGCLIPModel.from_pretrained`; the vision weights are copied strictly.
         """
         source = None
-        if not isinstance(checkpoint, FGCLIPModel):
+        if isinstance(checkpoint, (str, os.PathLike)):
             source = str(checkpoint)
             checkpoint = FGCLIPModel.from_pretrained(checkpoint)
         config = FGCLIPVisionTowerConfig.from_fgclip_config(checkpoint.config, source_checkpoint=source)

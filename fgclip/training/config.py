@@ -46,6 +46,50 @@ SECTIONS = ("model", "data", "loss", "training")
 # FG-CLIP 2 training: the square images with a side under 128 px are resized to (the official box_image_size default)
 OFFICIAL_SMALL_IMAGE_SIZE = 224
 
+
+@dataclass(frozen=True)
+class FamilyRecipe:
+    """What a recipe may set for one model family (the family itself is in fgclip.encoders.FAMILIES).
+
+    Args:
+        title: the family's name in messages.
+        builtin_tokenizer: the processor builds its tokenizer itself (FG-CLIP's offline CLIP BPE);
+            otherwise ``model.tokenizer`` or ``model.path`` names it.
+        data_options: the ``data`` keys of this family's processor and datasets; other families'
+            keys are refused when set.
+        loss_options: the ``loss`` keys only this family's loss takes.
+        weights: ``loss`` weight key -> keyword of the family's loss class.
+    """
+
+    title: str
+    builtin_tokenizer: bool
+    data_options: tuple[str, ...]
+    loss_options: tuple[str, ...]
+    weights: dict[str, str]
+
+
+FAMILY_RECIPES = {
+    "fgclip": FamilyRecipe("FG-CLIP", True, ("resize_mode",), ("region_scope", "region_scales_from_logit_scale"),
+                           {"regional_weight": "regional_weight", "hard_negative_weight": "hard_negative_weight"}),
+    "fgclip2": FamilyRecipe("FG-CLIP 2", False, ("max_num_patches", "small_image_size"), (),
+                            {"regional_weight": "regional_weight", "tic_weight": "tic_weight",
+                             "hard_negative_weight": "hard_block_weight"}),
+}
+
+
+def foreign_options(section: str, settings, family: str, keys: str) -> None:
+    """Raise a ValueError naming the options of other families (their recipe field ``keys``) that
+    ``settings`` (the recipe's ``section``) sets for ``family``."""
+    own = set(getattr(FAMILY_RECIPES[family], keys))
+    owners: dict[str, list[str]] = {}
+    for name, recipe in FAMILY_RECIPES.items():
+        for key in getattr(recipe, keys):
+            if key not in own and getattr(settings, key) not in (None, False):
+                owners.setdefault(key, []).append(recipe.title)
+    if owners:
+        named = "; ".join(f"{section}.{key}: {' / '.join(titles)} only" for key, titles in sorted(owners.items()))
+        raise ValueError(f"{named}, not for model.family={family!r}")
+
 # TrainingArguments defaults of every recipe: the collator's keys are not forward()'s
 # column names, nothing is reported unless asked, and FGCLIPForTraining gives every
 # trainable parameter a gradient at every step (no DDP search for unused ones).
@@ -110,8 +154,8 @@ class ModelSettings:
         if self.init == "config" and self.config.get("preset", "tiny") not in presets:
             raise ValueError(f"model.config.preset: expected one of {', '.join(presets)} for {self.family}, "
                              f"got {self.config.get('preset')!r}")
-        if self.family == "fgclip2" and not (self.tokenizer or self.path):
-            raise ValueError("model.tokenizer: required for fgclip2 when model.path is not set")
+        if not FAMILY_RECIPES[self.family].builtin_tokenizer and not (self.tokenizer or self.path):
+            raise ValueError(f"model.tokenizer: required for {self.family} when model.path is not set")
         unknown = sorted(set(self.reranker or {}) - set(RERANKER_KEYS))
         if unknown:
             raise ValueError(f"model.reranker: unknown key(s) {unknown}; it takes {', '.join(RERANKER_KEYS)}")
@@ -127,9 +171,9 @@ class ModelSettings:
         return MODEL_PRESETS[self.family][options.pop("preset", "tiny")](**options)
 
     def load_tokenizer(self):
-        """FG-CLIP 2's tokenizer (``tokenizer`` or ``path``); ``None`` for FG-CLIP, whose processor
-        builds the CLIP BPE tokenizer offline."""
-        if self.family == "fgclip":
+        """The tokenizer ``tokenizer`` or ``path`` names; ``None`` for a family whose processor builds its
+        own (FG-CLIP: the CLIP BPE tokenizer, offline)."""
+        if FAMILY_RECIPES[self.family].builtin_tokenizer:
             return None
         from transformers import AutoTokenizer
 
@@ -140,7 +184,7 @@ class ModelSettings:
 class DataSettings:
     """FineHARD training data: a JSON / JSONL file with an image root, or webdataset shards.
 
-    ``resize_mode`` is FG-CLIP's (squash or pad to a square). FG-CLIP 2 only: ``max_num_patches``
+    ``resize_mode`` is FG-CLIP's (``squash``, the default, or ``pad`` to a square). FG-CLIP 2 only: ``max_num_patches``
     is the NaFlex patch budget, ``auto`` (the default, as the official training collator: every
     image of a batch takes the smallest of 128 / 256 / 576 / 784 / 1024 patches that holds the
     batch's largest image, whatever the launch's ``--max_num_patches``) or a fixed integer;
@@ -157,7 +201,7 @@ class DataSettings:
     max_boxes: int = 4
     skip_bad_records: bool = False
     allow_outside_root: bool = False
-    resize_mode: str = "squash"
+    resize_mode: str | None = None
     group_by_language: bool = False
     max_num_patches: int | str | None = None
     small_image_size: int | None = None
@@ -178,28 +222,27 @@ class DataSettings:
                              "order); write one language per shard instead")
 
     def processor_options(self, family: str) -> dict[str, Any]:
-        """The image options of the family's processor that this section sets."""
+        """The image options of the family's processor that this section sets (FG-CLIP 2's budget is
+        ``auto`` unless set)."""
         self.check_family(family)
-        if family == "fgclip":
-            return {"resize_mode": self.resize_mode}
-        return {"max_num_patches": "auto" if self.max_num_patches is None else self.max_num_patches}
+        options = {"resize_mode": self.resize_mode or "squash",
+                   "max_num_patches": "auto" if self.max_num_patches is None else self.max_num_patches}
+        return {key: value for key, value in options.items() if key in FAMILY_RECIPES[family].data_options}
 
     def dataset_options(self, family: str, batch_size: int) -> dict[str, Any]:
         """The options of the family's FineHARD datasets that this section sets: ``small_image_size``,
         and for shards ``batch_size`` (the per-device batch, so each batch's images share one
         processor call)."""
         self.check_family(family)
-        shards = {"batch_size": batch_size} if self.shards else {}
-        if family == "fgclip":
-            return shards
-        size = OFFICIAL_SMALL_IMAGE_SIZE if self.small_image_size is None else self.small_image_size
-        return {"small_image_size": size or None, **shards}
+        options = {"batch_size": batch_size} if self.shards else {}
+        if "small_image_size" in FAMILY_RECIPES[family].data_options:
+            size = OFFICIAL_SMALL_IMAGE_SIZE if self.small_image_size is None else self.small_image_size
+            options["small_image_size"] = size or None
+        return options
 
     def check_family(self, family: str) -> None:
-        """Raise a ValueError naming the FG-CLIP 2-only options that are set for FG-CLIP."""
-        options = [f"data.{key}" for key in ("max_num_patches", "small_image_size") if getattr(self, key) is not None]
-        if family == "fgclip" and options:
-            raise ValueError(f"{', '.join(options)}: FG-CLIP 2 only (FG-CLIP squashes or pads to a fixed size)")
+        """Raise a ValueError naming the other families' options that are set for ``family``."""
+        foreign_options("data", self, family, "data_options")
 
 
 @dataclass
@@ -238,13 +281,9 @@ class LossSettings:
             raise ValueError(f"loss.max_logit_scale: expected a value above 1 or null, got {self.max_logit_scale}")
 
     def check_family(self, family: str) -> None:
-        """Raise a ValueError naming the FG-CLIP-only options that are set for another family."""
-        if family == "fgclip":
-            return
-        options = [f"loss.{key}" for key in ("region_scope", "region_scales_from_logit_scale")
-                   if getattr(self, key) not in (None, False)]
-        if options:
-            raise ValueError(f"{', '.join(options)}: FG-CLIP only, not for model.family={family!r}")
+        """Raise a ValueError naming the options of other families' losses that are set for ``family``."""
+        foreign_options("loss", self, family, "loss_options")
+        foreign_options("loss", self, family, "weights")
 
     def loss_arguments(self, family: str) -> dict[str, Any]:
         """Keyword arguments of the family's loss class: the weights that are set, and FG-CLIP's
@@ -255,10 +294,8 @@ class LossSettings:
 
     def weights(self, family: str) -> dict[str, float]:
         """Keyword arguments of the family's loss class for the weights that are set."""
-        if family == "fgclip" and self.tic_weight is not None:
-            raise ValueError("loss.tic_weight: FG-CLIP has no TIC term (FG-CLIP 2 only)")
-        names = {"regional_weight": "regional_weight", "tic_weight": "tic_weight",
-                 "hard_negative_weight": "hard_negative_weight" if family == "fgclip" else "hard_block_weight"}
+        self.check_family(family)
+        names = FAMILY_RECIPES[family].weights
         return {names[key]: value for key, value in vars(self).items() if key in names and value is not None}
 
 
