@@ -5,6 +5,7 @@ traceback and no silent result; without mmcv's compiled ops, one line saying to 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("mmdet", reason="detection extra not installed (make setup-detection)")
 pytest.importorskip("mmcv._ext", reason="mmcv ops not built (make setup-detection)")
@@ -27,6 +29,7 @@ from fgclip import FGCLIPModel, FGCLIPProcessor  # noqa: E402
 from fgclip.data.shapes import SHAPES, write_coco_detection  # noqa: E402
 from fgclip.errors import run_command  # noqa: E402
 from fgclip.eval.runner import DATASETS, prepare  # noqa: E402
+from fgclip.eval.spec import EvalOptions  # noqa: E402
 from fgclip.testing import tiny_config  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
 
@@ -238,3 +241,26 @@ def test_eval_without_benchmarks_is_one_line_pointing_to_list_datasets(tmp_path,
     err = capsys.readouterr().err
     assert (status, err) == (2, f"error: {tmp_path}: no benchmark found for tasks retrieval ({looked_for} looked for, "
                                 "none present); `fgclip eval --list-datasets --data-root DIR` prints the expected layout\n")
+
+
+def test_eval_allow_outside_root_is_an_option_of_the_run(tmp_path):
+    """--allow-outside-root reaches the benchmark readers as EvalOptions.allow_outside_root: the same
+    FG-OVD file is refused by default and read with the option, with no setting left behind."""
+    outside = tmp_path / "elsewhere" / "scene.png"
+    outside.parent.mkdir()
+    Image.new("RGB", (64, 48)).save(outside)
+    (tmp_path / "data" / "coco").mkdir(parents=True)
+    (tmp_path / "data" / "fgovd").mkdir()
+    hard = tmp_path / "data" / "fgovd" / "hard.jsonl"
+    hard.write_text(json.dumps({"img_path": str(outside), "bbox": [4, 4, 20, 10], "pos_expression": "a black square",
+                                "neg_expression": ["a white square"]}) + "\n")
+    refused = (f"{hard} line 1: image path '{outside}' is absolute; data paths are relative to their root "
+               "(give --allow-outside-root to read it anyway)")
+    with pytest.raises(ValueError) as error:
+        prepare(tmp_path / "data", datasets=["fgovd"])
+    assert str(error.value) == refused
+    prepared, _ = prepare(tmp_path / "data", datasets=["fgovd"], options=EvalOptions(allow_outside_root=True))
+    assert [item.image for bench in prepared[0].payload for item in bench.items] == [str(outside)]
+    with pytest.raises(ValueError) as error:  # the option of one run does not carry over to the next
+        prepare(tmp_path / "data", datasets=["fgovd"])
+    assert str(error.value) == refused

@@ -79,7 +79,7 @@ def load_coco_boxes(
     annotation_file: str | os.PathLike,
     image_root: str | os.PathLike,
     name: str = "coco",
-    classname: Callable[[dict], str] = lambda category: category["name"],
+    classname: Callable[[dict], str] = lambda category: category["name"], allow_outside_root: bool = False,
 ) -> BoxClassificationSet:
     """Read a COCO-format detection json (COCO, LVIS v1) into boxes and labels."""
     data = read_json(annotation_file)
@@ -124,7 +124,8 @@ def load_coco_boxes(
         size = image_size_of(image, image_where)
         box = xywh_to_xyxy(annotation["bbox"], where, size)
         if image_id not in resolved:
-            resolved[image_id] = resolve_image(image_root, coco_image_path(image, image_where), image_where)
+            resolved[image_id] = resolve_image(image_root, coco_image_path(image, image_where), image_where,
+                                               allow_outside_root=allow_outside_root)
         dataset.add(resolved[image_id], box, label_of[category_id], size, where)
     if not dataset.labels:
         raise DataError(f"{annotation_file}: no annotations")
@@ -136,9 +137,11 @@ def lvis_classname(category: dict) -> str:
     return category["name"].replace("_", " ")
 
 
-def load_lvis_boxes(annotation_file: str | os.PathLike, image_root: str | os.PathLike) -> BoxClassificationSet:
+def load_lvis_boxes(annotation_file: str | os.PathLike, image_root: str | os.PathLike,
+                    allow_outside_root: bool = False) -> BoxClassificationSet:
     """LVIS v1 through the COCO API; ``image_root`` is the COCO root holding train2017/ and val2017/."""
-    return load_coco_boxes(annotation_file, image_root, name="lvis", classname=lvis_classname)
+    return load_coco_boxes(annotation_file, image_root, name="lvis", classname=lvis_classname,
+                           allow_outside_root=allow_outside_root)
 
 
 def read_openimages_classes(path: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
@@ -164,7 +167,8 @@ def read_openimages_classes(path: str | os.PathLike) -> tuple[list[str], dict[st
 
 
 def load_openimages_boxes(
-    box_file: str | os.PathLike, class_file: str | os.PathLike, image_root: str | os.PathLike
+    box_file: str | os.PathLike, class_file: str | os.PathLike, image_root: str | os.PathLike,
+    allow_outside_root: bool = False,
 ) -> BoxClassificationSet:
     """Open Images box CSV + class descriptions; boxes stay normalised until the image is read."""
     classnames, label_of = read_openimages_classes(class_file)
@@ -195,7 +199,8 @@ def load_openimages_boxes(
                 )
             image_id = row["ImageID"]
             if image_id not in resolved:
-                resolved[image_id] = resolve_image(image_root, f"{image_id}.jpg", where)
+                resolved[image_id] = resolve_image(image_root, f"{image_id}.jpg", where,
+                                                   allow_outside_root=allow_outside_root)
             box = (max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0))
             dataset.add(resolved[image_id], box, label_of[row["LabelName"]], None, where)
     if not dataset.labels:
@@ -219,15 +224,16 @@ def evaluate_boxcls(
 
 
 def prepare_coco_boxes(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_coco_boxes(paths["ann"], paths["images"]))
+    return single(spec, load_coco_boxes(paths["ann"], paths["images"], allow_outside_root=options.allow_outside_root))
 
 
 def prepare_lvis_boxes(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_lvis_boxes(paths["ann"], paths["images"]))
+    return single(spec, load_lvis_boxes(paths["ann"], paths["images"], allow_outside_root=options.allow_outside_root))
 
 
 def prepare_openimages_boxes(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_openimages_boxes(paths["ann"], paths["classes"], paths["images"]))
+    return single(spec, load_openimages_boxes(paths["ann"], paths["classes"], paths["images"],
+                                              allow_outside_root=options.allow_outside_root))
 
 
 def score_boxcls(extractor, prepared: Prepared, context: ScoreContext) -> dict[str, dict[str, float]]:

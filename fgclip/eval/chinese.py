@@ -87,7 +87,8 @@ def _lines(path: str | os.PathLike):
             yield f"{path} line {number}", line
 
 
-def load_long_cn(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> ChineseRetrievalSet:
+def load_long_cn(path: str | os.PathLike, image_root: str | os.PathLike | None = None,
+                 allow_outside_root: bool = False) -> ChineseRetrievalSet:
     """LIT-CN / DCI-CN / DOCCI-CN: ``image<TAB>caption`` lines (``long_trans_cn.py``)."""
     path = Path(path)
     root = path.parent if image_root is None else image_root
@@ -96,7 +97,7 @@ def load_long_cn(path: str | os.PathLike, image_root: str | os.PathLike | None =
         fields = line.rstrip().split("\t")
         if len(fields) != 2:
             raise DataError(f"{where}: expected 'image<TAB>caption' (one tab), got {line.rstrip()[:80]!r}")
-        images.append(resolve_image(root, fields[0], where))
+        images.append(resolve_image(root, fields[0], where, allow_outside_root=allow_outside_root))
         texts.append(fields[1])
     if not texts:
         raise DataError(f"{path}: no image-caption lines")
@@ -113,7 +114,8 @@ def _grouped(name: str, source: str, pairs: dict[str, tuple[str, list[str]]], lo
     return ChineseRetrievalSet(name, source, images, texts, "short", grouped=True)
 
 
-def load_coco_cn(path: str | os.PathLike, image_root: str | os.PathLike) -> ChineseRetrievalSet:
+def load_coco_cn(path: str | os.PathLike, image_root: str | os.PathLike,
+                 allow_outside_root: bool = False) -> ChineseRetrievalSet:
     """COCO-CN caption lines (``coco_cn.py``); lines not matching its pattern are skipped."""
     pairs: dict[str, tuple[str, list[str]]] = {}
     for where, line in _lines(path):
@@ -122,12 +124,14 @@ def load_coco_cn(path: str | os.PathLike, image_root: str | os.PathLike) -> Chin
             continue
         name = f"COCO_{match.group(1)}2014_{match.group(2)}.jpg"
         if name not in pairs:
-            pairs[name] = (resolve_image(image_root, f"{match.group(1)}2014/{name}", where), [])
+            pairs[name] = (resolve_image(image_root, f"{match.group(1)}2014/{name}", where,
+                                         allow_outside_root=allow_outside_root), [])
         pairs[name][1].append(match.group(3))
     return _grouped("coco_cn", str(path), pairs, lowercase=True, limit=CAPTIONS_PER_IMAGE)
 
 
-def load_fgclip2_flickr30k_cna(path: str | os.PathLike, image_root: str | os.PathLike) -> ChineseRetrievalSet:
+def load_fgclip2_flickr30k_cna(path: str | os.PathLike, image_root: str | os.PathLike,
+                               allow_outside_root: bool = False) -> ChineseRetrievalSet:
     """Flickr30k-CNA token file ``<name>#n<TAB>caption`` (``flicker_cna.py``)."""
     pairs: dict[str, tuple[str, list[str]]] = {}
     for where, line in _lines(path):
@@ -138,12 +142,13 @@ def load_fgclip2_flickr30k_cna(path: str | os.PathLike, image_root: str | os.Pat
             raise DataError(f"{where}: expected '<image>#<n><TAB><caption>', got {line.strip()[:80]!r}")
         name = f"{fields[0].split('#')[0]}.jpg"
         if name not in pairs:
-            pairs[name] = (resolve_image(image_root, name, where), [])
+            pairs[name] = (resolve_image(image_root, name, where, allow_outside_root=allow_outside_root), [])
         pairs[name][1].append(fields[1].strip())
     return _grouped("flickr30k_cna", str(path), pairs, lowercase=False, limit=None)
 
 
-def load_boxclass_cn(path: str | os.PathLike, image_root: str | os.PathLike) -> ChineseBoxSet:
+def load_boxclass_cn(path: str | os.PathLike, image_root: str | os.PathLike,
+                     allow_outside_root: bool = False) -> ChineseBoxSet:
     """BoxClass-CN COCO-style JSON (``laion_cn_box_cls_ddp.py``)."""
     data = read_json(path)
     source = str(path)
@@ -169,7 +174,8 @@ def load_boxclass_cn(path: str | os.PathLike, image_root: str | os.PathLike) -> 
             raise DataError(f"{where}: category_id {label + 1} - 1 is not a position in 'categories' "
                             f"({len(classnames)} classes)")
         x, y, w, h = (float(v) for v in bbox)
-        dataset.images.append(resolve_image(image_root, files[image_id][0], where))
+        dataset.images.append(resolve_image(image_root, files[image_id][0], where,
+                                            allow_outside_root=allow_outside_root))
         dataset.boxes.append((x, y, x + w, y + h))
         dataset.labels.append(label)
         dataset.sources.append(where)
@@ -266,19 +272,21 @@ def prepare_long_cn_dir(spec, paths: dict, options) -> list[Prepared]:
     files = sorted(Path(paths["dir"]).glob("*.txt"))
     if not files:
         raise DataError(f"{paths['dir']}: no .txt files")
-    return [Prepared(spec, f"{spec.label}/{path.stem}", load_long_cn(path)) for path in files]
+    return [Prepared(spec, f"{spec.label}/{path.stem}",
+                     load_long_cn(path, allow_outside_root=options.allow_outside_root)) for path in files]
 
 
 def prepare_coco_cn(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_coco_cn(paths["ann"], paths["images"]))
+    return single(spec, load_coco_cn(paths["ann"], paths["images"], allow_outside_root=options.allow_outside_root))
 
 
 def prepare_fgclip2_flickr30k_cna(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_fgclip2_flickr30k_cna(paths["ann"], paths["images"]))
+    return single(spec, load_fgclip2_flickr30k_cna(paths["ann"], paths["images"],
+                                                   allow_outside_root=options.allow_outside_root))
 
 
 def prepare_boxclass_cn(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_boxclass_cn(paths["ann"], paths["images"]))
+    return single(spec, load_boxclass_cn(paths["ann"], paths["images"], allow_outside_root=options.allow_outside_root))
 
 
 def score_chinese_retrieval(extractor, prepared: Prepared, context: ScoreContext) -> dict[str, dict[str, float]]:

@@ -20,7 +20,6 @@ import torch.distributed as dist
 from ..distributed import get_rank
 from ..encoders import MODEL_TYPES, detect_model_type, load_encoder, resolve_device
 from ..errors import CheckpointError, ConfigError, run_command
-from .common import allow_outside_root
 from .runner import (
     TASKS,
     EvalOptions,
@@ -142,7 +141,6 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ConfigError("fgclip eval: give at least one --model")
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise ConfigError(f"--data-root {args.data_root}: directory not found")
-    allow_outside_root(args.allow_outside_root)
     device = resolve_device(args.device)
     started_group = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -163,6 +161,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 max_captions=args.max_captions or None,
                 tsv_text_kind=args.tsv_text_kind,
                 templates=args.templates,
+                allow_outside_root=args.allow_outside_root,
             ),
             batch_size=args.batch_size,
             text_batch_size=args.text_batch_size,

@@ -24,16 +24,6 @@ from ..errors import DataError, outside_root_reason
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image (annotation rounding); it is clipped
 
 
-# Whether image paths of benchmark files may be absolute or leave the image root (--allow-outside-root).
-_ROOT_POLICY = {"allow_outside_root": False}
-
-
-def allow_outside_root(allow: bool) -> None:
-    """Let benchmark files name images outside their root (absolute paths, ``..``): the
-    ``--allow-outside-root`` option of the evaluation command."""
-    _ROOT_POLICY["allow_outside_root"] = bool(allow)
-
-
 def read_json(path: str | os.PathLike) -> Any:
     """Load a JSON file, turning a missing file or a syntax error into a :class:`DataError`."""
     if not os.path.isfile(path):
@@ -165,10 +155,12 @@ def coco_image_path(image: dict, where: str) -> str:
     return require_text(image, "file_name", where)
 
 
-def resolve_image(root: str | os.PathLike, relative: str, where: str, basename_fallback: bool = False) -> str:
+def resolve_image(root: str | os.PathLike, relative: str, where: str, basename_fallback: bool = False,
+                  allow_outside_root: bool = False) -> str:
     """``root/relative`` if it exists (optionally ``root/basename(relative)``), else a :class:`DataError`;
-    a path that is absolute or leaves ``root`` is refused unless :func:`allow_outside_root` was set."""
-    reason = None if _ROOT_POLICY["allow_outside_root"] else outside_root_reason(relative)
+    a path that is absolute or leaves ``root`` is refused unless ``allow_outside_root``
+    (``EvalOptions.allow_outside_root``, the ``--allow-outside-root`` option)."""
+    reason = None if allow_outside_root else outside_root_reason(relative)
     if reason:
         raise DataError(f"{where}: image {reason}")
     path = Path(root, relative)

@@ -101,14 +101,15 @@ def find_fgovd_files(directory: str | os.PathLike) -> dict[str, Path]:
     return found
 
 
-def load_fgovd(path: str | os.PathLike, image_root: str | os.PathLike, name: str | None = None) -> FGOVDBenchmark:
+def load_fgovd(path: str | os.PathLike, image_root: str | os.PathLike, name: str | None = None,
+               allow_outside_root: bool = False) -> FGOVDBenchmark:
     """Read an FG-OVD benchmark file: ``.jsonl`` as FG-CLIP's format, ``.json`` as the original one."""
     path = Path(path)
     name = name or path.stem
     if path.suffix == ".jsonl":
-        items = _load_jsonl(path, image_root)
+        items = _load_jsonl(path, image_root, allow_outside_root=allow_outside_root)
     elif path.suffix == ".json":
-        items = _load_lvis_style(path, image_root)
+        items = _load_lvis_style(path, image_root, allow_outside_root=allow_outside_root)
     else:
         raise DataError(f"{path}: expected a .jsonl (FG-CLIP) or .json (original FG-OVD) file")
     if not items:
@@ -126,13 +127,13 @@ def _header_size(image: str, where: str, cache: dict[str, tuple[int, int]]) -> t
     return cache[image]
 
 
-def _load_jsonl(path: Path, image_root) -> list[FGOVDItem]:
+def _load_jsonl(path: Path, image_root, allow_outside_root: bool = False) -> list[FGOVDItem]:
     """FG-CLIP's JSONL; a record without ``width`` / ``height`` has its box checked against the size
     read from the image header."""
     items, sizes = [], {}
     for where, record in iter_jsonl(path):
         relative = require(record, "img_path", where, str)
-        image = resolve_image(image_root, relative, where)
+        image = resolve_image(image_root, relative, where, allow_outside_root=allow_outside_root)
         size = image_size_of(record, where)
         box = xywh_to_xyxy(require(record, "bbox", where), where, size or _header_size(image, where, sizes))
         positives = text_list(require(record, "pos_expression", where), "pos_expression", where)
@@ -143,7 +144,7 @@ def _load_jsonl(path: Path, image_root) -> list[FGOVDItem]:
     return items
 
 
-def _load_lvis_style(path: Path, image_root) -> list[FGOVDItem]:
+def _load_lvis_style(path: Path, image_root, allow_outside_root: bool = False) -> list[FGOVDItem]:
     data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected an object with 'images', 'annotations' and 'categories'")
@@ -167,7 +168,8 @@ def _load_lvis_style(path: Path, image_root) -> list[FGOVDItem]:
             raise DataError(f"{where}: unknown image_id {image_id!r} (not in 'images')")
         image, image_where = images[image_id]
         if image_id not in resolved:
-            resolved[image_id] = resolve_image(image_root, coco_image_path(image, image_where), image_where)
+            resolved[image_id] = resolve_image(image_root, coco_image_path(image, image_where), image_where,
+                                               allow_outside_root=allow_outside_root)
         size = image_size_of(image, image_where)
         box = xywh_to_xyxy(require(annotation, "bbox", where), where,
                            size or _header_size(resolved[image_id], image_where, sizes))
@@ -222,7 +224,8 @@ def prepare_fgovd(spec, paths: dict, options) -> list[Prepared]:
     if not wanted:
         raise DataError(f"{paths['dir']}: no FG-OVD files (expected e.g. h_attributes_llava.jsonl, "
                         "1_attributes.json or hard.jsonl)")
-    return [Prepared(spec, "fgovd", [load_fgovd(found[s], paths["images"], name=s) for s in wanted])]
+    return [Prepared(spec, "fgovd", [load_fgovd(found[s], paths["images"], name=s,
+                                                allow_outside_root=options.allow_outside_root) for s in wanted])]
 
 
 def score_fgovd(extractor, prepared: Prepared, context: ScoreContext) -> dict[str, dict[str, float]]:

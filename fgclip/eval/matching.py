@@ -36,7 +36,7 @@ class MatchingSet:
 
 def load_matching_tsv(
     path: str | os.PathLike, image_root: str | os.PathLike | None = None, text_kind: str = "short",
-    name: str | None = None,
+    name: str | None = None, allow_outside_root: bool = False,
 ) -> MatchingSet:
     """Read ``image<TAB>text<TAB>label`` lines; both labels must occur."""
     path = Path(path)
@@ -46,7 +46,7 @@ def load_matching_tsv(
     for where, (image, text, label) in iter_tsv(path, ("image", "text", "label")):
         if label not in ("0", "1"):
             raise DataError(f"{where}: label: expected 0 or 1, got {label!r}")
-        image = resolve_image(image_root, image, where)
+        image = resolve_image(image_root, image, where, allow_outside_root=allow_outside_root)
         if image not in index:
             index[image] = len(dataset.images)
             dataset.images.append(image)
@@ -87,7 +87,8 @@ def prepare_matching_dir(spec, paths: dict, options) -> list[Prepared]:
     files = sorted(Path(paths["dir"]).glob("*.tsv"))
     if not files:
         raise DataError(f"{paths['dir']}: no .tsv files")
-    return [Prepared(spec, f"{spec.label}/{f.stem}", load_matching_tsv(f, text_kind=options.tsv_text_kind))
+    return [Prepared(spec, f"{spec.label}/{f.stem}", load_matching_tsv(f, text_kind=options.tsv_text_kind,
+                                                                       allow_outside_root=options.allow_outside_root))
             for f in files]
 
 

@@ -84,7 +84,8 @@ class _Builder:
 
 
 def load_sharegpt4v(
-    json_file: str | os.PathLike, image_root: str | os.PathLike, limit: int = SHAREGPT4V_SIZE
+    json_file: str | os.PathLike, image_root: str | os.PathLike, limit: int = SHAREGPT4V_SIZE,
+    allow_outside_root: bool = False,
 ) -> RetrievalSet:
     """ShareGPT4V-1k: the first ``limit`` records of a share-captioner JSON list."""
     data = read_json(json_file)
@@ -100,11 +101,13 @@ def load_sharegpt4v(
         answers = [t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "gpt"]
         if not answers or not isinstance(answers[0], str) or not answers[0].strip():
             raise DataError(f"{where}: 'conversations' has no 'gpt' turn with a caption")
-        builder.add(resolve_image(image_root, relative, where, basename_fallback=True), [answers[0]], where)
+        builder.add(resolve_image(image_root, relative, where, basename_fallback=True,
+                                  allow_outside_root=allow_outside_root), [answers[0]], where)
     return builder.build("sharegpt4v", str(json_file), "long")
 
 
-def load_dci(annotation_dir: str | os.PathLike, image_root: str | os.PathLike) -> RetrievalSet:
+def load_dci(annotation_dir: str | os.PathLike, image_root: str | os.PathLike,
+             allow_outside_root: bool = False) -> RetrievalSet:
     """DCI: every ``*.json`` of ``annotation_dir`` (sorted) gives ``image`` and ``extra_caption``."""
     directory = Path(annotation_dir)
     if not directory.is_dir():
@@ -118,25 +121,26 @@ def load_dci(annotation_dir: str | os.PathLike, image_root: str | os.PathLike) -
         where = str(path)
         relative = require_text(record, "image", where)
         caption = require_text(record, "extra_caption", where)
-        builder.add(resolve_image(image_root, relative, where), [caption], where)
+        builder.add(resolve_image(image_root, relative, where, allow_outside_root=allow_outside_root), [caption], where)
     return builder.build("dci", str(directory), "long")
 
 
 def load_caption_file(
     path: str | os.PathLike, image_root: str | os.PathLike, name: str, max_captions: int | None = 5,
-    split: str = "test",
+    split: str = "test", allow_outside_root: bool = False,
 ) -> RetrievalSet:
     """COCO captions json, Karpathy split json or BLIP-style list (format detected from the content)."""
     data = read_json(path)
     builder = _Builder(max_captions)
     if isinstance(data, dict) and "annotations" in data:
-        _read_coco_captions(data, path, image_root, builder)
+        _read_coco_captions(data, path, image_root, builder, allow_outside_root=allow_outside_root)
     elif isinstance(data, dict) and "images" in data:
-        _read_karpathy(data, path, image_root, builder, split)
+        _read_karpathy(data, path, image_root, builder, split, allow_outside_root=allow_outside_root)
     elif isinstance(data, list):
         for index, record in enumerate(data):
             where = f"{path} record {index}"
-            image = resolve_image(image_root, require_text(record, "image", where), where, basename_fallback=True)
+            image = resolve_image(image_root, require_text(record, "image", where), where, basename_fallback=True,
+                                  allow_outside_root=allow_outside_root)
             captions = require(record, "caption", where, (str, list))
             builder.add(image, _captions(captions, "caption", where), where)
     else:
@@ -157,7 +161,7 @@ def _captions(value, key: str, where: str) -> list[str]:
     return values
 
 
-def _read_coco_captions(data: dict, path, image_root, builder: _Builder) -> None:
+def _read_coco_captions(data: dict, path, image_root, builder: _Builder, allow_outside_root: bool = False) -> None:
     images = {}
     for index, image in enumerate(require(data, "images", str(path), list)):
         where = f"{path} images[{index}]"
@@ -171,10 +175,12 @@ def _read_coco_captions(data: dict, path, image_root, builder: _Builder) -> None
         captions.setdefault(image_id, []).append(require_text(annotation, "caption", where))
     for image_id, (image, where) in images.items():
         if image_id in captions:
-            builder.add(resolve_image(image_root, coco_image_path(image, where), where), captions[image_id], where)
+            builder.add(resolve_image(image_root, coco_image_path(image, where), where,
+                                      allow_outside_root=allow_outside_root), captions[image_id], where)
 
 
-def _read_karpathy(data: dict, path, image_root, builder: _Builder, split: str) -> None:
+def _read_karpathy(data: dict, path, image_root, builder: _Builder, split: str,
+                   allow_outside_root: bool = False) -> None:
     for index, image in enumerate(require(data, "images", str(path), list)):
         where = f"{path} images[{index}]"
         if require(image, "split", where) != split:
@@ -184,20 +190,21 @@ def _read_karpathy(data: dict, path, image_root, builder: _Builder, split: str) 
             relative = f"{image['filepath']}/{relative}"
         sentences = require(image, "sentences", where, list)
         texts = [require_text(s, "raw", f"{where} sentences[{i}]") for i, s in enumerate(sentences)]
-        image_path = resolve_image(image_root, relative, where, basename_fallback=True)
+        image_path = resolve_image(image_root, relative, where, basename_fallback=True,
+                                   allow_outside_root=allow_outside_root)
         builder.add(image_path, _captions(texts, "sentences", where), where)
 
 
 def load_tsv(
     path: str | os.PathLike, image_root: str | os.PathLike | None = None, text_kind: str = "short",
-    name: str | None = None,
+    name: str | None = None, allow_outside_root: bool = False,
 ) -> RetrievalSet:
     """``image<TAB>caption`` lines; images relative to ``image_root`` (default: the file's folder)."""
     path = Path(path)
     image_root = path.parent if image_root is None else image_root
     builder = _Builder()
     for where, (image, caption) in iter_tsv(path, ("image", "caption")):
-        builder.add(resolve_image(image_root, image, where), [caption], where)
+        builder.add(resolve_image(image_root, image, where, allow_outside_root=allow_outside_root), [caption], where)
     return builder.build(name or path.stem, str(path), text_kind)
 
 
@@ -271,16 +278,18 @@ class PairScorer:
 
 
 def prepare_sharegpt4v(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_sharegpt4v(paths["ann"], paths["images"], limit=options.sharegpt4v_limit))
+    return single(spec, load_sharegpt4v(paths["ann"], paths["images"], limit=options.sharegpt4v_limit,
+                                        allow_outside_root=options.allow_outside_root))
 
 
 def prepare_dci(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_dci(paths["ann"], paths["images"]))
+    return single(spec, load_dci(paths["ann"], paths["images"], allow_outside_root=options.allow_outside_root))
 
 
 def prepare_caption_file(spec, paths: dict, options) -> list[Prepared]:
     """COCO captions or Flickr30k (Karpathy) files; ``spec.name`` tells which."""
-    return single(spec, load_caption_file(paths["ann"], paths["images"], spec.name, max_captions=options.max_captions))
+    return single(spec, load_caption_file(paths["ann"], paths["images"], spec.name, max_captions=options.max_captions,
+                                          allow_outside_root=options.allow_outside_root))
 
 
 def prepare_tsv_dir(spec, paths: dict, options) -> list[Prepared]:
@@ -288,7 +297,9 @@ def prepare_tsv_dir(spec, paths: dict, options) -> list[Prepared]:
     files = sorted(Path(paths["dir"]).glob("*.tsv"))
     if not files:
         raise DataError(f"{paths['dir']}: no .tsv files")
-    return [Prepared(spec, f"{spec.label}/{f.stem}", load_tsv(f, text_kind=options.tsv_text_kind)) for f in files]
+    return [Prepared(spec, f"{spec.label}/{f.stem}",
+                     load_tsv(f, text_kind=options.tsv_text_kind, allow_outside_root=options.allow_outside_root))
+            for f in files]
 
 
 def score_retrieval(extractor, prepared: Prepared, context: ScoreContext) -> dict[str, dict[str, float]]:

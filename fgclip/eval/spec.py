@@ -19,6 +19,8 @@ class EvalOptions:
         sharegpt4v_limit: records of the ShareGPT4V file used (the benchmark's 1000).
         templates: prompt templates of box and zero-shot classification: ``openai`` (80),
             ``zh`` (Chinese) or a file with one template per line.
+        allow_outside_root: accept image paths in benchmark files that are absolute or leave
+            their image root (``--allow-outside-root``); refused by default.
     """
 
     fgovd_subsets: Sequence[str] | None = None
@@ -26,6 +28,7 @@ class EvalOptions:
     tsv_text_kind: str = "short"
     sharegpt4v_limit: int = 1000
     templates: str = "openai"
+    allow_outside_root: bool = False
 
 
 @dataclass(frozen=True)

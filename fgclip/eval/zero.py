@@ -57,17 +57,17 @@ def _image_name(record: dict, where: str) -> str:
 
 
 def load_zero_retrieval(path: str | os.PathLike, image_root: str | os.PathLike, text_kind: str,
-                        name: str | None = None) -> RetrievalSet:
+                        name: str | None = None, allow_outside_root: bool = False) -> RetrievalSet:
     """ICR / IQR: JSON lines ``{"text", "image_path"}``; captions grouped by image file."""
     builder = _Builder()
     for where, record in iter_jsonl(path):
-        image = resolve_image(image_root, _image_name(record, where), where)
+        image = resolve_image(image_root, _image_name(record, where), where, allow_outside_root=allow_outside_root)
         builder.add(image, [require_text(record, "text", where)], where)
     return builder.build(name or Path(path).stem, str(path), text_kind)
 
 
 def load_zero_matching(path: str | os.PathLike, image_root: str | os.PathLike, text_kind: str,
-                       name: str | None = None) -> MatchingSet:
+                       name: str | None = None, allow_outside_root: bool = False) -> MatchingSet:
     """ICM / IQM: JSON lines ``{"text", "image_path", "label"}`` with label 1 (match) or 0."""
     index: dict[str, int] = {}
     dataset = MatchingSet(name or Path(path).stem, str(path), [], [], [], [], [], text_kind)
@@ -75,7 +75,7 @@ def load_zero_matching(path: str | os.PathLike, image_root: str | os.PathLike, t
         label = require(record, "label", where)
         if isinstance(label, bool) or label not in (0, 1):
             raise DataError(f"{where}: 'label' must be 0 or 1, got {label!r}")
-        image = resolve_image(image_root, _image_name(record, where), where)
+        image = resolve_image(image_root, _image_name(record, where), where, allow_outside_root=allow_outside_root)
         if image not in index:
             index[image] = len(dataset.images)
             dataset.images.append(image)
@@ -136,19 +136,23 @@ def evaluate_zero_retrieval(extractor: FeatureExtractor, dataset: RetrievalSet, 
 
 
 def prepare_zero_icr(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_zero_retrieval(paths["ann"], paths["images"], "long", "zero_icr"))
+    return single(spec, load_zero_retrieval(paths["ann"], paths["images"], "long", "zero_icr",
+                                            allow_outside_root=options.allow_outside_root))
 
 
 def prepare_zero_iqr(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_zero_retrieval(paths["ann"], paths["images"], "short", "zero_iqr"))
+    return single(spec, load_zero_retrieval(paths["ann"], paths["images"], "short", "zero_iqr",
+                                            allow_outside_root=options.allow_outside_root))
 
 
 def prepare_zero_icm(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_zero_matching(paths["ann"], paths["images"], "long", "zero_icm"))
+    return single(spec, load_zero_matching(paths["ann"], paths["images"], "long", "zero_icm",
+                                           allow_outside_root=options.allow_outside_root))
 
 
 def prepare_zero_iqm(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_zero_matching(paths["ann"], paths["images"], "short", "zero_iqm"))
+    return single(spec, load_zero_matching(paths["ann"], paths["images"], "short", "zero_iqm",
+                                           allow_outside_root=options.allow_outside_root))
 
 
 def score_zero_retrieval(extractor, prepared: Prepared, context: ScoreContext) -> dict[str, dict[str, float]]:
