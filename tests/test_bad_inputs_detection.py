@@ -51,8 +51,9 @@ def load_tool(name: str):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """What the tiny config points at (FG-CLIP, shape scenes, class embeddings), an untrained
-    detector checkpoint, and damaged copies: a text tower with NaN weights, an embedding file with a
-    NaN row, a truncated checkpoint, a config with a syntax error, an annotation file that is not JSON."""
+    detector checkpoint, and damaged copies: text towers with NaN weights (FG-CLIP, detector), an
+    embedding file with a NaN row, a truncated checkpoint, a config with a syntax error, an annotation
+    file that is not JSON."""
     root = tmp_path_factory.mktemp("detection-bad")
     assets = root / ASSETS
     torch.manual_seed(0)
@@ -81,6 +82,9 @@ def workspace(tmp_path_factory) -> Path:
     finally:
         os.chdir(previous)
     torch.save({"state_dict": detector.state_dict(), "meta": {}}, root / "detector.pth")
+    with torch.no_grad():
+        detector.backbone.clip.text_projection.weight[0, 0] = float("nan")
+    torch.save({"state_dict": detector.state_dict(), "meta": {}}, root / "nan_detector.pth")
     (root / "truncated.pth").write_bytes((root / "detector.pth").read_bytes()[:-100])
     (root / "syntax.py").write_text("_base_ = ['x.py']\nmodel = dict(backbone=dict(\n")
     (root / "annotations.json").write_text('{"images": [],\n  "categories": [,]}\n')
@@ -166,6 +170,10 @@ CASES = {
         "truncated checkpoint": ([VAL_IMAGE, "--vocab", "cat", "--config", "{config}", "--checkpoint", "{tmp}/truncated.pth"],
                                  "error: {tmp}/truncated.pth: truncated or corrupt checkpoint (File is not a zip file); "
                                  "copy or save it again"),
+        "NaN text tower": ([VAL_IMAGE, "--vocab", "cat,circle", "--config", "{config}", "--checkpoint",
+                            "{tmp}/nan_detector.pth"],
+                           "error: {tmp}/nan_detector.pth: its text tower embeds ['cat', 'circle'] as NaN or inf "
+                           "(diverged or corrupt weights)"),
         "drawing to a full disk": ([VAL_IMAGE, "--vocab", "cat,circle", "--config", "{config}", "--checkpoint",
                                     "{tmp}/detector.pth", "--score-thr", "0", "-o", "/dev/full"],
                                    f"error: /dev/full: {FULL_DISK}"),

@@ -76,13 +76,18 @@ def check_score_threshold(value: float) -> float:
     return value
 
 
-def set_vocabulary(model: torch.nn.Module, checkpoint: str, names: list[str]) -> list[str]:
-    """Point the box head at ``names`` (embedded by the backbone's own text tower); returns the novel ones."""
+def set_vocabulary(model: torch.nn.Module, checkpoint: str, names: list[str], weights: str) -> list[str]:
+    """Point the box head at ``names`` (embedded by the backbone's own text tower, with the processor
+    of ``checkpoint``); returns the novel ones. A name embedded as NaN or inf is a
+    :class:`CheckpointError` naming the detector's ``weights`` file."""
     head = model.roi_head.bbox_head
     base = {name for name, novel in zip(head.class_names, head.is_novel.tolist()) if not novel}
     novel = [name for name in names if name not in base]
     templates = head.templates or PROMPT_TEMPLATES  # those the training classes were embedded with
     embeddings = embed_class_names(text_encoder_of(model.backbone.clip, checkpoint), names, templates)
+    not_finite = [name for name, row in zip(names, embeddings) if not torch.isfinite(row).all()]
+    if not_finite:
+        raise CheckpointError(weights, f"its text tower embeds {not_finite} as NaN or inf (diverged or corrupt weights)")
     head.set_vocabulary(names, embeddings, novel)
     return novel
 
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise ConfigError(f"--vocab {args.vocab!r}: expected distinct, non-empty comma-separated class names")
     image = load_image(args.image)
     model, cfg = build_detector(args.config, args.checkpoint, args.device)
-    novel = set(set_vocabulary(model, cfg.model.backbone.checkpoint, names))
+    novel = set(set_vocabulary(model, cfg.model.backbone.checkpoint, names, args.checkpoint))
     pred = detect(model, cfg, args.image)
     keep = pred.scores >= score_thr
     boxes, scores, labels = pred.bboxes[keep].tolist(), pred.scores[keep].tolist(), pred.labels[keep].tolist()
