@@ -17,6 +17,7 @@ the novel classes may be absent from a training file) and ``instances_val2017_al
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -70,10 +71,17 @@ def category_ids_by_name(coco: COCO, class_names: Sequence[str], ann_file: str, 
     return [ids_by_name[name] for name in class_names]
 
 
+REQUIRED_FIELDS = {  # per record of a COCO-format file: what the COCO API and the datasets read
+    "images": ("id", "width", "height"),
+    "categories": ("id", "name"),
+    "annotations": ("id", "image_id", "category_id", "bbox"),
+}
+
+
 def read_coco_json(path: str | Path) -> dict:
     """A COCO-format annotation file, checked to be a JSON object with lists 'images', 'categories'
-    and (if present) 'annotations'; a :class:`DataError` names the file (and the line of a JSON
-    syntax error)."""
+    and (if present) 'annotations' whose records hold the fields the COCO API indexes; a
+    :class:`DataError` names the file and the record (or the line of a JSON syntax error)."""
     if not Path(path).is_file():
         raise DataError(path, "annotation file not found (check ann_file and data_root in the config)")
     try:
@@ -90,6 +98,10 @@ def read_coco_json(path: str | Path) -> dict:
             raise DataError(path, f"no field '{key}' (not a COCO-format annotation file)")
         if not isinstance(dataset.get(key, []), list):
             raise DataError(path, f"field '{key}' must be a list, got {type(dataset[key]).__name__}")
+        for index, record in enumerate(dataset.get(key, [])):
+            missing = [name for name in REQUIRED_FIELDS[key] if not isinstance(record, dict) or name not in record]
+            if missing:
+                raise DataError(path, f"{key}[{index}]: no field {missing[0]!r}")
     return dataset
 
 
@@ -143,8 +155,12 @@ class OVCocoDataset(CocoDataset):
         return super().load_data_list()
 
     def parse_data_info(self, raw_data_info: dict) -> dict:
-        """mmdet's parsing; with ``base_only`` the novel-class instances are dropped."""
+        """mmdet's parsing; with ``base_only`` the novel-class instances are dropped. An image file
+        that does not exist (on local disk) is a :class:`DataError` now, not in the middle of a run."""
         data_info = super().parse_data_info(raw_data_info)
+        if self.backend_args is None and not os.path.isfile(data_info["img_path"]):
+            raise DataError(self.ann_file, f"image {data_info['img_id']}: file {data_info['img_path']} not found "
+                                           "(check data_root and data_prefix in the config)")
         if self.base_only:
             data_info["instances"] = [
                 instance for instance in data_info["instances"] if instance["bbox_label"] not in self._novel_labels

@@ -88,6 +88,9 @@ def workspace(tmp_path_factory) -> Path:
     (root / "truncated.pth").write_bytes((root / "detector.pth").read_bytes()[:-100])
     (root / "syntax.py").write_text("_base_ = ['x.py']\nmodel = dict(backbone=dict(\n")
     (root / "annotations.json").write_text('{"images": [],\n  "categories": [,]}\n')
+    coco = json.loads((assets / "shapes" / "annotations" / "instances_train.json").read_text())
+    del coco["images"][1]["height"]
+    (root / "no_height.json").write_text(json.dumps(coco))
     (root / "not_an_image.png").write_text("hello")
     return root
 
@@ -120,6 +123,13 @@ CASES = {
         "annotation file not JSON": (
             ["{config}", "--work-dir", "{tmp}/w", "--cfg-options", "train_dataloader.dataset.ann_file={tmp}/annotations.json"],
             "error: {tmp}/annotations.json:2: not valid JSON (Expecting value, column 18)"),
+        "missing image": (
+            ["{config}", "--work-dir", "{tmp}/w", "--cfg-options", "train_dataloader.dataset.data_prefix.img=none/"],
+            f"error: {ASSETS}/shapes/annotations/instances_train.json: image 1: file {ASSETS}/shapes/none/000000.png not "
+            "found (check data_root and data_prefix in the config)"),
+        "annotation record without a field": (
+            ["{config}", "--work-dir", "{tmp}/w", "--cfg-options", "train_dataloader.dataset.ann_file={tmp}/no_height.json"],
+            "error: {tmp}/no_height.json: images[1]: no field 'height'"),
         "missing backbone checkpoint": (
             ["{config}", "--work-dir", "{tmp}/w", "--cfg-options", "model.backbone.checkpoint={tmp}/none"],
             "error: {tmp}/none: checkpoint directory not found (set by model.backbone.checkpoint)"),
