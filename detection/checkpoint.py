@@ -8,8 +8,12 @@ numbers and rebuilds them after loading; the weights-only check itself stays on.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+import re
 import zipfile
+from collections.abc import Iterator
 
 import numpy as np
 from mmengine.hooks import Hook
@@ -38,6 +42,19 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
         zipfile.ZipFile(path).close()
     except zipfile.BadZipFile as error:
         raise CheckpointError(path, f"truncated or corrupt checkpoint ({error}); copy or save it again") from error
+
+
+@contextlib.contextmanager
+def loading_checkpoint(path: str | os.PathLike) -> Iterator[None]:
+    """Around code that loads the checkpoint ``path``: torch's weights-only loader refusing it (it
+    pickles code or objects beyond tensors and plain values) is a :class:`CheckpointError` naming it."""
+    try:
+        yield
+    except pickle.UnpicklingError as error:
+        found = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global by default)?\. ", str(error))
+        reason = found.group(1) if found else type(error).__name__
+        raise CheckpointError(path, f"refused by torch's weights-only loader ({reason}); it holds more than "
+                                    "tensors and plain values") from error
 
 
 def plain(value):

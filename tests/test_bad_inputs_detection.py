@@ -4,6 +4,7 @@ traceback and no silent result; without mmcv's compiled ops, one line saying to 
 ``make setup-detection``."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -85,6 +86,8 @@ def workspace(tmp_path_factory) -> Path:
     with torch.no_grad():
         detector.backbone.clip.text_projection.weight[0, 0] = float("nan")
     torch.save({"state_dict": detector.state_dict(), "meta": {}}, root / "nan_detector.pth")
+    torch.save({"state_dict": detector.state_dict(), "meta": {"args": argparse.Namespace(lr=1.0)}},
+               root / "pickled.pth")
     (root / "truncated.pth").write_bytes((root / "detector.pth").read_bytes()[:-100])
     (root / "syntax.py").write_text("_base_ = ['x.py']\nmodel = dict(backbone=dict(\n")
     (root / "annotations.json").write_text('{"images": [],\n  "categories": [,]}\n')
@@ -146,6 +149,10 @@ CASES = {
             ["{config}", "--work-dir", "{tmp}/w", "--cfg-options", "model.roi_head.bbox_head.num_cls_fcs=0"],
             "error: {config}: model.roi_head.bbox_head.num_cls_fcs must be >= 1 (its last fc gives the region "
             "embedding), got 0"),
+        "resume from a checkpoint with pickled objects": (
+            ["{config}", "--work-dir", "{tmp}/w", "--resume", "{tmp}/pickled.pth"],
+            "error: {tmp}/pickled.pth: refused by torch's weights-only loader (Unsupported global: GLOBAL "
+            "argparse.Namespace); it holds more than tensors and plain values"),
         "missing checkpoint to resume": (["{config}", "--work-dir", "{tmp}/w", "--resume", "{tmp}/none.pth"],
                                          "error: {tmp}/none.pth: checkpoint file not found (a .pth written by "
                                          "tools/train_det.py)"),
@@ -156,6 +163,10 @@ CASES = {
         "truncated checkpoint": (["{config}", "{tmp}/truncated.pth"],
                                  "error: {tmp}/truncated.pth: truncated or corrupt checkpoint (File is not a zip file); "
                                  "copy or save it again"),
+        "checkpoint with pickled objects": (
+            ["{config}", "{tmp}/pickled.pth", "--work-dir", "{tmp}/t"],
+            "error: {tmp}/pickled.pth: refused by torch's weights-only loader (Unsupported global: GLOBAL "
+            "argparse.Namespace); it holds more than tensors and plain values"),
         "metrics to a full disk": (["{config}", "{tmp}/detector.pth", "--work-dir", "{tmp}/t", "-o", "/dev/full"],
                                    f"error: /dev/full: {FULL_DISK}"),
     },
@@ -177,6 +188,10 @@ CASES = {
                              "error: --vocab ' , ': expected distinct, non-empty comma-separated class names"),
         "missing config": ([VAL_IMAGE, "--vocab", "cat", "--config", "{tmp}/none.py", "--checkpoint", "{tmp}/detector.pth"],
                            "error: {tmp}/none.py: config file not found"),
+        "checkpoint with pickled objects": (
+            [VAL_IMAGE, "--vocab", "cat", "--config", "{config}", "--checkpoint", "{tmp}/pickled.pth"],
+            "error: {tmp}/pickled.pth: refused by torch's weights-only loader (Unsupported global: GLOBAL "
+            "argparse.Namespace); it holds more than tensors and plain values"),
         "truncated checkpoint": ([VAL_IMAGE, "--vocab", "cat", "--config", "{config}", "--checkpoint", "{tmp}/truncated.pth"],
                                  "error: {tmp}/truncated.pth: truncated or corrupt checkpoint (File is not a zip file); "
                                  "copy or save it again"),

@@ -21,7 +21,6 @@ if __name__ == "__main__" and (status := run_command(lambda _: import_module("de
 # ruff: noqa: E402
 import argparse
 import math
-import pickle
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 from PIL import Image, ImageDraw
 
-from detection.checkpoint import check_checkpoint_file
+from detection.checkpoint import check_checkpoint_file, loading_checkpoint
 from detection.class_embeddings import PROMPT_TEMPLATES, embed_class_names, text_encoder_of
 from detection.config_file import load_config, naming_config
 from fgclip.processing_fgclip import load_image
@@ -61,11 +60,8 @@ def build_detector(config: str, checkpoint: str, device: str) -> tuple[torch.nn.
     init_default_scope(cfg.get("default_scope", "mmdet"))
     with naming_config(config):
         model = revert_sync_batchnorm(MODELS.build(cfg.model))
-    try:
+    with loading_checkpoint(checkpoint):
         load_checkpoint(model, checkpoint, map_location="cpu")
-    except pickle.UnpicklingError as error:  # torch's weights-only loader refuses code in the file
-        reason = str(error).strip().splitlines()[0]
-        raise CheckpointError(checkpoint, f"not loadable as weights only ({reason})") from error
     return model.to(device).eval(), cfg
 
 

@@ -26,7 +26,7 @@ from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
-from detection.checkpoint import check_checkpoint_file
+from detection.checkpoint import check_checkpoint_file, loading_checkpoint
 from detection.config_file import load_config, naming_config
 from detection.launch import setup_launcher
 
@@ -53,7 +53,7 @@ def setup_config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    with naming_config(args.config):
+    with naming_config(args.config), loading_checkpoint(args.checkpoint):
         metrics = Runner.from_cfg(setup_config(args)).test()
     if is_main_process():
         text = json.dumps(metrics, indent=2)

@@ -24,7 +24,7 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from detection.checkpoint import check_checkpoint_file
+from detection.checkpoint import check_checkpoint_file, loading_checkpoint
 from detection.config_file import load_config, naming_config
 from detection.launch import setup_launcher
 
@@ -62,7 +62,9 @@ def setup_config(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with naming_config(args.config):
-        Runner.from_cfg(setup_config(args)).train()
+        cfg = setup_config(args)
+        with loading_checkpoint(cfg.get("load_from") or f"the latest checkpoint in {cfg.work_dir}"):
+            Runner.from_cfg(cfg).train()
 
 
 if __name__ == "__main__":
