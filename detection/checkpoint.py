@@ -45,12 +45,15 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def loading_checkpoint(path: str | os.PathLike) -> Iterator[None]:
-    """Around code that loads the checkpoint ``path``: torch's weights-only loader refusing it (it
-    pickles code or objects beyond tensors and plain values) is a :class:`CheckpointError` naming it."""
+def loading_checkpoint(path: str | os.PathLike | None) -> Iterator[None]:
+    """Around code that loads the checkpoint ``path`` (``None``: none is loaded): torch's weights-only
+    loader refusing it (it pickles code or objects beyond tensors and plain values) is a
+    :class:`CheckpointError` naming it."""
     try:
         yield
     except pickle.UnpicklingError as error:
+        if path is None:
+            raise
         found = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global by default)?\. ", str(error))
         reason = found.group(1) if found else type(error).__name__
         raise CheckpointError(path, f"refused by torch's weights-only loader ({reason}); it holds more than "

@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with naming_config(args.config):
         cfg = setup_config(args)
-        with loading_checkpoint(cfg.get("load_from") or f"the latest checkpoint in {cfg.work_dir}"):
+        resumed = f"the latest checkpoint in {cfg.work_dir}" if cfg.get("resume") else None
+        with loading_checkpoint(cfg.get("load_from") or resumed):
             Runner.from_cfg(cfg).train()
 
 
