@@ -154,7 +154,7 @@ def decode_seconds(workload: dict) -> float:
 
 def workload_flops(workload: dict) -> tuple[float, float]:
     """FLOPs of ours (each image once without its last full block, each distinct caption once at its
-    own length) and of upstream's loop (per item the whole tower with the value path, and the
+    own token count) and of upstream's loop (per item the whole tower with the value path, and the
     item's captions at 77 tokens), counted by torch's FlopCounterMode on one image / the texts."""
     model, processor, records = workload["model"], workload["processor"], workload["records"]
     pixels = processor(images=[load_image(workload["images"][0])])["pixel_values"]
@@ -169,10 +169,13 @@ def workload_flops(workload: dict) -> tuple[float, float]:
 
     region_image = count(lambda: model.encode_image(pixels, dense=False, boxes=box, image_embeds=False))
     full_image = count(lambda: model.encode_image(pixels, dense=False, boxes=box))
-    ours_texts = count(lambda: model.get_text_features(**processor(text=distinct, text_kind="region",
-                                                                   padding="longest")))
+    lengths = processor(text=distinct, text_kind="region", padding="longest")["attention_mask"].sum(dim=1).tolist()
+    example = dict(zip(lengths, distinct))  # one caption of each token count
+    per_length = {length: count(lambda: model.get_text_features(**processor(text=[text], text_kind="region",
+                                                                            padding="longest")))
+                  for length, text in example.items()}
     one_text_77 = count(lambda: model.get_text_features(**processor(text=distinct[:1], text_kind="region")))
-    ours = len(workload["images"]) * region_image + ours_texts
+    ours = len(workload["images"]) * region_image + sum(per_length[length] for length in lengths)
     upstream = len(records) * full_image + sum(len(item) for item in captions) * one_text_77
     return ours, upstream
 

@@ -10,9 +10,9 @@ distinct; L = L_global + 0.1 L_regional + 0.5 L_hard; forward under
 Variants, each in its own process (peak memory is its own), same weights (seed 0):
 
 * ``fgclip``: `FGCLIPForTraining` as shipped (where gradients flow: math-path attention on the
-  CPU, joined q/k/v projections, QuickGELU folded into the MLP; short-path texts bucketed by length);
+  CPU, joined q/k/v projections, QuickGELU as one fused silu; short-path texts bucketed by length);
 * ``fgclip-plain``: the same step on transformers' own ``sdpa`` attention, ``CLIPAttention`` and
-  ``CLIPMLP`` (what the step ran before those choices);
+  QuickGELU (what the step ran before those choices);
 * ``upstream-style``: the same step with upstream's text side in-process (no de-duplication,
   every text padded to 77 / 248 tokens, one call per text kind and per hard-negative group);
 * ``upstream`` (with ``--upstream-src`` and ``--upstream-python``): upstream FG-CLIP v1's own
@@ -67,13 +67,14 @@ class UpstreamTextStep(FGCLIPForTraining):
 
 
 def plain_kernels(model: FGCLIPModel) -> None:
-    """transformers' own modules: ``sdpa`` attention, ``CLIPAttention``, ``CLIPMLP``."""
-    from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
+    """transformers' own modules: ``sdpa`` attention, ``CLIPAttention``, its QuickGELU."""
+    from transformers.activations import QuickGELUActivation
+    from transformers.models.clip.modeling_clip import CLIPAttention
 
     model.set_attn_implementation("sdpa")
     for tower in (model.text_model, model.vision_model):
         for layer in tower.encoder.layers:
-            layer.self_attn.__class__, layer.mlp.__class__ = CLIPAttention, CLIPMLP
+            layer.self_attn.__class__, layer.mlp.activation_fn = CLIPAttention, QuickGELUActivation()
 
 
 def run_variant(variant: str, steps: int, warmup: int) -> dict:

@@ -77,8 +77,9 @@ class FGCLIPForTraining(nn.Module):
 
     # The loss is a per-batch mean: HF Trainer must not pass `num_items_in_batch` to forward.
     accepts_loss_kwargs = False
-    # Fixed cost of one more short-path text-tower call, in tokens, by device type, when bucketing
-    # texts by length (CPU: about 12 layers x 40 small ops; GPU: kernel launches dominate short texts).
+    # Fixed cost of one more short-path text-tower call when bucketing texts by length, in tokens of
+    # a ViT-B/16-sized text tower (width 512, 12 layers; scaled by the tower's width^2 x depth), by
+    # device type (CPU: about 12 layers x 40 small ops; GPU: kernel launches dominate short texts).
     bucket_overhead_tokens = {"cpu": 64, "cuda": 4096}
 
     def __init__(self, model: nn.Module, loss: nn.Module, regional: bool = False, hard_negatives: bool = False):
@@ -130,7 +131,7 @@ class FGCLIPForTraining(nn.Module):
         kinds = ["short"] + ["region"] * self.regional + ["hard_negative"] * self.hard_negatives
         texts = self.encode_short_path(short_input_ids, short_attention_mask, short_text_inverse, short_text_ranges,
                                        kinds)
-        self.text_tower_calls += 1
+        self.text_tower_calls += 2  # the long path and the short path (one however many length buckets)
 
         extra = {}
         if needs_regions:
@@ -175,14 +176,13 @@ class FGCLIPForTraining(nn.Module):
         if mask is not None:
             widths, order = torch.sort(mask.sum(dim=1), stable=True)
         if mask is None or model.trim_padding(input_ids[order[:1]])[0].shape[1] == input_ids.shape[1]:
-            self.text_tower_calls += 1  # no lengths, or nothing to trim: one call
             return model.pooled_text(*model.trim_padding(input_ids, mask))
-        overhead = self.bucket_overhead_tokens.get(input_ids.device.type, max(self.bucket_overhead_tokens.values()))
-        pieces = []
-        for start, end in length_buckets(widths.tolist(), overhead):
-            bucket = order[start:end]
-            pieces.append(model.pooled_text(*model.trim_padding(input_ids[bucket], mask[bucket])))
-        self.text_tower_calls += len(pieces)
+        text = self.model.config.text_config
+        scale = 12 * 512**2 / (text.num_hidden_layers * text.hidden_size**2)
+        overhead = scale * self.bucket_overhead_tokens.get(input_ids.device.type,
+                                                           max(self.bucket_overhead_tokens.values()))
+        pieces = [model.pooled_text(*model.trim_padding(input_ids[order[start:end]], mask[order[start:end]]))
+                  for start, end in length_buckets(widths.tolist(), overhead)]
         return torch.cat(pieces)[torch.argsort(order)]
 
 
