@@ -160,7 +160,7 @@ def main() -> int:
             results["upstream"] = run_upstream(args, Path(directory))
     peak = max(peak, matmul_gflops(torch.bfloat16))  # the better of before and after: load varies
 
-    baseline = results.get("upstream", results.get("upstream-style"))
+    baseline = results.get("upstream") or results.get("upstream-style") or next(iter(results.values()))
     print(f"{'variant':<15} {'s/step':>8} {'vs ' + baseline['variant']:>20} {'first loss':>11}")
     for result in results.values():
         print(f"{result['variant']:<15} {result['seconds_per_step']:>8.2f} "
