@@ -240,8 +240,9 @@ class FeatureExtractor:
         return tokens, torch.cat(embeds)
 
     # ------------------------------------------------------------------ texts
-    # Fixed cost of one more text batch, in tokens, when cutting texts into length buckets.
-    text_batch_overhead_tokens = 64
+    # Fixed cost of one more text batch, in tokens, when cutting texts into length buckets (on the
+    # CPU a new batch shape builds its bf16 matmul kernels, about 20 ms each).
+    text_batch_overhead_tokens = 512
 
     def _text_batches(self, texts: list[str], path: str) -> tuple[list[str], list[tuple[int, int]]]:
         """``texts`` sorted by token count, and ``(start, end)`` batches of at most ``text_batch_size``

@@ -79,8 +79,9 @@ class FGCLIPForTraining(nn.Module):
     accepts_loss_kwargs = False
     # Fixed cost of one more short-path text-tower call when bucketing texts by length, in tokens of
     # a ViT-B/16-sized text tower (width 512, 12 layers; scaled by the tower's width^2 x depth), by
-    # device type (CPU: about 12 layers x 40 small ops; GPU: kernel launches dominate short texts).
-    bucket_overhead_tokens = {"cpu": 64, "cuda": 4096}
+    # device type (CPU: small ops, and bf16 matmul kernels built for each new shape, about 20 ms
+    # each; GPU: kernel launches dominate short texts).
+    bucket_overhead_tokens = {"cpu": 256, "cuda": 4096}
 
     def __init__(self, model: nn.Module, loss: nn.Module, regional: bool = False, hard_negatives: bool = False):
         super().__init__()
