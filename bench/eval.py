@@ -86,7 +86,8 @@ def timed(function):
 def upstream_region_feature(model, processor, image: str, box) -> torch.Tensor:
     """(1, D) region embedding of one box the upstream way: open and pre-process the image, run
     the whole vision tower keeping every hidden state, value path on ``hidden_states[-2]``."""
-    pixel_values, boxes = processor.preprocess(image, boxes=[torch.tensor([box])])
+    batch = processor(images=[image], boxes=[torch.tensor([box])])
+    pixel_values, boxes = batch["pixel_values"], batch["boxes"]
     hidden_states = model.vision_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
     tokens = model.value_path_features(hidden_states[-2])
     grid = processor.image_size // model.config.vision_config.patch_size
@@ -102,8 +103,8 @@ def upstream_fgovd(model, processor, items: list[FGOVDItem]) -> tuple[float, flo
         start = time.perf_counter()
         region = upstream_region_feature(model, processor, item.image, item.box)
         middle = time.perf_counter()
-        input_ids = processor.tokenize([item.positive, *item.negatives], kind="region", padding="max_length")
-        texts = model.get_text_features(input_ids, kind="region", normalize=True)
+        captions = processor(text=[item.positive, *item.negatives], text_kind="region", padding="max_length")
+        texts = model.get_text_features(captions["input_ids"], text_kind="region", normalize=True)
         scores = (region @ texts.t())[0]
         correct += bool(scores[0] >= scores[1:].max())
         image_seconds += middle - start
