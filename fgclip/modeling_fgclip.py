@@ -155,7 +155,9 @@ class FusedProjectionsAttention(CLIPAttention):
     instead of three and six). Without gradients it is ``CLIPAttention`` unchanged."""
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        if not (torch.is_grad_enabled() and self.q_proj.weight.requires_grad):
+        weight = self.q_proj.weight
+        # Empty: partitioned by DeepSpeed ZeRO-3, gathered only when q_proj itself runs.
+        if not (torch.is_grad_enabled() and weight.requires_grad and weight.numel()):
             return super().forward(hidden_states, attention_mask, **kwargs)
         input_shape = hidden_states.shape[:-1]
         projections = (self.q_proj, self.k_proj, self.v_proj)
