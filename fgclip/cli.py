@@ -10,14 +10,15 @@ import argparse
 import io
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-
-from .encoders import Encoder, load_encoder
 from .errors import ConfigError, command, print_output, writing
 from .eval.cli import add_eval_subcommand
-from .processing_fgclip import load_image
+
+if TYPE_CHECKING:  # torch and the models load when a command runs, not for --help
+    import torch
+
+    from .encoders import Encoder
 
 DEFAULT_MODEL = "qihoo360/fg-clip-base"
 
@@ -51,26 +52,35 @@ def parse_box(text: str) -> list[float]:
     return values
 
 
-@torch.no_grad()
 def score_regions(model: Encoder, image, boxes: list[list[float]], texts: list[str]) -> torch.Tensor:
     """(K boxes, T texts) cosine similarities between region features and region texts; boxes are
     checked against the image, not clamped."""
+    import torch
+
+    from .processing_fgclip import load_image
+
     name = str(image) if isinstance(image, (str, Path)) else "image"
     image = load_image(image)
     check_boxes(boxes, image, name)
     batch = model.processor(images=[image], boxes=[torch.tensor(boxes, dtype=torch.float32)])
-    regions = model.encode_regions(batch.to(model.device))
-    return (regions @ model.encode_texts(texts, "region").t()).cpu()
+    with torch.no_grad():
+        regions = model.encode_regions(batch.to(model.device))
+        return (regions @ model.encode_texts(texts, "region").t()).cpu()
 
 
-@torch.no_grad()
 def similarity_map(model: Encoder, image, text: str) -> torch.Tensor:
     """(H, W) cosine similarity between each patch and ``text``, upsampled to the image size."""
+    import torch
+    import torch.nn.functional as F
+
+    from .processing_fgclip import load_image
+
     image = load_image(image)
-    dense = model.dense_maps(model.processor(images=[image]).to(model.device))[0]
-    query = model.encode_texts([text], "short")[0]
-    grid = (dense @ query)[None, None].float()
-    return F.interpolate(grid, size=(image.height, image.width), mode="bilinear", align_corners=False)[0, 0].cpu()
+    with torch.no_grad():
+        dense = model.dense_maps(model.processor(images=[image]).to(model.device))[0]
+        query = model.encode_texts([text], "short")[0]
+        grid = (dense @ query)[None, None].float()
+        return F.interpolate(grid, size=(image.height, image.width), mode="bilinear", align_corners=False)[0, 0].cpu()
 
 
 def save_heatmap(image, similarity: torch.Tensor, text: str, output: str | Path, alpha: float = 0.5) -> None:
@@ -79,6 +89,8 @@ def save_heatmap(image, similarity: torch.Tensor, text: str, output: str | Path,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from .processing_fgclip import load_image
 
     image = load_image(image)
     figure, axis = plt.subplots(figsize=(6, 6 * image.height / image.width))
@@ -110,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add_common(sub):
         sub.add_argument("image", help="image file")
         sub.add_argument("--model", default=DEFAULT_MODEL, help="FG-CLIP or FG-CLIP 2 checkpoint directory or hub id")
-        sub.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        sub.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda:1 ...")
 
     score = subparsers.add_parser("score", help="print a region x text cosine-similarity table")
     add_common(score)
@@ -134,10 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "eval":
         return args.func(args)
+    from .encoders import load_encoder, resolve_device
+    from .processing_fgclip import load_image
+
     image = load_image(args.image)  # input errors before the model loads
     if args.command == "score":
         check_boxes(args.box, image, args.image)
-    model = load_encoder(args.model, device=args.device)
+    model = load_encoder(args.model, device=resolve_device(args.device))
     if args.command == "score":
         print_output(format_table(score_regions(model, image, args.box, args.text), args.box, args.text))
     elif args.command == "heatmap":

@@ -34,12 +34,12 @@ from .configuration_fgclip import FGCLIPConfig
 from .configuration_fgclip2 import FGCLIP2Config
 from .errors import CheckpointError
 from .modeling_fgclip import FGCLIPModel, TokenFeatures, check_text_kind
+from .names import MODEL_TYPES
 from .modeling_fgclip2 import FGCLIP2Model
 from .processing_fgclip import FGCLIPProcessor, concat_image_batches
 from .processing_fgclip2 import FGCLIP2Processor
 from .testing import tiny_config, tiny_fgclip2_config
 
-MODEL_TYPES = ("auto", "fgclip", "fgclip2", "clip")
 # A weight only FG-CLIP checkpoints have (upstream ones keep ``model_type: clip`` in config.json).
 FGCLIP_MARKER_KEY = "text_model.embeddings.position_embedding_res.weight"
 

@@ -30,6 +30,16 @@ def test_import_fgclip_loads_neither_torch_nor_transformers():
     assert loaded == []
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["eval", "--help"], ["score", "--help"]])
+def test_command_help_and_argument_errors_load_no_torch(argv):
+    """The parsers need no model code: ``fgclip --help`` (and a bad argument) answer at once."""
+    loaded = modules_after(
+        "import fgclip.cli\n"
+        f"try:\n    fgclip.cli.build_parser().parse_args({argv!r})\nexcept SystemExit:\n    pass\n"
+        "result = sorted(m for m in ('torch', 'transformers') if m in sys.modules)")
+    assert loaded == []
+
+
 def test_model_path_imports_nothing_beyond_torch_transformers_and_clip():
     result = modules_after(
         "import torch, transformers, transformers.models.clip.modeling_clip\n"

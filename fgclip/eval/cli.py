@@ -14,21 +14,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import torch
-import torch.distributed as dist
-
-from ..distributed import get_rank
-from ..encoders import MODEL_TYPES, detect_model_type, load_encoder, resolve_device
 from ..errors import CheckpointError, ConfigError, run_command
-from .runner import (
-    TASKS,
-    EvalOptions,
-    RunConfig,
-    describe_layout,
-    markdown_table,
-    parse_path_overrides,
-    run_evaluation,
-)
+from ..names import EVAL_TASKS as TASKS
+from ..names import MODEL_TYPES
 
 DESCRIPTION = (
     "Evaluate FG-CLIP (and plain CLIP baselines) on FG-OVD, box classification, retrieval and "
@@ -96,7 +84,9 @@ def add_eval_subcommand(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _model_entries(specs: Sequence[str], model_type: str, device: torch.device) -> list:
+def _model_entries(specs: Sequence[str], model_type: str, device) -> list:
+    from ..encoders import detect_model_type, load_encoder
+
     entries, names = [], set()
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -133,6 +123,13 @@ def _reranker_paths(specs: Sequence[str], model_names: list[str]) -> dict[str, s
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from ..distributed import get_rank
+    from ..encoders import resolve_device
+    from .runner import EvalOptions, RunConfig, describe_layout, markdown_table, parse_path_overrides, run_evaluation
+
     """Run the evaluation described by parsed arguments (see :func:`add_eval_arguments`)."""
     if args.list_datasets:
         print(describe_layout(args.data_root))

@@ -39,6 +39,7 @@ from typing import Callable, Sequence, Union
 
 from ..distributed import get_rank, get_world_size
 from ..encoders import Encoder
+from ..names import EVAL_TASKS
 from ..rerank import CrossEncoderReranker
 from .boxcls import prepare_coco_boxes, prepare_lvis_boxes, prepare_openimages_boxes, score_boxcls
 from .chinese import (
@@ -62,7 +63,7 @@ from .zero import (prepare_zero_icm, prepare_zero_icr, prepare_zero_iqm, prepare
 
 logger = logging.getLogger("fgclip.eval")
 
-TASKS = ("fgovd", "boxcls", "retrieval", "zeroshot", "matching")
+TASKS = EVAL_TASKS
 
 # The registry: one line per benchmark (its files, then its own prepare and score functions).
 DATASETS: tuple[DatasetSpec, ...] = (
