@@ -5,7 +5,6 @@ traceback and no silent result; without mmcv's compiled ops, one line saying to 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,27 +25,19 @@ from mmengine.registry import init_default_scope  # noqa: E402
 
 import detection  # noqa: E402,F401  (registers the modules)
 from detection.class_embeddings import load_class_embeddings, save_class_embeddings  # noqa: E402
-from fgclip import FGCLIPModel, FGCLIPProcessor  # noqa: E402
+from fgclip import FGCLIPProcessor  # noqa: E402
 from fgclip.data.shapes import SHAPES, write_coco_detection  # noqa: E402
 from fgclip.errors import run_command  # noqa: E402
 from fgclip.eval.runner import DATASETS, prepare  # noqa: E402
 from fgclip.eval.spec import EvalOptions  # noqa: E402
-from fgclip.testing import tiny_config  # noqa: E402
+from tiny_detection import ASSETS, load_tool, save_tiny_fgclip  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = str(REPO / "configs" / "fvit_tiny_cpu.py")
-ASSETS = "work_dirs/tiny_cpu"  # where configs/fvit_tiny_cpu.py looks, relative to the working directory
 VAL_IMAGE = f"{ASSETS}/shapes/val/000000.png"
 FULL_DISK = "No space left on device"
 NAN_ROW = 3  # "star"
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +48,7 @@ def workspace(tmp_path_factory) -> Path:
     file that is not JSON."""
     root = tmp_path_factory.mktemp("detection-bad")
     assets = root / ASSETS
-    torch.manual_seed(0)
-    model = FGCLIPModel(tiny_config(num_layers=4)).eval()
-    model.save_pretrained(assets / "fgclip")
-    FGCLIPProcessor.for_config(model.config).save_pretrained(assets / "fgclip")
+    model = save_tiny_fgclip(assets / "fgclip")
     with torch.no_grad():
         model.text_projection.weight[0, 0] = float("nan")
     model.save_pretrained(root / "nan_fgclip")

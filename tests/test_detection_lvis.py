@@ -20,34 +20,24 @@ from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from detection import OVLVISDataset, OVLVISMetric, lvis_box_ap, write_lvis_style  # noqa: E402
-from fgclip import FGCLIPModel, FGCLIPProcessor  # noqa: E402
 from fgclip.data.shapes import SHAPES, write_coco_detection  # noqa: E402
-from fgclip.testing import tiny_config  # noqa: E402
+from tiny_detection import ASSETS, load_tool, save_tiny_fgclip  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LVIS_CONFIG = REPO / "configs" / "fvit_tiny_cpu_lvis.py"
-ASSETS = "work_dirs/tiny_cpu"
 FREQUENCIES = Config.fromfile(str(LVIS_CONFIG)).frequencies
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """Tiny FG-CLIP, shape scenes in COCO and LVIS format, class embeddings: what the tiny LVIS config reads."""
-    import importlib.util
-
     root = tmp_path_factory.mktemp("detection_lvis")
     assets = root / ASSETS
-    torch.manual_seed(0)
-    model = FGCLIPModel(tiny_config(num_layers=4)).eval()
-    model.save_pretrained(assets / "fgclip")
-    FGCLIPProcessor.for_config(model.config).save_pretrained(assets / "fgclip")
+    save_tiny_fgclip(assets / "fgclip")
     for split, count, seed in (("train", 10, 0), ("val", 12, 1)):
         coco = write_coco_detection(assets / "shapes", split, num_images=count, seed=seed, image_size=64)
         write_lvis_style(coco, assets / "shapes" / "annotations" / f"lvis_{split}.json", FREQUENCIES)
-    spec = importlib.util.spec_from_file_location("dump", REPO / "tools" / "dump_class_embeddings.py")
-    dump = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dump)
-    dump.main(["--model", str(assets / "fgclip"), "--vocab", ",".join(SHAPES), "--templates", "fgclip",
+    load_tool("dump_class_embeddings").main(["--model", str(assets / "fgclip"), "--vocab", ",".join(SHAPES), "--templates", "fgclip",
                "--out", str(assets / "shapes_embeddings.pt")])
     return root
 

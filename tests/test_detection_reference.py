@@ -4,7 +4,6 @@ against a hand computation or the reference's own formula."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -35,20 +34,12 @@ from detection import (  # noqa: E402  (registers the modules)
 from detection.class_embeddings import load_class_embeddings, prompts  # noqa: E402
 from fgclip import FGCLIPModel, FGCLIPProcessor  # noqa: E402
 from fgclip.data.shapes import SHAPES, write_coco_detection  # noqa: E402
-from fgclip.testing import tiny_config  # noqa: E402
+from tiny_detection import ASSETS, load_tool, save_tiny_fgclip  # noqa: E402
 from mmdet.registry import DATASETS, MODELS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "fvit_tiny_cpu.py"
 NOVEL = ("star", "cross")
-ASSETS = "work_dirs/tiny_cpu"
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +47,7 @@ def workspace(tmp_path_factory) -> Path:
     """What configs/fvit_tiny_cpu.py points at: a tiny FG-CLIP, shape scenes, class embeddings (63 templates)."""
     root = tmp_path_factory.mktemp("detection_reference")
     assets = root / ASSETS
-    torch.manual_seed(0)
-    model = FGCLIPModel(tiny_config(num_layers=4)).eval()
-    model.save_pretrained(assets / "fgclip")
-    FGCLIPProcessor.for_config(model.config).save_pretrained(assets / "fgclip")
+    save_tiny_fgclip(assets / "fgclip")
     write_coco_detection(assets / "shapes", "train", num_images=8, seed=0, image_size=64)
     write_coco_detection(assets / "shapes", "val", num_images=6, seed=1, image_size=64)
     load_tool("dump_class_embeddings").main(
