@@ -178,6 +178,7 @@ class DualEncoderProcessor:
     short_length: int
     long_length: int
     minimal_padding: str = "max_length"
+    text_options: tuple[str, ...] = ()  # keyword options of a call that go to _encode_text, not to the images
 
     def max_length(self, text_kind: str) -> int:
         return self.long_length if check_text_kind(text_kind) == "long" else self.short_length
@@ -190,7 +191,7 @@ class DualEncoderProcessor:
         text_kind: str = "short",
         padding: str = "max_length",
         return_tensors: str = "pt",
-        **image_options,
+        **options,
     ) -> BatchFeature:
         """Images and / or texts as one model batch.
 
@@ -200,7 +201,8 @@ class DualEncoderProcessor:
             boxes: one (K_i, 4) xyxy tensor per image in original pixels; the batch's ``boxes``
                 are mapped into the model input's pixels.
             padding: ``"max_length"`` (the kind's length) or ``"longest"`` where the family allows it.
-            image_options: family options of this call (e.g. FG-CLIP 2's ``max_num_patches``).
+            options: family options of this call: the text ones named in ``text_options`` (e.g. FG-CLIP
+                2's ``max_length``), the others for the images (e.g. FG-CLIP 2's ``max_num_patches``).
         Returns:
             ``BatchFeature`` with ``pixel_values`` (and the family's other image keys), ``boxes``
             when given, ``input_ids``, ``attention_mask`` and ``text_kind`` when texts are given;
@@ -212,11 +214,12 @@ class DualEncoderProcessor:
             raise ValueError("give images, text or both")
         if boxes is not None and images is None:
             raise ValueError("boxes need the images they belong to")
+        text_options = {key: options.pop(key) for key in self.text_options if key in options}
         data = {}
         if images is not None:
-            data.update(self._encode_images(check_images(images, boxes), boxes, **image_options))
+            data.update(self._encode_images(check_images(images, boxes), boxes, **options))
         if text is not None:
-            data.update(self._encode_text(check_texts(text), text_kind, padding))
+            data.update(self._encode_text(check_texts(text), text_kind, padding, **text_options))
             data["text_kind"] = text_kind
         return BatchFeature(data)
 

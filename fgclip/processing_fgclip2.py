@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, BatchFeature
+from transformers import AutoTokenizer
 from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 
 from .configuration_fgclip2 import FGCLIP2Config
-from .processing_fgclip import DualEncoderProcessor, check_texts, concat_image_batches, load_image, warn_truncated
+from .processing_fgclip import DualEncoderProcessor, concat_image_batches, load_image, warn_truncated
 
 
 @dataclass
@@ -95,7 +95,13 @@ class FGCLIP2Processor(DualEncoderProcessor):
             processed alone, then padded to the largest).
         lowercase: lower-case texts before tokenizing (FG-CLIP 2 trains on lower-cased texts; some
             official evaluation scripts tokenize the raw text).
+
+    A call takes, beside the shared arguments, the text options ``max_length`` (texts padded to that
+    many tokens instead of the kind's length, e.g. 64 on the long path as the official retrieval
+    scripts do) and ``lowercase``, and the image options ``max_num_patches`` and ``budget_scope``.
     """
+
+    text_options = ("max_length", "lowercase")
 
     def __init__(
         self,
@@ -183,31 +189,6 @@ class FGCLIP2Processor(DualEncoderProcessor):
             raise ValueError(f"budget_scope must be one of {BUDGET_SCOPES}, got {scope!r}")
         budgets = [self.patch_budget(image, max_num_patches) for image in images]
         return [max(budgets)] * len(budgets) if scope == "call" else budgets
-
-    def __call__(
-        self,
-        images=None,
-        text: list[str] | str | None = None,
-        boxes: list[torch.Tensor] | None = None,
-        text_kind: str = "short",
-        padding: str = "max_length",
-        return_tensors: str = "pt",
-        max_length: int | None = None,
-        lowercase: bool | None = None,
-        **image_options,
-    ) -> BatchFeature:
-        """As :meth:`DualEncoderProcessor.__call__`, plus, for this call, ``max_length`` (texts padded
-        to that many tokens instead of the kind's length, e.g. 64 on the long path as the official
-        retrieval scripts do) and ``lowercase`` (default: the processor's), and the image options
-        ``max_num_patches`` and ``budget_scope``."""
-        if max_length is None and lowercase is None:
-            return super().__call__(images, text, boxes, text_kind, padding, return_tensors, **image_options)
-        batch = super().__call__(images, None, boxes, text_kind, padding, return_tensors, **image_options) \
-            if images is not None else BatchFeature({})
-        if text is not None:
-            batch.update(self._encode_text(check_texts(text), text_kind, padding, max_length, lowercase))
-            batch["text_kind"] = text_kind
-        return batch
 
     # ------------------------------------------------------------------ text
     def _encode_text(self, texts: list[str], text_kind: str, padding: str, max_length: int | None = None,
