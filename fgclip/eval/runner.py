@@ -58,7 +58,7 @@ from .retrieval import prepare_caption_file, prepare_dci, prepare_sharegpt4v, pr
 from .spec import DatasetSpec, EvalOptions, Prepared, ScoreContext
 from .templates import IMAGENET_TEMPLATES
 from .zeroshot import load_templates, prepare_image_folder, score_zeroshot
-from .zero import (prepare_zero_icm, prepare_zero_icr, prepare_zero_iqm, prepare_zero_iqr, score_zero_matching,
+from .zero import (prepare_zero_matching, prepare_zero_retrieval, score_zero_matching,
                    score_zero_retrieval)
 
 logger = logging.getLogger("fgclip.eval")
@@ -100,18 +100,18 @@ DATASETS: tuple[DatasetSpec, ...] = (
                 "ImageNetV2, 80 templates", prepare_image_folder, score_zeroshot),
     DatasetSpec("zero_icr", "retrieval", "retrieval/zero_icr",
                 (("ann", "zero/ICR/val/long_itr_val.json"), ("images", "zero/IQR_IQM_ICR_ICM_images")),
-                "Zero ICR image-caption retrieval (CCMB release), R@1/5/10 + mean recall", prepare_zero_icr,
+                "Zero ICR image-caption retrieval (CCMB release), R@1/5/10 + mean recall", prepare_zero_retrieval,
                 score_zero_retrieval),
     DatasetSpec("zero_iqr", "retrieval", "retrieval/zero_iqr",
                 (("ann", "zero/IQR/val/short_itr_val.json"), ("images", "zero/IQR_IQM_ICR_ICM_images")),
-                "Zero IQR image-query retrieval (CCMB release), R@1/5/10 + mean recall", prepare_zero_iqr,
+                "Zero IQR image-query retrieval (CCMB release), R@1/5/10 + mean recall", prepare_zero_retrieval,
                 score_zero_retrieval),
     DatasetSpec("zero_icm", "matching", "matching/zero_icm",
                 (("ann", "zero/ICM/val/long_itm_val.json"), ("images", "zero/IQR_IQM_ICR_ICM_images")),
-                "Zero ICM image-caption matching (CCMB release), ROC AUC", prepare_zero_icm, score_zero_matching),
+                "Zero ICM image-caption matching (CCMB release), ROC AUC", prepare_zero_matching, score_zero_matching),
     DatasetSpec("zero_iqm", "matching", "matching/zero_iqm",
                 (("ann", "zero/IQM/val/short_itm_val.json"), ("images", "zero/IQR_IQM_ICR_ICM_images")),
-                "Zero IQM image-query matching (CCMB release), ROC AUC", prepare_zero_iqm, score_zero_matching),
+                "Zero IQM image-query matching (CCMB release), ROC AUC", prepare_zero_matching, score_zero_matching),
     DatasetSpec("long_cn", "retrieval", "retrieval/long_cn", (("dir", "long_cn"),),
                 "LIT-CN / DCI-CN / DOCCI-CN long-caption retrieval as FG-CLIP 2's long_trans_cn.py (image<TAB>caption, "
                 "one benchmark per .txt)", prepare_long_cn_dir, score_chinese_retrieval),

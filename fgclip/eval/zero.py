@@ -135,23 +135,17 @@ def evaluate_zero_retrieval(extractor: FeatureExtractor, dataset: RetrievalSet, 
     return {**metrics, "num_images": len(dataset.images), "num_texts": len(dataset.texts)}
 
 
-def prepare_zero_icr(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_zero_retrieval(paths["ann"], paths["images"], "long", "zero_icr",
+# Captions (ICR / ICM) take the long path, short search queries (IQR / IQM) the short one.
+TEXT_KINDS = {"zero_icr": "long", "zero_iqr": "short", "zero_icm": "long", "zero_iqm": "short"}
+
+
+def prepare_zero_retrieval(spec, paths: dict, options) -> list[Prepared]:
+    return single(spec, load_zero_retrieval(paths["ann"], paths["images"], TEXT_KINDS[spec.name], spec.name,
                                             allow_outside_root=options.allow_outside_root))
 
 
-def prepare_zero_iqr(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_zero_retrieval(paths["ann"], paths["images"], "short", "zero_iqr",
-                                            allow_outside_root=options.allow_outside_root))
-
-
-def prepare_zero_icm(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_zero_matching(paths["ann"], paths["images"], "long", "zero_icm",
-                                           allow_outside_root=options.allow_outside_root))
-
-
-def prepare_zero_iqm(spec, paths: dict, options) -> list[Prepared]:
-    return single(spec, load_zero_matching(paths["ann"], paths["images"], "short", "zero_iqm",
+def prepare_zero_matching(spec, paths: dict, options) -> list[Prepared]:
+    return single(spec, load_zero_matching(paths["ann"], paths["images"], TEXT_KINDS[spec.name], spec.name,
                                            allow_outside_root=options.allow_outside_root))
 
 
