@@ -1,7 +1,7 @@
 """R2D2's two-way distillation in the re-ranker training step: soft targets, soft cross entropy,
-the EMA update and the token masking by hand on tiny tensors; a distilled step (target- and
-feature-guided) and a pre-ranking step against pair-by-pair hand computations; the recipe
-options; the shipped R2D2 recipe."""
+the EMA update, the token masking and the teacher queues' ring buffer by hand on tiny tensors; a
+distilled step (target- and feature-guided), a pre-ranking step and a queued pre-ranking step (ALBEF's
+queues) against pair-by-pair hand computations; the recipe options; the shipped R2D2 recipe."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +16,7 @@ from fgclip.data.shapes import write_shapes_dataset
 from fgclip.rerank import CrossEncoderReranker, CrossEncoderRerankerConfig, RerankerForTraining, sample_hard_negatives
 from fgclip.rerank.distillation import (
     Distillation,
+    FeatureQueues,
     ema_update,
     mask_tokens,
     soft_cross_entropy,
@@ -75,6 +76,33 @@ def test_mask_tokens_hides_the_ratio_of_real_tokens_and_keeps_one():
     again = mask_tokens(mask, 0.5, torch.Generator().manual_seed(0))
     assert torch.equal(masked, again)
     assert mask_tokens(mask, 1.0, torch.Generator()).sum(1).tolist() == [1, 1, 1, 1]
+
+
+def test_feature_queues_are_seeded_unit_rows_and_a_ring_buffer():
+    queues = FeatureQueues(4, 3, seed=7)
+    assert [name for name, _ in queues.named_buffers()] == ["images", "texts", "pointer"]
+    torch.testing.assert_close(queues.images.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(queues.texts.norm(dim=1), torch.ones(4))
+    assert not torch.equal(queues.images, queues.texts) and int(queues.pointer) == 0
+    again, other = FeatureQueues(4, 3, seed=7), FeatureQueues(4, 3, seed=8)
+    assert torch.equal(again.images, queues.images) and torch.equal(again.texts, queues.texts)
+    assert not torch.equal(other.images, queues.images)
+
+    start_images, start_texts = queues.images.clone(), queues.texts.clone()
+    pushes = [torch.full((2, 3), float(n)) for n in range(1, 4)]  # batches 1, 2, 3: rows 0-1, 2-3, then 0-1 again
+    queues.push(pushes[0], -pushes[0])
+    assert int(queues.pointer) == 2
+    assert torch.equal(queues.images, torch.cat([pushes[0], start_images[2:]]))
+    assert torch.equal(queues.texts, torch.cat([-pushes[0], start_texts[2:]]))
+    queues.push(pushes[1], -pushes[1])
+    assert int(queues.pointer) == 0  # wrapped around
+    assert torch.equal(queues.images, torch.cat([pushes[0], pushes[1]]))
+    queues.push(pushes[2], -pushes[2])
+    assert int(queues.pointer) == 2
+    assert torch.equal(queues.images, torch.cat([pushes[2], pushes[1]]))
+    assert torch.equal(queues.texts, -torch.cat([pushes[2], pushes[1]]))
+    with pytest.raises(ValueError, match=r"distill_queue_size: 4 is not a multiple of the global batch 3"):
+        queues.push(torch.zeros(3, 3), torch.zeros(3, 3))
 
 
 # ---------------------------------------------------------------------------------------- steps by hand
@@ -172,6 +200,85 @@ def test_pre_ranking_step_by_hand(batch_and_dual):
         t2i = -((0.7 * eye + 0.3 * F.softmax(taught.T, 1)) * F.log_softmax(logits.T, 1)).sum(1).mean()
     torch.testing.assert_close(output["terms"]["pre_ranking"], (i2t + t2i) / 2, atol=1e-5, rtol=1e-5)
     assert set(output["terms"]) == {"pre_ranking", "text_queries", "image_queries"}
+
+
+def queued_direction_by_hand(scale, student_rows, teacher_rows, columns, weight):
+    """ALBEF's queued InfoNCE of one direction, row by row and column by column: row i's target is
+    (1 - weight) on column i (the batch positive) plus weight x the teacher row's softmax over the columns."""
+    unit = [column / column.norm() for column in columns]
+    total = 0.0
+    for i, (student, teacher) in enumerate(zip(student_rows, teacher_rows)):
+        mine = [scale * (student / student.norm()) @ column for column in unit]
+        theirs = [scale * (teacher / teacher.norm()) @ column for column in unit]
+        log_partition = torch.log(sum(torch.exp(value) for value in mine))
+        teacher_partition = sum(torch.exp(value) for value in theirs)
+        for j in range(len(unit)):
+            target = (1 - weight) * (j == i) + weight * torch.exp(theirs[j]) / teacher_partition
+            total = total - target * (mine[j] - log_partition)
+    return total / len(student_rows)
+
+
+def test_queued_pre_ranking_step_by_hand(batch_and_dual):
+    batch, weights = batch_and_dual
+    dual = FGCLIPModel(tiny_config())
+    dual.load_state_dict(weights)
+    step = RerankerForTraining(dual, tiny_reranker(), text_kind="short", negatives=1, seed=3,
+                               distillation=Distillation(momentum=0.5, target_weight=0.3, queue_size=10),
+                               pre_ranking=True)
+    assert {"queues.images", "queues.texts", "queues.pointer"} <= set(step.state_dict())
+    assert step.queues.images.shape == (10, dual.config.projection_dim)
+    perturbed_teacher(step)
+    queued_images, queued_texts = step.queues.images.clone(), step.queues.texts.clone()
+    output = step.train()(**batch)
+    output["loss"].backward()
+    assert dual.logit_scale.grad is not None and dual.vision_model.embeddings.patch_embedding.weight.grad is not None
+
+    with torch.no_grad():
+        images, texts = step.encode(batch)
+        taught_images, taught_texts = step.encode(batch, step.teacher["dual_encoder"])  # after its EMA update
+        scale = dual.logit_scale.exp()
+        i2t = queued_direction_by_hand(scale, images.embeds, taught_images.embeds,
+                                       [*taught_texts.embeds, *queued_texts], 0.3)
+        t2i = queued_direction_by_hand(scale, texts.embeds, taught_texts.embeds,
+                                       [*taught_images.embeds, *queued_images], 0.3)
+    torch.testing.assert_close(output["terms"]["pre_ranking"], (i2t + t2i) / 2, atol=1e-5, rtol=1e-5)
+    # the teacher's batch went into rows 0-4, the oldest; the next step's into rows 5-9, then back to row 0
+    first_images = F.normalize(taught_images.embeds, dim=-1)
+    first_texts = F.normalize(taught_texts.embeds, dim=-1)
+    torch.testing.assert_close(step.queues.images, torch.cat([first_images, queued_images[5:]]))
+    torch.testing.assert_close(step.queues.texts, torch.cat([first_texts, queued_texts[5:]]))
+    assert int(step.queues.pointer) == 5
+    step(**batch)
+    with torch.no_grad():
+        second_images, second_texts = step.encode(batch, step.teacher["dual_encoder"])
+    torch.testing.assert_close(step.queues.images, torch.cat([first_images, F.normalize(second_images.embeds, dim=-1)]))
+    torch.testing.assert_close(step.queues.texts, torch.cat([first_texts, F.normalize(second_texts.embeds, dim=-1)]))
+    assert int(step.queues.pointer) == 0
+    before = step.queues.images.clone()
+    step.eval()(**batch)  # evaluation reads the queues and leaves them
+    assert torch.equal(step.queues.images, before) and int(step.queues.pointer) == 0
+
+
+def test_queue_size_zero_is_the_unqueued_loss_and_the_queue_needs_pre_ranking_and_whole_batches(batch_and_dual):
+    batch, weights = batch_and_dual
+
+    def step(queue_size, pre_ranking=True):
+        dual = FGCLIPModel(tiny_config())
+        dual.load_state_dict(weights)
+        return RerankerForTraining(dual, tiny_reranker(), text_kind="short", negatives=1, seed=3,
+                                   pre_ranking=pre_ranking, distillation=Distillation(momentum=0.5, target_weight=0.3, queue_size=queue_size))
+
+    plain = step(0)
+    assert plain.queues is None and not any(key.startswith("queues") for key in plain.state_dict())
+    with pytest.raises(ValueError, match="distill_queue_size: the queues widen the pre-ranking loss; set pre_ranking"):
+        step(10, pre_ranking=False)
+    with pytest.raises(ValueError, match=r"distill_queue_size: 8 is not a multiple of the global batch 5"):
+        step(8).train()(**batch)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match=r"distill_queue_size: expected an integer >= 0"):
+            Distillation(momentum=0.5, queue_size=bad)
+    with pytest.raises(ValueError, match=r"distill_queue_size needs a teacher .*: set distill_momentum"):
+        Distillation(queue_size=8)
 
 
 def test_without_options_the_step_has_no_teacher_and_keeps_the_dual_encoder_frozen(batch_and_dual):

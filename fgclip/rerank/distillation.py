@@ -26,12 +26,16 @@ class Distillation:
         feature_weight: weight of the feature-guided term (0: off).
         feature_mask_ratio: fraction of each caption's tokens hidden from the student in the
             feature-guided term (the teacher reads the whole caption).
+        queue_size: rows of ALBEF's queues of the teacher's recent image and text embeddings
+            (:class:`FeatureQueues`), which widen the pre-ranking loss and its soft targets beyond the
+            batch (0: off, the gathered batch only).
     """
 
     momentum: float | None = None
     target_weight: float = 0.0
     feature_weight: float = 0.0
     feature_mask_ratio: float = 0.0
+    queue_size: int = 0
 
     def __post_init__(self):
         if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
@@ -41,8 +45,13 @@ class Distillation:
                 raise ValueError(f"distill_{name}: expected a value in [0, 1], got {getattr(self, name)}")
         if self.feature_weight < 0:
             raise ValueError(f"distill_feature_weight: expected a value >= 0, got {self.feature_weight}")
+        if isinstance(self.queue_size, bool) or not isinstance(self.queue_size, int) or self.queue_size < 0:
+            raise ValueError(f"distill_queue_size: expected an integer >= 0, got {self.queue_size!r}")
         if self.momentum is None and (self.target_weight or self.feature_weight):
             raise ValueError("distill_target_weight / distill_feature_weight need a teacher: set distill_momentum")
+        if self.momentum is None and self.queue_size:
+            raise ValueError("distill_queue_size needs a teacher (the queues hold its embeddings): "
+                             "set distill_momentum")
         if self.feature_weight and not self.feature_mask_ratio:
             raise ValueError("distill_feature_weight: set distill_feature_mask_ratio > 0 (the student's masked input)")
 
@@ -54,7 +63,8 @@ class Distillation:
     def from_config(cls, config) -> "Distillation":
         """The ``distill_*`` fields of a :class:`~fgclip.rerank.CrossEncoderRerankerConfig`."""
         return cls(momentum=config.distill_momentum, target_weight=config.distill_target_weight,
-                   feature_weight=config.distill_feature_weight, feature_mask_ratio=config.distill_feature_mask_ratio)
+                   feature_weight=config.distill_feature_weight, feature_mask_ratio=config.distill_feature_mask_ratio,
+                   queue_size=config.distill_queue_size)
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
@@ -71,6 +81,33 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         target.mul_(momentum).add_(source.detach().to(target.dtype), alpha=1.0 - momentum)
     for target, source in zip(teacher.buffers(), student.buffers(), strict=True):
         target.copy_(source)
+
+
+class FeatureQueues(nn.Module):
+    """ALBEF's queues of a momentum teacher's recent embeddings, one per modality: ``size`` L2-normalised
+    rows each (buffers, so checkpoints carry them), first random unit vectors drawn from ``seed``, then a
+    ring buffer with one write position (``pointer``) that every step overwrites with the teacher's
+    gathered batch, the oldest rows first."""
+
+    def __init__(self, size: int, width: int, seed: int):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.images = nn.Buffer(F.normalize(torch.randn(size, width, generator=generator), dim=1))
+        self.texts = nn.Buffer(F.normalize(torch.randn(size, width, generator=generator), dim=1))
+        self.pointer = nn.Buffer(torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def push(self, images: torch.Tensor, texts: torch.Tensor) -> None:
+        """Write (N, D) normalised image and text embeddings (the whole gathered batch, the same on every
+        rank) at ``pointer`` and advance it by N, modulo the size, which N must divide (as in ALBEF)."""
+        count, size = images.shape[0], self.images.shape[0]
+        if size % count:
+            raise ValueError(f"distill_queue_size: {size} is not a multiple of the global batch {count} "
+                             "(per-device batch x ranks); the queues take whole batches")
+        start = int(self.pointer)
+        self.images[start : start + count] = images.to(self.images.dtype)
+        self.texts[start : start + count] = texts.to(self.texts.dtype)
+        self.pointer.fill_((start + count) % size)
 
 
 def soft_targets(hard: torch.Tensor, teacher_logits: torch.Tensor, weight: float) -> torch.Tensor:

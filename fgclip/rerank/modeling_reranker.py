@@ -31,8 +31,8 @@ class CrossEncoderRerankerConfig(PretrainedConfig):
             fine-tuning code weighs it 2 against 1 for the non-matching class).
         pre_ranking: training also updates the dual encoder with R2D2's global contrastive
             (pre-ranking) loss instead of keeping it frozen.
-        distill_momentum, distill_target_weight, distill_feature_weight, distill_feature_mask_ratio:
-            R2D2's target- and feature-guided distillation while training (see
+        distill_momentum, distill_target_weight, distill_feature_weight, distill_feature_mask_ratio,
+        distill_queue_size: R2D2's target- and feature-guided distillation while training (see
             :class:`~fgclip.rerank.distillation.Distillation`; off by default).
 
     The training options are kept in the saved config as a record of how the re-ranker was trained.
@@ -54,6 +54,7 @@ class CrossEncoderRerankerConfig(PretrainedConfig):
     distill_target_weight: float = 0.0
     distill_feature_weight: float = 0.0
     distill_feature_mask_ratio: float = 0.0
+    distill_queue_size: int = 0
 
 
 @dataclass

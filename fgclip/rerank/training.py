@@ -15,6 +15,7 @@ from ..data.datasets import IMAGE_KEYS
 from ..modeling_fgclip import TokenFeatures
 from .distillation import (
     Distillation,
+    FeatureQueues,
     ema_update,
     feature_distillation_loss,
     make_teacher,
@@ -62,6 +63,14 @@ def gather_tokens(features: TokenFeatures) -> TokenFeatures:
                          embeds=distributed.all_gather_with_grad(features.embeds))
 
 
+@torch.no_grad()
+def embedding_width(dual_encoder: nn.Module, text_kind: str) -> int:
+    """Width of the dual encoder's global embeddings: one pooled text state through its projection."""
+    weight = next(dual_encoder.parameters())
+    state = torch.zeros(1, dual_encoder.config.text_config.hidden_size, dtype=weight.dtype, device=weight.device)
+    return dual_encoder.project_text(state, text_kind).shape[-1]
+
+
 class RerankerForTraining(nn.Module):
     """Cross-encoder re-ranker + its matching loss over an FG-CLIP / FG-CLIP 2 dual encoder.
 
@@ -87,7 +96,11 @@ class RerankerForTraining(nn.Module):
       ``(1 - w) * one_hot + w * softmax(teacher logits)`` of the same pairs (rows). Feature-guided: the
       student reads the captions with a ``feature_mask_ratio`` of their tokens hidden, and its pooled
       cross-encoder states regress (MSE, ``feature_distillation`` term) onto the teacher's of the full
-      captions.
+      captions. ``queue_size`` (with ``pre_ranking``): ALBEF's queues of the teacher's recent embeddings
+      (``self.queues``, seeded by ``seed``) extend the pre-ranking loss: this rank's student rows against
+      [the teacher's gathered batch ; the queue] at the model's ``logit_scale``, one-hot targets on the
+      batch positive, soft targets from the teacher's rows against the same columns; then the teacher's
+      gathered batch is enqueued.
     """
 
     accepts_loss_kwargs = False
@@ -112,6 +125,11 @@ class RerankerForTraining(nn.Module):
         if self.distillation.enabled:
             students = {"reranker": reranker, **({"dual_encoder": dual_encoder} if self.pre_ranking else {})}
             self.teacher = nn.ModuleDict({name: make_teacher(module) for name, module in students.items()})
+        self.queues = None
+        if self.distillation.queue_size:
+            if not self.pre_ranking:
+                raise ValueError("distill_queue_size: the queues widen the pre-ranking loss; set pre_ranking: true")
+            self.queues = FeatureQueues(self.distillation.queue_size, embedding_width(dual_encoder, text_kind), seed)
 
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(hash((self.seed, int(self.steps))) % 2**63)
@@ -203,6 +221,9 @@ class RerankerForTraining(nn.Module):
         """R2D2's global contrastive pre-ranking loss of this rank's rows against the gathered batch, with
         the teacher's softened targets when target-guided distillation is on."""
         size = local_images.embeds.shape[0]
+        if self.queues is not None:
+            return self._queued_pre_ranking_loss(local_images.embeds, local_texts.embeds, teacher_images.embeds,
+                                                 teacher_texts.embeds, slice(offset, offset + size))
         hard = F.one_hot(torch.arange(offset, offset + size, device=images.embeds.device),
                          images.embeds.shape[0]).float()
         logits = self._global_logits(self.dual_encoder, local_images.embeds, local_texts.embeds,
@@ -216,6 +237,32 @@ class RerankerForTraining(nn.Module):
                                              teacher_texts.embeds[rows], teacher_images.embeds, teacher_texts.embeds)
             targets = tuple(soft_targets(hard, teacher_logits, weight) for teacher_logits in taught)
         return (soft_cross_entropy(logits[0], targets[0]) + soft_cross_entropy(logits[1], targets[1])) / 2
+
+    def _queued_pre_ranking_loss(self, image_rows: torch.Tensor, text_rows: torch.Tensor,
+                                 teacher_images: torch.Tensor, teacher_texts: torch.Tensor,
+                                 rows: slice) -> torch.Tensor:
+        """ALBEF's queued contrastive loss: this rank's student embeddings (``rows`` of the gathered batch)
+        against the teacher's of the gathered batch followed by the queue, both directions averaged; in
+        training, the teacher's gathered batch is enqueued afterwards."""
+        queues, weight = self.queues, self.distillation.target_weight
+        scale = self.dual_encoder.logit_scale.exp().float()
+        with torch.no_grad():
+            teacher_images = F.normalize(teacher_images.float(), dim=-1)
+            teacher_texts = F.normalize(teacher_texts.float(), dim=-1)
+            text_columns = torch.cat([teacher_texts, queues.texts])  # (N + K, D)
+            image_columns = torch.cat([teacher_images, queues.images])
+        logits = (scale * F.normalize(image_rows.float(), dim=-1) @ text_columns.T,
+                  scale * F.normalize(text_rows.float(), dim=-1) @ image_columns.T)
+        hard = F.one_hot(torch.arange(rows.start, rows.stop, device=text_columns.device), text_columns.shape[0]).float()
+        targets = (hard, hard)
+        if weight:
+            with torch.no_grad():
+                taught = (scale * teacher_images[rows] @ text_columns.T, scale * teacher_texts[rows] @ image_columns.T)
+            targets = tuple(soft_targets(hard, teacher_logits, weight) for teacher_logits in taught)
+        loss = (soft_cross_entropy(logits[0], targets[0]) + soft_cross_entropy(logits[1], targets[1])) / 2
+        if self.training:
+            queues.push(teacher_images, teacher_texts)
+        return loss
 
     @staticmethod
     def _global_logits(model: nn.Module, image_rows, text_rows, all_images, all_texts):
