@@ -1,7 +1,7 @@
 """Zero / CCMB downstream sets as released (tests/data/zero: the released file names and JSON-lines
-fields): the readers, their errors, R2D2's retrieval metrics (itm_eval, compute_cross_score of
-yuxie11/R2D2 train_r2d2_retrieval.py, c7127fa) against a loop written like the authors', and the
-four sets through `fgclip eval` (Flickr30k-CNA is fgclip.eval.chinese's)."""
+fields): the readers, their errors, R2D2's metrics against values the authors' functions printed
+(yuxie11/R2D2 c7127fa: itm_eval and compute_cross_score of train_r2d2_retrieval.py, Lite.eval of
+train_r2d2_matching.py), and the four sets through `fgclip eval` (Flickr30k-CNA is fgclip.eval.chinese's)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -20,12 +19,14 @@ from fgclip.encoders import load_encoder
 from fgclip.eval import FeatureExtractor
 from fgclip.eval.cli import main as eval_main
 from fgclip.eval.common import DataError, ImageRequest
-from fgclip.eval.metrics import retrieval_recall
+from fgclip.eval.chinese import grouped_recall
+from fgclip.eval.matching import matching_auc
 from fgclip.eval.zero import (
     load_zero_matching,
     load_zero_retrieval,
+    r2d2_cross_scores,
+    r2d2_recall,
     r2d2_reranked_recall,
-    with_mean_recall,
 )
 from fgclip.rerank import CrossEncoderReranker, CrossEncoderRerankerConfig
 from fgclip.testing import tiny_config
@@ -61,6 +62,18 @@ def test_readers_follow_the_released_layout(layout):
     assert iqm.pair_image == [0, 0, 1, 2, 2] and iqm.labels == [1, 0, 1, 1, 0] and iqm.texts[1] == "跑车"
 
 
+def test_retrieval_reader_groups_by_the_authors_image_key(layout, tmp_path):
+    """icr_dataset.py / iqr_dataset.py key an image by its base name without the last four characters:
+    a ``.png`` line of a ``.jpg`` image joins it (and the first-seen file is the one read)."""
+    path = tmp_path / "long_itr_val.json"
+    records = [{"text": "橘猫", "image_path": "a/4f2a91c0.jpg"}, {"text": "跑车", "image_path": "b/77b0e3d1.jpg"},
+               {"text": "窗台上的猫", "image_path": "c/4f2a91c0.png"}]
+    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    dataset = load_zero_retrieval(path, layout / "zero" / "IQR_IQM_ICR_ICM_images", "long")
+    assert [Path(p).name for p in dataset.images] == ["4f2a91c0.jpg", "77b0e3d1.jpg"]
+    assert dataset.text_to_image == [0, 1, 0]
+
+
 @pytest.mark.parametrize("line, message", [
     ('{"image_path": "x/4f2a91c0.jpg", "label": 1}', "line 2: missing key 'text'"),
     ('{"text": "猫", "image_path": "x/4f2a91c0.jpg", "label": 2}', "line 2: 'label' must be 0 or 1, got 2"),
@@ -76,70 +89,92 @@ def test_matching_reader_errors_name_file_line_and_field(layout, tmp_path, line,
 
 
 # ---------------------------------------------------------------------------------------- R2D2's metrics
-def official_itm_eval(scores_i2t: np.ndarray, scores_t2i: np.ndarray, txt2img: list[int]) -> dict[str, float]:
-    """The loops of R2D2's itm_eval (descending argsort, first hit among the top 10), as fractions."""
-    img2txt = {image: [t for t, owner in enumerate(txt2img) if owner == image] for image in set(txt2img)}
-    hits = {name: {k: 0 for k in (1, 5, 10)} for name in ("i2t", "t2i")}
-    for index, score in enumerate(scores_i2t):
-        order = np.argsort(score)[::-1]
-        first = next((k for k in range(10) if order[k] in img2txt[index]), None)
-        for k in (1, 5, 10):
-            hits["i2t"][k] += first is not None and first < k
-    for index, score in enumerate(scores_t2i):
-        order = np.argsort(score)[::-1]
-        first = next((k for k in range(10) if order[k] == txt2img[index]), None)
-        for k in (1, 5, 10):
-            hits["t2i"][k] += first is not None and first < k
-    result = {f"i2t_r{k}": hits["i2t"][k] / len(scores_i2t) for k in (1, 5, 10)}
-    result.update({f"t2i_r{k}": hits["t2i"][k] / len(scores_t2i) for k in (1, 5, 10)})
-    result["mean_recall"] = ((sum(result[f"i2t_r{k}"] for k in (1, 5, 10)) / 3)
-                             + (sum(result[f"t2i_r{k}"] for k in (1, 5, 10)) / 3)) / 2
-    return result
+# Expected values: printed by the authors' own functions (repo yuxie11/R2D2, commit c7127fa), extracted
+# verbatim in a scratch script and run on the inputs below: train_r2d2_retrieval.py `itm_eval` (percentages)
+# and `compute_cross_score` (with a stand-in model whose two heads give logits [0, table[image, text]]),
+# train_r2d2_matching.py `Lite.eval` (sklearn roc_auc_score). numpy 1.23.5 (the sort of the authors' time;
+# numpy 2.4.6 with AVX-512 prints the same except where noted), torch 2.14, scikit-learn 1.9.1.
+def authors_percent(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """Our fractions as the authors' keys and percentages (txt = image-to-text, img = text-to-image)."""
+    names = {"txt": "i2t", "img": "t2i"}
+    result = {f"{side}_r{k}": 100 * metrics[f"{prefix}{names[side]}_r{k}"] for side in names for k in (1, 5, 10)}
+    return {**result, "r_mean": 100 * metrics[f"{prefix}mean_recall"]}
 
 
-def test_retrieval_metrics_match_the_official_loops():
-    rng = np.random.default_rng(1)
-    txt2img = list(range(14)) + rng.integers(0, 14, 11).tolist()  # every image owns a text, some two or more
-    images = F.normalize(torch.tensor(rng.normal(size=(14, 8))), dim=-1)
-    texts = F.normalize(torch.tensor(rng.normal(size=(len(txt2img), 8))) + 0.8 * images[txt2img], dim=-1)
-    ours = with_mean_recall(retrieval_recall(images, texts, torch.tensor(txt2img)))
-    similarity = (images @ texts.T).numpy()
-    expected = official_itm_eval(similarity, similarity.T, txt2img)
-    assert ours == pytest.approx(expected)
-    assert 0 < expected["mean_recall"] < 1
+def five_captions() -> tuple[torch.Tensor, torch.Tensor]:
+    """12 images with 5 captions each (Flickr30k-CNA's count), no ties."""
+    rng = np.random.default_rng(7)
+    txt2img = np.repeat(np.arange(12), 5)
+    sims = (rng.normal(size=(12, 60)) + 1.2 * (txt2img[None, :] == np.arange(12)[:, None])).astype(np.float32)
+    return torch.tensor(sims), torch.tensor(txt2img)
 
 
-@pytest.mark.parametrize("top_k", [10, 12])
-def test_reranked_recall_is_the_official_cross_score(top_k):
-    rng = np.random.default_rng(2)
-    num_images, txt2img = 13, [i % 13 for i in range(17)]
-    torch.manual_seed(0)
-    reranker = CrossEncoderReranker(CrossEncoderRerankerConfig(
-        image_width=8, text_width=6, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=16, dropout=0.0)).eval()
-    image_tokens = [torch.tensor(rng.normal(size=(3, 8)), dtype=torch.float32) for _ in range(num_images)]
-    text_tokens = [torch.tensor(rng.normal(size=(2 + i % 3, 6)), dtype=torch.float32) for i in range(len(txt2img))]
-    similarity = torch.tensor(rng.uniform(-1, 1, size=(num_images, len(txt2img))), dtype=torch.float32)
-    ours = with_mean_recall(r2d2_reranked_recall(reranker, similarity, image_tokens, text_tokens,
-                                                 torch.tensor(txt2img), top_k), prefix="rerank_")
+def test_recall_of_five_captions_per_image_is_the_authors_itm_eval():
+    sims, txt2img = five_captions()
+    printed = {"txt_r1": 58.333333333333336, "txt_r5": 91.66666666666667, "txt_r10": 100.0,
+               "img_r1": 38.333333333333336, "img_r5": 90.0, "img_r10": 100.0, "r_mean": 79.72222222222223}
+    assert authors_percent(r2d2_recall(sims, sims.T, txt2img)) == pytest.approx(printed)
+    # fgclip.eval.chinese's flickr30k_cna (FG-CLIP 2's positional scoring) agrees on tie-free scores
+    grouped = grouped_recall(sims)
+    assert {f"{side}_r{k}": 100 * grouped[f"{direction}_r{k}"] for side, direction in (("txt", "i2t"), ("img", "t2i"))
+            for k in (1, 5, 10)} == pytest.approx({key: value for key, value in printed.items() if key != "r_mean"})
 
-    def cross(image, text):  # the mean of the two matching probabilities of one pair
-        with torch.no_grad():
-            return reranker(image_tokens[image][None], torch.ones(1, 3), text_tokens[text][None],
-                            torch.ones(1, len(text_tokens[text]))).scores.item()
 
-    scores_i2t = np.full(similarity.shape, -100.0)  # compute_cross_score: -100 outside each query's top_k
-    for image in range(num_images):
-        for text in similarity[image].topk(top_k).indices.tolist():
-            scores_i2t[image, text] = cross(image, text) + similarity[image, text].item()
-    scores_t2i = np.full(similarity.T.shape, -100.0)
-    for text in range(len(txt2img)):
-        for image in similarity[:, text].topk(top_k).indices.tolist():
-            scores_t2i[text, image] = cross(image, text) + similarity[image, text].item()
-    expected = official_itm_eval(scores_i2t, scores_t2i, txt2img)
-    assert ours == pytest.approx({f"rerank_{key}": value for key, value in expected.items()})
-    with pytest.raises(ValueError, match="needs --rerank-top-k >= 10"):
-        r2d2_reranked_recall(reranker, similarity, image_tokens, text_tokens, torch.tensor(txt2img), 5)
+def test_ties_rank_the_later_candidate_first_as_the_authors_argsort():
+    txt2img = torch.tensor([0, 0, 1, 1, 0, 2, 2])  # image 0 owns texts 0, 1, 4; image 1 texts 2, 3; image 2 texts 5, 6
+    sims = torch.tensor([
+        [0.50, 0.25, 0.00, 0.00, 0.25, 0.50, 0.00],  # own text 0 ties with text 5 at the top: 5 first, a miss at 1
+        [0.00, 0.75, 0.00, 0.75, 0.00, 0.00, 0.25],  # own text 3 ties with text 1: 3 first, a hit
+        [0.25, 0.50, 0.00, 0.50, 0.00, 0.25, 0.25],  # own texts 5, 6 tie with text 0 below texts 1, 3
+    ])  # text 2's column ties all three images: image 2, 1, 0 in that order
+    printed = {"txt_r1": 33.333333333333336, "txt_r5": 100.0, "txt_r10": 100.0,
+               "img_r1": 57.142857142857146, "img_r5": 100.0, "img_r10": 100.0, "r_mean": 81.74603174603175}
+    assert authors_percent(r2d2_recall(sims, sims.T, txt2img)) == pytest.approx(printed)
+
+
+def rerank_case():
+    """12 images, 15 texts (images 0..2 own two), dual scores, and the pair scorer of R2D2's two heads."""
+    rng = np.random.default_rng(11)
+    txt2img = np.array(list(range(12)) + [0, 1, 2])
+    own = txt2img[None, :] == np.arange(12)[:, None]
+    sims = (0.3 * rng.normal(size=(12, 15)) + 0.3 * own).astype(np.float32)
+    text_logits = torch.tensor((rng.normal(size=(12, 15)) + 2.0 * own).astype(np.float32))
+    image_logits = torch.tensor((rng.normal(size=(12, 15)) + 2.0 * own).astype(np.float32))
+
+    def match_probability(logits, images, texts):
+        z = logits[images, texts]
+        return torch.softmax(torch.stack([torch.zeros_like(z), z], dim=-1), dim=-1)[:, 1]
+
+    def pair_score(images, texts):  # the mean of the two heads' matching probabilities, as compute_cross_score
+        return (match_probability(text_logits, images, texts) + match_probability(image_logits, images, texts)) / 2
+
+    return torch.tensor(sims), torch.tensor(txt2img), pair_score
+
+
+@pytest.mark.parametrize("top_k, printed", [
+    # top_k 4: -100 fills ranks 5..10, their ties ordered later column first (numpy 2.4.6 with AVX-512 orders
+    # those 15-column ties otherwise and prints txt_r5 58.33, txt_r10 91.67)
+    (4, {"txt_r1": 50.0, "txt_r5": 66.66666666666667, "txt_r10": 83.33333333333333, "img_r1": 46.666666666666664,
+         "img_r5": 66.66666666666667, "img_r10": 86.66666666666667, "r_mean": 66.66666666666667}),
+    (12, {"txt_r1": 66.66666666666667, "txt_r5": 100.0, "txt_r10": 100.0, "img_r1": 53.333333333333336,
+          "img_r5": 100.0, "img_r10": 100.0, "r_mean": 86.66666666666667}),
+])
+def test_reranked_recall_is_the_authors_cross_score(top_k, printed):
+    sims, txt2img, pair_score = rerank_case()
+    dual = {"txt_r1": 41.666666666666664, "txt_r5": 75.0, "txt_r10": 100.0, "img_r1": 20.0,
+            "img_r5": 66.66666666666667, "img_r10": 100.0, "r_mean": 67.22222222222223}
+    assert authors_percent(r2d2_recall(sims, sims.T, txt2img)) == pytest.approx(dual)
+    ours = r2d2_reranked_recall(pair_score, sims, txt2img, top_k)
+    assert authors_percent(ours, prefix="rerank_") == pytest.approx(printed)
+    cross = r2d2_cross_scores(pair_score, sims, top_k)
+    assert ((cross == -100.0).sum(dim=1) == 15 - top_k).all()
+    assert cross[0, 12] == pytest.approx(pair_score(torch.tensor([0]), torch.tensor([12])).item() + sims[0, 12].item())
+
+
+def test_matching_auc_is_the_authors_roc_auc_with_tied_scores():
+    labels = [1, 0, 1, 1, 0, 0, 1, 0, 1, 0]
+    scores = torch.tensor([0.9, 0.9, 0.7, 0.5, 0.5, 0.2, 0.5, 0.1, 0.3, 0.7])
+    assert matching_auc(labels, scores) == pytest.approx(0.6000000000000001)  # Lite.eval printed
 
 
 # ---------------------------------------------------------------------------------------- fgclip eval

@@ -59,10 +59,16 @@ def load_matching_tsv(
     return dataset
 
 
-def evaluate_matching(extractor: FeatureExtractor, dataset: MatchingSet, reranker=None) -> dict[str, float]:
-    """ROC AUC of the pairs' cosine scores (``auc``), and of a re-ranker's scores (``rerank_auc``)."""
+def matching_auc(labels: list[int], scores: torch.Tensor) -> float:
+    """ROC AUC of the pairs' scores against their 0/1 labels (scikit-learn's ``roc_auc_score``, as R2D2's
+    ``train_r2d2_matching.py``): a matching pair scored equal to a non-matching one counts half."""
     from sklearn.metrics import roc_auc_score  # imported here: it costs ~1.5 s, and only this task needs it
 
+    return float(roc_auc_score(labels, scores.float().cpu().numpy()))
+
+
+def evaluate_matching(extractor: FeatureExtractor, dataset: MatchingSet, reranker=None) -> dict[str, float]:
+    """ROC AUC of the pairs' cosine scores (``auc``), and of a re-ranker's scores (``rerank_auc``)."""
     requests = [ImageRequest(path, source=where) for path, where in zip(dataset.images, dataset.image_sources)]
     pair_image = torch.tensor(dataset.pair_image)
     if reranker is None:
@@ -72,13 +78,13 @@ def evaluate_matching(extractor: FeatureExtractor, dataset: MatchingSet, reranke
         image_tokens, images = extractor.encode_image_tokens(requests, desc=f"{dataset.name} images")
         text_tokens, texts = extractor.encode_text_tokens(dataset.texts, dataset.text_kind, desc=f"{dataset.name} texts")
     cosine = (images[pair_image] * texts).sum(dim=-1)
-    metrics = {"auc": float(roc_auc_score(dataset.labels, cosine.numpy()))}
+    metrics = {"auc": matching_auc(dataset.labels, cosine)}
     if reranker is not None:
         score = PairScorer(reranker, image_tokens, text_tokens)
         text_index = torch.arange(len(dataset.texts))
         scores = torch.cat([score(pair_image[start : start + 256], text_index[start : start + 256]).float().cpu()
                             for start in range(0, len(text_index), 256)])
-        metrics["rerank_auc"] = float(roc_auc_score(dataset.labels, scores.numpy()))
+        metrics["rerank_auc"] = matching_auc(dataset.labels, scores)
     return {**metrics, "num_pairs": len(dataset.labels), "num_images": len(dataset.images)}
 
 
