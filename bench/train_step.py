@@ -10,9 +10,10 @@ distinct; L = L_global + 0.1 L_regional + 0.5 L_hard; forward under
 Variants, each in its own process (peak memory is its own), same weights (seed 0):
 
 * ``fgclip``: `FGCLIPForTraining` as shipped (where gradients flow: math-path attention on the
-  CPU, joined q/k/v projections, QuickGELU as one fused silu; short-path texts bucketed by length);
+  CPU, joined q/k/v projections, QuickGELU's scalings folded into the MLP weights around one silu;
+  short-path texts bucketed by length), with the fused AdamW its trainer runs;
 * ``fgclip-plain``: the same step on transformers' own ``sdpa`` attention, ``CLIPAttention`` and
-  QuickGELU (what the step ran before those choices);
+  ``CLIPMLP`` (what the step ran before those choices);
 * ``upstream-style``: the same step with upstream's text side in-process (no de-duplication,
   every text padded to 77 / 248 tokens, one call per text kind and per hard-negative group);
 * ``upstream`` (with ``--upstream-src`` and ``--upstream-python``): upstream FG-CLIP v1's own
@@ -67,14 +68,13 @@ class UpstreamTextStep(FGCLIPForTraining):
 
 
 def plain_kernels(model: FGCLIPModel) -> None:
-    """transformers' own modules: ``sdpa`` attention, ``CLIPAttention``, its QuickGELU."""
-    from transformers.activations import QuickGELUActivation
-    from transformers.models.clip.modeling_clip import CLIPAttention
+    """transformers' own modules: ``sdpa`` attention, ``CLIPAttention``, ``CLIPMLP``."""
+    from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
 
     model.set_attn_implementation("sdpa")
     for tower in (model.text_model, model.vision_model):
         for layer in tower.encoder.layers:
-            layer.self_attn.__class__, layer.mlp.activation_fn = CLIPAttention, QuickGELUActivation()
+            layer.self_attn.__class__, layer.mlp.__class__ = CLIPAttention, CLIPMLP
 
 
 def run_variant(variant: str, steps: int, warmup: int) -> dict:
@@ -90,8 +90,10 @@ def run_variant(variant: str, steps: int, warmup: int) -> dict:
         batch["long_input_ids"] = F.pad(batch["long_input_ids"], (0, width), value=eos)
     step_class = UpstreamTextStep if variant == "upstream-style" else FGCLIPForTraining
     step = step_class(model, FGCLIPLoss(), regional=True, hard_negatives=True)
+    # fused: what fgclip's trainer runs (transformers' default optim, adamw_torch_fused); upstream's
+    # trainer (transformers 4.41) defaults to the unfused adamw_torch, as bench/upstream_train_step.py runs.
     optimizer = torch.optim.AdamW([p for p in step.parameters() if p.requires_grad], lr=1e-6,
-                                  betas=(0.9, 0.98), eps=1e-6, weight_decay=0.001)
+                                  betas=(0.9, 0.98), eps=1e-6, weight_decay=0.001, fused=True)
 
     def one_step() -> float:
         optimizer.zero_grad(set_to_none=True)

@@ -34,6 +34,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip.modeling_clip import (
     CLIPAttention,
+    CLIPMLP,
     CLIPPreTrainedModel,
     CLIPTextEmbeddings,
     eager_attention_forward,
@@ -170,20 +171,25 @@ class FusedProjectionsAttention(CLIPAttention):
         return self.out_proj(output.reshape(*input_shape, -1).contiguous()), weights
 
 
-class QuickGELU(nn.Module):
-    """CLIP's ``x * sigmoid(1.702 x)``. Where gradients flow it runs as ``silu(1.702 x) / 1.702``,
-    the same function with a fused kernel (about half the elementwise time forward and backward,
-    equal up to rounding); without gradients the exact formula runs in place, same bits."""
+class FoldedQuickGELUMLP(CLIPMLP):
+    """transformers' CLIP MLP, ``fc2(x * sigmoid(1.702 x))`` with ``x = fc1(h)``. Where gradients
+    flow it runs as ``silu(h W1'^T + b1') W2'^T + b2`` with ``W1' = 1.702 W1``, ``b1' = 1.702 b1``,
+    ``W2' = W2 / 1.702``: the same function (equal up to rounding) with QuickGELU's two scalings moved
+    from the (tokens x 4C) activations, four elementwise passes forward and backward, onto the
+    weights, and one fused kernel. Without gradients it is the exact formula, in place (same bits)."""
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and hidden.requires_grad:
-            return F.silu(hidden * QUICK_GELU_SCALE).div_(QUICK_GELU_SCALE)
-        return quick_gelu_in_place(hidden)
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        fc1, fc2 = self.fc1, self.fc2
+        # Empty: partitioned by DeepSpeed ZeRO-3, gathered only when fc1 itself runs.
+        if not (torch.is_grad_enabled() and fc1.weight.requires_grad and fc1.weight.numel()):
+            return fc2(quick_gelu_in_place(fc1(hidden_states)))
+        hidden = F.silu(F.linear(hidden_states, fc1.weight * QUICK_GELU_SCALE, fc1.bias * QUICK_GELU_SCALE))
+        return F.linear(hidden, fc2.weight / QUICK_GELU_SCALE, fc2.bias)
 
 
 def use_training_kernels(model: CLIPPreTrainedModel, towers: Sequence[nn.Module]) -> None:
     """The choices above for ``towers`` (CLIP encoders): the attention function only where ``sdpa``
-    was chosen (an explicit ``attn_implementation`` stays); joined projections; the QuickGELU above.
+    was chosen (an explicit ``attn_implementation`` stays); joined projections; the folded MLP above.
     Parameters and their names are unchanged."""
     if model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(SDPA_OR_MATH)
@@ -191,8 +197,8 @@ def use_training_kernels(model: CLIPPreTrainedModel, towers: Sequence[nn.Module]
         for layer in tower.encoder.layers:
             if type(layer.self_attn) is CLIPAttention:
                 layer.self_attn.__class__ = FusedProjectionsAttention
-            if isinstance(layer.mlp.activation_fn, QuickGELUActivation):
-                layer.mlp.activation_fn = QuickGELU()
+            if type(layer.mlp) is CLIPMLP and isinstance(layer.mlp.activation_fn, QuickGELUActivation):
+                layer.mlp.__class__ = FoldedQuickGELUMLP
 
 
 class LongPositionEmbeddings:

@@ -1,5 +1,5 @@
 """The fast paths give the plain paths' numbers: math-path attention on the CPU, joined q/k/v
-projections and the fused QuickGELU where gradients flow, short-path texts bucketed by length;
+projections and the MLP with QuickGELU's scalings folded into its weights where gradients flow, short-path texts bucketed by length;
 inference stays bit for bit."""
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.activations import QuickGELUActivation
-from transformers.models.clip.modeling_clip import CLIPAttention
+from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
 
 from fgclip import FGCLIPModel
 from fgclip.data.collate import length_buckets
 from fgclip.losses import FGCLIPLoss
-from fgclip.modeling_fgclip import SDPA_OR_MATH, FusedProjectionsAttention, QuickGELU, sdpa_or_math_attention
+from fgclip.modeling_fgclip import SDPA_OR_MATH, FoldedQuickGELUMLP, FusedProjectionsAttention, sdpa_or_math_attention
 from fgclip.testing import tiny_config
 from fgclip.training import FGCLIPForTraining
 
@@ -32,11 +31,11 @@ class Attention(torch.nn.Module):
 
 
 def plain(model: FGCLIPModel) -> FGCLIPModel:
-    """transformers' own modules: sdpa attention, CLIPAttention, its QuickGELU."""
+    """transformers' own modules: sdpa attention, CLIPAttention, CLIPMLP with its QuickGELU."""
     model.set_attn_implementation("sdpa")
     for tower in (model.text_model, model.vision_model):
         for layer in tower.encoder.layers:
-            layer.self_attn.__class__, layer.mlp.activation_fn = CLIPAttention, QuickGELUActivation()
+            layer.self_attn.__class__, layer.mlp.__class__ = CLIPAttention, CLIPMLP
     return model
 
 
@@ -89,18 +88,36 @@ def test_attention_without_gradients_is_sdpa_bit_for_bit():
     assert torch.equal(fast, reference)
 
 
-def test_quick_gelu_fused_form_equals_clip_formula_with_gradient():
-    hidden = torch.linspace(-8, 8, 1001, dtype=torch.float64)
+def test_folded_mlp_equals_clip_formula_with_gradients():
+    torch.manual_seed(0)
+    mlp = FGCLIPModel(tiny_config()).vision_model.encoder.layers[0].mlp.double()
+    assert type(mlp) is FoldedQuickGELUMLP
+    hidden = torch.randn(3, 5, 32, dtype=torch.float64) * 3
     exact_input = hidden.clone().requires_grad_()
-    (exact_input * torch.sigmoid(1.702 * exact_input)).square().sum().backward()
+    pre = exact_input @ mlp.fc1.weight.T + mlp.fc1.bias  # CLIP's formula written out
+    exact = (pre * torch.sigmoid(1.702 * pre)) @ mlp.fc2.weight.T + mlp.fc2.bias
+    exact.square().sum().backward()
+    exact_grads = [exact_input.grad] + [p.grad.clone() for p in mlp.parameters()]
+    mlp.zero_grad(set_to_none=True)
     fast_input = hidden.clone().requires_grad_()
-    fast = QuickGELU()(fast_input)
+    fast = mlp(fast_input)
     fast.square().sum().backward()
-    torch.testing.assert_close(fast, hidden * torch.sigmoid(1.702 * hidden), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(fast_input.grad, exact_input.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast, exact, rtol=1e-12, atol=1e-12)
+    for fast_grad, exact_grad in zip([fast_input.grad] + [p.grad for p in mlp.parameters()], exact_grads):
+        torch.testing.assert_close(fast_grad, exact_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_folded_mlp_without_gradients_is_transformers_bit_for_bit():
+    torch.manual_seed(2)
+    mlp = FGCLIPModel(tiny_config()).text_model.encoder.layers[1].mlp
     with torch.no_grad():
         for dtype in (torch.float32, torch.bfloat16):
-            assert torch.equal(QuickGELU()(hidden.to(dtype)), QuickGELUActivation()(hidden.to(dtype)))
+            mlp.to(dtype)
+            hidden = torch.randn(2, 7, 32).to(dtype)
+            fast = mlp(hidden)
+            mlp.__class__ = CLIPMLP
+            assert torch.equal(fast, mlp(hidden))
+            mlp.__class__ = FoldedQuickGELUMLP
 
 
 def test_joined_projections_equal_transformers_attention_with_gradients():
@@ -134,7 +151,7 @@ def test_model_selects_the_training_kernels_and_keeps_an_explicit_choice():
     model = tiny_model()
     assert model.text_model.config._attn_implementation == SDPA_OR_MATH
     assert model.vision_model.config._attn_implementation == SDPA_OR_MATH
-    assert all(isinstance(layer.mlp.activation_fn, QuickGELU) for layer in model.text_model.encoder.layers)
+    assert all(type(layer.mlp) is FoldedQuickGELUMLP for layer in model.text_model.encoder.layers)
     eager = FGCLIPModel._from_config(tiny_config(), attn_implementation="eager")
     assert eager.text_model.config._attn_implementation == "eager"
 

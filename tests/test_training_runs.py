@@ -186,16 +186,16 @@ def test_weight_decay_only_on_matrices(tmp_path):
 
 
 def test_activation_checkpointing_recomputes_layers_with_the_same_step(shapes, tmp_path, monkeypatch):
-    from transformers.models.clip.modeling_clip import CLIPMLP
+    from fgclip.modeling_fgclip import FoldedQuickGELUMLP
 
     calls = Counter()
-    forward = CLIPMLP.forward  # inside the checkpointed encoder layers, so recomputed in backward
+    forward = FoldedQuickGELUMLP.forward  # inside the checkpointed encoder layers, so recomputed in backward
 
     def counting(self, *args, **kwargs):
         calls["mlp"] += 1
         return forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(CLIPMLP, "forward", counting)
+    monkeypatch.setattr(FoldedQuickGELUMLP, "forward", counting)
     plain = train(recipe(shapes, "train.jsonl", tmp_path / "plain", "training.max_steps=1"))
     plain_calls, calls["mlp"] = calls["mlp"], 0
     checkpointed = train(recipe(shapes, "train.jsonl", tmp_path / "ckpt", "training.max_steps=1",
