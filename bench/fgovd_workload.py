@@ -4,7 +4,9 @@ Workload: the first N items of FG-CLIP's released hard file, noise JPEGs at the 
 sizes, one random ViT-B/16 checkpoint in the upstream layout (``model_type: clip`` and upstream's
 parameter names). Both sides run as fresh processes with the same thread count and are timed
 whole (start-up, model load, images, texts, scoring): upstream as
-``bench/upstream_fgovd.py`` -> ``fgovd_eval.py``, ours as ``fgclip eval --tasks fgovd``.
+``bench/upstream_fgovd.py`` -> ``fgovd_eval.py``, ours as ``fgclip eval --tasks fgovd``. The floor
+printed last is the fastest any command could be on this machine: the imports of torch and
+transformers plus the FLOPs at the measured large-matmul rate.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fgclip import FGCLIPConfig, FGCLIPModel, FGCLIPProcessor
 from fgclip.processing_fgclip import _clip_bpe_vocab, load_image
 from rates import describe_rate, matmul_gflops
+from startup import BASELINE, best_seconds
 
 BENCH = Path(__file__).resolve().parent
 # openai/clip-vit-base-patch16's preprocessor_config.json (the --model-base upstream's script reads).
@@ -197,6 +200,7 @@ def compare_with_upstream(args) -> None:
         bf16_seconds, bf16_accuracy = run_ours(workload, threads, Path(directory, "bf16"), True)
         decode = decode_seconds(workload)
         ours_flops, upstream_flops = workload_flops(workload)
+        imports = best_seconds([sys.executable, "-c", BASELINE], repeats=3)
     # the better of before and after: load varies
     peak = {kind: max(peak[kind], matmul_gflops(dtype)) for kind, dtype in dtypes.items()}
     print(f"upstream fgovd_eval.py, whole process:   {upstream_seconds:7.1f} s  accuracy {upstream_accuracy:.4f}")
@@ -209,4 +213,10 @@ def compare_with_upstream(args) -> None:
     print(describe_rate("upstream (fp32)", upstream_flops, upstream_seconds, peak["fp32"]))
     print(describe_rate("fgclip eval (fp32)", ours_flops, fp32_seconds, peak["fp32"]))
     print(describe_rate("fgclip eval --bf16", ours_flops, bf16_seconds, peak["bf16"]))
+    for kind in dtypes:
+        # The fastest any whole command could be here: torch + transformers imported, then our FLOPs
+        # at the measured large-matmul rate (no model load, no images, no elementwise work).
+        floor = imports + ours_flops / (peak[kind] * 1e9)
+        print(f"floor ({kind}): import torch + transformers {imports:.1f} s + {ours_flops / 1e12:.2f} TFLOP at "
+              f"{peak[kind]:.0f} GFLOP/s = {floor:.1f} s, at most {upstream_seconds / floor:.1f}x upstream")
     print(f"load average {os.getloadavg()[0]:.1f}")
