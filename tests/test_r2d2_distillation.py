@@ -301,6 +301,9 @@ def test_shipped_r2d2_recipes_switch_distillation_on_and_fgclip_recipes_leave_it
     assert bilingual.model.family == "fgclip2" and bilingual.model.reranker == options
     miniature = load_config(REPO / "configs" / "r2d2" / "shapes_rerank.yaml")
     assert miniature.model.reranker["pre_ranking"] is True
+    queue_size, batch = miniature.model.reranker["distill_queue_size"], miniature.training["per_device_train_batch_size"]
+    assert queue_size > batch and queue_size % batch == 0  # ALBEF's queues take whole global batches
+    assert "distill_queue_size" not in options  # no pre_ranking, no queues
     for recipe in sorted([*REPO.glob("configs/fgclip/[!_]*.yaml"), *REPO.glob("configs/fgclip2/[!_]*.yaml")]):
         assert load_config(recipe).model.reranker is None, recipe
     defaults = CrossEncoderRerankerConfig()
@@ -313,10 +316,12 @@ def test_shipped_r2d2_recipes_switch_distillation_on_and_fgclip_recipes_leave_it
     ("model.reranker.distill_target_weight=1.5", r"distill_target_weight: expected a value in \[0, 1\]"),
     ("model.reranker.distill_feature_mask_ratio=0.0", "set distill_feature_mask_ratio > 0"),
     ("model.reranker.distill_temperature=2", r"unknown key\(s\) \['distill_temperature'\]"),
+    ("model.reranker.distill_queue_size=-4", r"distill_queue_size: expected an integer >= 0, got -4"),
+    ("model.reranker.distill_queue_size=8", r"distill_queue_size needs a teacher .*: set distill_momentum"),
 ])
 def test_bad_distillation_options_name_the_recipe_and_key(override, message):
     recipe = REPO / "configs" / "r2d2" / "rerank_fgclip_vitb16.yaml"
     extra = ["model.reranker.distill_momentum=null", "model.reranker.distill_target_weight=0.0",
-             "model.reranker.distill_feature_weight=0.0"] if "need a teacher" in message else []
+             "model.reranker.distill_feature_weight=0.0"] if "a teacher" in message else []
     with pytest.raises(ValueError, match=f"{recipe}: model.reranker: .*{message}"):
         load_config(recipe, [*extra, override])

@@ -1,13 +1,14 @@
 """The shipped R2D2 recipe (configs/r2d2/shapes_rerank.yaml: pre-ranking on the dual encoder,
-target- and feature-guided distillation from the EMA teacher) through ``train()``:
+target- and feature-guided distillation from the EMA teacher, ALBEF's queues of 32 teacher
+embeddings) through ``train()``:
 
 * kill-and-resume: a run SIGKILLed after its step-8 checkpoint and resumed logs the same per-step
   losses as an uninterrupted run and ends with the same re-ranker, and its last checkpoint holds the
-  same teacher (the teacher is a submodule of the training step, saved and restored with it);
+  same teacher and queues (submodule and buffers of the training step, saved and restored with it);
 * 2 gloo ranks (``torchrun``) against one process on the joined batch: the hard negatives and the
-  masked tokens are drawn from the all-rank batch with a generator shared by the ranks, and every
-  term is a per-rank mean whose mean over ranks is the joined-batch value, so losses, gradient
-  norms, the re-ranker and the teacher match.
+  masked tokens are drawn from the all-rank batch with a generator shared by the ranks, the queues
+  take the gathered teacher embeddings, and every term is a per-rank mean whose mean over ranks is
+  the joined-batch value, so losses, gradient norms, the re-ranker, the teacher and the queues match.
 
 24 scenes; resume: batch 4, 2 epochs (12 steps), checkpoints every 4, killed in epoch 1.
 """
@@ -28,6 +29,7 @@ from safetensors.torch import load_file
 from fgclip import FGCLIPModel
 from fgclip.data.shapes import write_shapes_dataset
 from fgclip.encoders import load_encoder
+from fgclip.rerank.distillation import FeatureQueues
 from fgclip.testing import tiny_config
 from fgclip.training import load_config, train
 
@@ -77,6 +79,13 @@ def teacher_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return teacher
 
 
+def queues(checkpoint: Path) -> dict[str, torch.Tensor]:
+    weights = load_file(checkpoint / "model.safetensors")
+    queued = {name: value for name, value in weights.items() if name.startswith("queues.")}
+    assert set(queued) == {"queues.images", "queues.texts", "queues.pointer"}
+    return queued
+
+
 def assert_close_weights(actual: dict, expected: dict, atol: float, rtol: float = 0.0) -> None:
     assert actual.keys() == expected.keys()
     for name, value in expected.items():
@@ -101,6 +110,14 @@ def test_killed_run_resumes_with_the_same_losses_reranker_and_teacher(setup, tmp
     first_teacher = teacher_weights(tmp_path / "resumed" / "checkpoint-4")
     assert any(not torch.equal(first_teacher[name], value)
                for name, value in teacher_weights(tmp_path / "resumed" / "checkpoint-8").items())  # it moves
+    # 32 rows seeded by training.seed, 4 embeddings a step: rows 0-15 written by steps 1-4, 16-31 by 5-8
+    first_queues, second_queues = (queues(tmp_path / "resumed" / f"checkpoint-{n}") for n in (4, 8))
+    seeded = FeatureQueues(32, first_queues["queues.texts"].shape[1], seed=5)
+    assert int(first_queues["queues.pointer"]) == 16 and int(second_queues["queues.pointer"]) == 0
+    for name in ("images", "texts"):
+        first, second, start = first_queues[f"queues.{name}"], second_queues[f"queues.{name}"], getattr(seeded, name)
+        assert torch.equal(first[16:], start[16:]) and not (first[:16] == start[:16]).all(dim=1).any()
+        assert torch.equal(second[:16], first[:16]) and not (second[16:] == start[16:]).all(dim=1).any()
 
     resumed = train(load_config(RECIPE, overrides(setup, tmp_path / "resumed", 4, *schedule)), resume=True)
     logged = per_step(resumed.log_history)
@@ -112,6 +129,8 @@ def test_killed_run_resumes_with_the_same_losses_reranker_and_teacher(setup, tmp
                          load_file(Path(uninterrupted.final_model_dir) / "model.safetensors"), atol=1e-6)
     assert_close_weights(teacher_weights(tmp_path / "resumed" / "checkpoint-12"),
                          teacher_weights(tmp_path / "full" / "checkpoint-12"), atol=1e-6)
+    assert_close_weights(queues(tmp_path / "resumed" / "checkpoint-12"), queues(tmp_path / "full" / "checkpoint-12"),
+                         atol=1e-6)
     # pre_ranking trains the dual encoder too: final/ holds it beside the re-ranker, loadable as a model
     dual = Path(resumed.final_model_dir) / "dual_encoder"
     assert_close_weights(load_file(dual / "model.safetensors"),
@@ -142,3 +161,5 @@ def test_two_gloo_ranks_match_one_process_on_the_joined_batch(setup, tmp_path):
                          load_file(Path(single.final_model_dir) / "model.safetensors"), atol=1e-5, rtol=1e-4)
     assert_close_weights(teacher_weights(tmp_path / "ddp" / "checkpoint-3"),
                          teacher_weights(tmp_path / "single" / "checkpoint-3"), atol=1e-5, rtol=1e-4)
+    assert_close_weights(queues(tmp_path / "ddp" / "checkpoint-3"), queues(tmp_path / "single" / "checkpoint-3"),
+                         atol=1e-5, rtol=1e-4)

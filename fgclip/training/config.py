@@ -41,7 +41,7 @@ MODEL_INITS = {name: ("config", family.base_init, "pretrained") for name, family
 # R2D2's pre-ranking on the dual encoder and its two-way distillation (fgclip.rerank.distillation).
 RERANKER_KEYS = ("text_kind", "negatives", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "intermediate_size", "dropout", "positive_weight", "pre_ranking", "distill_momentum",
-                 "distill_target_weight", "distill_feature_weight", "distill_feature_mask_ratio")
+                 "distill_target_weight", "distill_feature_weight", "distill_feature_mask_ratio", "distill_queue_size")
 SECTIONS = ("model", "data", "loss", "training")
 # FG-CLIP 2 training: the square images with a side under 128 px are resized to (the official box_image_size default)
 OFFICIAL_SMALL_IMAGE_SIZE = 224
