@@ -1,7 +1,7 @@
 """Stage-2 training step at the ViT-B/16 configuration on the CPU, against upstream FG-CLIP's own step.
 
     python bench/train_step.py                                   # in-process variants only
-    python bench/train_step.py --upstream-src DIR --upstream-python PY --threads 2
+    python bench/train_step.py --upstream-src DIR --upstream-python PY --threads 2 --rounds 3
 
 Workload (`bench/stage2_workload.py`): batch 8 at 224 px, 4 boxes per image with 1 + 10
 hard-negative texts each, long captions of 150 tokens, every other text 20 tokens, every text
@@ -19,7 +19,9 @@ Variants, each in its own process (peak memory is its own), same weights (seed 0
 * ``upstream`` (with ``--upstream-src`` and ``--upstream-python``): upstream FG-CLIP v1's own
   ``FGCLIPModel.forward`` in its own environment (``bench/upstream_train_step.py``).
 
-Printed: seconds per step, the ratio to upstream measured in this run, the FLOPs of one step
+Printed: seconds per step (the median over ``--rounds``, each round running every variant in
+turn, so that a slow spell of a shared machine hits all of them), the ratio to upstream measured in
+this run (the median of the rounds' ratios, and each round's), the FLOPs of one step
 (torch's FlopCounterMode) and the achieved GFLOP/s against the machine's measured bf16 matmul
 rate. The load average is printed before and after: other processes on the cores slow
 every variant.
@@ -30,6 +32,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +41,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from fgclip import FGCLIPConfig, FGCLIPModel
@@ -80,8 +84,7 @@ def plain_kernels(model: FGCLIPModel) -> None:
 def run_variant(variant: str, steps: int, warmup: int) -> dict:
     batch = collated(stage2_batch())
     batch["short_attention_mask"] = torch.ones_like(batch["short_input_ids"])
-    torch.manual_seed(0)
-    model = FGCLIPModel(FGCLIPConfig.vit_b16())
+    model = initial_model()
     if variant == "fgclip-plain":
         plain_kernels(model)
     if variant == "upstream-style":
@@ -117,11 +120,18 @@ def run_variant(variant: str, steps: int, warmup: int) -> dict:
             "flops": counter.get_total_flops(), "peak_rss_mib": peak, "step_rise_mib": peak - resident_before}
 
 
+def initial_model() -> FGCLIPModel:
+    """The weights every variant starts from (upstream's too: its parameter names are ours)."""
+    torch.manual_seed(0)
+    return FGCLIPModel(FGCLIPConfig.vit_b16())
+
+
 def run_upstream(args, directory: Path) -> dict:
-    batch_file = directory / "batch.pt"
+    batch_file, weights_file = directory / "batch.pt", directory / "weights.safetensors"
     torch.save(stage2_batch(), batch_file)
+    save_file({name: value.contiguous() for name, value in initial_model().state_dict().items()}, weights_file)
     command = [args.upstream_python, str(BENCH / "upstream_train_step.py"), str(Path(args.upstream_src).resolve()),
-               str(batch_file), str(args.steps), str(args.warmup)]
+               str(batch_file), str(args.steps), str(args.warmup), str(weights_file)]
     return {"variant": "upstream", **run_json(command, args.threads)}
 
 
@@ -135,7 +145,9 @@ def run_json(command: list[str], threads: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1, help="timed steps per variant")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of every variant in turn; medians and per-round ratios are printed")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (AdamW state, allocator)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
@@ -152,23 +164,34 @@ def main() -> int:
           f"other texts 20, bf16 autocast, AdamW, {args.threads} threads; {args.warmup} warm-up + {args.steps} timed "
           f"steps; load average {os.getloadavg()[0]:.1f}")
     peak = matmul_gflops(torch.bfloat16)
-    results = {}
-    for variant in args.variants:
-        command = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--threads", str(args.threads)]
-        results[variant] = run_json(command, args.threads)
-    if args.upstream_src:
-        with tempfile.TemporaryDirectory() as directory:
-            results["upstream"] = run_upstream(args, Path(directory))
+    rounds = []  # each round runs every variant once, in turn, so slow spells of the machine hit all of them
+    for _ in range(args.rounds):
+        results = {}
+        for variant in args.variants:
+            command = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
+                       "--warmup", str(args.warmup), "--threads", str(args.threads)]
+            results[variant] = run_json(command, args.threads)
+        if args.upstream_src:
+            with tempfile.TemporaryDirectory() as directory:
+                results["upstream"] = run_upstream(args, Path(directory))
+        rounds.append(results)
     peak = max(peak, matmul_gflops(torch.bfloat16))  # the better of before and after: load varies
 
-    baseline = results.get("upstream") or results.get("upstream-style") or next(iter(results.values()))
-    print(f"{'variant':<15} {'s/step':>8} {'vs ' + baseline['variant']:>20} {'first loss':>11}")
-    for result in results.values():
-        print(f"{result['variant']:<15} {result['seconds_per_step']:>8.2f} "
-              f"{baseline['seconds_per_step'] / result['seconds_per_step']:>19.2f}x {result['losses'][0]:>11.4f}")
-    for result in results.values():
-        print(describe_rate(result["variant"], result["flops"], result["seconds_per_step"], peak))
+    first = rounds[0]
+    baseline = next(name for name in ("upstream", "upstream-style", *first) if name in first)
+    seconds = {name: [r[name]["seconds_per_step"] for r in rounds] for name in first}
+    ratios = {name: [b / t for b, t in zip(seconds[baseline], seconds[name])] for name in first}
+    print(f"{'variant':<15} {'s/step (median)':>16} {'vs ' + baseline + ' (median)':>26} {'per round':>24} "
+          f"{'first loss':>11}")
+    for name, result in first.items():
+        per_round = " ".join(f"{ratio:.2f}" for ratio in ratios[name])
+        print(f"{name:<15} {statistics.median(seconds[name]):>16.2f} {statistics.median(ratios[name]):>25.2f}x "
+              f"{per_round:>24} {result['losses'][0]:>11.4f}")
+    for name, result in first.items():
+        print(describe_rate(name, result["flops"], statistics.median(seconds[name]), peak))
+    if "upstream" in first:
+        print(f"upstream started from fgclip's weights; its keys left unfilled: {first['upstream']['weights_missing']}, "
+              f"weights it has no key for: {first['upstream']['weights_unexpected']}")
     print(f"load average {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -2,11 +2,13 @@
 ``add_box_loss`` and ``use_hard_neg`` under bf16 autocast (the only precision it runs in), backward,
 AdamW; a one-process gloo group stands in for its ``dist.get_rank()``. Used by ``bench/train_step.py``.
 
-    UPSTREAM_PY bench/upstream_train_step.py UPSTREAM_SRC BATCH_FILE STEPS WARMUP
+    UPSTREAM_PY bench/upstream_train_step.py UPSTREAM_SRC BATCH_FILE STEPS WARMUP WEIGHTS_FILE
 
-BATCH_FILE holds `bench/stage2_workload.py`'s tensors; texts are padded as upstream's data
+BATCH_FILE holds `bench/stage2_workload.py`'s tensors, WEIGHTS_FILE the seed-0 fgclip model's
+state dict (safetensors, upstream's key names), so both sides start from the same weights; texts are padded as upstream's data
 pipeline pads them (long captions to 248 tokens, every other text to 77, with eos). Prints one
-JSON line: seconds per timed step, losses, and the FLOPs of one step (torch's FlopCounterMode).
+JSON line: seconds per timed step, losses, the FLOPs of one step (torch's FlopCounterMode) and the
+keys of upstream's model that the weights file did not fill.
 """
 import json
 import socket
@@ -16,9 +18,10 @@ import time
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
-source, batch_file, steps, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+source, batch_file, steps, warmup, weights_file = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 sys.path.insert(0, source)
 from fgclip.model.clip_strc.configuration_clip import CLIPConfig  # noqa: E402  (upstream's package)
 from fgclip.model.clip_strc.fgclip import FGCLIPModel  # noqa: E402
@@ -58,6 +61,7 @@ config = CLIPConfig(
 )
 torch.manual_seed(0)
 model = FGCLIPModel(config).train()
+missing, unexpected = model.load_state_dict(load_file(weights_file), strict=False)
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6, betas=(0.9, 0.98),
                               eps=1e-6, weight_decay=0.001)
 
@@ -80,5 +84,5 @@ for index in range(warmup + steps):
 with FlopCounterMode(display=False) as counter:
     step()
 print(json.dumps({"seconds_per_step": sum(times) / len(times), "losses": losses,
-                  "flops": counter.get_total_flops()}))
+                  "flops": counter.get_total_flops(), "weights_missing": missing, "weights_unexpected": unexpected}))
 dist.destroy_process_group()
