@@ -115,7 +115,9 @@ def sdpa_or_math_attention(module, query, key, value, attention_mask, scaling=No
     """transformers' ``sdpa`` attention, except on the CPU where gradients flow.
 
     There the fused CPU kernel's backward is slow (in bf16 about 15x its own forward for many
-    short causal sequences), so the math path runs: matmul, float32 softmax, matmul. Inference
+    short causal sequences), so the math path runs: matmul, softmax, matmul. The softmax runs in
+    the scores' dtype: the CPU kernel accumulates reduced precisions in float32, so its bfloat16
+    probabilities are a float32 softmax's rounded, without two copies of the scores. Inference
     and every other device call ``sdpa`` unchanged (CUDA keeps flash attention), so features
     without gradients are bit for bit those of ``sdpa``.
     """
@@ -130,8 +132,7 @@ def sdpa_or_math_attention(module, query, key, value, attention_mask, scaling=No
     elif causal and query.shape[2] > 1:
         future = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).triu(1)
         scores = scores.masked_fill(future, float("-inf"))
-    weights = F.dropout(scores.softmax(dim=-1, dtype=torch.float32).to(value.dtype), p=dropout,
-                        training=module.training)
+    weights = F.dropout(scores.softmax(dim=-1).to(value.dtype), p=dropout, training=module.training)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
 
 

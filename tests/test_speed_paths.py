@@ -78,6 +78,27 @@ def test_attention_math_path_equals_sdpa_forward_and_backward(case):
         torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
 
 
+def test_attention_math_path_in_bf16_is_a_float32_softmax_rounded():
+    generator = torch.Generator().manual_seed(3)
+    query, key, value = (torch.randn(5, 2, 11, 8, generator=generator).bfloat16() for _ in range(3))
+    module = Attention(is_causal=True)
+    future = torch.ones(11, 11, dtype=torch.bool).triu(1)
+    results = []
+    for fast in (True, False):
+        inputs = [tensor.clone().requires_grad_() for tensor in (query, key, value)]
+        if fast:
+            output, _ = sdpa_or_math_attention(module, *inputs, None, scaling=0.3, is_causal=True)
+        else:  # the float32 softmax written out, its probabilities rounded to bfloat16
+            scores = (inputs[0] @ inputs[1].transpose(-1, -2) * 0.3).masked_fill(future, float("-inf"))
+            weights = scores.softmax(dim=-1, dtype=torch.float32).to(torch.bfloat16)
+            output = (weights @ inputs[2]).transpose(1, 2).contiguous()
+        output.float().square().sum().backward()
+        results.append([output.detach()] + [tensor.grad for tensor in inputs])
+    assert torch.equal(results[0][0], results[1][0])
+    for fast, reference in zip(results[0][1:], results[1][1:]):
+        torch.testing.assert_close(fast, reference, rtol=2e-2, atol=2e-2)
+
+
 def test_attention_without_gradients_is_sdpa_bit_for_bit():
     generator = torch.Generator().manual_seed(1)
     query, key, value = (torch.randn(4, 2, 9, 8, generator=generator) for _ in range(3))
