@@ -117,7 +117,8 @@ def sdpa_or_math_attention(module, query, key, value, attention_mask, scaling=No
     There the fused CPU kernel's backward is slow (in bf16 about 15x its own forward for many
     short causal sequences), so the math path runs: matmul, softmax, matmul. The softmax runs in
     the scores' dtype: the CPU kernel accumulates reduced precisions in float32, so its bfloat16
-    probabilities are a float32 softmax's rounded, without two copies of the scores. Inference
+    probabilities are a float32 softmax's rounded (a few entries of long rows one bfloat16 step
+    off), without two copies of the scores. Inference
     and every other device call ``sdpa`` unchanged (CUDA keeps flash attention), so features
     without gradients are bit for bit those of ``sdpa``.
     """
