@@ -56,20 +56,20 @@ def upstream_style_loss(model, processor, samples, regional: bool, hard_negative
     dense pass (`get_region_features`)."""
     pixels = torch.stack([sample["pixel_values"] for sample in samples])
     image = model.get_image_features(pixels)
-    long = model.get_text_features(processor.tokenize([s["long_text"] for s in samples], kind="long"), kind="long")
-    short = model.get_text_features(processor.tokenize([s["short_text"] for s in samples]), kind="short")
+    long = model.get_text_features(**processor(text=[s["long_text"] for s in samples], text_kind="long"))
+    short = model.get_text_features(**processor(text=[s["short_text"] for s in samples], text_kind="short"))
     scale = model.logit_scale.exp().clamp(max=100)
     total = symmetric_info_nce(image, long, scale) + symmetric_info_nce(image, short, scale)
     regions = model.get_region_features(pixels, [s["boxes"] for s in samples])
     region_texts = [text for sample in samples for text in sample["region_texts"]]
     if regional and region_texts:
-        region_text_embeds = model.get_text_features(processor.tokenize(region_texts, kind="region"), kind="region")
+        region_text_embeds = model.get_text_features(**processor(text=region_texts, text_kind="region"))
         total = total + 0.1 * symmetric_info_nce(regions, region_text_embeds, model.logit_scale_finegraind.exp())
     if hard_negatives:
         per_region, first_region = [], 0
         for sample in samples:
             for region, group in zip(sample["hard_negative_regions"], sample["hard_negative_texts"]):
-                candidates = model.get_text_features(processor.tokenize(group), kind="short")
+                candidates = model.get_text_features(**processor(text=group, text_kind="short"))
                 logits = model.logit_scale_hardneg.exp() * (
                     F.normalize(candidates, dim=-1) @ F.normalize(regions[first_region + region], dim=-1))
                 per_region.append(-torch.log_softmax(logits, dim=0)[0])
@@ -99,15 +99,21 @@ def text_tower_spy(model):
 def true_rows(processor, texts: list[str]) -> set[tuple[int, ...]]:
     """Each text's ids up to and including its first eos (from full-length padding)."""
     rows = set()
-    for ids in processor.tokenize(texts, kind="short").tolist():
+    for ids in processor(text=texts, text_kind="short")["input_ids"].tolist():
         rows.add(tuple(ids[: ids.index(EOS) + 1]))
     return rows
+
+
+def ids_only(processor):
+    """A bare tokenize function for the collator: ids without attention masks, so the step
+    encodes each text kind in one call (no length buckets)."""
+    return lambda texts, kind, padding: processor(text=texts, text_kind=kind, padding=padding)["input_ids"]
 
 
 def run_step(samples, processor, regional=True, hard_negatives=True, seed=0):
     model = tiny_model(seed)
     step = FGCLIPForTraining(model, FGCLIPLoss(), regional=regional, hard_negatives=hard_negatives)
-    batch = FineHARDCollator(processor.tokenize)(samples)
+    batch = FineHARDCollator(ids_only(processor))(samples)
     with text_tower_spy(model) as calls:
         output = step(**batch)
     output["loss"].backward()
@@ -187,7 +193,7 @@ def few_boxes(shapes):
 def test_batches_with_0_and_1_boxes(few_boxes, shapes, processor, indices, num_boxes, num_groups):
     data = dataset(few_boxes, shapes, processor)
     samples = [data[index] for index in indices]
-    batch = FineHARDCollator(processor.tokenize)(samples)
+    batch = FineHARDCollator(ids_only(processor))(samples)
     assert sum(len(b) for b in batch["boxes"]) == num_boxes
     assert batch["hard_negative_region_index"].shape == (num_groups,)
     model, step, output, calls, reference = run_step(samples, processor)
