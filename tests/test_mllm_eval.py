@@ -153,10 +153,13 @@ def test_letter_inference_equals_vlmevalkit_can_infer():
 # mcq_circular_eval + report_acc on mmbench_circular.tsv with LLaVA's submission of answers_circular.jsonl:
 # hits 0: 1, 1: 1, 2: 0, 4: 0, 5: 0, 6: 1; Overall 0.5, CP 0.333333, fine 0.666667, animal 1.0,
 # attribute 1.0, counting 0.0, object 0.0, scene 0.0
-VLMEVALKIT_CIRCULAR = {
-    "rule": "vlmevalkit can_infer", "accuracy": 0.5, "questions": 6,
+VLMEVALKIT_GROUPS = {
     "category": {"animal": 1.0, "attribute": 1.0, "counting": 0.0, "object": 0.0, "scene": 0.0},
     "l2-category": {"coarse_perception": 1 / 3, "fine": 2 / 3},
+}
+VLMEVALKIT_CIRCULAR = {
+    "rule": "vlmevalkit can_infer", "accuracy": 0.5, "questions": 6, **VLMEVALKIT_GROUPS,
+    "split": {"dev": {"accuracy": 0.5, **VLMEVALKIT_GROUPS}},  # every row is in split "dev"
 }
 
 
@@ -164,6 +167,32 @@ def test_mmbench_tsv_with_circular_copies_equals_vlmevalkit():
     data = DATA / "mmbench"
     result = mmbench.score(data / "mmbench_circular.tsv", data / "answers_circular.jsonl")
     assert result == {**VLMEVALKIT_CIRCULAR, "circular": "tsv copies"}
+
+
+def test_mmbench_per_split_equals_vlmevalkit_report_acc(tmp_path):
+    """Rows 4, 5, 6 (and their copies) moved to split "test". VLMEvalKit's report_acc (e8e78f0,
+    vlmeval/dataset/utils/multiple_choice.py) on those hits printed, with CP = coarse_perception:
+      split   Overall   CP  fine  animal  attribute  counting  object  scene
+       test  0.333333  0.0   1.0     NaN        1.0       NaN     0.0    0.0
+        dev  0.666667  1.0   0.5     1.0        1.0       0.0     NaN    NaN"""
+    lines = (DATA / "mmbench" / "mmbench_circular.tsv").read_text().splitlines()
+    moved = [line.rsplit("\t", 1)[0] + "\ttest" if int(line.split("\t")[0]) % 1_000_000 in (4, 5, 6) else line
+             for line in lines[1:]]
+    (tmp_path / "split.tsv").write_text("\n".join([lines[0], *moved]) + "\n")
+    result = mmbench.score(tmp_path / "split.tsv", DATA / "mmbench" / "answers_circular.jsonl")
+    nan = float("nan")
+    expected = {
+        "test": {"accuracy": 1 / 3, "l2-category": {"coarse_perception": 0.0, "fine": 1.0},
+                 "category": {"animal": nan, "attribute": 1.0, "counting": nan, "object": 0.0, "scene": 0.0}},
+        "dev": {"accuracy": 2 / 3, "l2-category": {"coarse_perception": 1.0, "fine": 0.5},
+                "category": {"animal": 1.0, "attribute": 1.0, "counting": 0.0, "object": nan, "scene": nan}},
+    }
+    assert set(result["split"]) == set(expected)
+    for split, values in expected.items():
+        assert result["split"][split]["accuracy"] == pytest.approx(values["accuracy"])
+        for column in ("category", "l2-category"):
+            assert result["split"][split][column] == pytest.approx(values[column], nan_ok=True)
+    assert result["accuracy"] == 0.5  # over both splits, as before
 
 
 def test_mmbench_rotations_expanded_for_a_tsv_without_copies(tmp_path):

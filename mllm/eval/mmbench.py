@@ -11,7 +11,9 @@ times, rotation ``k`` putting option ``(i + k) mod n`` under letter ``i`` (LLaVA
 ``model_vqa_mmbench.py --all-rounds``), as question ``index + k * 1,000,000``; LLaVA's answers
 give the rotation as ``round_id``. A question counts as solved only if all its rows are right;
 accuracy is over the questions (rows with index < 1,000,000), also per ``category`` and
-``l2-category``. ``--no-circular`` (a TSV without copies only) asks each row once.
+``l2-category``, and with a ``split`` column for each split as VLMEvalKit's ``report_acc`` breaks
+it down (a category without questions in a split is NaN there, printed as JSON's ``NaN``).
+``--no-circular`` (a TSV without copies only) asks each row once.
 
 Matching (VLMEvalKit ``can_infer``, exact matching, no LLM judge), first rule that gives a letter:
 
@@ -35,6 +37,7 @@ import argparse
 import base64
 import binascii
 import csv
+import math
 import re
 import string
 import sys
@@ -251,7 +254,8 @@ def _mean(values: list[bool]) -> float:
 def score(
     tsv: str | Path, answers_path: str | Path, circular: bool = True, submission: str | Path | None = None,
 ) -> dict[str, object]:
-    """Circular accuracy over the questions, per category and l2-category (see the module docstring)."""
+    """Circular accuracy over the questions, per category and l2-category, and per split (see the module
+    docstring)."""
     columns, rows = read_tsv(tsv)
     answers = read_jsonl(answers_path)
     result: dict[str, object] = {}
@@ -278,12 +282,28 @@ def score(
         "accuracy": _mean(list(solved.values())),
         "questions": len(solved),
     })
+    result.update(group_accuracies(main_rows, solved, columns))
+    if "split" in columns:
+        result["split"] = {}
+        for split in sorted({row.cells["split"] for row in main_rows}):
+            split_rows = [row for row in main_rows if row.cells["split"] == split]
+            result["split"][split] = {"accuracy": _mean([solved[row.index] for row in split_rows]),
+                                      **group_accuracies(split_rows, solved, columns, main_rows)}
+    return result
+
+
+def group_accuracies(rows: list[Row], solved: dict[int, bool], columns: list[str],
+                     all_rows: list[Row] | None = None) -> dict[str, dict[str, float]]:
+    """Accuracy of ``rows`` per ``category`` and per ``l2-category``. With ``all_rows`` (a split's
+    rows among all), every value of ``all_rows`` is listed and the ones without rows here are NaN,
+    as VLMEvalKit's ``report_acc`` reports them."""
+    result = {}
     for column in ("category", "l2-category"):
         if column in columns:
-            per_value: dict[str, list[bool]] = defaultdict(list)
-            for row in main_rows:
+            per_value: dict[str, list[bool]] = {row.cells[column]: [] for row in all_rows or rows}
+            for row in rows:
                 per_value[row.cells[column]].append(solved[row.index])
-            result[column] = {name: _mean(hits) for name, hits in sorted(per_value.items())}
+            result[column] = {name: _mean(hits) if hits else math.nan for name, hits in sorted(per_value.items())}
     return result
 
 
