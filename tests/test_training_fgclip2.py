@@ -40,20 +40,20 @@ def reference_loss(model, step, processor, samples, regional, hard_negatives):
     images = [{key: sample[key][None] for key in ("pixel_values", "pixel_attention_mask", "spatial_shapes")}
               for sample in samples]
     image = torch.cat([model.get_image_features(**batch) for batch in images])
-    long = model.get_text_features(**processor.tokenize([s["long_text"] for s in samples], kind="long"), kind="long")
-    short = model.get_text_features(**processor.tokenize([s["short_text"] for s in samples]))
+    long = model.get_text_features(**processor(text=[s["long_text"] for s in samples], text_kind="long"))
+    short = model.get_text_features(**processor(text=[s["short_text"] for s in samples], text_kind="short"))
     regions = torch.cat([model.get_region_features(**batch, boxes=[sample["boxes"]])
                          for batch, sample in zip(images, samples)])
     extra = {}
     if regional:
         region_texts = [text for sample in samples for text in sample["region_texts"]]
         extra.update(region_embeds=regions, logit_scale_finegraind=model.logit_scale_finegraind,
-                     region_text_embeds=model.get_text_features(**processor.tokenize(region_texts), kind="region"))
+                     region_text_embeds=model.get_text_features(**processor(text=region_texts, text_kind="region")))
     if hard_negatives:
         groups, region_rows, first = [], [], 0
         for sample in samples:
             for region, group in zip(sample["hard_negative_regions"], sample["hard_negative_texts"]):
-                groups.append(model.get_text_features(**processor.tokenize(group), kind="region"))
+                groups.append(model.get_text_features(**processor(text=group, text_kind="region")))
                 region_rows.append(first + region)
             first += len(sample["region_texts"])
         extra.update(hard_region_embeds=regions[region_rows], hard_candidate_embeds=torch.stack(groups),
@@ -74,7 +74,7 @@ def test_step_matches_separately_embedded_reference(shapes, processor, regional,
     with torch.no_grad():  # distinct temperatures, so a mixed-up scale shows in the loss
         model.logit_scale_finegraind.fill_(1.5)
         model.logit_scale_hardneg.fill_(3.0)
-    batch = FineHARDCollator(processor.tokenize, long_padding="max_length", short_padding="max_length")(samples)
+    batch = FineHARDCollator(processor, long_padding="max_length", short_padding="max_length")(samples)
     assert batch["pixel_values"].shape[:2] == batch["pixel_attention_mask"].shape == (5, 16)
     assert batch["long_input_ids"].shape == batch["long_attention_mask"].shape == (5, 196)
     assert batch["short_input_ids"].shape[1] == 64

@@ -77,7 +77,7 @@ def test_batches_are_one_language(data, tmp_path):
 
     trainer = FGCLIPTrainer(model=build_step(config, model), args=config.training_arguments(),
                             train_dataset=build_dataset(config, processor, 3), group_by_language=True,
-                            data_collator=FineHARDCollator(processor.tokenize, "max_length", "max_length"))
+                            data_collator=FineHARDCollator(processor, "max_length", "max_length"))
     languages = [batch["is_cn"].tolist() for batch in trainer.get_train_dataloader()]
     assert len(languages) == 12 and all(len(set(batch)) == 1 and len(batch) == 2 for batch in languages)
     assert sum(batch[0] for batch in languages) == 4  # 8 Chinese records in batches of 2
