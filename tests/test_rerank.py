@@ -91,21 +91,21 @@ def test_token_features_carry_the_global_embeddings():
     torch.manual_seed(0)
     model, processor = FGCLIPModel(tiny_config()).eval(), FGCLIPProcessor.for_config(tiny_config())
     pixels = torch.randn(2, 3, 32, 32)
-    ids = processor.tokenize(["a red car", "a blue bird on the grass"], kind="long")
+    ids = processor(text=["a red car", "a blue bird on the grass"], text_kind="long")["input_ids"]
     with torch.no_grad():
-        images, texts = model.get_image_tokens(pixels), model.get_text_tokens(ids, "long")
+        images, texts = model.get_image_tokens(pixels), model.get_text_tokens(ids, text_kind="long")
         torch.testing.assert_close(images.embeds, model.get_image_features(pixels))
-        torch.testing.assert_close(texts.embeds, model.get_text_features(ids, "long"))
-    assert texts.mask.sum(1).tolist() == [len(processor.tokenize(["a red car"], padding="longest")[0]),
-                                          len(processor.tokenize(["a blue bird on the grass"], padding="longest")[0])]
+        torch.testing.assert_close(texts.embeds, model.get_text_features(ids, text_kind="long"))
+    assert texts.mask.sum(1).tolist() == [
+        len(processor(text=[text], text_kind="short", padding="longest")["input_ids"][0])
+        for text in ("a red car", "a blue bird on the grass")]
     model2 = FGCLIP2Model(tiny_fgclip2_config()).eval()
     processor2 = FGCLIP2Processor.for_config(model2.config, tiny_word_tokenizer("a red car".split()))
-    batch, encoded = processor2.preprocess([Image.new("RGB", (20, 12))]), processor2.tokenize(["a red car"], "region")
+    batch = processor2(images=[Image.new("RGB", (20, 12))])
+    encoded = processor2(text=["a red car"], text_kind="region")
     with torch.no_grad():
-        torch.testing.assert_close(model2.get_image_tokens(**batch.as_kwargs()).embeds,
-                                   model2.get_image_features(**batch.as_kwargs()))
-        torch.testing.assert_close(model2.get_text_tokens(encoded["input_ids"], "region", encoded["attention_mask"]).embeds,
-                                   model2.get_text_features(**encoded, kind="region"))
+        torch.testing.assert_close(model2.get_image_tokens(**batch).embeds, model2.get_image_features(**batch))
+        torch.testing.assert_close(model2.get_text_tokens(**encoded).embeds, model2.get_text_features(**encoded))
 
 
 # ---------------------------------------------------------------------------------------- training step
@@ -121,7 +121,7 @@ def test_training_step_loss_by_hand(shapes):
     dual = FGCLIPModel(tiny_config())
     processor = FGCLIPProcessor.for_config(dual.config)
     samples = [FineHARDDataset(shapes / "train.jsonl", shapes, processor)[i] for i in range(5)]
-    batch = FineHARDCollator(processor.tokenize)(samples)
+    batch = FineHARDCollator(processor)(samples)
     step = RerankerForTraining(dual, tiny_reranker(), text_kind="short", negatives=2, seed=9)
     generator = step._generator()
     output = step(**batch)
@@ -130,7 +130,8 @@ def test_training_step_loss_by_hand(shapes):
     assert all(p.grad is None for p in dual.parameters()) and all(p.grad is not None for p in step.reranker.parameters())
     with torch.no_grad():
         images = dual.get_image_tokens(batch["pixel_values"])
-        texts = dual.get_text_tokens(processor.tokenize([s["short_text"] for s in samples]), "short")
+        texts = dual.get_text_tokens(processor(text=[s["short_text"] for s in samples], text_kind="short")["input_ids"],
+                                     text_kind="short")
         similarity = F.normalize(images.embeds, dim=-1) @ F.normalize(texts.embeds, dim=-1).T
         hard_texts = sample_hard_negatives(similarity, 2, generator)
         hard_images = sample_hard_negatives(similarity.T, 2, generator)
@@ -173,8 +174,9 @@ def test_reranked_retrieval_matches_brute_force(retrieval_data, top_k):
                                 reranker, top_k)
     model, processor = evaluated.model, evaluated.processor
     with torch.no_grad():
-        pixels = processor.preprocess(dataset.images)
-        images, texts = model.get_image_tokens(pixels), model.get_text_tokens(processor.tokenize(dataset.texts), "short")
+        pixels = processor(images=dataset.images)["pixel_values"]
+        ids = processor(text=dataset.texts, text_kind="short")["input_ids"]
+        images, texts = model.get_image_tokens(pixels), model.get_text_tokens(ids, text_kind="short")
         similarity = F.normalize(images.embeds, dim=-1) @ F.normalize(texts.embeds, dim=-1).T
 
         def score(image, text):
