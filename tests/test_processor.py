@@ -24,7 +24,7 @@ def processor():
 
 def test_tokens_match_open_clip(processor):
     reference = SimpleTokenizer()(TEXTS, context_length=77)
-    ids = processor.tokenize(TEXTS, kind="short")
+    ids = processor(text=TEXTS, text_kind="short")["input_ids"]
     assert ids.shape == (3, 77)
     for row, ref in zip(ids, reference):
         length = int((ref != 0).sum())
@@ -34,12 +34,12 @@ def test_tokens_match_open_clip(processor):
 
 def test_long_texts_pad_to_248_and_truncation_is_counted(processor):
     long_text = " ".join(["red"] * 300)
-    assert processor.tokenize(["a dog"], kind="long").shape == (1, 248)
+    assert processor(text=["a dog"], text_kind="long")["input_ids"].shape == (1, 248)
     with pytest.warns(UserWarning, match="1 of 2 long texts exceed 248 tokens"):
-        ids = processor.tokenize([long_text, "a dog"], kind="long")
+        ids = processor(text=[long_text, "a dog"], text_kind="long")["input_ids"]
     assert ids[0, 0] == 49406 and ids[0, -1] == 49407
     with pytest.warns(UserWarning, match="2 of 2 region texts exceed 77"):
-        processor.tokenize([long_text, long_text], kind="region")
+        processor(text=[long_text, long_text], text_kind="region")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         processor(text=TEXTS, text_kind="short")
@@ -48,7 +48,7 @@ def test_long_texts_pad_to_248_and_truncation_is_counted(processor):
 def test_images_are_squashed_with_clip_normalisation(processor):
     array = np.zeros((20, 40, 3), dtype=np.uint8)
     array[:, :20] = 255
-    pixels = processor.preprocess(Image.fromarray(array))
+    pixels = processor(images=Image.fromarray(array))["pixel_values"]
     assert pixels.shape == (1, 3, 32, 32)
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711])
@@ -59,7 +59,7 @@ def test_images_are_squashed_with_clip_normalisation(processor):
 def test_grayscale_and_rgba_images_are_converted(processor):
     gray = Image.fromarray(np.full((10, 10), 128, dtype=np.uint8), mode="L")
     rgba = Image.fromarray(np.full((10, 10, 4), 128, dtype=np.uint8), mode="RGBA")
-    pixels = processor.preprocess([gray, rgba])
+    pixels = processor(images=[gray, rgba])["pixel_values"]
     assert pixels.shape == (2, 3, 32, 32)
     torch.testing.assert_close(pixels[0], pixels[1])
 
@@ -67,24 +67,25 @@ def test_grayscale_and_rgba_images_are_converted(processor):
 def test_box_mapping_squash_and_pad():
     image = Image.new("RGB", (200, 100))
     boxes = [torch.tensor([[20.0, 10.0, 120.0, 90.0]])]
-    _, squashed = FGCLIPProcessor(image_size=32).preprocess(image, boxes)
+    squashed = FGCLIPProcessor(image_size=32)(images=image, boxes=boxes)["boxes"]
     torch.testing.assert_close(squashed[0], torch.tensor([[20 * 32 / 200, 10 * 32 / 100, 120 * 32 / 200, 90 * 32 / 100]]))
-    _, padded = FGCLIPProcessor(image_size=32, resize_mode="pad").preprocess(image, boxes)
+    padded = FGCLIPProcessor(image_size=32, resize_mode="pad")(images=image, boxes=boxes)["boxes"]
     scale = 32 / 200  # padded to 200x200, image pasted 50 px down
     torch.testing.assert_close(padded[0], torch.tensor([[20 * scale, 60 * scale, 120 * scale, 140 * scale]]))
 
 
 def test_pad_mode_fills_with_mean_colour():
-    pixels = FGCLIPProcessor(image_size=32, resize_mode="pad").preprocess(Image.new("RGB", (64, 16), (255, 255, 255)))
+    white = Image.new("RGB", (64, 16), (255, 255, 255))
+    pixels = FGCLIPProcessor(image_size=32, resize_mode="pad")(images=white)["pixel_values"]
     assert pixels[0, :, 1, 16].abs().max() < 0.02  # the mean colour normalises to ~0
     assert pixels[0, 0, 16, 16] > 1.5  # white
 
 
 def test_bad_images(processor, tmp_path):
     with pytest.raises(ImageError, match="missing.png: image file not found"):
-        processor.preprocess(str(tmp_path / "missing.png"))
+        processor(images=str(tmp_path / "missing.png"))
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(ImageError, match="broken.png: not an image file"):
-        processor.preprocess(str(tmp_path / "broken.png"))
+        processor(images=str(tmp_path / "broken.png"))
     with pytest.raises(ValueError, match="resize_mode"):
         FGCLIPProcessor(resize_mode="crop")
