@@ -98,8 +98,8 @@ def test_upstream_checkpoint_loads_with_its_values(model, upstream_dir):
 
 def test_long_path_uses_ori_head_and_res_tail(model, upstream_dir, processor):
     _, state = upstream_dir
-    ids = processor.tokenize(["a small red triangle with a striped border next to a big blue circle"] * 2 +
-                             ["a dog"], kind="long")
+    ids = processor(text=["a small red triangle with a striped border next to a big blue circle"] * 2 + ["a dog"],
+                    text_kind="long")["input_ids"]
     assert ids.shape == (3, 248)
     # Reference: transformers' plain CLIPTextModel whose single 248-row table is the hand-made mix.
     text_config = CLIPTextConfig(**{**model.config.text_config.to_dict(), "max_position_embeddings": 248})
@@ -112,19 +112,19 @@ def test_long_path_uses_ori_head_and_res_tail(model, upstream_dir, processor):
     reference.load_state_dict(ref_state)
     with torch.no_grad():
         expected = reference(input_ids=ids).pooler_output @ state["text_filip_projection.weight"].t()
-        got = model.get_text_features(ids, kind="long")
+        got = model.get_text_features(ids, text_kind="long")
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_short_text_and_image_match_plain_clip(model, upstream_dir, processor):
     directory, _ = upstream_dir
     clip = CLIPModel.from_pretrained(directory).eval()
-    ids = processor.tokenize(["a photo of a cat", "a black plastic telephone"], kind="short")
+    ids = processor(text=["a photo of a cat", "a black plastic telephone"], text_kind="short")["input_ids"]
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model.get_text_features(ids, kind="short"),
+        torch.testing.assert_close(model.get_text_features(ids, text_kind="short"),
                                    clip.get_text_features(input_ids=ids).pooler_output)
-        torch.testing.assert_close(model.get_text_features(ids, kind="region"),
+        torch.testing.assert_close(model.get_text_features(ids, text_kind="region"),
                                    clip.get_text_features(input_ids=ids).pooler_output)
         torch.testing.assert_close(model.get_image_features(pixels),
                                    clip.get_image_features(pixel_values=pixels).pooler_output, atol=1e-5, rtol=1e-5)
@@ -134,8 +134,8 @@ def test_longest_padding_gives_same_features(model, processor):
     texts = ["a dog", "a white velvet telephone with red buttons"]
     for kind in ("short", "long"):
         with torch.no_grad():
-            full = model.get_text_features(processor.tokenize(texts, kind=kind), kind=kind)
-            tight = model.get_text_features(processor.tokenize(texts, kind=kind, padding="longest"), kind=kind)
+            full = model.get_text_features(**processor(text=texts, text_kind=kind))
+            tight = model.get_text_features(**processor(text=texts, text_kind=kind, padding="longest"))
         torch.testing.assert_close(full, tight, atol=1e-5, rtol=1e-5)
 
 
@@ -186,16 +186,17 @@ def test_batch_equals_single_calls(model, processor):
     pixels = torch.randn(3, 3, 32, 32)
     boxes = [torch.tensor([[1.0, 2.0, 20.0, 30.0]]), torch.tensor([[0.0, 0.0, 8.0, 8.0], [4.0, 4.0, 31.0, 12.0]]),
              torch.tensor([[10.0, 10.0, 11.0, 12.0]])]
-    ids = processor.tokenize(["a cat", "two dogs on a red sofa", "a green star"], kind="long", padding="longest")
+    ids = processor(text=["a cat", "two dogs on a red sofa", "a green star"], text_kind="long",
+                    padding="longest")["input_ids"]
     with torch.no_grad():
         batch = model.encode_image(pixels)
         regions = model.get_region_features(pixels, boxes)
-        texts = model.get_text_features(ids, kind="long")
+        texts = model.get_text_features(ids, text_kind="long")
         for i in range(3):
             single = model.encode_image(pixels[i:i + 1])
             torch.testing.assert_close(batch.image_embeds[i:i + 1], single.image_embeds, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(batch.dense_features[i:i + 1], single.dense_features, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(texts[i:i + 1], model.get_text_features(ids[i:i + 1], kind="long"),
+            torch.testing.assert_close(texts[i:i + 1], model.get_text_features(ids[i:i + 1], text_kind="long"),
                                        atol=1e-5, rtol=1e-5)
         singles = torch.cat([model.get_region_features(pixels[i:i + 1], [boxes[i]]) for i in range(3)])
     torch.testing.assert_close(regions, singles, atol=1e-5, rtol=1e-5)
@@ -210,19 +211,20 @@ def test_save_load_round_trip(model, tmp_path, processor):
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     reloaded_processor = FGCLIPProcessor.from_pretrained(tmp_path)
-    ids = reloaded_processor.tokenize(["a red cup"], kind="long")
-    assert torch.equal(ids, processor.tokenize(["a red cup"], kind="long"))
+    ids = reloaded_processor(text=["a red cup"], text_kind="long")["input_ids"]
+    assert torch.equal(ids, processor(text=["a red cup"], text_kind="long")["input_ids"])
     pixels = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(loaded.get_text_features(ids, kind="long"), model.get_text_features(ids, kind="long"))
+        assert torch.equal(loaded.get_text_features(ids, text_kind="long"),
+                           model.get_text_features(ids, text_kind="long"))
         assert torch.equal(loaded.get_dense_features(pixels), model.get_dense_features(pixels))
 
 
 def test_forward_logits(model, processor):
     pixels = torch.randn(2, 3, 32, 32)
-    ids = processor.tokenize(["a cat", "a dog", "a cow"])
+    ids = processor(text=["a cat", "a dog", "a cow"], text_kind="short")["input_ids"]
     with torch.no_grad():
-        out = model(pixels, ids)
+        out = model(input_ids=ids, pixel_values=pixels)
         image = F.normalize(model.get_image_features(pixels), dim=-1)
         text = F.normalize(model.get_text_features(ids), dim=-1)
     torch.testing.assert_close(out.logits_per_image, image @ text.t() * model.logit_scale.exp())
@@ -246,13 +248,13 @@ def test_bad_boxes_are_named(model, boxes, message):
 
 def test_bad_text_and_pixel_inputs(model, processor):
     with pytest.raises(ValueError, match="unknown text kind 'medium'"):
-        model.get_text_features(processor.tokenize(["a cat"]), kind="medium")
+        model.get_text_features(processor(text=["a cat"])["input_ids"], text_kind="medium")
     with pytest.raises(ValueError, match="unknown text kind"):
-        processor.tokenize(["a cat"], kind="medium")
+        processor(text=["a cat"], text_kind="medium")
     with pytest.raises(ValueError, match="texts is empty"):
-        processor.tokenize([])
+        processor(text=[])
     with pytest.raises(ValueError, match="at most 77 tokens"):
-        model.get_text_features(processor.tokenize(["a cat"], kind="long"), kind="short")
+        model.get_text_features(processor(text=["a cat"], text_kind="long")["input_ids"], text_kind="short")
     with pytest.raises(ValueError, match="eos token"):
         model.get_text_features(torch.tensor([[49406, 320, 2368]]))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
