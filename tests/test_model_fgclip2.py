@@ -81,17 +81,22 @@ def images_of(sizes, seed=0):
             for w, h in sizes]
 
 
+def token_ids(batch) -> dict[str, torch.Tensor]:
+    """The tokenizer's outputs of a processor batch, as plain SigLIP 2 modules take them."""
+    return {key: batch[key] for key in ("input_ids", "attention_mask")}
+
+
 # ---------------------------------------------------------------------------------------- from SigLIP 2
 def test_from_siglip2_keeps_siglip2_features_and_builds_long_table(siglip2, processor):
     fgclip2 = FGCLIP2Model.from_siglip2(siglip2).eval()
-    texts = processor.tokenize(["a red car", "a small wooden chair with metal legs"])
-    batch = processor.preprocess(images_of([(40, 24), (16, 16)]))
+    texts = token_ids(processor(text=["a red car", "a small wooden chair with metal legs"], text_kind="short"))
+    batch = processor(images=images_of([(40, 24), (16, 16)]))
     with torch.no_grad():
         expected_text = siglip2.get_text_features(**texts).pooler_output
-        expected_image = siglip2.get_image_features(**batch.as_kwargs()).pooler_output
-        torch.testing.assert_close(fgclip2.get_text_features(**texts), expected_text)
-        torch.testing.assert_close(fgclip2.get_text_features(**texts, kind="region"), expected_text)
-        torch.testing.assert_close(fgclip2.get_image_features(**batch.as_kwargs()), expected_image)
+        expected_image = siglip2.get_image_features(**batch).pooler_output
+        torch.testing.assert_close(fgclip2.get_text_features(**texts, text_kind="short"), expected_text)
+        torch.testing.assert_close(fgclip2.get_text_features(**texts, text_kind="region"), expected_text)
+        torch.testing.assert_close(fgclip2.get_image_features(**batch), expected_image)
     embeddings = fgclip2.text_model.embeddings
     rule = long_table_by_rule(siglip2.text_model.embeddings.position_embedding.weight.detach())
     torch.testing.assert_close(embeddings.position_embedding_ori.weight, rule)
@@ -113,14 +118,15 @@ def test_long_path_uses_ori_rows_then_res_rows_and_its_own_head(model, processor
     state["embeddings.position_embedding.weight"] = torch.cat(
         [embeddings.position_embedding_ori.weight[:KEEP], embeddings.position_embedding_res.weight[KEEP:]])
     plain.load_state_dict(state)
-    texts = processor.tokenize(["a blue bird on the green grass " * 6, "a red car"], kind="long")
+    texts = token_ids(processor(text=["a blue bird on the green grass " * 6, "a red car"], text_kind="long"))
     assert texts["input_ids"].shape == (2, LONG)
     with torch.no_grad():
         pooled = plain(**texts).last_hidden_state[:, -1]
-        torch.testing.assert_close(model.get_text_features(**texts, kind="long"), model.longtext_head(pooled))
-        short = processor.tokenize(["a red car"])
+        torch.testing.assert_close(model.get_text_features(**texts, text_kind="long"), model.longtext_head(pooled))
+        short = token_ids(processor(text=["a red car"], text_kind="short"))
         pooled_short = model.text_model(**short).last_hidden_state[:, -1]
-        torch.testing.assert_close(model.get_text_features(**short, kind="region"), model.boxtext_head(pooled_short))
+        torch.testing.assert_close(model.get_text_features(**short, text_kind="region"),
+                                   model.boxtext_head(pooled_short))
 
 
 def test_text_length_up_to_the_table_and_walk_type(model, processor):
@@ -130,7 +136,7 @@ def test_text_length_up_to_the_table_and_walk_type(model, processor):
     with pytest.raises(ValueError, match="fixed L <= 196"):
         model.get_text_features(torch.zeros(1, 197, dtype=torch.long), text_kind="long")
     with pytest.raises(ValueError, match="unknown text kind 'box'"):
-        model.get_text_features(**texts, kind="box")
+        model.get_text_features(texts["input_ids"], texts["attention_mask"], text_kind="box")
     with pytest.raises(ValueError, match="Invalid walk_type 'boxes'"):
         model.get_text_features(texts["input_ids"], walk_type="boxes")
     with pytest.raises(ValueError, match="text_kind 'long' and walk_type 'box' disagree"):
@@ -170,14 +176,15 @@ def dense_by_hand(model, tokens: torch.Tensor) -> torch.Tensor:
 
 def test_dense_features_per_image_match_an_unpadded_pass_by_hand(model, processor):
     sizes = [(40, 24), (16, 16), (12, 28)]
-    batch = processor.preprocess(images_of(sizes))
-    assert batch.pixel_values.shape[1] == 16 and len(set(map(tuple, batch.spatial_shapes.tolist()))) > 1
+    batch = processor(images=images_of(sizes))
+    shapes = batch["spatial_shapes"]
+    assert batch["pixel_values"].shape[1] == 16 and len(set(map(tuple, shapes.tolist()))) > 1
     with torch.no_grad():
-        dense = model.encode_image(**batch.as_kwargs()).dense_features
-        for index, (h, w) in enumerate(batch.spatial_shapes.tolist()):
-            alone = batch.pixel_values[index : index + 1, : h * w]
+        dense = model.encode_image(**batch).dense_features
+        for index, (h, w) in enumerate(shapes.tolist()):
+            alone = batch["pixel_values"][index : index + 1, : h * w]
             tokens = model.vision_model(pixel_values=alone, pixel_attention_mask=torch.ones(1, h * w, dtype=torch.long),
-                                        spatial_shapes=batch.spatial_shapes[index : index + 1]).last_hidden_state[0]
+                                        spatial_shapes=shapes[index : index + 1]).last_hidden_state[0]
             torch.testing.assert_close(dense[index, : h * w], dense_by_hand(model, tokens), atol=1e-5, rtol=1e-4)
 
 
@@ -185,35 +192,36 @@ def test_region_features_closed_forms(model, processor):
     """A whole-image box pools the mean of the image's patches; a one-cell box gives that cell."""
     images = images_of([(40, 24), (16, 16)])
     full = [torch.tensor([[0.0, 0.0, 40.0, 24.0]]), torch.tensor([[0.0, 0.0, 16.0, 16.0]])]
-    batch, mapped = processor.preprocess(images, boxes=full)
+    batch = processor(images=images, boxes=full)
+    mapped = batch.pop("boxes")
     patch = 4
     with torch.no_grad():
-        output = model.encode_image(**batch.as_kwargs())
-        maps = model.dense_maps(output.dense_features, batch.spatial_shapes)
-        (h0, w0), (h1, w1) = batch.spatial_shapes.tolist()
+        output = model.encode_image(**batch)
+        maps = model.dense_maps(output)
+        (h0, w0), (h1, w1) = batch["spatial_shapes"].tolist()
         torch.testing.assert_close(mapped[0], torch.tensor([[0.0, 0.0, w0 * patch, h0 * patch]]))
         cell = torch.tensor([[1 * patch, 2 * patch, 2 * patch, 3 * patch]], dtype=torch.float32)  # row 2, column 1
-        regions = model.get_region_features(**batch.as_kwargs(), boxes=[torch.cat([mapped[0], cell]), mapped[1]])
+        regions = model.get_region_features(**batch, boxes=[torch.cat([mapped[0], cell]), mapped[1]])
     expected = torch.stack([maps[0].mean((0, 1)), maps[0][2, 1], maps[1].mean((0, 1))])
     torch.testing.assert_close(regions, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_boxes_are_checked_against_each_images_own_grid(model, processor):
-    batch = processor.preprocess(images_of([(40, 24), (16, 16)]))
-    (h, w), _ = batch.spatial_shapes.tolist()
+    batch = processor(images=images_of([(40, 24), (16, 16)]))
+    (h, w), _ = batch["spatial_shapes"].tolist()
     with pytest.raises(ValueError, match=rf"image 0: .*outside the {w * 4}x{h * 4} image"):
-        model.get_region_features(**batch.as_kwargs(), boxes=[torch.tensor([[0.0, 0.0, w * 4 + 1.0, 4.0]]),
-                                                              torch.tensor([[0.0, 0.0, 4.0, 4.0]])])
+        model.get_region_features(**batch, boxes=[torch.tensor([[0.0, 0.0, w * 4 + 1.0, 4.0]]),
+                                                  torch.tensor([[0.0, 0.0, 4.0, 4.0]])])
 
 
 # ---------------------------------------------------------------------------------------- logits
 def test_forward_gives_sigmoid_logits(model, processor):
-    texts = processor.tokenize(["a red car", "a blue bird", "the green grass"])
-    batch = processor.preprocess(images_of([(20, 20), (32, 16)]))
+    batch = processor(images=images_of([(20, 20), (32, 16)]), text=["a red car", "a blue bird", "the green grass"],
+                      text_kind="short")
     with torch.no_grad():
-        output = model(**texts, **batch.as_kwargs())
-        text = F.normalize(model.get_text_features(**texts), dim=-1)
-        image = F.normalize(model.get_image_features(**batch.as_kwargs()), dim=-1)
+        output = model(**batch)
+        text = F.normalize(model.get_text_features(**batch), dim=-1)
+        image = F.normalize(model.get_image_features(**batch), dim=-1)
     expected = text @ image.T * model.logit_scale.exp() + model.logit_bias
     torch.testing.assert_close(output.logits_per_text, expected)
     torch.testing.assert_close(output.logits_per_image, expected.T)
@@ -239,7 +247,8 @@ def test_upstream_layout_checkpoint_loads_and_saves_back(model, tmp_path):
     assert reloaded.config.text_config.longtext_len == LONG and reloaded.config.model_type == "fgclip2"
     ids = torch.randint(4, 40, (2, LONG))
     with torch.no_grad():
-        torch.testing.assert_close(reloaded.get_text_features(ids, "long"), model.get_text_features(ids, "long"))
+        torch.testing.assert_close(reloaded.get_text_features(ids, text_kind="long"),
+                                   model.get_text_features(ids, text_kind="long"))
 
 
 def test_long_and_box_heads_are_hidden_by_hidden_as_the_official_model():
@@ -262,26 +271,27 @@ def test_presets_are_the_released_sizes():
 
 
 # ---------------------------------------------------------------------------------------- processor
-def test_tokenize_lowercases_pads_exactly_and_counts_truncation(processor):
-    upper, lower = processor.tokenize(["A Red CAR"]), processor.tokenize(["a red car"])
+def test_texts_are_lowercased_padded_exactly_and_truncation_is_counted(processor):
+    upper, lower = processor(text=["A Red CAR"], text_kind="short"), processor(text=["a red car"], text_kind="short")
     assert torch.equal(upper["input_ids"], lower["input_ids"])
     assert lower["input_ids"][0, :5].tolist() == [2, 4, 5, 6, 1] and lower["input_ids"][0, 5:].eq(0).all()
     assert lower["attention_mask"].sum().item() == 5
-    assert processor.tokenize(["a red car"], kind="long")["input_ids"].shape == (1, LONG)
+    assert processor(text=["a red car"], text_kind="long")["input_ids"].shape == (1, LONG)
     with pytest.warns(UserWarning, match="1 of 2 region texts exceed 64 tokens"):
-        encoded = processor.tokenize(["a red car " * 30, "a red car"], kind="region")
+        encoded = processor(text=["a red car " * 30, "a red car"], text_kind="region")
     assert encoded["input_ids"].shape == (2, SHORT)
 
 
-def test_preprocess_keeps_aspect_and_maps_boxes(processor):
+def test_images_keep_their_aspect_and_boxes_are_mapped(processor):
     image = images_of([(80, 40)])[0]
-    batch, (boxes,) = processor.preprocess([image], boxes=[torch.tensor([[0.0, 0.0, 80.0, 40.0], [20, 10, 40, 30]])])
-    h, w = batch.spatial_shapes[0].tolist()
-    assert (h, w) == (3, 5) and batch.pixel_attention_mask.sum().item() == h * w  # 2:1 in at most 16 patches
+    batch = processor(images=[image], boxes=[torch.tensor([[0.0, 0.0, 80.0, 40.0], [20, 10, 40, 30]])])
+    (boxes,) = batch["boxes"]
+    h, w = batch["spatial_shapes"][0].tolist()
+    assert (h, w) == (3, 5) and batch["pixel_attention_mask"].sum().item() == h * w  # 2:1 in at most 16 patches
     scale = torch.tensor([w * 4 / 80, h * 4 / 40] * 2)
     torch.testing.assert_close(boxes, torch.tensor([[0.0, 0.0, 80.0, 40.0], [20, 10, 40, 30]]) * scale)
-    bigger = processor.preprocess([image], max_num_patches=64)
-    assert bigger.pixel_values.shape[1] == 64 and bigger.spatial_shapes.prod().item() > h * w
+    bigger = processor(images=[image], max_num_patches=64)
+    assert bigger["pixel_values"].shape[1] == 64 and bigger["spatial_shapes"].prod().item() > h * w
 
 
 def test_auto_patch_budget_rule_and_mixed_budget_batches(model):
