@@ -39,9 +39,9 @@ def test_score_table_matches_model(saved, capsys):
     boxes = torch.tensor([[0, 0, 32 / 2, 48 * 32 / 48], [32 / 2, 8 * 32 / 48, 64 / 2, 40 * 32 / 48]])
     processor = FGCLIPProcessor.from_pretrained(directory)
     with torch.no_grad():
-        pixels = processor.preprocess(str(directory / "scene.png"))
+        pixels = processor(images=str(directory / "scene.png"))["pixel_values"]
         regions = F.normalize(model.get_region_features(pixels, [boxes]), dim=-1)
-        text = F.normalize(model.get_text_features(processor.tokenize(texts), kind="region"), dim=-1)
+        text = F.normalize(model.get_text_features(**processor(text=texts, text_kind="region")), dim=-1)
     torch.testing.assert_close(printed, regions @ text.t(), atol=1e-4, rtol=0)
 
 
@@ -56,8 +56,8 @@ def test_heatmap_png_and_values(saved, tmp_path):
     similarity = similarity_map(Encoder(model, processor), small, "red square")
     assert similarity.shape == (12, 20)
     with torch.no_grad():
-        dense = F.normalize(model.get_dense_features(processor.preprocess(small)), dim=-1)[0]
-        query = F.normalize(model.get_text_features(processor.tokenize(["red square"])), dim=-1)[0]
+        dense = F.normalize(model.get_dense_features(**processor(images=small)), dim=-1)[0]
+        query = F.normalize(model.get_text_features(**processor(text=["red square"], text_kind="short")), dim=-1)[0]
     # The 4x4 patch grid is stretched 3x vertically and 5x horizontally (odd factors), so
     # patch (1, 2) lands exactly on pixel (1 * 3 + 1, 2 * 5 + 2) = (4, 12).
     torch.testing.assert_close(similarity[4, 12], dense[1, 2] @ query, atol=1e-5, rtol=0)
@@ -91,10 +91,10 @@ def test_fgclip2_checkpoint_scores_and_heatmap(tmp_path, capsys):
           "--box", "0,0,20,24", "--box", "20,4,40,20", "--text", texts[0], "--text", texts[1]])
     printed = torch.tensor([[float(v) for v in line.split()[1:]] for line in capsys.readouterr().out.splitlines()[2:]])
     processor = FGCLIP2Processor.from_pretrained(tmp_path)
-    batch, mapped = processor.preprocess(str(tmp_path / "scene.png"), boxes=[torch.tensor([[0, 0, 20, 24], [20, 4, 40, 20.]])])
+    batch = processor(images=str(tmp_path / "scene.png"), boxes=[torch.tensor([[0, 0, 20, 24], [20, 4, 40, 20.]])])
     with torch.no_grad():
-        regions = model.get_region_features(**batch.as_kwargs(), boxes=mapped, normalize=True)
-        text = model.get_text_features(**processor.tokenize(texts, kind="region"), kind="region", normalize=True)
+        regions = model.get_region_features(**batch, normalize=True)
+        text = model.get_text_features(**processor(text=texts, text_kind="region"), normalize=True)
     torch.testing.assert_close(printed, regions @ text.T, atol=1e-4, rtol=0)
     main(["heatmap", str(tmp_path / "scene.png"), "red square", "--model", str(tmp_path), "-o", str(tmp_path / "m.png")])
     with Image.open(tmp_path / "m.png") as png:
