@@ -261,7 +261,8 @@ def test_dumped_class_embeddings_equal_text_tower(in_workspace, tmp_path):
     processor = FGCLIPProcessor.from_pretrained(f"{ASSETS}/fgclip")
     for row, name in enumerate(["red cup", "cat"]):
         with torch.no_grad():
-            per_template = [model.get_text_features(processor.tokenize(t.format(name)), normalize=True)[0]
+            per_template = [model.get_text_features(**processor(text=t.format(name), text_kind="short"),
+                                                    normalize=True)[0]
                             for t in ("a photo of a {}.", "there is a {} in the scene.")]
         expected = F.normalize(torch.stack(per_template).mean(0), dim=0)
         torch.testing.assert_close(saved["embeddings"][row], expected, rtol=1e-5, atol=1e-6)
@@ -371,11 +372,11 @@ def test_fgclip2_backbone_maps_and_clip_map(fgclip2_assets, in_workspace):
     pyramid, clip_map = backbone.forward_with_clip_map(pixels)
     assert [tuple(m.shape) for m in pyramid] == [(1, 32, 24, 32), (1, 32, 12, 16), (1, 32, 6, 8), (1, 32, 3, 4)]
     reference = FGCLIP2Model.from_pretrained(f"{ASSETS}/fgclip2").eval()
-    batch = FGCLIP2Processor.from_pretrained(f"{ASSETS}/fgclip2").preprocess(image, max_num_patches=6 * 8)
-    assert batch.spatial_shapes.tolist() == [[6, 8]]  # no resize: the same patches as the backbone's
+    batch = FGCLIP2Processor.from_pretrained(f"{ASSETS}/fgclip2")(images=image, max_num_patches=6 * 8)
+    assert batch["spatial_shapes"].tolist() == [[6, 8]]  # no resize: the same patches as the backbone's
     with torch.no_grad():
-        dense = reference.encode_image(**batch.as_kwargs(), normalize=True).dense_features
-        hidden = reference.vision_model(**batch.as_kwargs(), output_hidden_states=True).hidden_states
+        dense = reference.encode_image(**batch, normalize=True).dense_features
+        hidden = reference.vision_model(**batch, output_hidden_states=True).hidden_states
     torch.testing.assert_close(clip_map, dense.transpose(1, 2).reshape(1, 32, 6, 8), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(pyramid[2], hidden[3].transpose(1, 2).reshape(1, 32, 6, 8), rtol=1e-4, atol=1e-5)
 
@@ -389,8 +390,8 @@ def test_fgclip2_class_embeddings_use_the_region_text_head(fgclip2_assets, in_wo
     model = FGCLIP2Model.from_pretrained(f"{ASSETS}/fgclip2").eval()
     processor = FGCLIP2Processor.from_pretrained(f"{ASSETS}/fgclip2")
     with torch.no_grad():
-        per_template = torch.stack([model.get_text_features(**processor.tokenize(text, kind="region"),
-                                                            kind="region", normalize=True)[0]
+        per_template = torch.stack([model.get_text_features(**processor(text=text, text_kind="region"),
+                                                            normalize=True)[0]
                                     for text in prompts(SHAPES[1], PROMPT_TEMPLATES)])
     torch.testing.assert_close(saved["embeddings"][1], F.normalize(per_template.mean(0), dim=0), rtol=1e-5, atol=1e-6)
 
