@@ -57,8 +57,8 @@ def test_batched_region_features_equal_one_image_passes(checkpoint, batch_size, 
     expected = []
     with torch.no_grad():
         for name, image_boxes in boxes.items():
-            batch, mapped = processor.preprocess(str(checkpoint / name), boxes=[torch.tensor(image_boxes).float()])
-            expected.append(model.get_region_features(**batch.as_kwargs(), boxes=mapped, normalize=True))
+            batch = processor(images=str(checkpoint / name), boxes=[torch.tensor(image_boxes).float()])
+            expected.append(model.get_region_features(**batch, normalize=True))
     torch.testing.assert_close(features, torch.cat(expected), atol=1e-5, rtol=1e-4)
 
 
@@ -68,10 +68,10 @@ def test_chinese_tsv_retrieval_matches_brute_force(checkpoint):
     result = evaluate_retrieval(FeatureExtractor(evaluated, batch_size=3, num_workers=0, progress=False), dataset)
     model, processor = evaluated.model, evaluated.processor
     with torch.no_grad():
-        images = torch.cat([F.normalize(model.get_image_features(**processor.preprocess(path).as_kwargs()), dim=-1)
+        images = torch.cat([F.normalize(model.get_image_features(**processor(images=path)), dim=-1)
                             for path in dataset.images])
-        texts = torch.cat([F.normalize(model.get_text_features(**processor.tokenize([t], kind="long"), kind="long"),
-                                       dim=-1) for t in dataset.texts])
+        texts = torch.cat([F.normalize(model.get_text_features(**processor(text=[t], text_kind="long")), dim=-1)
+                           for t in dataset.texts])
     scores = images @ texts.T
     owners = dataset.text_to_image
     for k in (1, 5, 10):

@@ -59,10 +59,10 @@ def test_auc_matches_brute_force_with_and_without_a_reranker(root):
     with torch.no_grad():
         for line in LINES:
             image, text, _ = line.split("\t")
-            pixels = processor.preprocess(str(root / "data" / "matching" / image))
-            ids = processor.tokenize([text])
+            pixels = processor(images=str(root / "data" / "matching" / image))["pixel_values"]
+            ids = processor(text=[text], text_kind="short")["input_ids"]
             cosines.append(float(F.cosine_similarity(model.get_image_features(pixels), model.get_text_features(ids))))
-            images, texts = model.get_image_tokens(pixels), model.get_text_tokens(ids, "short")
+            images, texts = model.get_image_tokens(pixels), model.get_text_tokens(ids, text_kind="short")
             keep = texts.mask[0].bool()
             rerank_scores.append(reranker(images.tokens, images.mask, texts.tokens[:, keep],
                                           torch.ones(1, int(keep.sum()))).scores.item())
