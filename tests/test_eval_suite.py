@@ -282,11 +282,12 @@ def test_shared_fgovd_excerpt_matches_one_box_per_forward(checkpoints, tmp_path)
     with torch.no_grad():
         for record in records:
             x, y, w, h = record["bbox"]
-            pixel_values, boxes = processor.preprocess(str(tmp_path / "coco" / record["img_path"]),
-                                                       boxes=[torch.tensor([[x, y, x + w, y + h]])])
-            region = model.get_region_features(pixel_values, [boxes[0].clamp(0, processor.image_size)], normalize=True)
+            batch = processor(images=str(tmp_path / "coco" / record["img_path"]),
+                              boxes=[torch.tensor([[x, y, x + w, y + h]])])
+            box = batch["boxes"][0].clamp(0, processor.image_size)
+            region = model.get_region_features(batch["pixel_values"], [box], normalize=True)
             captions = record["pos_expression"] + record["neg_expression"]
-            texts = model.get_text_features(processor.tokenize(captions, kind="region"), kind="region", normalize=True)
+            texts = model.get_text_features(**processor(text=captions, text_kind="region"), normalize=True)
             scores = (region @ texts.t())[0]
             correct += bool(scores[0] >= scores[1:].max())
     assert result == {"accuracy": pytest.approx(correct / len(records)), "num_items": 200}
