@@ -308,7 +308,7 @@ def test_dataset_with_fgclip_processor_maps_boxes_to_input_pixels(tmp_path, imag
     sample = dataset[0]
     assert sample["pixel_values"].shape == (3, 32, 32)
     assert torch.allclose(sample["boxes"], torch.tensor([[0.0, 0.0, 16.0, 16.0], [8.0, 16.0, 24.0, 32.0]]))
-    batch = FineHARDCollator(processor.tokenize)([sample])
+    batch = FineHARDCollator(processor)([sample])
     assert batch["short_input_ids"][0, 0].item() == 49406  # bos
     assert batch["long_input_ids"].shape[0] == 1
 
