@@ -3,9 +3,9 @@ text length.
 
 The texts of a batch go to the text tower in two calls only:
 
-- the B long captions, ``tokenize(long_texts, kind="long", padding=long_padding)``;
+- the B long captions, ``processor(text=long_texts, text_kind="long", padding=long_padding)``;
 - the B short captions, the R region captions and the H x (1 + N) hard-negative texts
-  together, de-duplicated, ``tokenize(unique_texts, kind="short", padding="longest")``.
+  together, de-duplicated, ``processor(text=unique_texts, text_kind="short", padding=short_padding)``.
 
 Nothing is padded at the batch level: images without boxes add no region, regions
 without negatives add no group, so no dummy box or dummy text is ever encoded.
