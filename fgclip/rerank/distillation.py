@@ -1,7 +1,8 @@
 """R2D2's two-way distillation: target-guided (soft targets from a momentum teacher, optionally over
 ALBEF's queues of the teacher's recent embeddings) and feature-guided (teacher features of the full
 input supervise the student's features of a masked input). The teacher is the exponential moving
-average (EMA) of the modules being trained; see README.md ("Re-ranking (R2D2-style)") for what supervises what.
+average (EMA) of the modules being trained; see README.md ("Re-ranking (R2D2-style)") for what
+supervises what.
 """
 from __future__ import annotations
 
