@@ -1,7 +1,7 @@
 """Zero / CCMB downstream sets as released (tests/data/zero: the released file names and JSON-lines
 fields): the readers, their errors, R2D2's metrics against values the authors' functions printed
 (yuxie11/R2D2 c7127fa: itm_eval and compute_cross_score of train_r2d2_retrieval.py, Lite.eval of
-train_r2d2_matching.py), and the four sets through `fgclip eval` (Flickr30k-CNA is fgclip.eval.chinese's)."""
+train_r2d2_matching.py), and the five sets through `fgclip eval` (Flickr30k-CNA as flickr30k_cna_r2d2)."""
 from __future__ import annotations
 
 import json
@@ -22,6 +22,7 @@ from fgclip.eval.common import DataError, ImageRequest
 from fgclip.eval.chinese import grouped_recall
 from fgclip.eval.matching import matching_auc
 from fgclip.eval.zero import (
+    load_zero_flickr30k_cna,
     load_zero_matching,
     load_zero_retrieval,
     r2d2_cross_scores,
@@ -72,6 +73,33 @@ def test_retrieval_reader_groups_by_the_authors_image_key(layout, tmp_path):
     dataset = load_zero_retrieval(path, layout / "zero" / "IQR_IQM_ICR_ICM_images", "long")
     assert [Path(p).name for p in dataset.images] == ["4f2a91c0.jpg", "77b0e3d1.jpg"]
     assert dataset.text_to_image == [0, 1, 0]
+
+
+FLICKR30K_CNA = "1000092795#0\t两个年轻人在院子里\n2354456107#0\t一只狗在草地上跑\n1000092795#1\t院子里的两个男人\n" \
+                "2354456107#1\t草地上的狗\n1000092795#2\t年轻人站在院子里\n"
+
+
+def write_flickr30k_cna(directory: Path) -> tuple[Path, Path]:
+    """A Flickr30k-CNA token file (two images, three and two captions) and its two images."""
+    images = directory / "flickr30k-images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("1000092795", "2354456107"):
+        Image.fromarray(rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(images / f"{name}.jpg")
+    (directory / "flickr30k_cna_test.txt").write_text(FLICKR30K_CNA, encoding="utf-8")
+    return directory / "flickr30k_cna_test.txt", images
+
+
+def test_flickr30k_cna_reader_is_the_authors_retrieval_eval(tmp_path):
+    """flickr30k_cna_retrieval_eval: images in first-seen order, txt2img per line, any number per image."""
+    path, images = write_flickr30k_cna(tmp_path)
+    dataset = load_zero_flickr30k_cna(path, images)
+    assert [Path(p).name for p in dataset.images] == ["1000092795.jpg", "2354456107.jpg"]
+    assert dataset.text_to_image == [0, 1, 0, 1, 0]
+    assert dataset.texts[3] == "草地上的狗" and dataset.text_kind == "short"
+    (tmp_path / "bad.txt").write_text("1000092795#0\t院子\n1000092795#1 no tab\n", encoding="utf-8")
+    with pytest.raises(DataError, match="bad.txt line 2: expected"):
+        load_zero_flickr30k_cna(tmp_path / "bad.txt", images)
 
 
 @pytest.mark.parametrize("line, message", [
@@ -205,3 +233,24 @@ def test_fgclip_eval_runs_the_released_sets(layout, tmp_path):
     cosine = (images[icm.pair_image] * texts).sum(-1).numpy()
     assert results["matching/zero_icm"]["auc"] == pytest.approx(roc_auc_score(icm.labels, cosine))
     assert 0.0 <= results["matching/zero_iqm"]["rerank_auc"] <= 1.0
+
+
+def test_fgclip_eval_scores_flickr30k_cna_as_r2d2(tmp_path):
+    path, images = write_flickr30k_cna(tmp_path)
+    torch.manual_seed(0)
+    model = FGCLIPModel(tiny_config())
+    model.save_pretrained(tmp_path / "fgclip")
+    FGCLIPProcessor.for_config(model.config).save_pretrained(tmp_path / "fgclip")
+    assert eval_main(["--model", str(tmp_path / "fgclip"), "--datasets", "flickr30k_cna_r2d2",
+                      "--path", f"flickr30k_cna_r2d2.ann={path}", "--path", f"flickr30k_cna_r2d2.images={images}",
+                      "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--workers", "0",
+                      "--no-progress"]) == 0
+    result = json.loads((tmp_path / "out" / "results.json").read_text())["results"]["fgclip"]
+    result = result["retrieval/flickr30k_cna_r2d2"]
+    extractor = FeatureExtractor(load_encoder(tmp_path / "fgclip"), num_workers=0, progress=False)
+    dataset = load_zero_flickr30k_cna(path, images)
+    similarity = extractor.encode_images([ImageRequest(p) for p in dataset.images]) @ \
+        extractor.encode_texts(dataset.texts, "short").T
+    expected = r2d2_recall(similarity, similarity.T, torch.tensor(dataset.text_to_image))
+    assert {key: result[key] for key in expected} == pytest.approx(expected)
+    assert result["num_images"] == 2 and result["num_texts"] == 5

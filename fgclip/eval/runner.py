@@ -58,7 +58,7 @@ from .retrieval import prepare_caption_file, prepare_dci, prepare_sharegpt4v, pr
 from .spec import DatasetSpec, EvalOptions, Prepared, ScoreContext
 from .templates import IMAGENET_TEMPLATES
 from .zeroshot import load_templates, prepare_image_folder, score_zeroshot
-from .zero import (prepare_zero_matching, prepare_zero_retrieval, score_zero_matching,
+from .zero import (prepare_zero_flickr30k_cna, prepare_zero_matching, prepare_zero_retrieval, score_zero_matching,
                    score_zero_retrieval)
 
 logger = logging.getLogger("fgclip.eval")
@@ -121,6 +121,10 @@ DATASETS: tuple[DatasetSpec, ...] = (
                 (("ann", "flickr30k_cna/flickr30k_cna_test.txt"), ("images", "flickr30k/flickr30k-images")),
                 "Flickr30k-CNA retrieval as FG-CLIP 2's flicker_cna.py", prepare_fgclip2_flickr30k_cna,
                 score_chinese_retrieval),
+    DatasetSpec("flickr30k_cna_r2d2", "retrieval", "retrieval/flickr30k_cna_r2d2",
+                (("ann", "flickr30k_cna/flickr30k_cna_test.txt"), ("images", "flickr30k/flickr30k-images")),
+                "Flickr30k-CNA retrieval as R2D2's itm_eval (CCMB), R@1/5/10 + mean recall",
+                prepare_zero_flickr30k_cna, score_zero_retrieval),
     DatasetSpec("boxclass_cn", "boxcls", "boxcls/boxclass_cn",
                 (("ann", "BoxClass-CN/valid_category_data_total_zh.json"), ("images", "BoxClass-CN/images")),
                 "BoxClass-CN box classification as FG-CLIP 2's laion_cn_box_cls_ddp.py", prepare_boxclass_cn,

@@ -15,10 +15,11 @@ without the last four characters (their ``img_fn``). The authors evaluate ICR / 
 on the ``val`` file (their ``test`` split reads it too), ICM / IQM on ``val``.
 
 Flickr30k-CNA, the fifth set, is released as a token file (``<image id>#n<TAB><caption>`` lines,
-images ``<image id>.jpg``), the layout FG-CLIP 2's script reads too: it is read and scored by
-:mod:`fgclip.eval.chinese` (benchmark ``flickr30k_cna``, FG-CLIP 2's scoring), whose R@1/5/10 equal
-the authors' ``itm_eval`` for five captions per image and scores without ties (their mean is the paper's
-mean recall).
+images ``<image id>.jpg``), the layout FG-CLIP 2's script reads too. Benchmark ``flickr30k_cna_r2d2``
+reads it as the authors' ``flickr30k_cna_retrieval_eval`` (images in first-seen order, each caption its
+own text, any number per image) and scores it as the retrieval sets below, re-ranking included;
+``flickr30k_cna`` (:mod:`fgclip.eval.chinese`) scores it as FG-CLIP 2's script, which equals the
+authors' ``itm_eval`` for five captions per image and scores without ties.
 
 Metrics, as the authors' scripts compute them (tests/test_r2d2_zero.py holds the values their functions
 printed):
@@ -47,7 +48,7 @@ from typing import Callable
 
 import torch
 
-from .common import DataError, ImageRequest, iter_jsonl, require, require_text, resolve_image
+from .common import DataError, ImageRequest, iter_jsonl, iter_tsv, require, require_text, resolve_image
 from .features import FeatureExtractor
 from .matching import MatchingSet, evaluate_matching
 from .retrieval import PairScorer, RetrievalSet, _Builder
@@ -77,6 +78,17 @@ def load_zero_retrieval(path: str | os.PathLike, image_root: str | os.PathLike, 
         image = resolve_image(image_root, name, where, allow_outside_root=allow_outside_root)
         builder.add(image, [require_text(record, "text", where)], where)
     return builder.build(name or Path(path).stem, str(path), text_kind)
+
+
+def load_zero_flickr30k_cna(path: str | os.PathLike, image_root: str | os.PathLike, name: str | None = None,
+                            allow_outside_root: bool = False) -> RetrievalSet:
+    """Flickr30k-CNA token file, ``<image id>#<n><TAB><caption>`` lines (images ``<image id>.jpg``), as
+    the authors' ``flickr30k_cna_retrieval_eval``: images in first-seen order, captions on the short path."""
+    builder = _Builder()
+    for where, (key, caption) in iter_tsv(path, ("<image id>#<n>", "caption")):
+        image = resolve_image(image_root, f"{key.split('#')[0]}.jpg", where, allow_outside_root=allow_outside_root)
+        builder.add(image, [caption], where)
+    return builder.build(name or Path(path).stem, str(path), "short")
 
 
 def load_zero_matching(path: str | os.PathLike, image_root: str | os.PathLike, text_kind: str,
@@ -194,6 +206,11 @@ TEXT_KINDS = {"zero_icr": "long", "zero_iqr": "short", "zero_icm": "long", "zero
 def prepare_zero_retrieval(spec, paths: dict, options) -> list[Prepared]:
     return single(spec, load_zero_retrieval(paths["ann"], paths["images"], TEXT_KINDS[spec.name], spec.name,
                                             allow_outside_root=options.allow_outside_root))
+
+
+def prepare_zero_flickr30k_cna(spec, paths: dict, options) -> list[Prepared]:
+    return single(spec, load_zero_flickr30k_cna(paths["ann"], paths["images"], spec.name,
+                                                allow_outside_root=options.allow_outside_root))
 
 
 def prepare_zero_matching(spec, paths: dict, options) -> list[Prepared]:
