@@ -175,16 +175,19 @@ class FusedProjectionsAttention(CLIPAttention):
 
 class FoldedQuickGELUMLP(CLIPMLP):
     """transformers' CLIP MLP, ``fc2(x * sigmoid(1.702 x))`` with ``x = fc1(h)``. Where gradients
-    flow it runs as ``silu(h W1'^T + b1') W2'^T + b2`` with ``W1' = 1.702 W1``, ``b1' = 1.702 b1``,
-    ``W2' = W2 / 1.702``: the same function (equal up to rounding) with QuickGELU's two scalings moved
-    from the (tokens x 4C) activations, four elementwise passes forward and backward, onto the
-    weights, and one fused kernel. Without gradients it is the exact formula, in place (same bits)."""
+    flow through it (trainable weights, or an input that needs gradients: LoRA, a frozen tower inside
+    a trained model) it runs as ``silu(h W1'^T + b1') W2'^T + b2`` with ``W1' = 1.702 W1``,
+    ``b1' = 1.702 b1``, ``W2' = W2 / 1.702``: the same function (equal up to rounding) with QuickGELU's
+    two scalings moved from the (tokens x 4C) activations, four elementwise passes forward and
+    backward, onto the weights, and one fused kernel. Otherwise it is the exact formula, in place
+    (same bits)."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         fc1, fc2 = self.fc1, self.fc2
-        # Empty: partitioned by DeepSpeed ZeRO-3, gathered only when fc1 itself runs.
-        if not (torch.is_grad_enabled() and fc1.weight.requires_grad and fc1.weight.numel()):
+        if not (torch.is_grad_enabled() and (hidden_states.requires_grad or fc1.weight.requires_grad)):
             return fc2(quick_gelu_in_place(fc1(hidden_states)))
+        if not fc1.weight.numel():  # partitioned by DeepSpeed ZeRO-3, gathered only when fc1 itself runs
+            return super().forward(hidden_states)
         hidden = F.silu(F.linear(hidden_states, fc1.weight * QUICK_GELU_SCALE, fc1.bias * QUICK_GELU_SCALE))
         return F.linear(hidden, fc2.weight / QUICK_GELU_SCALE, fc2.bias)
 

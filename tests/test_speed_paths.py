@@ -128,6 +128,19 @@ def test_folded_mlp_equals_clip_formula_with_gradients():
         torch.testing.assert_close(fast_grad, exact_grad, rtol=1e-10, atol=1e-12)
 
 
+def test_folded_mlp_gives_input_gradients_through_frozen_weights():
+    """A frozen tower inside a trained model (or LoRA): the weights need no gradient, the input does."""
+    torch.manual_seed(1)
+    mlp = FGCLIPModel(tiny_config()).text_model.encoder.layers[0].mlp.double().requires_grad_(False)
+    hidden = torch.randn(2, 4, 32, dtype=torch.float64)
+    exact_input = hidden.clone().requires_grad_()
+    pre = exact_input @ mlp.fc1.weight.T + mlp.fc1.bias
+    ((pre * torch.sigmoid(1.702 * pre)) @ mlp.fc2.weight.T + mlp.fc2.bias).square().sum().backward()
+    fast_input = hidden.clone().requires_grad_()
+    mlp(fast_input).square().sum().backward()
+    torch.testing.assert_close(fast_input.grad, exact_input.grad, rtol=1e-10, atol=1e-12)
+
+
 def test_folded_mlp_without_gradients_is_transformers_bit_for_bit():
     torch.manual_seed(2)
     mlp = FGCLIPModel(tiny_config()).text_model.encoder.layers[1].mlp
