@@ -79,6 +79,9 @@ FLICKR30K_CNA = "1000092795#0\t两个年轻人在院子里\n2354456107#0\t一只
                 "2354456107#1\t草地上的狗\n1000092795#2\t年轻人站在院子里\n"
 
 
+FLICKR30K_CNA_TEXTS = ["两个年轻人在院子里", "一只狗在草地上跑", "院子里的两个男人", "草地上的狗", "年轻人站在院子里"]
+
+
 def write_flickr30k_cna(directory: Path) -> tuple[Path, Path]:
     """A Flickr30k-CNA token file (two images, three and two captions) and its two images."""
     images = directory / "flickr30k-images"
@@ -91,12 +94,14 @@ def write_flickr30k_cna(directory: Path) -> tuple[Path, Path]:
 
 
 def test_flickr30k_cna_reader_is_the_authors_retrieval_eval(tmp_path):
-    """flickr30k_cna_retrieval_eval: images in first-seen order, txt2img per line, any number per image."""
+    """flickr30k_cna_retrieval_eval (yuxie11/R2D2 c7127fa, data/flickr30k_cna_dataset.py) read FLICKR30K_CNA
+    and printed image ['1000092795.jpg', '2354456107.jpg'], txt2img {0: 0, 1: 1, 2: 0, 3: 1, 4: 0}, the
+    texts as written."""
     path, images = write_flickr30k_cna(tmp_path)
     dataset = load_zero_flickr30k_cna(path, images)
     assert [Path(p).name for p in dataset.images] == ["1000092795.jpg", "2354456107.jpg"]
     assert dataset.text_to_image == [0, 1, 0, 1, 0]
-    assert dataset.texts[3] == "草地上的狗" and dataset.text_kind == "short"
+    assert dataset.texts == FLICKR30K_CNA_TEXTS and dataset.text_kind == "short"
     (tmp_path / "bad.txt").write_text("1000092795#0\t院子\n1000092795#1 no tab\n", encoding="utf-8")
     with pytest.raises(DataError, match="bad.txt line 2: expected"):
         load_zero_flickr30k_cna(tmp_path / "bad.txt", images)
