@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="largest allowed move, in points")
     args = parser.parse_args()
     data_dir = args.run_dir / "data"
+    missing = [str(path) for path in (data_dir, *(args.run_dir / model for model in args.models)) if not path.is_dir()]
+    if missing:
+        parser.error(f"not found: {', '.join(missing)} (run `make demo` first, or pass --run-dir / --models)")
     print(f"{'model':<24}" + "".join(f"{s + ' fp32 -> bf16':>26}" for s in SUBSETS) + f"{'largest move':>14}")
     largest = 0.0
     for model in args.models:

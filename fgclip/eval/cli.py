@@ -124,6 +124,7 @@ def _reranker_paths(specs: Sequence[str], model_names: list[str]) -> dict[str, s
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """Run the evaluation described by parsed arguments (see :func:`add_eval_arguments`)."""
     import torch
     import torch.distributed as dist
 
@@ -131,7 +132,6 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..encoders import resolve_device
     from .runner import EvalOptions, RunConfig, describe_layout, markdown_table, parse_path_overrides, run_evaluation
 
-    """Run the evaluation described by parsed arguments (see :func:`add_eval_arguments`)."""
     if args.list_datasets:
         print(describe_layout(args.data_root))
         return 0
