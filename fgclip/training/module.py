@@ -178,7 +178,7 @@ class FGCLIPForTraining(nn.Module):
             widths, order = torch.sort(mask.sum(dim=1), stable=True)
         if mask is None or model.trim_padding(input_ids[order[:1]])[0].shape[1] == input_ids.shape[1]:
             return model.pooled_text(*model.trim_padding(input_ids, mask))
-        text = self.model.config.text_config
+        text = model.config.text_config
         scale = 12 * 512**2 / (text.num_hidden_layers * text.hidden_size**2)
         overhead = scale * self.bucket_overhead_tokens.get(input_ids.device.type,
                                                            max(self.bucket_overhead_tokens.values()))
