@@ -4,6 +4,10 @@
     torchrun --nproc_per_node 8 tools/train_fgclip.py configs/fgclip/stage2_vitb16.yaml
     python tools/train_fgclip.py CONFIG --resume          # from the last complete checkpoint
 
+Started with plain ``python``, a DeepSpeed recipe runs as a one-rank launch (RANK=0, WORLD_SIZE=1 on
+127.0.0.1). The GPU recipes' bf16 / tf32 on a machine without a CUDA GPU: add ``training.use_cpu=true
+training.tf32=false`` (the error line says so).
+
 Overrides are ``section.key=value`` (sections: model, data, loss, training). A bad recipe, data
 file or checkpoint prints ``error: <file>[:<line>]: <what>`` and exits with status 2 (``--debug``
 shows the traceback).

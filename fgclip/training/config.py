@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+import transformers.training_args as hf_training_args
 import yaml
 from transformers import TrainingArguments
 
@@ -322,8 +324,31 @@ class TrainConfig:
                 "training": self.training}
 
     def training_arguments(self) -> TrainingArguments:
-        """``TrainingArguments`` of the ``training`` section over :data:`TRAINING_DEFAULTS`."""
+        """``TrainingArguments`` of the ``training`` section over :data:`TRAINING_DEFAULTS`; a ``tf32`` or
+        ``bf16`` this machine cannot run raises a :class:`~fgclip.errors.ConfigError` saying what to set."""
+        problem = hardware_problem(self.training)
+        if problem:
+            raise ConfigError(f"{self.source}: {problem}")
         return TrainingArguments(**{**TRAINING_DEFAULTS, **self.training})
+
+
+def hardware_problem(training: dict[str, Any]) -> str | None:
+    """What the GPU recipes' ``tf32`` / ``bf16`` need that this machine lacks, and the overrides that run
+    them here (transformers' own checks, asked first so that one line names every change), or ``None``."""
+    hf = hf_training_args  # the checks TrainingArguments runs, looked up at each call
+    gpu = torch.cuda.is_available()
+    needs, changes = [], []
+    if training.get("tf32") and not hf.is_torch_tf32_available():
+        needs.append("training.tf32 needs an Ampere or newer CUDA GPU")
+        changes.append("training.tf32=false")
+    if (training.get("bf16") and not training.get("use_cpu") and not hf.is_torch_bf16_gpu_available()
+            and not hf.is_torch_xla_available()):
+        needs.append("training.bf16 needs an Ampere or newer GPU" + ("" if gpu else ", or training.use_cpu on a CPU"))
+        changes.append("training.bf16=false" if gpu else "training.use_cpu=true")
+    if not needs:
+        return None
+    where = "this GPU is older" if gpu else "no CUDA GPU here"
+    return f"{'; '.join(needs)} ({where}): add {' '.join(changes)} to train {'without them' if gpu else 'on the CPU'}"
 
 
 def _merge(base: dict, update: dict) -> dict:

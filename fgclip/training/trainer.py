@@ -24,6 +24,9 @@ What this adds to ``Trainer``:
 * bad FineHARD records skipped under ``skip_bad_records`` are counted, by reason, in the
   log and the final summary; a stage-2 recipe whose data holds no box (or no hard negative)
   for its regional (hard-negative) loss is refused before training;
+* a DeepSpeed recipe started as one plain process (no launcher) runs in a one-rank world
+  (:func:`one_process_world`), and the precision the step really runs in (DeepSpeed's bf16,
+  accelerate's autocast) is logged when training starts;
 * the final model is written with ``save_pretrained`` (safetensors) together with its
   processor, ready for ``FGCLIPModel.from_pretrained``, and replaces ``final/`` atomically;
 * every model family of :mod:`fgclip.encoders` trains through the same step
@@ -35,13 +38,17 @@ What this adds to ``Trainer``:
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +70,9 @@ logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+# What a launcher (torchrun, deepspeed, accelerate launch) gives every rank: the rank variables, and where rank 0 listens.
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT")
 
 
 def _checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path, bool]]:
@@ -178,6 +188,17 @@ class CompleteCheckpointCallback(TrainerCallback):
                 _remove_checkpoint(path)
 
 
+class PrecisionLogCallback(TrainerCallback):
+    """Logs :meth:`FGCLIPTrainer.precision` once the model is prepared (DeepSpeed's engine built)."""
+
+    def __init__(self, trainer: "FGCLIPTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            logger.info(self.trainer.precision())
+
+
 class LogitScaleClampCallback(TrainerCallback):
     """CLIP's clamp of every temperature to ``[0, ln max_scale]`` after each optimizer step (an option;
     the official FG-CLIP code has none)."""
@@ -217,10 +238,22 @@ class FGCLIPTrainer(Trainer):
         seeded = [item for item in (self.train_dataset, self.language_sampler) if hasattr(item, "set_epoch")]
         if seeded:
             self.add_callback(DatasetEpochCallback(*seeded))
+        self.add_callback(PrecisionLogCallback(self))
         scalars = [parameter for parameter in self.model.parameters() if parameter.ndim == 0]
         self.scalar_parameters = scalars if self.is_deepspeed_enabled else []
         for parameter in self.scalar_parameters:
             parameter.data = parameter.data.reshape(1)
+
+    def precision(self) -> str:
+        """The precision the step runs in, as the DeepSpeed engine (or accelerate's autocast) holds it, and
+        the dtype of the weights it trains, e.g. ``training precision: DeepSpeed ZeRO-2 bf16, weights bfloat16``."""
+        weights = str(next(self.model_wrapped.parameters()).dtype).removeprefix("torch.")
+        if self.is_deepspeed_enabled:
+            engine = self.model_wrapped
+            mode = "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
+            return f"training precision: DeepSpeed ZeRO-{engine.zero_optimization_stage()} {mode}, weights {weights}"
+        mixed = self.accelerator.mixed_precision
+        return f"training precision: {'fp32' if mixed == 'no' else mixed + ' autocast'}, weights {weights}"
 
     def restore_scalar_parameters(self) -> None:
         """Give the parameters held as (1,) tensors for DeepSpeed their 0-dim shape back."""
@@ -410,16 +443,74 @@ def final_parts(step, model, processor) -> list[tuple[str, object, object]]:
     return [("", step.reranker, None)] + ([("dual_encoder", model, processor)] if step.pre_ranking else [])
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def one_process_world(config: TrainConfig) -> Iterator[None]:
+    """Around a run: a DeepSpeed recipe started without a launcher gets the environment of a one-rank launch.
+
+    DeepSpeed (through accelerate) needs a process group, which accelerate starts only from a launcher's
+    environment. With ``training.deepspeed`` set and none of ``RANK`` / ``LOCAL_RANK`` / ``WORLD_SIZE``
+    present, this sets what ``torchrun --standalone --nproc_per_node 1`` would (rank 0 of 1, rendezvous on
+    127.0.0.1 at a free port), so accelerate starts a one-process group (gloo on the CPU, nccl on a GPU);
+    at the end the group is closed and the variables are removed. A partial launcher environment, or
+    DeepSpeed missing, raises a :class:`~fgclip.errors.ConfigError`.
+    """
+    if not config.training.get("deepspeed"):
+        yield
+        return
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"{config.source}: training.deepspeed: DeepSpeed is not installed; pip install deepspeed, "
+                          "or set training.deepspeed=null")
+    launched = [name for name in LAUNCHER_VARIABLES if name in os.environ]
+    if launched:
+        missing = [name for name in LAUNCHER_VARIABLES + RENDEZVOUS_VARIABLES if name not in os.environ]
+        if missing:
+            raise ConfigError(f"{config.source}: training.deepspeed: {', '.join(launched)} set in the environment but "
+                              f"not {', '.join(missing)}; start with torchrun (or deepspeed), or unset "
+                              f"{' '.join(launched)} to train in one process")
+        yield
+        return
+    world = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(_free_port())}
+    previous = {name: os.environ.get(name) for name in world}
+    os.environ.update(world)
+    logger.info("DeepSpeed without a launcher: one process, RANK=0 WORLD_SIZE=1 on 127.0.0.1:%s "
+                "(torchrun --nproc_per_node N for N)", world["MASTER_PORT"])
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def train(config: TrainConfig, resume: bool | str = False, callbacks: list | None = None) -> TrainResult:
-    """Run one training stage described by ``config``.
+    """Run one training stage described by ``config`` (a DeepSpeed recipe without a launcher in a
+    one-process world: :func:`one_process_world`).
 
     Args:
         resume: ``True`` resumes from the last complete checkpoint of the output directory
             (a fresh start if there is none); a path resumes from that checkpoint.
         callbacks: extra ``TrainerCallback`` objects.
     """
+    with one_process_world(config):
+        return _train(config, resume, callbacks)
+
+
+def _train(config: TrainConfig, resume: bool | str, callbacks: list | None) -> TrainResult:
     try:
         arguments = config.training_arguments()
+    except ConfigError:
+        raise
     except ValueError as error:
         raise ConfigError(f"{config.source}: training: {error}") from None
     set_seed(arguments.seed)  # the random initialisation of `init: config` models
