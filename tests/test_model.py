@@ -11,8 +11,10 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, C
 
 from fgclip import FGCLIPConfig, FGCLIPModel, FGCLIPProcessor, interpolate_long_positions
 from fgclip.testing import tiny_config
+from numerics import assert_close_to_reference, tower_terms
 
 KEEP = 20
+MIX_TERMS = 4  # a row of the long table: two products and a sum (or a difference, a product and a sum)
 
 
 def long_table_by_rule(p: torch.Tensor) -> torch.Tensor:
@@ -60,7 +62,7 @@ def test_long_table_matches_closed_form_rule():
     table = torch.randn(77, 8, dtype=torch.float64)
     long = interpolate_long_positions(table, keep=KEEP, stretch=4)
     assert long.shape == (248, 8)
-    torch.testing.assert_close(long, long_table_by_rule(table))
+    assert_close_to_reference(long, long_table_by_rule(table), terms=MIX_TERMS)
 
 
 def test_config_lengths_and_published_geometries():
@@ -82,8 +84,8 @@ def test_from_clip_initialisation(tmp_path):
     model = FGCLIPModel.from_clip(tmp_path / "clip")
     expected_long = long_table_by_rule(clip.text_model.embeddings.position_embedding.weight.detach())
     embeddings = model.text_model.embeddings
-    torch.testing.assert_close(embeddings.position_embedding_ori.weight.detach(), expected_long)
-    torch.testing.assert_close(embeddings.position_embedding_res.weight.detach(), expected_long)
+    assert_close_to_reference(embeddings.position_embedding_ori.weight, expected_long, terms=MIX_TERMS)
+    assert_close_to_reference(embeddings.position_embedding_res.weight, expected_long, terms=MIX_TERMS)
     assert torch.equal(model.text_filip_projection.weight, clip.text_projection.weight)
     assert model.logit_scale_finegraind.item() == model.logit_scale_hardneg.item() == clip.logit_scale.item()
     for key, value in clip.state_dict().items():
@@ -113,7 +115,7 @@ def test_long_path_uses_ori_head_and_res_tail(model, upstream_dir, processor):
     with torch.no_grad():
         expected = reference(input_ids=ids).pooler_output @ state["text_filip_projection.weight"].t()
         got = model.get_text_features(ids, text_kind="long")
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert_close_to_reference(got, expected, terms=tower_terms(text_config, 248))
 
 
 def test_short_text_and_image_match_plain_clip(model, upstream_dir, processor):
@@ -121,22 +123,23 @@ def test_short_text_and_image_match_plain_clip(model, upstream_dir, processor):
     clip = CLIPModel.from_pretrained(directory).eval()
     ids = processor(text=["a photo of a cat", "a black plastic telephone"], text_kind="short")["input_ids"]
     pixels = torch.randn(2, 3, 32, 32)
+    text_terms, image_terms = tower_terms(model.config.text_config, 77), tower_terms(model.config.vision_config, 17)
     with torch.no_grad():
-        torch.testing.assert_close(model.get_text_features(ids, text_kind="short"),
-                                   clip.get_text_features(input_ids=ids).pooler_output)
-        torch.testing.assert_close(model.get_text_features(ids, text_kind="region"),
-                                   clip.get_text_features(input_ids=ids).pooler_output)
-        torch.testing.assert_close(model.get_image_features(pixels),
-                                   clip.get_image_features(pixel_values=pixels).pooler_output, atol=1e-5, rtol=1e-5)
+        assert_close_to_reference(model.get_text_features(ids, text_kind="short"),
+                                  clip.get_text_features(input_ids=ids).pooler_output, terms=text_terms)
+        assert_close_to_reference(model.get_text_features(ids, text_kind="region"),
+                                  clip.get_text_features(input_ids=ids).pooler_output, terms=text_terms)
+        assert_close_to_reference(model.get_image_features(pixels),
+                                  clip.get_image_features(pixel_values=pixels).pooler_output, terms=image_terms)
 
 
 def test_longest_padding_gives_same_features(model, processor):
     texts = ["a dog", "a white velvet telephone with red buttons"]
-    for kind in ("short", "long"):
+    for kind, length in (("short", 77), ("long", 248)):
         with torch.no_grad():
             full = model.get_text_features(**processor(text=texts, text_kind=kind))
             tight = model.get_text_features(**processor(text=texts, text_kind=kind, padding="longest"))
-        torch.testing.assert_close(full, tight, atol=1e-5, rtol=1e-5)
+        assert_close_to_reference(tight, full, terms=tower_terms(model.config.text_config, length))
 
 
 def manual_dense(model: FGCLIPModel, pixels: torch.Tensor) -> torch.Tensor:
@@ -166,7 +169,8 @@ def test_dense_features_equal_manual_value_path(model, size):
         expected = manual_dense(model, pixels)
     grid = (size[0] // 8, size[1] // 8)
     assert dense.shape == (2, *grid, model.config.projection_dim)
-    torch.testing.assert_close(dense.reshape(2, -1, dense.shape[-1]), expected, atol=1e-5, rtol=1e-5)
+    assert_close_to_reference(dense.reshape(2, -1, dense.shape[-1]), expected,
+                              terms=tower_terms(model.config.vision_config, 1 + grid[0] * grid[1]))
 
 
 def test_region_features_equal_roi_align_on_grid_units(model):
@@ -177,9 +181,10 @@ def test_region_features_equal_roi_align_on_grid_units(model):
         dense = model.get_dense_features(pixels).permute(0, 3, 1, 2)
     grid_boxes = [b / 8 for b in boxes]
     expected = roi_align(dense, grid_boxes, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-    torch.testing.assert_close(regions, expected[:, :, 0, 0], atol=1e-5, rtol=1e-5)
+    # bilinear interpolation (4 terms) at up to one sample per cell of the 4 x 4 grid, and their mean
+    assert_close_to_reference(regions, expected[:, :, 0, 0], terms=5 * 16)
     normalized = model.get_region_features(pixels, boxes, normalize=True)
-    torch.testing.assert_close(normalized.norm(dim=-1), torch.ones(3))
+    assert_close_to_reference(normalized.norm(dim=-1), torch.ones(3), terms=2 * model.config.projection_dim)
 
 
 def test_batch_equals_single_calls(model, processor):
@@ -188,19 +193,21 @@ def test_batch_equals_single_calls(model, processor):
              torch.tensor([[10.0, 10.0, 11.0, 12.0]])]
     ids = processor(text=["a cat", "two dogs on a red sofa", "a green star"], text_kind="long",
                     padding="longest")["input_ids"]
+    image_terms = tower_terms(model.config.vision_config, 17)
+    text_terms = tower_terms(model.config.text_config, ids.shape[1])
     with torch.no_grad():
         batch = model.encode_image(pixels)
         regions = model.get_region_features(pixels, boxes)
         texts = model.get_text_features(ids, text_kind="long")
         for i in range(3):
             single = model.encode_image(pixels[i:i + 1])
-            torch.testing.assert_close(batch.image_embeds[i:i + 1], single.image_embeds, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(batch.dense_features[i:i + 1], single.dense_features, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(texts[i:i + 1], model.get_text_features(ids[i:i + 1], text_kind="long"),
-                                       atol=1e-5, rtol=1e-5)
+            assert_close_to_reference(batch.image_embeds[i:i + 1], single.image_embeds, terms=image_terms)
+            assert_close_to_reference(batch.dense_features[i:i + 1], single.dense_features, terms=image_terms)
+            assert_close_to_reference(texts[i:i + 1], model.get_text_features(ids[i:i + 1], text_kind="long"),
+                                      terms=text_terms)
         singles = torch.cat([model.get_region_features(pixels[i:i + 1], [boxes[i]]) for i in range(3)])
-    torch.testing.assert_close(regions, singles, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(batch.image_embeds, model.get_image_features(pixels), atol=1e-6, rtol=1e-6)
+    assert_close_to_reference(regions, singles, terms=image_terms)
+    assert_close_to_reference(batch.image_embeds, model.get_image_features(pixels), terms=image_terms)
 
 
 def test_save_load_round_trip(model, tmp_path, processor):
@@ -227,7 +234,9 @@ def test_forward_logits(model, processor):
         out = model(input_ids=ids, pixel_values=pixels)
         image = F.normalize(model.get_image_features(pixels), dim=-1)
         text = F.normalize(model.get_text_features(ids), dim=-1)
-    torch.testing.assert_close(out.logits_per_image, image @ text.t() * model.logit_scale.exp())
+    # the normalisations, the products (projection dim each) and the scale
+    assert_close_to_reference(out.logits_per_image, image @ text.t() * model.logit_scale.exp(),
+                              terms=3 * model.config.projection_dim + 1)
 
 
 @pytest.mark.parametrize(

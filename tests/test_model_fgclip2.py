@@ -12,8 +12,10 @@ from transformers import AutoModel, Siglip2Config, Siglip2Model, Siglip2TextConf
 
 from fgclip import FGCLIP2Config, FGCLIP2Model, FGCLIP2Processor
 from fgclip.testing import tiny_fgclip2_config, tiny_word_tokenizer
+from numerics import assert_close_to_reference, tower_terms
 
 KEEP, SHORT, LONG = 20, 64, 196
+MIX_TERMS = 4  # a row of the long table: two products and a sum (or a difference, a product and a sum)
 WORDS = "a red car blue bird on the green grass small wooden chair with metal legs 一只 红色 的 汽车".split()
 
 
@@ -91,16 +93,20 @@ def test_from_siglip2_keeps_siglip2_features_and_builds_long_table(siglip2, proc
     fgclip2 = FGCLIP2Model.from_siglip2(siglip2).eval()
     texts = token_ids(processor(text=["a red car", "a small wooden chair with metal legs"], text_kind="short"))
     batch = processor(images=images_of([(40, 24), (16, 16)]))
+    text_terms = tower_terms(fgclip2.config.text_config, SHORT)
+    image_terms = tower_terms(fgclip2.config.vision_config, batch["pixel_values"].shape[1])
     with torch.no_grad():
         expected_text = siglip2.get_text_features(**texts).pooler_output
         expected_image = siglip2.get_image_features(**batch).pooler_output
-        torch.testing.assert_close(fgclip2.get_text_features(**texts, text_kind="short"), expected_text)
-        torch.testing.assert_close(fgclip2.get_text_features(**texts, text_kind="region"), expected_text)
-        torch.testing.assert_close(fgclip2.get_image_features(**batch), expected_image)
+        assert_close_to_reference(fgclip2.get_text_features(**texts, text_kind="short"), expected_text,
+                                  terms=text_terms)
+        assert_close_to_reference(fgclip2.get_text_features(**texts, text_kind="region"), expected_text,
+                                  terms=text_terms)
+        assert_close_to_reference(fgclip2.get_image_features(**batch), expected_image, terms=image_terms)
     embeddings = fgclip2.text_model.embeddings
     rule = long_table_by_rule(siglip2.text_model.embeddings.position_embedding.weight.detach())
-    torch.testing.assert_close(embeddings.position_embedding_ori.weight, rule)
-    torch.testing.assert_close(embeddings.position_embedding_res.weight, rule)
+    assert_close_to_reference(embeddings.position_embedding_ori.weight, rule, terms=MIX_TERMS)
+    assert_close_to_reference(embeddings.position_embedding_res.weight, rule, terms=MIX_TERMS)
     assert all(torch.equal(a, b) for a, b in zip(fgclip2.dense_feature_head.state_dict().values(),
                                                  siglip2.vision_model.head.state_dict().values()))
 
@@ -122,11 +128,12 @@ def test_long_path_uses_ori_rows_then_res_rows_and_its_own_head(model, processor
     assert texts["input_ids"].shape == (2, LONG)
     with torch.no_grad():
         pooled = plain(**texts).last_hidden_state[:, -1]
-        torch.testing.assert_close(model.get_text_features(**texts, text_kind="long"), model.longtext_head(pooled))
+        assert_close_to_reference(model.get_text_features(**texts, text_kind="long"), model.longtext_head(pooled),
+                                  terms=tower_terms(config, LONG))
         short = token_ids(processor(text=["a red car"], text_kind="short"))
         pooled_short = model.text_model(**short).last_hidden_state[:, -1]
-        torch.testing.assert_close(model.get_text_features(**short, text_kind="region"),
-                                   model.boxtext_head(pooled_short))
+        assert_close_to_reference(model.get_text_features(**short, text_kind="region"),
+                                  model.boxtext_head(pooled_short), terms=tower_terms(config, SHORT))
 
 
 def test_text_length_up_to_the_table_and_walk_type(model, processor):
@@ -152,8 +159,8 @@ def test_text_length_up_to_the_table_and_walk_type(model, processor):
         table = long_table_from_model(model)
         plain.embeddings.position_embedding.weight.copy_(table[:SHORT])
         pooled = plain(input_ids=texts["input_ids"]).last_hidden_state[:, -1]
-        torch.testing.assert_close(model.get_text_features(texts["input_ids"], walk_type="long"),
-                                   model.longtext_head(pooled), atol=1e-6, rtol=1e-5)
+        assert_close_to_reference(model.get_text_features(texts["input_ids"], walk_type="long"),
+                                  model.longtext_head(pooled), terms=tower_terms(model.config.text_config, SHORT))
 
 
 def long_table_from_model(model) -> torch.Tensor:
@@ -185,7 +192,8 @@ def test_dense_features_per_image_match_an_unpadded_pass_by_hand(model, processo
             alone = batch["pixel_values"][index : index + 1, : h * w]
             tokens = model.vision_model(pixel_values=alone, pixel_attention_mask=torch.ones(1, h * w, dtype=torch.long),
                                         spatial_shapes=shapes[index : index + 1]).last_hidden_state[0]
-            torch.testing.assert_close(dense[index, : h * w], dense_by_hand(model, tokens), atol=1e-5, rtol=1e-4)
+            assert_close_to_reference(dense[index, : h * w], dense_by_hand(model, tokens),
+                                      terms=tower_terms(model.config.vision_config, batch["pixel_values"].shape[1]))
 
 
 def test_region_features_closed_forms(model, processor):
@@ -199,11 +207,12 @@ def test_region_features_closed_forms(model, processor):
         output = model.encode_image(**batch)
         maps = model.dense_maps(output)
         (h0, w0), (h1, w1) = batch["spatial_shapes"].tolist()
-        torch.testing.assert_close(mapped[0], torch.tensor([[0.0, 0.0, w0 * patch, h0 * patch]]))
+        assert_close_to_reference(mapped[0], torch.tensor([[0.0, 0.0, w0 * patch, h0 * patch]]), terms=2)
         cell = torch.tensor([[1 * patch, 2 * patch, 2 * patch, 3 * patch]], dtype=torch.float32)  # row 2, column 1
         regions = model.get_region_features(**batch, boxes=[torch.cat([mapped[0], cell]), mapped[1]])
     expected = torch.stack([maps[0].mean((0, 1)), maps[0][2, 1], maps[1].mean((0, 1))])
-    torch.testing.assert_close(regions, expected, atol=1e-5, rtol=1e-4)
+    # bilinear interpolation (4 terms) at up to one sample per cell of the grid, and their mean
+    assert_close_to_reference(regions, expected, terms=5 * h0 * w0)
 
 
 def test_boxes_are_checked_against_each_images_own_grid(model, processor):
@@ -223,8 +232,9 @@ def test_forward_gives_sigmoid_logits(model, processor):
         text = F.normalize(model.get_text_features(**batch), dim=-1)
         image = F.normalize(model.get_image_features(**batch), dim=-1)
     expected = text @ image.T * model.logit_scale.exp() + model.logit_bias
-    torch.testing.assert_close(output.logits_per_text, expected)
-    torch.testing.assert_close(output.logits_per_image, expected.T)
+    terms = 3 * text.shape[-1] + 2  # the normalisations, the products, the scale and the bias
+    assert_close_to_reference(output.logits_per_text, expected, terms=terms)
+    assert_close_to_reference(output.logits_per_image, expected.T, terms=terms)
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -289,7 +299,7 @@ def test_images_keep_their_aspect_and_boxes_are_mapped(processor):
     h, w = batch["spatial_shapes"][0].tolist()
     assert (h, w) == (3, 5) and batch["pixel_attention_mask"].sum().item() == h * w  # 2:1 in at most 16 patches
     scale = torch.tensor([w * 4 / 80, h * 4 / 40] * 2)
-    torch.testing.assert_close(boxes, torch.tensor([[0.0, 0.0, 80.0, 40.0], [20, 10, 40, 30]]) * scale)
+    assert_close_to_reference(boxes, torch.tensor([[0.0, 0.0, 80.0, 40.0], [20, 10, 40, 30]]) * scale, terms=2)
     bigger = processor(images=[image], max_num_patches=64)
     assert bigger["pixel_values"].shape[1] == 64 and bigger["spatial_shapes"].prod().item() > h * w
 
@@ -309,7 +319,7 @@ def test_auto_patch_budget_rule_and_mixed_budget_batches(model):
     with torch.no_grad():
         together = model.get_image_features(**batch)
         alone = torch.cat([model.get_image_features(**per_image(images=[image])) for image in (small, large)])
-    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+    assert_close_to_reference(together, alone, terms=tower_terms(model.config.vision_config, 576))
     # the official rule (the default): one budget, the largest of the call, for every image of it
     official = FGCLIP2Processor.for_config(model.config, tiny_word_tokenizer(WORDS), max_num_patches="auto")
     call = official(images=[small, large])
