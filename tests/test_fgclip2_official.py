@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from fgclip import FGCLIP2Model, FGCLIP2Processor
 from fgclip.processing_fgclip2 import load_image_processor
+from numerics import assert_close_to_reference, tower_terms
 
 DATA = Path(__file__).parent / "data" / "fgclip2_official"
-FEATURE_TOLERANCE = {"atol": 2e-6, "rtol": 1e-5}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,15 @@ def model():
 @pytest.fixture(scope="module")
 def processor():
     return FGCLIP2Processor.from_pretrained(DATA)
+
+
+def image_terms(model, batch) -> int:
+    return tower_terms(model.config.vision_config, batch["pixel_values"].shape[1])
+
+
+def region_terms(model, batch) -> int:
+    """The image tower, then bilinear interpolation (4 terms) at up to one sample per patch, and their mean."""
+    return image_terms(model, batch) + 5 * batch["pixel_values"].shape[1]
 
 
 def images(indices):
@@ -113,11 +122,12 @@ def test_official_checkpoint_loads_every_weight_and_the_temperatures(model, tmp_
 def test_image_features_single_and_mixed(model, processor, expected):
     with torch.no_grad():
         for index in range(5):
-            features = model.get_image_features(**processor(images=images([index])))
-            torch.testing.assert_close(features, expected[f"single{index}.image_embeds"], **FEATURE_TOLERANCE)
+            batch = processor(images=images([index]))
+            assert_close_to_reference(model.get_image_features(**batch), expected[f"single{index}.image_embeds"],
+                                      terms=image_terms(model, batch))
         batch = processor(images=images([0, 1, 2]))
-        torch.testing.assert_close(model.get_image_features(**batch), expected["mixed.image_embeds"],
-                                   **FEATURE_TOLERANCE)
+        assert_close_to_reference(model.get_image_features(**batch), expected["mixed.image_embeds"],
+                                  terms=image_terms(model, batch))
 
 
 def test_dense_features_both_spellings(model, processor, expected):
@@ -126,7 +136,8 @@ def test_dense_features_both_spellings(model, processor, expected):
         ours, official = model.get_dense_features(**batch), model.get_image_dense_feature(**batch)
     torch.testing.assert_close(official, ours, rtol=0, atol=0)
     for row, (h, w) in enumerate(batch["spatial_shapes"].tolist()):  # padding rows are not features
-        torch.testing.assert_close(ours[row, : h * w], expected["mixed.dense"][row, : h * w], **FEATURE_TOLERANCE)
+        assert_close_to_reference(ours[row, : h * w], expected["mixed.dense"][row, : h * w],
+                                  terms=image_terms(model, batch))
 
 
 def test_region_features_from_original_pixels_and_from_processor_boxes(model, processor, expected, meta):
@@ -141,8 +152,8 @@ def test_region_features_from_original_pixels_and_from_processor_boxes(model, pr
         empty = model.get_image_region_features(**batch, image_sizes=sizes, region_infos=[regions[0], [], regions[2]])
     assert [len(r) for r in empty] == [2, 0, 1]
     for index, features in enumerate(official):
-        torch.testing.assert_close(features, expected[f"mixed.regions{index}"], **FEATURE_TOLERANCE)
-    torch.testing.assert_close(mapped, torch.cat(official), atol=1e-5, rtol=1e-4)
+        assert_close_to_reference(features, expected[f"mixed.regions{index}"], terms=region_terms(model, batch))
+    assert_close_to_reference(mapped, torch.cat(official), terms=region_terms(model, batch))
 
 
 @pytest.mark.parametrize("name, kind, walk_type, length, source", [
@@ -158,7 +169,8 @@ def test_text_features_both_spellings(model, processor, expected, meta, name, ki
     with torch.no_grad():
         ours = model.get_text_features(**batch)
         official = model.get_text_features(batch["input_ids"], batch["attention_mask"], walk_type=walk_type)
-    torch.testing.assert_close(ours, expected[f"text.{name}.embeds"], **FEATURE_TOLERANCE)
+    assert_close_to_reference(ours, expected[f"text.{name}.embeds"],
+                              terms=tower_terms(model.config.text_config, batch["input_ids"].shape[1]))
     torch.testing.assert_close(official, ours, rtol=0, atol=0)
 
 
@@ -174,5 +186,7 @@ def test_forward_logits_box_path(model, processor, expected, meta):
     with torch.no_grad():
         logits = model(**batch).logits_per_image
         official = model(**{**batch, "text_kind": "short"}, walk_type="box").logits_per_image
-    torch.testing.assert_close(logits, expected["forward.box.logits_per_image"], atol=1e-5, rtol=1e-5)
+    terms = image_terms(model, batch) + tower_terms(model.config.text_config, batch["input_ids"].shape[1])
+    scale = model.logit_scale.exp().item() + abs(model.logit_bias.item())  # logits: scale x cosine + bias
+    assert_close_to_reference(logits, expected["forward.box.logits_per_image"], terms=terms, scale=scale)
     torch.testing.assert_close(official, logits, rtol=0, atol=0)

@@ -18,6 +18,7 @@ from fgclip import FGCLIP2Processor
 from fgclip.data import FineHARDCollator, FineHARDDataset, FineHARDShardDataset, write_finehard_shards
 from fgclip.errors import ConfigError
 from fgclip.training.config import load_config
+from numerics import assert_close_to_reference
 
 OFFICIAL = Path(__file__).parent / "data" / "fgclip2_official"
 TRAIN = OFFICIAL / "train"
@@ -50,8 +51,9 @@ def assert_official(pixel_values, pixel_attention_mask, spatial_shapes, boxes, o
     assert sha256(pixel_values) == official["pixel_values_sha256"]  # every value, bit for bit
     for image_boxes, grid_boxes in zip(boxes, official["grid_boxes"], strict=True):
         # ours: input pixels; official: normalised box x grid (its `_denormalize_boxes`); the same
-        # number up to float32 rounding (ours passes through original pixels)
-        torch.testing.assert_close(image_boxes / PATCH, torch.tensor(grid_boxes).reshape(-1, 4), rtol=2.4e-7, atol=0)
+        # number up to float32 rounding (ours: original pixels x resize factor; official: a division
+        # and a product)
+        assert_close_to_reference(image_boxes / PATCH, torch.tensor(grid_boxes).reshape(-1, 4), terms=4)
 
 
 @pytest.mark.parametrize("batch", range(len(EXPECTED["batches"])))
