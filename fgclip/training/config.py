@@ -323,12 +323,17 @@ class TrainConfig:
         return {"model": vars(self.model), "data": vars(self.data), "loss": vars(self.loss),
                 "training": self.training}
 
-    def training_arguments(self) -> TrainingArguments:
-        """``TrainingArguments`` of the ``training`` section over :data:`TRAINING_DEFAULTS`; a ``tf32`` or
-        ``bf16`` this machine cannot run raises a :class:`~fgclip.errors.ConfigError` saying what to set."""
+    def check_hardware(self) -> None:
+        """Raise a :class:`~fgclip.errors.ConfigError` saying what to set when this machine cannot run the
+        recipe's ``tf32`` or ``bf16`` (:func:`hardware_problem`)."""
         problem = hardware_problem(self.training)
         if problem:
             raise ConfigError(f"{self.source}: {problem}")
+
+    def training_arguments(self) -> TrainingArguments:
+        """``TrainingArguments`` of the ``training`` section over :data:`TRAINING_DEFAULTS`, once
+        :meth:`check_hardware` passes."""
+        self.check_hardware()
         return TrainingArguments(**{**TRAINING_DEFAULTS, **self.training})
 
 

@@ -25,8 +25,8 @@ What this adds to ``Trainer``:
   log and the final summary; a stage-2 recipe whose data holds no box (or no hard negative)
   for its regional (hard-negative) loss is refused before training;
 * a DeepSpeed recipe started as one plain process (no launcher) runs in a one-rank world
-  (:func:`one_process_world`), and the precision the step really runs in (DeepSpeed's bf16,
-  accelerate's autocast) is logged when training starts;
+  (:func:`one_process_world`); the precision the step really runs in (DeepSpeed's bf16,
+  accelerate's autocast) and activation checkpointing are logged when training starts;
 * the final model is written with ``save_pretrained`` (safetensors) together with its
   processor, ready for ``FGCLIPModel.from_pretrained``, and replaces ``final/`` atomically;
 * every model family of :mod:`fgclip.encoders` trains through the same step
@@ -70,9 +70,10 @@ logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-# What a launcher (torchrun, deepspeed, accelerate launch) gives every rank: the rank variables, and where rank 0 listens.
+# What a launcher (torchrun, deepspeed, accelerate launch) gives every rank: its rank, and where rank 0 listens.
 LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT")
+MPI_WORLD_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")  # mpirun / mpiexec
 
 
 def _checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path, bool]]:
@@ -188,15 +189,15 @@ class CompleteCheckpointCallback(TrainerCallback):
                 _remove_checkpoint(path)
 
 
-class PrecisionLogCallback(TrainerCallback):
-    """Logs :meth:`FGCLIPTrainer.precision` once the model is prepared (DeepSpeed's engine built)."""
+class SetupLogCallback(TrainerCallback):
+    """Logs :meth:`FGCLIPTrainer.setup_summary` once the model is prepared (DeepSpeed's engine built)."""
 
     def __init__(self, trainer: "FGCLIPTrainer"):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            logger.info(self.trainer.precision())
+            logger.info(self.trainer.setup_summary())
 
 
 class LogitScaleClampCallback(TrainerCallback):
@@ -238,22 +239,29 @@ class FGCLIPTrainer(Trainer):
         seeded = [item for item in (self.train_dataset, self.language_sampler) if hasattr(item, "set_epoch")]
         if seeded:
             self.add_callback(DatasetEpochCallback(*seeded))
-        self.add_callback(PrecisionLogCallback(self))
+        self.add_callback(SetupLogCallback(self))
         scalars = [parameter for parameter in self.model.parameters() if parameter.ndim == 0]
         self.scalar_parameters = scalars if self.is_deepspeed_enabled else []
         for parameter in self.scalar_parameters:
             parameter.data = parameter.data.reshape(1)
 
-    def precision(self) -> str:
-        """The precision the step runs in, as the DeepSpeed engine (or accelerate's autocast) holds it, and
-        the dtype of the weights it trains, e.g. ``training precision: DeepSpeed ZeRO-2 bf16, weights bfloat16``."""
-        weights = str(next(self.model_wrapped.parameters()).dtype).removeprefix("torch.")
+    def setup_summary(self) -> str:
+        """The precision the step really runs in (from the DeepSpeed engine, or accelerate's autocast), the
+        dtype of the weights it trains and whether activation checkpointing is on, e.g. ``training precision:
+        DeepSpeed ZeRO-2 bf16, weights bfloat16; activation checkpointing on``."""
+        trained = {str(parameter.dtype).removeprefix("torch.") for parameter in self.model_wrapped.parameters()
+                   if parameter.requires_grad}
+        weights = " / ".join(sorted(trained))
         if self.is_deepspeed_enabled:
             engine = self.model_wrapped
             mode = "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
-            return f"training precision: DeepSpeed ZeRO-{engine.zero_optimization_stage()} {mode}, weights {weights}"
-        mixed = self.accelerator.mixed_precision
-        return f"training precision: {'fp32' if mixed == 'no' else mixed + ' autocast'}, weights {weights}"
+            precision = f"DeepSpeed ZeRO-{engine.zero_optimization_stage()} {mode}"
+        else:
+            mixed = self.accelerator.mixed_precision
+            precision = "fp32" if mixed == "no" else f"{mixed} autocast"
+        checkpointing = any(getattr(module, "gradient_checkpointing", False) is True for module in self.model.modules())
+        return (f"training precision: {precision}, weights {weights}; "
+                f"activation checkpointing {'on' if checkpointing else 'off'}")
 
     def restore_scalar_parameters(self) -> None:
         """Give the parameters held as (1,) tensors for DeepSpeed their 0-dim shape back."""
@@ -457,8 +465,8 @@ def one_process_world(config: TrainConfig) -> Iterator[None]:
     environment. With ``training.deepspeed`` set and none of ``RANK`` / ``LOCAL_RANK`` / ``WORLD_SIZE``
     present, this sets what ``torchrun --standalone --nproc_per_node 1`` would (rank 0 of 1, rendezvous on
     127.0.0.1 at a free port), so accelerate starts a one-process group (gloo on the CPU, nccl on a GPU);
-    at the end the group is closed and the variables are removed. A partial launcher environment, or
-    DeepSpeed missing, raises a :class:`~fgclip.errors.ConfigError`.
+    at the end the group is closed and the variables are removed. A partial launcher environment, several
+    MPI processes without one, or DeepSpeed missing raise a :class:`~fgclip.errors.ConfigError`.
     """
     if not config.training.get("deepspeed"):
         yield
@@ -466,6 +474,10 @@ def one_process_world(config: TrainConfig) -> Iterator[None]:
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(f"{config.source}: training.deepspeed: DeepSpeed is not installed; pip install deepspeed, "
                           "or set training.deepspeed=null")
+    mpi = [name for name in MPI_WORLD_SIZE_VARIABLES if os.environ.get(name, "1") not in ("", "0", "1")]
+    if mpi and not any(name in os.environ for name in LAUNCHER_VARIABLES):
+        raise ConfigError(f"{config.source}: training.deepspeed: started as {os.environ[mpi[0]]} MPI processes "
+                          f"({mpi[0]}) without RANK / LOCAL_RANK / WORLD_SIZE; start with torchrun or deepspeed")
     launched = [name for name in LAUNCHER_VARIABLES if name in os.environ]
     if launched:
         missing = [name for name in LAUNCHER_VARIABLES + RENDEZVOUS_VARIABLES if name not in os.environ]
@@ -502,6 +514,7 @@ def train(config: TrainConfig, resume: bool | str = False, callbacks: list | Non
             (a fresh start if there is none); a path resumes from that checkpoint.
         callbacks: extra ``TrainerCallback`` objects.
     """
+    config.check_hardware()  # before a one-process world is set up for nothing
     with one_process_world(config):
         return _train(config, resume, callbacks)
 
