@@ -14,6 +14,7 @@ from transformers import BatchFeature, CLIPConfig, CLIPModel
 from fgclip import FGCLIP2Model, FGCLIP2Processor, FGCLIPModel, FGCLIPProcessor
 from fgclip.encoders import Encoder, detect_model_type, load_encoder
 from fgclip.testing import tiny_config, tiny_fgclip2_config, tiny_word_tokenizer
+from numerics import assert_close_to_reference, tower_terms
 
 WORDS = "a red car blue bird on the green grass small wooden chair with metal legs".split()
 TEXTS = ["a red car", "a small wooden chair with metal legs"]
@@ -69,11 +70,15 @@ def test_every_feature_method_takes_the_batch(pair):
     torch.testing.assert_close(image, output.image_embeds)
     torch.testing.assert_close(dense, output.dense_features)
     maps = model.dense_maps(output)
-    # a whole-image box pools the mean of the image's patch features (RoIAlign 1x1, aligned)
-    torch.testing.assert_close(regions, torch.stack([m.mean((0, 1)) for m in maps]), atol=1e-5, rtol=1e-4)
-    expected = F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T * model.logit_scale.exp()
-    expected = expected + model.global_logit_parameters().get("logit_bias", 0.0)
-    torch.testing.assert_close(logits, expected)
+    # a whole-image box pools the mean of the image's patch features (RoIAlign 1x1, aligned): bilinear
+    # interpolation (4 terms) at up to one sample per cell, and their mean
+    cells = max(m.shape[0] * m.shape[1] for m in maps)
+    assert_close_to_reference(regions, torch.stack([m.mean((0, 1)) for m in maps]), terms=5 * cells)
+    bias = model.global_logit_parameters().get("logit_bias", torch.tensor(0.0))
+    expected = F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T * model.logit_scale.exp() + bias
+    # the normalisations, the products, the scale and the bias; the bias cancels the products in part
+    scale = model.logit_scale.exp().item() + abs(bias.item())
+    assert_close_to_reference(logits, expected, terms=3 * text.shape[-1] + 2, scale=scale)
     with pytest.raises(TypeError, match="unexpected keyword argument.*pixel_value"):
         model.get_image_features(**batch, pixel_value=batch["pixel_values"])
 
@@ -143,15 +148,17 @@ def test_load_encoder_detects_the_family_and_encodes(name, tmp_path):
         regions = encoder.encode_regions(batch)
         texts = encoder.encode_texts(TEXTS, "long")
     for features in (image, regions, texts):
-        torch.testing.assert_close(features.norm(dim=-1), torch.ones(features.shape[0]))
+        assert_close_to_reference(features.norm(dim=-1), torch.ones(features.shape[0]), terms=2 * features.shape[-1])
     assert len(encoder.dense_maps(batch)) == 2
     if name == "clip":  # the baseline: plain CLIP's own features, long texts on its 77-token path
         ids = encoder.processor(text=TEXTS, text_kind="short", padding="longest")["input_ids"]
         with torch.no_grad():
             expected_text = F.normalize(reference.get_text_features(input_ids=ids).pooler_output, dim=-1)
             expected_image = reference.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
-        torch.testing.assert_close(texts, expected_text)
-        torch.testing.assert_close(image, F.normalize(expected_image, dim=-1))
+        vision = config.vision_config
+        patches = (vision.image_size // vision.patch_size) ** 2
+        assert_close_to_reference(texts, expected_text, terms=tower_terms(config.text_config, ids.shape[1]))
+        assert_close_to_reference(image, F.normalize(expected_image, dim=-1), terms=tower_terms(vision, 1 + patches))
 
 
 def test_no_family_branches_outside_the_models_and_the_loader():
