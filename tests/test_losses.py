@@ -23,8 +23,11 @@ from fgclip.losses import (
     TextualIntraModalContrastiveLoss,
     clamp_logit_scales,
 )
+from numerics import assert_close_to_reference
 
-TOL = 1e-5
+# the normalisations and products of 8-dim rows, a log-sum-exp over up to 4 x 11 texts, a mean over up
+# to 13 rows
+TERMS = 3 * 8 + 4 * 11 + 13
 LOG_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature
 
 
@@ -151,6 +154,13 @@ def random_mask(regions: int, candidates: int, seed: int) -> torch.Tensor:
     return mask
 
 
+def assert_loss(value, expected: float, logit_scale: float = scale_of(LOG_SCALE), dtype=torch.float64,
+                msg: str | None = None) -> None:
+    """Within the rounding bound of the loss's sums, whose terms (logits) reach ``logit_scale``."""
+    assert_close_to_reference(value, expected, terms=TERMS, dtype=dtype, scale=max(abs(expected), logit_scale),
+                              msg=msg)
+
+
 def assert_connected_zero(loss: torch.Tensor, *inputs: torch.Tensor) -> None:
     assert loss.item() == 0.0
     assert loss.grad_fn is not None
@@ -169,9 +179,9 @@ def test_global_contrastive_matches_loop(scale_value):
     expected = info_nce_reference(unit_rows(images), unit_rows(long_texts), scale) + info_nce_reference(
         unit_rows(images), unit_rows(short_texts), scale
     )
-    assert loss.item() == pytest.approx(expected, abs=TOL)
+    assert_loss(loss.item(), expected, logit_scale=scale)
     single = loss_fn(images, long_texts, log_scale(scale_value))
-    assert single.item() == pytest.approx(info_nce_reference(unit_rows(images), unit_rows(long_texts), scale), abs=TOL)
+    assert_loss(single.item(), info_nce_reference(unit_rows(images), unit_rows(long_texts), scale), logit_scale=scale)
 
 
 def test_global_contrastive_scale_above_100_is_not_clamped():
@@ -182,8 +192,8 @@ def test_global_contrastive_scale_above_100_is_not_clamped():
         scale = log_scale(value)
         loss = GlobalContrastiveLoss()(images, texts, scale)
         loss.backward()
-        assert loss.item() == pytest.approx(info_nce_reference(unit_rows(images), unit_rows(texts), math.exp(value)),
-                                            abs=TOL)
+        expected = info_nce_reference(unit_rows(images), unit_rows(texts), math.exp(value))
+        assert_loss(loss.item(), expected, logit_scale=math.exp(value))
         assert abs(scale.grad.item()) > 1e-3
 
 
@@ -199,7 +209,7 @@ def test_sigmoid_global_matches_loop():
     expected = sigmoid_reference(unit_rows(images), unit_rows(long_texts), 10.0, -2.5) + sigmoid_reference(
         unit_rows(images), unit_rows(short_texts), 10.0, -2.5
     )
-    assert loss.item() == pytest.approx(expected, abs=TOL)
+    assert_loss(loss.item(), expected, logit_scale=12.5)
 
 
 # ----------------------------------------------------------------------------- regional losses
@@ -208,9 +218,9 @@ def test_regional_contrastive_matches_loop(num_boxes):
     regions, texts = randn(num_boxes, 8, seed=10), randn(num_boxes, 8, seed=11)
     loss = RegionalContrastiveLoss()(regions, texts, log_scale())
     expected = info_nce_reference(unit_rows(regions), unit_rows(texts), scale_of(LOG_SCALE))
-    assert loss.item() == pytest.approx(expected, abs=TOL)
+    assert_loss(loss.item(), expected)
     if num_boxes == 1:
-        assert loss.item() == pytest.approx(0.0, abs=TOL)  # a single box has no negative
+        assert_loss(loss.item(), 0.0)  # a single box has no negative
 
 
 def test_regional_contrastive_with_no_box_is_connected_zero():
@@ -227,12 +237,12 @@ def test_hard_negative_matches_loop_with_variable_negatives():
     expected = hard_negative_reference(
         unit_rows(regions), unit_rows(candidates), mask.tolist(), scale_of(LOG_SCALE)
     )
-    assert loss.item() == pytest.approx(expected, abs=TOL)
+    assert_loss(loss.item(), expected)
     full = HardNegativeLoss()(regions, candidates, log_scale())
     expected_full = hard_negative_reference(
         unit_rows(regions), unit_rows(candidates), [[True] * 11] * 5, scale_of(LOG_SCALE)
     )
-    assert full.item() == pytest.approx(expected_full, abs=TOL)
+    assert_loss(full.item(), expected_full)
 
 
 def test_hard_negative_padding_never_changes_the_loss():
@@ -244,7 +254,8 @@ def test_hard_negative_padding_never_changes_the_loss():
     zeros = candidates.clone()
     zeros[~mask] = 0.0
     values = [HardNegativeLoss()(regions, c, log_scale(), mask).item() for c in (candidates, garbage, zeros)]
-    assert values[1] == pytest.approx(values[0], abs=TOL) and values[2] == pytest.approx(values[0], abs=TOL)
+    assert_loss(values[1], values[0])
+    assert_loss(values[2], values[0])
     zeros.requires_grad_()
     HardNegativeLoss()(regions, zeros, log_scale(), mask).backward()
     assert torch.isfinite(zeros.grad).all() and torch.count_nonzero(zeros.grad[~mask]) == 0
@@ -254,7 +265,7 @@ def test_hard_negative_one_region_and_no_region():
     regions, candidates = randn(1, 8, seed=18), randn(1, 11, 8, seed=19)
     loss = HardNegativeLoss()(regions, candidates, log_scale())
     expected = hard_negative_reference(unit_rows(regions), unit_rows(candidates), [[True] * 11], scale_of(LOG_SCALE))
-    assert loss.item() == pytest.approx(expected, abs=TOL)
+    assert_loss(loss.item(), expected)
     empty_regions = randn(0, 8, seed=0).requires_grad_()
     empty_candidates = randn(0, 11, 8, seed=0).requires_grad_()
     scale = log_scale()
@@ -276,7 +287,7 @@ def test_region_to_all_texts_matches_loop():
     mask = random_mask(4, 11, seed=22)
     loss = RegionToAllTextsLoss()(regions, candidates, log_scale(), mask)
     expected = region_to_all_reference(unit_rows(regions), unit_rows(candidates), mask.tolist(), scale_of(LOG_SCALE))
-    assert loss.item() == pytest.approx(expected, abs=TOL)
+    assert_loss(loss.item(), expected)
     empty = randn(0, 8, seed=0).requires_grad_()
     assert_connected_zero(RegionToAllTextsLoss()(empty, randn(0, 11, 8, seed=0), log_scale()), empty)
 
@@ -294,7 +305,7 @@ def near_duplicate_texts(count: int, seed: int) -> torch.Tensor:
 def test_tic_matches_loop(count):
     texts = near_duplicate_texts(count, seed=30) if count >= 4 else randn(count, 8, seed=30)
     loss = TextualIntraModalContrastiveLoss()(texts)
-    assert loss.item() == pytest.approx(tic_reference(unit_rows(texts)), abs=TOL)
+    assert_loss(loss.item(), tic_reference(unit_rows(texts)), logit_scale=1.0)
 
 
 def test_tic_zeroes_near_duplicates():
@@ -302,10 +313,10 @@ def test_tic_zeroes_near_duplicates():
     unit = unit_rows(texts)
     assert dot(unit[0], unit[1]) > 0.95 and dot(unit[2], unit[3]) > 0.95
     strict = TextualIntraModalContrastiveLoss(duplicate_threshold=1.01)(texts)
-    assert strict.item() == pytest.approx(tic_reference(unit, threshold=1.01), abs=TOL)
+    assert_loss(strict.item(), tic_reference(unit, threshold=1.01), logit_scale=1.0)
     assert strict.item() > TextualIntraModalContrastiveLoss()(texts).item()  # duplicates raised it
     top3 = TextualIntraModalContrastiveLoss(top_k=3)(texts)
-    assert top3.item() == pytest.approx(tic_reference(unit, top_k=3), abs=TOL)
+    assert_loss(top3.item(), tic_reference(unit, top_k=3), logit_scale=1.0)
 
 
 def test_tic_with_no_text_is_connected_zero():
@@ -323,12 +334,12 @@ def test_rank_loss_matches_loop():
     positives, negatives = rank_scores(unit_rows(regions), unit_rows(candidates), mask.tolist(), 5.0)
     theta = rank_theta_reference(positives, negatives)
     assert 0.0 < theta < 10.0
-    assert loss_fn.theta.item() == pytest.approx(theta, abs=TOL)
-    assert loss.item() == pytest.approx(rank_loss_reference(positives, negatives, theta), abs=TOL)
+    assert_loss(loss_fn.theta.item(), theta, logit_scale=5.0)
+    assert_loss(loss.item(), rank_loss_reference(positives, negatives, theta), logit_scale=5.0)
     unscaled = CrossModalRankLoss()(regions, candidates, mask)
     positives, negatives = rank_scores(unit_rows(regions), unit_rows(candidates), mask.tolist(), 1.0)
     expected = rank_loss_reference(positives, negatives, rank_theta_reference(positives, negatives))
-    assert unscaled.item() == pytest.approx(expected, abs=TOL)
+    assert_loss(unscaled.item(), expected, logit_scale=1.0)
 
 
 def test_rank_loss_theta_is_clamped():
@@ -340,7 +351,7 @@ def test_rank_loss_theta_is_clamped():
     flipped = torch.stack([-regions, regions, regions], dim=1)
     loss = loss_fn(regions, flipped)
     assert loss_fn.theta.item() == 0.0  # -2 clamped to 0
-    assert loss.item() == pytest.approx(2.0, abs=TOL)  # relu(0 + 1 - (-1))
+    assert_loss(loss.item(), 2.0, logit_scale=1.0)  # relu(0 + 1 - (-1))
 
 
 def test_rank_loss_momentum_and_eval_mode():
@@ -354,15 +365,15 @@ def test_rank_loss_momentum_and_eval_mode():
         positives, negatives = rank_scores(unit_rows(regions), unit_rows(candidates), [[True] * 6] * 4, 1.0)
         batch_theta = rank_theta_reference(positives, negatives)
         theta = batch_theta if theta is None else 0.75 * theta + 0.25 * batch_theta
-        assert loss_fn.theta.item() == pytest.approx(theta, abs=TOL)
-        assert loss.item() == pytest.approx(rank_loss_reference(positives, negatives, theta), abs=TOL)
+        assert_loss(loss_fn.theta.item(), theta, logit_scale=1.0)
+        assert_loss(loss.item(), rank_loss_reference(positives, negatives, theta), logit_scale=1.0)
     assert loss_fn.num_updates.item() == 3
     loss_fn.eval()
     regions, candidates = randn(4, 8, seed=80), randn(4, 6, 8, seed=81)
     loss = loss_fn(regions, candidates)
     positives, negatives = rank_scores(unit_rows(regions), unit_rows(candidates), [[True] * 6] * 4, 1.0)
-    assert loss_fn.theta.item() == pytest.approx(theta, abs=TOL)  # unchanged in eval mode
-    assert loss.item() == pytest.approx(rank_loss_reference(positives, negatives, theta), abs=TOL)
+    assert_loss(loss_fn.theta.item(), theta, logit_scale=1.0)  # unchanged in eval mode
+    assert_loss(loss.item(), rank_loss_reference(positives, negatives, theta), logit_scale=1.0)
 
 
 def test_rank_loss_theta_state_dict_round_trip():
@@ -429,12 +440,12 @@ def test_fgclip_loss_combines_terms():
         unit_rows(data["hard_regions"]), unit_rows(data["candidates"]), data["mask"].tolist(), 30.0
     )
     assert set(terms) == {"global_long", "global_short", "global", "regional", "hard_negative"}
-    assert terms["global_long"].item() == pytest.approx(global_long, abs=TOL)
-    assert terms["global_short"].item() == pytest.approx(global_short, abs=TOL)
-    assert terms["regional"].item() == pytest.approx(regional, abs=TOL)
-    assert terms["hard_negative"].item() == pytest.approx(hard, abs=TOL)
+    assert_loss(terms["global_long"].item(), global_long, logit_scale=30.0)
+    assert_loss(terms["global_short"].item(), global_short, logit_scale=30.0)
+    assert_loss(terms["regional"].item(), regional, logit_scale=30.0)
+    assert_loss(terms["hard_negative"].item(), hard, logit_scale=30.0)
     assert all(value.grad_fn is None for value in terms.values())
-    assert total.item() == pytest.approx(global_long + global_short + 0.1 * regional + 0.5 * hard, abs=TOL)
+    assert_loss(total.item(), global_long + global_short + 0.1 * regional + 0.5 * hard, logit_scale=30.0)
 
     weighted, _ = FGCLIPLoss(regional_weight=1.0, hard_negative_weight=2.0)(
         data["images"],
@@ -448,7 +459,7 @@ def test_fgclip_loss_combines_terms():
         hard_candidate_mask=data["mask"],
         logit_scale_hardneg=log_scale(scales["hard"]),
     )
-    assert weighted.item() == pytest.approx(global_long + global_short + regional + 2.0 * hard, abs=TOL)
+    assert_loss(weighted.item(), global_long + global_short + regional + 2.0 * hard, logit_scale=30.0)
 
 
 def test_fgclip_loss_region_scope_picks_the_region_batch():
@@ -466,7 +477,7 @@ def test_fgclip_loss_stage1_and_missing_inputs():
     total, terms = FGCLIPLoss()(data["images"], {"long": data["long"]}, log_scale())
     assert set(terms) == {"global_long", "global"}
     expected = info_nce_reference(unit_rows(data["images"]), unit_rows(data["long"]), scale_of(LOG_SCALE))
-    assert total.item() == pytest.approx(expected, abs=TOL)
+    assert_loss(total.item(), expected)
     with pytest.raises(ValueError, match="regional loss: missing input.*logit_scale_finegraind"):
         FGCLIPLoss()(
             data["images"], {"long": data["long"]}, log_scale(),
@@ -513,10 +524,10 @@ def test_fgclip2_loss_combines_terms():
         "rank_theta": theta,
     }
     for name, value in expected.items():
-        assert terms[name].item() == pytest.approx(value, abs=TOL), name
+        assert_loss(terms[name].item(), value, logit_scale=20.0, msg=name)
     hard_block = 0.6 * region_to_all + 3.0 * hard + 0.4 * rank
-    assert terms["hard_block"].item() == pytest.approx(hard_block, abs=TOL)
-    assert total.item() == pytest.approx(sigmoid + 0.2 * regional + 0.1 * tic + 0.5 * hard_block, abs=TOL)
+    assert_loss(terms["hard_block"].item(), hard_block, logit_scale=20.0)
+    assert_loss(total.item(), sigmoid + 0.2 * regional + 0.1 * tic + 0.5 * hard_block, logit_scale=20.0)
     assert "rank_loss.theta" in FGCLIP2Loss().state_dict()
 
 
@@ -527,7 +538,7 @@ def test_half_precision_inputs_are_computed_in_float32():
     assert loss.dtype == torch.float32
     rounded_images, rounded_texts = images.bfloat16().double(), texts.bfloat16().double()
     expected = info_nce_reference(unit_rows(rounded_images), unit_rows(rounded_texts), scale_of(LOG_SCALE))
-    assert loss.item() == pytest.approx(expected, abs=1e-4)
+    assert_loss(loss, expected, dtype=torch.float32)
 
 
 def test_losses_run_in_float32_inside_autocast():
@@ -542,8 +553,8 @@ def test_losses_run_in_float32_inside_autocast():
         )[1]
     assert loss.dtype == torch.float32
     expected = hard_negative_reference(unit_rows(regions), unit_rows(candidates), [[True] * 11] * 4, 50.0)
-    assert loss.item() == pytest.approx(expected, abs=TOL)
-    assert terms["hard_negative"].item() == pytest.approx(expected, abs=TOL)
+    assert_loss(loss.item(), expected, logit_scale=50.0, dtype=torch.float32)
+    assert_loss(terms["hard_negative"].item(), expected, logit_scale=50.0, dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------- temperatures
