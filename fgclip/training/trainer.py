@@ -474,11 +474,11 @@ def one_process_world(config: TrainConfig) -> Iterator[None]:
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(f"{config.source}: training.deepspeed: DeepSpeed is not installed; pip install deepspeed, "
                           "or set training.deepspeed=null")
+    launched = [name for name in LAUNCHER_VARIABLES if name in os.environ]
     mpi = [name for name in MPI_WORLD_SIZE_VARIABLES if os.environ.get(name, "1") not in ("", "0", "1")]
-    if mpi and not any(name in os.environ for name in LAUNCHER_VARIABLES):
+    if mpi and not launched:
         raise ConfigError(f"{config.source}: training.deepspeed: started as {os.environ[mpi[0]]} MPI processes "
                           f"({mpi[0]}) without RANK / LOCAL_RANK / WORLD_SIZE; start with torchrun or deepspeed")
-    launched = [name for name in LAUNCHER_VARIABLES if name in os.environ]
     if launched:
         missing = [name for name in LAUNCHER_VARIABLES + RENDEZVOUS_VARIABLES if name not in os.environ]
         if missing:
