@@ -39,9 +39,12 @@ from fgclip.losses import (
     RegionToAllTextsLoss,
     SigmoidGlobalLoss,
 )
+from numerics import assert_close_to_reference
 
 WORLD_SIZE = 2
-TOL = 1e-5
+# forward and backward: the normalisations and products of 8-dim rows, a log-sum-exp over up to 6 x 6
+# texts, a mean over up to 6 rows
+TERMS = 2 * (3 * 8 + 6 * 6 + 6)
 DEADLINE_SECONDS = 120.0
 
 
@@ -208,6 +211,13 @@ def rank_results(tmp_path_factory) -> list[dict]:
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
 
+def assert_loss(loss: torch.Tensor, expected: torch.Tensor, scenario: Scenario, msg=None) -> None:
+    """Within the rounding bound of the loss's sums, whose terms (logits) reach the scale plus the bias."""
+    shared = scenario.shared()
+    logits = shared["scale"].exp().item() + abs(shared.get("bias", torch.tensor(0.0)).item())
+    assert_close_to_reference(loss, expected, terms=TERMS, scale=max(abs(expected.item()), logits), msg=msg)
+
+
 def rows_of(scenario: Scenario, rank: int) -> dict[str, torch.Tensor]:
     start = sum(scenario.counts[:rank])
     return {name: value[start : start + scenario.counts[rank]] for name, value in scenario.rows().items()}
@@ -220,18 +230,18 @@ def test_two_ranks_match_joined_batch(rank_results, name):
     per_rank = [results[name] for results in rank_results]
 
     mean_loss = sum(result["loss"] for result in per_rank) / WORLD_SIZE
-    assert mean_loss.item() == pytest.approx(single["loss"].item(), abs=TOL)
+    assert_loss(mean_loss, single["loss"], scenario)
 
     row_names = set(scenario.rows())
     for input_name, full_grad in single["grads"].items():
         if input_name in row_names:
             joined = torch.cat([result["grads"][input_name] for result in per_rank]) / WORLD_SIZE
-            torch.testing.assert_close(joined, full_grad, atol=TOL, rtol=0, msg=f"{name}: grad of {input_name}")
+            assert_close_to_reference(joined, full_grad, terms=TERMS, msg=f"{name}: grad of {input_name}")
         else:
             averaged = sum(result["grads"][input_name] for result in per_rank) / WORLD_SIZE
-            torch.testing.assert_close(averaged, full_grad, atol=TOL, rtol=0, msg=f"{name}: grad of {input_name}")
-    for input_name, grad in single["grads"].items():  # gradients well above the tolerance
-        assert grad.abs().max() > 100 * TOL, f"{name}: gradient of {input_name} too small to test"
+            assert_close_to_reference(averaged, full_grad, terms=TERMS, msg=f"{name}: grad of {input_name}")
+    for input_name, grad in single["grads"].items():
+        assert torch.count_nonzero(grad) > 0, f"{name}: gradient of {input_name} is zero, nothing to compare"
 
 
 @pytest.mark.parametrize("name", [name for name, scenario in SCENARIOS.items() if scenario.per_rank])
@@ -242,10 +252,10 @@ def test_per_rank_terms_match_each_rank_alone(rank_results, name):
     per_rank = [results[name] for results in rank_results]
     for rank, result in enumerate(per_rank):
         alone = run_scenario(scenario, rank)  # no process group in this process
-        assert result["loss"].item() == pytest.approx(alone["loss"].item(), abs=TOL), rank
+        assert_loss(result["loss"], alone["loss"], scenario, msg=f"{name}: rank {rank}")
         for input_name, grad in alone["grads"].items():
-            torch.testing.assert_close(result["grads"][input_name], grad, atol=TOL, rtol=0,
-                                       msg=f"{name}: rank {rank} grad of {input_name}")
+            assert_close_to_reference(result["grads"][input_name], grad, terms=TERMS,
+                                      msg=f"{name}: rank {rank} grad of {input_name}")
     joined = run_scenario(scenario, rank=None)["loss"].item()
     mean_loss = sum(result["loss"].item() for result in per_rank) / WORLD_SIZE
     assert abs(mean_loss - joined) > 1e-2
@@ -255,8 +265,10 @@ def test_rank_loss_theta_is_synchronised(rank_results):
     single = run_scenario(SCENARIOS["rank"], rank=None)
     theta = single["state"]["theta"].item()
     assert 0.0 < theta < 10.0
-    for results in rank_results:
-        assert results["rank"]["state"]["theta"].item() == pytest.approx(theta, abs=1e-12)
+    scores = SCENARIOS["rank"].shared()["scale"].exp().item()  # theta: means of scores up to the scale
+    for results in rank_results:  # the same means, reduced over the ranks in another order
+        assert_close_to_reference(results["rank"]["state"]["theta"], single["state"]["theta"], terms=TERMS,
+                                  scale=max(theta, scores))
     local_thetas = []
     for rank in range(WORLD_SIZE):  # each rank alone would have picked a different threshold
         scenario = SCENARIOS["rank"]
