@@ -116,7 +116,8 @@ def build_llava(
     Args:
         language_model_path: a causal LM directory (e.g. Vicuna-7B-v1.5) with its tokenizer.
         fgclip_path: an FG-CLIP checkpoint directory (ours or the upstream layout).
-        dtype: dtype of every weight of the assembled model.
+        dtype: dtype of every weight of the assembled model; the language model is read from
+            its files directly in it, so the peak host memory is about the weights in ``dtype``.
     Returns:
         ``(model, processor)``; ``model.config.image_token_id`` is the id of ``<image>`` and
         ``model.config.image_seq_length`` the number of patch tokens per image.
@@ -125,10 +126,11 @@ def build_llava(
         locate_config(path)  # a missing directory or unknown hub id, named before anything loads
     if os.path.isdir(fgclip_path):
         check_checkpoint_files(fgclip_path)
-    tower = FGCLIPVisionTower.from_fgclip(fgclip_path)
+    tower = FGCLIPVisionTower.from_fgclip(fgclip_path, dtype=dtype)
     fgclip_processor = FGCLIPProcessor.from_pretrained(fgclip_path)
     tokenizer = load_language_tokenizer(language_model_path)
-    language_model = AutoModelForCausalLM.from_pretrained(language_model_path, dtype=torch.float32)
+    # Loaded straight into ``dtype``: no float32 copy of a 7B model (28 GB) is ever held.
+    language_model = AutoModelForCausalLM.from_pretrained(language_model_path, dtype=dtype)
     language_model.config.pad_token_id = tokenizer.pad_token_id
 
     config = LlavaConfig(
@@ -147,7 +149,7 @@ def build_llava(
     model.model.vision_tower = tower
     model.model.language_model = language_model.get_decoder()
     model.lm_head = language_model.get_output_embeddings()
-    model.model.multi_modal_projector = LlavaMultiModalProjector(config)
+    model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(dtype)
     left_on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if left_on_meta:
         raise RuntimeError(f"LLaVA assembly left weights unset: {left_on_meta[:5]}")
@@ -155,7 +157,6 @@ def build_llava(
     model.generation_config = GenerationConfig.from_model_config(language_model.config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model = model.to(dtype)
 
     image_processor = fgclip_processor.image_processor
     processor = build_processor(

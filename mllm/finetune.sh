@@ -9,8 +9,9 @@
 #   PRETRAINED=checkpoints/llava-fgclip-pretrain DATA=llava_v1_5_mix665k.json IMAGES=data \
 #   OUTPUT=checkpoints/llava-fgclip NPROC=8 bash mllm/finetune.sh
 #
-# CPU smoke run (one process, no DeepSpeed): set NPROC=1 DEEPSPEED= BF16=false PER_DEVICE_BATCH=2
-# GLOBAL_BATCH=2 and append overrides such as --max_steps 2; extra arguments go to mllm/train.py.
+# CPU form (no GPU: mllm/train.py trains on the CPU, with the same bf16 and DeepSpeed stage):
+#   NPROC=1 PER_DEVICE_BATCH=2 GLOBAL_BATCH=2 ... bash mllm/finetune.sh --max_steps 2
+# Extra arguments go to mllm/train.py.
 set -euo pipefail
 
 : "${PRETRAINED:?set PRETRAINED to the stage-1 output directory}"
@@ -78,7 +79,7 @@ fi
     --warmup_steps 0.03 \
     --lr_scheduler_type cosine \
     --model_max_length 2048 \
-    --gradient_checkpointing true \
+    --activation_checkpointing true \
     --dataloader_num_workers 4 \
     --save_strategy steps \
     --save_steps 50000 \

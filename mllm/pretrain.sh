@@ -7,8 +7,9 @@
 #   DATA=LLaVA-Pretrain/blip_laion_cc_sbu_558k.json IMAGES=LLaVA-Pretrain/images \
 #   OUTPUT=checkpoints/llava-fgclip-pretrain NPROC=8 bash mllm/pretrain.sh
 #
-# CPU smoke run (one process, no DeepSpeed): set NPROC=1 DEEPSPEED= BF16=false PER_DEVICE_BATCH=2
-# GLOBAL_BATCH=2 and append overrides such as --max_steps 2; extra arguments go to mllm/train.py.
+# CPU form (no GPU: mllm/train.py trains on the CPU, with the same bf16 and DeepSpeed stage):
+#   NPROC=1 PER_DEVICE_BATCH=2 GLOBAL_BATCH=2 ... bash mllm/pretrain.sh --max_steps 2
+# Extra arguments go to mllm/train.py.
 set -euo pipefail
 
 : "${LANGUAGE_MODEL:?set LANGUAGE_MODEL to the causal LM (e.g. vicuna-7b-v1.5)}"
@@ -64,7 +65,7 @@ fi
     --warmup_steps 0.03 \
     --lr_scheduler_type cosine \
     --model_max_length 2048 \
-    --gradient_checkpointing true \
+    --activation_checkpointing true \
     --dataloader_num_workers 4 \
     --save_strategy steps \
     --save_steps 24000 \

@@ -9,12 +9,13 @@ projector trains fully, with its own ``--projector_lr``). The tower is always fr
         --stage pretrain --language_model lmsys/vicuna-7b-v1.5 --vision_tower FG_CLIP_DIR \\
         --data_path blip_laion_cc_sbu_558k.json --image_folder IMAGES --conversation_format plain ...
 
-Started as plain ``python`` (no launcher) a ``--deepspeed`` config is dropped with a warning
-and the run uses the plain Trainer on one process: DeepSpeed needs a launcher (``torchrun``).
+Started as plain ``python`` (no launcher) with ``--deepspeed``, the run trains with DeepSpeed in a
+one-process world (:func:`fgclip.launch.one_process_world`). Without a GPU it trains on the CPU.
 See ``mllm/pretrain.sh`` and ``mllm/finetune.sh`` for the published settings.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -22,19 +23,19 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.models.llava.modeling_llava import LlavaModel
 from transformers.utils import logging
 
 from fgclip.errors import ConfigError, DataError, run_command
+from fgclip.launch import one_process_world
 
 from .builder import build_llava, load_llava
 from .data import ConversationCollator, ConversationDataset, ModalityLengthGroupedSampler
 
 PROJECTOR = "multi_modal_projector"
 STAGES = ("pretrain", "finetune")
-LAUNCHER_VARIABLES = ("LOCAL_RANK", "WORLD_SIZE")
 
 logger = logging.get_logger(__name__)
 
@@ -89,13 +90,13 @@ class LlavaTrainingArguments(TrainingArguments):
             raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
         if self.lora and self.stage != "finetune":
             raise ConfigError("--lora applies to --stage finetune only")
-        if self.deepspeed and not any(name in os.environ for name in LAUNCHER_VARIABLES):
-            logger.warning(
-                "no distributed launcher detected: running without DeepSpeed on one process "
-                "(start with torchrun to use the DeepSpeed config)"
-            )
-            self.deepspeed = None
-        super().__post_init__()
+        if not self.use_cpu and not torch.accelerator.is_available():
+            logger.warning("no GPU found: training on the CPU (--use_cpu true)")
+            self.use_cpu = True
+        try:
+            super().__post_init__()
+        except ValueError as error:
+            raise ConfigError(f"training arguments: {error}") from None
 
 
 def find_llava(model: nn.Module) -> LlavaModel:
@@ -128,7 +129,13 @@ def language_model_lora_targets(model: nn.Module) -> str:
 
 
 def add_lora(model: nn.Module, args: LlavaTrainingArguments) -> nn.Module:
-    """peft LoRA on the LM's linear layers; the projector trains fully as a saved module."""
+    """peft LoRA on the LM's linear layers; the projector trains fully as a saved module.
+
+    Under DeepSpeed the adapters take the model's dtype, as LLaVA casts its LoRA model to bf16:
+    DeepSpeed keeps float32 master weights itself, and ZeRO-3 flattens each parameter group into
+    one buffer of one dtype. Without DeepSpeed they stay float32 (peft's default) next to the
+    bf16 base weights, so the optimizer updates float32 values.
+    """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -139,7 +146,32 @@ def add_lora(model: nn.Module, args: LlavaTrainingArguments) -> nn.Module:
         modules_to_save=[PROJECTOR],
         bias="none",
     )
-    return get_peft_model(model, config)
+    return get_peft_model(model, config, autocast_adapter_dtype=not args.deepspeed)
+
+
+def parameter_count(parameter: nn.Parameter) -> int:
+    """Elements of a parameter, also when ZeRO-3 has partitioned it away (``ds_numel``)."""
+    return getattr(parameter, "ds_numel", parameter.numel())
+
+
+class RunSettingsCallback(TrainerCallback):
+    """Prints, once, the settings the run really trains with: precision of the weights, DeepSpeed's
+    ZeRO stage (or none), the number of processes, and trainable against all parameters."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        parameters = list(model.parameters())
+        trainable = sum(parameter_count(p) for p in parameters if p.requires_grad)
+        total = sum(parameter_count(p) for p in parameters)
+        dtypes = ", ".join(sorted({str(p.dtype).removeprefix("torch.") for p in parameters}))
+        zero = args.hf_deepspeed_config.config["zero_optimization"]["stage"] if args.deepspeed else None
+        engine = f"DeepSpeed ZeRO-{zero}" if zero is not None else "no DeepSpeed"
+        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+        lora = f", LoRA r={args.lora_r}" if args.lora else ""
+        print(f"[mllm.train] stage {args.stage}{lora}: {precision} mixed precision, weights in {dtypes}, "
+              f"{engine}, {args.world_size} process(es), {trainable:,} of {total:,} parameters trainable",
+              flush=True)
 
 
 class LlavaTrainer(Trainer):
@@ -201,8 +233,17 @@ class LlavaTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+def weights_dtype(args: LlavaTrainingArguments) -> torch.dtype:
+    """The dtype the weights are loaded in: bf16 / fp16 runs load them so, with or without DeepSpeed,
+    as LLaVA's train.py does (a 7B language model is then 13.5 GB, not 27 GB in float32)."""
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+
+
 def load_model(model_args: ModelArguments, args: LlavaTrainingArguments):
-    dtype = torch.bfloat16 if args.bf16 and args.deepspeed else torch.float32
+    """The model to train, in :func:`weights_dtype`. Under ZeRO-3 ``from_pretrained`` builds it inside
+    ``deepspeed.zero.Init`` (the ``TrainingArguments`` hold the DeepSpeed config), so each rank keeps
+    only its partition and no rank materialises the whole model."""
+    dtype = weights_dtype(args)
     if model_args.model_name_or_path:
         if model_args.language_model or model_args.vision_tower:
             raise ConfigError("give either --model_name_or_path or --language_model with --vision_tower, not both")
@@ -220,6 +261,14 @@ def load_model(model_args: ModelArguments, args: LlavaTrainingArguments):
 
 
 def main(argv: list[str] | None = None) -> Trainer:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    deepspeed = argparse.ArgumentParser(add_help=False)
+    deepspeed.add_argument("--deepspeed")
+    with one_process_world(deepspeed.parse_known_args(argv)[0].deepspeed and "--deepspeed"):
+        return train(argv)
+
+
+def train(argv: list[str]) -> Trainer:
     parser = HfArgumentParser((ModelArguments, DataArguments, LlavaTrainingArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     if not os.path.isfile(data_args.data_path):  # before a language model loads
@@ -230,7 +279,7 @@ def main(argv: list[str] | None = None) -> Trainer:
     set_trainable(model, args.stage)
     if args.lora:
         model = add_lora(model, args)
-    if args.gradient_checkpointing:
+    if args.activation_checkpointing:
         model.enable_input_require_grads()
 
     dataset = ConversationDataset(
@@ -252,6 +301,7 @@ def main(argv: list[str] | None = None) -> Trainer:
         train_dataset=dataset,
         data_collator=ConversationCollator(processor.tokenizer.pad_token_id),
         processing_class=processor,
+        callbacks=[RunSettingsCallback()],
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.log({"records_without_targets": dataset.count_without_targets})  # kept as LLaVA keeps them

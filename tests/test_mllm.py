@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from transformers import LlamaConfig, LlamaForCausalLM
+from safetensors.torch import load_file
 
 from fgclip import FGCLIPModel
 from mllm import FGCLIPVisionTower, build_llava, load_llava, prepare_tokenizer, save_llava
@@ -336,12 +338,21 @@ def test_text_only_batch_still_runs_the_vision_path(pretrained, sources, tmp_pat
     assert model.lm_head.weight.grad.any()
 
 
-def test_deepspeed_config_is_dropped_without_a_launcher(monkeypatch, tmp_path):
-    for name in ("LOCAL_RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
-    args = LlavaTrainingArguments(output_dir=str(tmp_path), deepspeed=str(MLLM_DIR / "configs" / "zero2.json"),
-                                  use_cpu=True, report_to="none")
-    assert args.deepspeed is None
+def test_plain_python_with_deepspeed_trains_in_a_one_process_world(sources, tmp_path):
+    """``python -m mllm.train --deepspeed ...`` without a launcher: DeepSpeed in a world of one process."""
+    command = [sys.executable, "-m", "mllm.train", "--deepspeed", str(MLLM_DIR / "configs" / "zero2.json"),
+               "--bf16", "true", "--stage", "pretrain", "--language_model", str(sources["lm"]),
+               "--vision_tower", str(sources["fgclip"]), "--data_path", str(sources["pretrain"]),
+               "--image_folder", str(sources["images"]), "--conversation_format", "plain",
+               *common_train_args(tmp_path, steps=1)]
+    environment = {name: value for name, value in os.environ.items() if name not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    result = subprocess.run(command, env={**environment, "OMP_NUM_THREADS": "1"}, cwd=MLLM_DIR.parent,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert SETTINGS_LINE.format(stage="pretrain", lora="", zero=2) in result.stdout
+
+
+def test_lora_is_refused_outside_finetuning(tmp_path):
     with pytest.raises(ValueError, match="--lora applies to --stage finetune only"):
         LlavaTrainingArguments(output_dir=str(tmp_path), stage="pretrain", lora=True, report_to="none")
 
@@ -389,25 +400,170 @@ def test_batched_greedy_generation_matches_a_token_by_token_argmax(pretrained, s
     assert answers[0]["text"] != answers[2]["text"]  # same question, different image
 
 
-# ---------------------------------------------------------------- shell scripts
-def run_script(name, arguments, env):
-    result = subprocess.run(["bash", str(MLLM_DIR / name), *arguments], env=env, capture_output=True, text=True)
+# ---------------------------------------------------------------- shipped settings
+SETTINGS_LINE = "[mllm.train] stage {stage}{lora}: bf16 mixed precision, weights in bfloat16, DeepSpeed ZeRO-{zero}, 1 process(es)"
+SCRIPT_OVERRIDES = ["--max_steps", "2", "--dataloader_num_workers", "0", "--save_strategy", "no", "--disable_tqdm", "true"]
+
+
+def run_script(name, env):
+    """``mllm/<name>`` with its own precision and DeepSpeed stage: only the process count, the batch
+    and the number of steps are set for one CPU process (a machine without a GPU trains on the CPU)."""
+    env = {**os.environ, "PYTHON": sys.executable, "NPROC": "1", "PER_DEVICE_BATCH": "2", "GLOBAL_BATCH": "2",
+           "OMP_NUM_THREADS": "1", **env}
+    for name_set_here in ("DEEPSPEED", "BF16"):
+        env.pop(name_set_here, None)  # the script's defaults
+    result = subprocess.run(["bash", str(MLLM_DIR / name), *SCRIPT_OVERRIDES], env=env, capture_output=True,
+                            text=True)
     assert result.returncode == 0, f"{name} failed:\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+def saved_weights(directory):
+    return load_file(Path(directory) / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def script_pretrained(sources, tmp_path_factory):
+    output = tmp_path_factory.mktemp("script_stage1")
+    stdout = run_script("pretrain.sh", {"LANGUAGE_MODEL": str(sources["lm"]), "FGCLIP": str(sources["fgclip"]),
+                                        "DATA": str(sources["pretrain"]), "IMAGES": str(sources["images"]),
+                                        "OUTPUT": str(output)})
+    return output, stdout
 
 
 @pytest.mark.slow
-def test_pretrain_and_lora_finetune_scripts_run_on_one_cpu_process(sources, tmp_path):
-    """Both scripts under torchrun with one process and no DeepSpeed, paths from variables."""
-    env = {**os.environ, "PYTHON": sys.executable, "NPROC": "1", "DEEPSPEED": "", "BF16": "false",
-           "PER_DEVICE_BATCH": "2", "GLOBAL_BATCH": "2", "OMP_NUM_THREADS": "1", "IMAGES": str(sources["images"])}
-    overrides = ["--max_steps", "1", "--dataloader_num_workers", "0", "--save_strategy", "no", "--disable_tqdm", "true"]
-    pretrain_env = {**env, "LANGUAGE_MODEL": str(sources["lm"]), "FGCLIP": str(sources["fgclip"]),
-                    "DATA": str(sources["pretrain"]), "OUTPUT": str(tmp_path / "stage1")}
-    run_script("pretrain.sh", overrides, pretrain_env)
-    finetune_env = {**env, "LORA": "1", "LORA_R": "4", "LORA_ALPHA": "8", "PRETRAINED": str(tmp_path / "stage1"),
-                    "DATA": str(sources["finetune"]), "OUTPUT": str(tmp_path / "stage2")}
-    run_script("finetune.sh", overrides, finetune_env)
-    adapter = json.loads((tmp_path / "stage2" / "adapter_config.json").read_text())
+def test_pretrain_script_trains_the_projector_in_bf16_under_zero2(script_pretrained, sources):
+    output, stdout = script_pretrained
+    assert SETTINGS_LINE.format(stage="pretrain", lora="", zero=2) in stdout
+    assert json.loads((output / "trainer_state.json").read_text())["global_step"] == 2
+    built, _ = build_llava(sources["lm"], sources["fgclip"], dtype=torch.bfloat16)
+    expected = {name: tensor for name, tensor in built.state_dict().items()}
+    assert {tensor.dtype for tensor in saved_weights(output).values()} == {torch.bfloat16}
+    trained, _ = load_llava(output, dtype=torch.bfloat16)
+    for name, tensor in trained.state_dict().items():
+        if "multi_modal_projector" in name:
+            continue
+        if name in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+            tensor, expected[name] = tensor[:-1], expected[name][:-1]  # the <image> row starts at random
+        assert torch.equal(tensor, expected[name]), name  # tower and language model as built, in bf16
+
+
+@pytest.mark.slow
+def test_full_finetune_script_trains_the_language_model_in_bf16_under_zero3(script_pretrained, sources, tmp_path):
+    stage1, _ = script_pretrained
+    stdout = run_script("finetune.sh", {"PRETRAINED": str(stage1), "DATA": str(sources["finetune"]),
+                                        "IMAGES": str(sources["images"]), "OUTPUT": str(tmp_path)})
+    assert SETTINGS_LINE.format(stage="finetune", lora="", zero=3) in stdout
+    assert {tensor.dtype for tensor in saved_weights(tmp_path).values()} == {torch.bfloat16}
+    before, after = state(load_llava(stage1)[0]), state(load_llava(tmp_path)[0])
+    changed = {name.split(".")[1] for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {"language_model", "multi_modal_projector", "weight"}  # "weight": lm_head.weight
+    assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])  # gathered from ZeRO-3's partitions
+
+
+@pytest.mark.slow
+def test_lora_finetune_script_with_its_defaults_trains_bf16_adapters_under_zero3(script_pretrained, sources,
+                                                                                 tmp_path):
+    """LoRA + ZeRO-3 + bf16: the adapters take the model's dtype (ZeRO-3 flattens one dtype per group)."""
+    stage1, _ = script_pretrained
+    stdout = run_script("finetune.sh", {"LORA": "1", "LORA_R": "4", "LORA_ALPHA": "8", "PRETRAINED": str(stage1),
+                                        "DATA": str(sources["finetune"]), "IMAGES": str(sources["images"]),
+                                        "OUTPUT": str(tmp_path)})
+    assert SETTINGS_LINE.format(stage="finetune", lora=", LoRA r=4", zero=3) in stdout
+    adapter = json.loads((tmp_path / "adapter_config.json").read_text())
     assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"]) == (4, 8, 0.05)
     assert adapter["modules_to_save"] == ["multi_modal_projector"]
-    assert json.loads((tmp_path / "stage1" / "trainer_state.json").read_text())["global_step"] == 1
+    weights = load_file(tmp_path / "adapter_model.safetensors")
+    assert {tensor.dtype for tensor in weights.values()} == {torch.bfloat16}
+    assert any(name.endswith("lora_B.weight") and tensor.any() for name, tensor in weights.items())
+
+
+def test_bf16_without_deepspeed_trains_bf16_weights_with_float32_adapters(pretrained, sources, tmp_path, capsys):
+    argv = ["--stage", "finetune", "--lora", "true", "--lora_r", "4", "--lora_alpha", "8",
+            "--model_name_or_path", str(pretrained[0]), "--data_path", str(sources["finetune"]),
+            "--image_folder", str(sources["images"]), "--bf16", "true", *common_train_args(tmp_path, steps=1)]
+    trainer = train_main(argv)
+    assert "bf16 mixed precision, weights in bfloat16, float32, no DeepSpeed" in capsys.readouterr().out
+    dtypes = {("lora_" in name, tensor.dtype) for name, tensor in trainer.model.named_parameters()}
+    assert dtypes == {(False, torch.bfloat16), (True, torch.float32)}
+
+
+ZERO3_LOAD = """
+import json, sys
+from fgclip.launch import one_process_world
+from mllm.train import LlavaTrainingArguments, ModelArguments, load_model
+with one_process_world("--deepspeed"):
+    args = LlavaTrainingArguments(output_dir=sys.argv[2], deepspeed=sys.argv[3], bf16=True, report_to="none")
+    model, _ = load_model(ModelArguments(model_name_or_path=sys.argv[1]), args)
+parameters = list(model.parameters())
+print(json.dumps({"parameters": len(parameters), "partitioned": sum(hasattr(p, "ds_id") for p in parameters),
+                  "held": sum(p.numel() for p in parameters), "elements": sum(p.ds_numel for p in parameters)}))
+"""
+
+
+def test_zero3_loads_the_model_partitioned(pretrained, tmp_path):
+    """Under ZeRO-3 ``from_pretrained`` runs inside ``deepspeed.zero.Init``: every parameter is a partition
+    handle whose full tensor is never held (``numel() == 0``), with the checkpoint's element count."""
+    result = subprocess.run([sys.executable, "-c", ZERO3_LOAD, str(pretrained[0]), str(tmp_path),
+                             str(MLLM_DIR / "configs" / "zero3.json")], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = saved_weights(pretrained[0])
+    assert counts["parameters"] == counts["partitioned"] == len(expected)
+    assert counts["held"] == 0
+    assert counts["elements"] == sum(tensor.numel() for tensor in expected.values())
+
+
+BUILDER_MEMORY = """
+import json, sys, threading, torch
+from mllm import build_llava
+
+def anonymous_bytes():
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) * 1024 for line in lines if line.startswith("RssAnon:"))
+
+language_model, tiny_language_model, tower = sys.argv[1:4]
+build_llava(tiny_language_model, tower, dtype=torch.bfloat16)  # imports and lazily loaded modules first
+before = peak = anonymous_bytes()
+done = threading.Event()
+
+def sample():
+    global peak
+    while not done.wait(0.002):
+        peak = max(peak, anonymous_bytes())
+
+sampler = threading.Thread(target=sample)
+sampler.start()
+model, _ = build_llava(language_model, tower, dtype=torch.bfloat16)
+touched = sum(float(p.float().sum()) for p in model.parameters())  # every weight resident, as in training
+done.set()
+sampler.join()
+print(json.dumps({"before": before, "peak": max(peak, anonymous_bytes()),
+                  "weights": sum(p.numel() * p.element_size() for p in model.parameters())}))
+"""
+
+
+def test_builder_holds_no_float32_copy_of_the_language_model(sources, tmp_path):
+    """The builder's peak memory stays within 1.3x the bf16 weights; a float32 load and cast would need 3x.
+    A 200M-parameter Llama saved in float16 as Vicuna is, so that its size dominates the measurement.
+    Anonymous memory is sampled: the checkpoint's memory-mapped pages are page cache, not a copy."""
+    tokenizer = tiny_llama_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer) + 1, hidden_size=1024, intermediate_size=2816,
+                         num_hidden_layers=16, num_attention_heads=8, num_key_value_heads=8,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    with torch.device("meta"):
+        language_model = LlamaForCausalLM(config)
+    language_model.to_empty(device="cpu").requires_grad_(False)
+    for parameter in language_model.parameters():
+        parameter.normal_(std=0.02)
+    language_model.half().save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    del language_model
+    result = subprocess.run([sys.executable, "-c", BUILDER_MEMORY, str(tmp_path / "lm"), str(sources["lm"]),
+                             str(sources["fgclip"])], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    memory = json.loads(result.stdout.strip().splitlines()[-1])
+    assert memory["weights"] > 350e6
+    assert memory["peak"] - memory["before"] <= 1.3 * memory["weights"]

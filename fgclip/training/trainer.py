@@ -38,17 +38,13 @@ What this adds to ``Trainer``:
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import logging
 import os
 import re
 import shutil
-import socket
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +57,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..data import FineHARDCollator, FineHARDDataset, FineHARDShardDataset, LanguageGroupedBatchSampler
 from ..encoders import FAMILIES, check_checkpoint_files, check_safetensors, locate_config, processor_for
 from ..errors import CheckpointError, ConfigError, DataError
+from ..launch import one_process_world
 from ..losses import clamp_logit_scales, copy_logit_scale_to_region_scales
 from ..rerank import CrossEncoderReranker, CrossEncoderRerankerConfig, RerankerForTraining
 from .config import TrainConfig
@@ -71,9 +68,6 @@ logger = logging.getLogger(__name__)
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 # What a launcher (torchrun, deepspeed, accelerate launch) gives every rank: its rank, and where rank 0 listens.
-LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT")
-MPI_WORLD_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")  # mpirun / mpiexec
 
 
 def _checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path, bool]]:
@@ -451,60 +445,6 @@ def final_parts(step, model, processor) -> list[tuple[str, object, object]]:
     return [("", step.reranker, None)] + ([("dual_encoder", model, processor)] if step.pre_ranking else [])
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def one_process_world(config: TrainConfig) -> Iterator[None]:
-    """Around a run: a DeepSpeed recipe started without a launcher gets the environment of a one-rank launch.
-
-    DeepSpeed (through accelerate) needs a process group, which accelerate starts only from a launcher's
-    environment. With ``training.deepspeed`` set and none of ``RANK`` / ``LOCAL_RANK`` / ``WORLD_SIZE``
-    present, this sets what ``torchrun --standalone --nproc_per_node 1`` would (rank 0 of 1, rendezvous on
-    127.0.0.1 at a free port), so accelerate starts a one-process group (gloo on the CPU, nccl on a GPU);
-    at the end the group is closed and the variables are removed. A partial launcher environment, several
-    MPI processes without one, or DeepSpeed missing raise a :class:`~fgclip.errors.ConfigError`.
-    """
-    if not config.training.get("deepspeed"):
-        yield
-        return
-    if importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(f"{config.source}: training.deepspeed: DeepSpeed is not installed; pip install deepspeed, "
-                          "or set training.deepspeed=null")
-    launched = [name for name in LAUNCHER_VARIABLES if name in os.environ]
-    mpi = [name for name in MPI_WORLD_SIZE_VARIABLES if os.environ.get(name, "1") not in ("", "0", "1")]
-    if mpi and not launched:
-        raise ConfigError(f"{config.source}: training.deepspeed: started as {os.environ[mpi[0]]} MPI processes "
-                          f"({mpi[0]}) without RANK / LOCAL_RANK / WORLD_SIZE; start with torchrun or deepspeed")
-    if launched:
-        missing = [name for name in LAUNCHER_VARIABLES + RENDEZVOUS_VARIABLES if name not in os.environ]
-        if missing:
-            raise ConfigError(f"{config.source}: training.deepspeed: {', '.join(launched)} set in the environment but "
-                              f"not {', '.join(missing)}; start with torchrun (or deepspeed), or unset "
-                              f"{' '.join(launched)} to train in one process")
-        yield
-        return
-    world = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-             "MASTER_PORT": str(_free_port())}
-    previous = {name: os.environ.get(name) for name in world}
-    os.environ.update(world)
-    logger.info("DeepSpeed without a launcher: one process, RANK=0 WORLD_SIZE=1 on 127.0.0.1:%s "
-                "(torchrun --nproc_per_node N for N)", world["MASTER_PORT"])
-    try:
-        yield
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def train(config: TrainConfig, resume: bool | str = False, callbacks: list | None = None) -> TrainResult:
     """Run one training stage described by ``config`` (a DeepSpeed recipe without a launcher in a
     one-process world: :func:`one_process_world`).
@@ -515,7 +455,7 @@ def train(config: TrainConfig, resume: bool | str = False, callbacks: list | Non
         callbacks: extra ``TrainerCallback`` objects.
     """
     config.check_hardware()  # before a one-process world is set up for nothing
-    with one_process_world(config):
+    with one_process_world(config.training.get("deepspeed") and f"{config.source}: training.deepspeed"):
         return _train(config, resume, callbacks)
 
 
