@@ -16,6 +16,8 @@ from fgclip.encoders import Encoder, detect_model_type, load_encoder
 from fgclip.testing import tiny_config, tiny_fgclip2_config, tiny_word_tokenizer
 from numerics import assert_close_to_reference, tower_terms
 
+pytestmark = pytest.mark.numerics
+
 WORDS = "a red car blue bird on the green grass small wooden chair with metal legs".split()
 TEXTS = ["a red car", "a small wooden chair with metal legs"]
 

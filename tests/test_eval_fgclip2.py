@@ -15,6 +15,8 @@ from fgclip.eval.retrieval import evaluate_retrieval, load_tsv
 from fgclip.testing import tiny_fgclip2_config, tiny_word_tokenizer
 from numerics import assert_close_to_reference, tower_terms
 
+pytestmark = pytest.mark.numerics
+
 CAPTIONS = {  # image file: (size, Chinese captions, space-separated for the word-level test tokenizer)
     "a.png": ((40, 24), ["一只 红色 的 汽车", "红色 汽车 在 路上"]),
     "b.png": ((16, 16), ["一只 蓝色 的 鸟"]),

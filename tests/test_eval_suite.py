@@ -295,6 +295,7 @@ def test_shared_fgovd_excerpt_matches_one_box_per_forward(checkpoints, tmp_path)
 
 
 # ---------------------------------------------------------------------------------- invariance
+@pytest.mark.numerics
 def test_results_do_not_depend_on_batch_size(checkpoints, data_root, reference_report, tmp_path):
     report = run_evaluation(loaded_models(checkpoints), run_config(data_root, tmp_path, 1))
     assert set(report["results"]["fgclip"]) == {

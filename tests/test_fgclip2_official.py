@@ -14,6 +14,8 @@ from fgclip import FGCLIP2Model, FGCLIP2Processor
 from fgclip.processing_fgclip2 import load_image_processor
 from numerics import assert_close_to_reference, tower_terms
 
+pytestmark = pytest.mark.numerics
+
 DATA = Path(__file__).parent / "data" / "fgclip2_official"
 
 

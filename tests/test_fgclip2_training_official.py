@@ -20,6 +20,8 @@ from fgclip.errors import ConfigError
 from fgclip.training.config import load_config
 from numerics import assert_close_to_reference
 
+pytestmark = pytest.mark.numerics
+
 OFFICIAL = Path(__file__).parent / "data" / "fgclip2_official"
 TRAIN = OFFICIAL / "train"
 EXPECTED = json.loads((TRAIN / "expected.json").read_text())

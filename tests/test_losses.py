@@ -25,6 +25,8 @@ from fgclip.losses import (
 )
 from numerics import assert_close_to_reference
 
+pytestmark = pytest.mark.numerics
+
 # the normalisations and products of 8-dim rows, a log-sum-exp over up to 4 x 11 texts, a mean over up
 # to 13 rows
 TERMS = 3 * 8 + 4 * 11 + 13

@@ -41,6 +41,8 @@ from fgclip.losses import (
 )
 from numerics import assert_close_to_reference
 
+pytestmark = pytest.mark.numerics
+
 WORLD_SIZE = 2
 # forward and backward: the normalisations and products of 8-dim rows, a log-sum-exp over up to 6 x 6
 # texts, a mean over up to 6 rows

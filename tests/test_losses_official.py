@@ -35,6 +35,8 @@ from fgclip.losses import FGCLIPLoss, copy_logit_scale_to_region_scales
 from fgclip.training import load_config
 from numerics import assert_close_to_reference, tower_terms
 
+pytestmark = pytest.mark.numerics
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "fgclip_v1_official"
 RECIPES = REPO / "configs"

@@ -13,6 +13,8 @@ from fgclip import FGCLIPConfig, FGCLIPModel, FGCLIPProcessor, interpolate_long_
 from fgclip.testing import tiny_config
 from numerics import assert_close_to_reference, tower_terms
 
+pytestmark = pytest.mark.numerics
+
 KEEP = 20
 MIX_TERMS = 4  # a row of the long table: two products and a sum (or a difference, a product and a sum)
 

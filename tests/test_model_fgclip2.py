@@ -14,6 +14,8 @@ from fgclip import FGCLIP2Config, FGCLIP2Model, FGCLIP2Processor
 from fgclip.testing import tiny_fgclip2_config, tiny_word_tokenizer
 from numerics import assert_close_to_reference, tower_terms
 
+pytestmark = pytest.mark.numerics
+
 KEEP, SHORT, LONG = 20, 64, 196
 MIX_TERMS = 4  # a row of the long table: two products and a sum (or a difference, a product and a sum)
 WORDS = "a red car blue bird on the green grass small wooden chair with metal legs 一只 红色 的 汽车".split()

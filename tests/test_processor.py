@@ -11,6 +11,8 @@ from fgclip import FGCLIPProcessor
 from fgclip.errors import ImageError
 from numerics import assert_close_to_reference
 
+pytestmark = pytest.mark.numerics
+
 TEXTS = [
     "a photo of a cat",
     "A Black plastic telephone with red buttons, and a dark-grey bezel!",

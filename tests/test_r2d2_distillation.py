@@ -26,6 +26,8 @@ from fgclip.testing import tiny_config
 from fgclip.training import load_config
 from numerics import assert_close_to_reference, tower_terms
 
+pytestmark = pytest.mark.numerics
+
 REPO = Path(__file__).resolve().parents[1]
 
 

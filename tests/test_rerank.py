@@ -35,6 +35,8 @@ from fgclip.testing import tiny_config, tiny_fgclip2_config, tiny_word_tokenizer
 from fgclip.training import load_config, train
 from numerics import assert_close_to_reference, tower_terms
 
+pytestmark = pytest.mark.numerics
+
 REPO = Path(__file__).resolve().parents[1]
 
 

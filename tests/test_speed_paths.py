@@ -20,6 +20,8 @@ from fgclip.testing import tiny_config
 from fgclip.training import FGCLIPForTraining
 from numerics import assert_close_to_reference, tower_terms
 
+pytestmark = pytest.mark.numerics
+
 BOS, EOS = 49406, 49407
 
 
