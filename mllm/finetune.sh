@@ -30,27 +30,9 @@ LORA_ALPHA=${LORA_ALPHA:-256}
 LORA_DROPOUT=${LORA_DROPOUT:-0.05}
 PROJECTOR_LR=${PROJECTOR_LR:-2e-5}
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="${ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
-PYTHON=${PYTHON:-python}
-# Checked before any arithmetic: bash evaluates a variable's text inside (( )), so a value such as
-# 'HOME[$(cmd)]' would run cmd.
-for name in NPROC GLOBAL_BATCH PER_DEVICE_BATCH; do
-    if [[ ! "${!name}" =~ ^[1-9][0-9]*$ ]]; then
-        echo "error: mllm/finetune.sh: ${name} must be a positive integer, got '${!name}'" >&2
-        exit 2
-    fi
-done
-if (( GLOBAL_BATCH % (NPROC * PER_DEVICE_BATCH) )); then
-    echo "error: mllm/finetune.sh: GLOBAL_BATCH=${GLOBAL_BATCH} is not a multiple of NPROC*PER_DEVICE_BATCH=$((NPROC * PER_DEVICE_BATCH))" >&2
-    exit 2
-fi
-ACCUMULATION=$(( GLOBAL_BATCH / (NPROC * PER_DEVICE_BATCH) ))
-DEEPSPEED_ARGS=()
-if [[ -n "${DEEPSPEED}" ]]; then
-    [[ "${DEEPSPEED}" = /* ]] || DEEPSPEED="${ROOT}/${DEEPSPEED}"
-    DEEPSPEED_ARGS=(--deepspeed "${DEEPSPEED}")
-fi
+SCRIPT=mllm/finetune.sh
+# shellcheck source=mllm/prelude.sh
+source "$(dirname "${BASH_SOURCE[0]}")/prelude.sh"
 if [[ "${LORA}" = 1 ]]; then
     LR=${LR:-2e-4}
     LORA_ARGS=(--lora true --lora_r "${LORA_R}" --lora_alpha "${LORA_ALPHA}" --lora_dropout "${LORA_DROPOUT}"

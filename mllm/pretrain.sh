@@ -25,27 +25,9 @@ EPOCHS=${EPOCHS:-1}
 BF16=${BF16:-true}
 DEEPSPEED=${DEEPSPEED-mllm/configs/zero2.json}
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="${ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
-PYTHON=${PYTHON:-python}
-# Checked before any arithmetic: bash evaluates a variable's text inside (( )), so a value such as
-# 'HOME[$(cmd)]' would run cmd.
-for name in NPROC GLOBAL_BATCH PER_DEVICE_BATCH; do
-    if [[ ! "${!name}" =~ ^[1-9][0-9]*$ ]]; then
-        echo "error: mllm/pretrain.sh: ${name} must be a positive integer, got '${!name}'" >&2
-        exit 2
-    fi
-done
-if (( GLOBAL_BATCH % (NPROC * PER_DEVICE_BATCH) )); then
-    echo "error: mllm/pretrain.sh: GLOBAL_BATCH=${GLOBAL_BATCH} is not a multiple of NPROC*PER_DEVICE_BATCH=$((NPROC * PER_DEVICE_BATCH))" >&2
-    exit 2
-fi
-ACCUMULATION=$(( GLOBAL_BATCH / (NPROC * PER_DEVICE_BATCH) ))
-DEEPSPEED_ARGS=()
-if [[ -n "${DEEPSPEED}" ]]; then
-    [[ "${DEEPSPEED}" = /* ]] || DEEPSPEED="${ROOT}/${DEEPSPEED}"
-    DEEPSPEED_ARGS=(--deepspeed "${DEEPSPEED}")
-fi
+SCRIPT=mllm/pretrain.sh
+# shellcheck source=mllm/prelude.sh
+source "$(dirname "${BASH_SOURCE[0]}")/prelude.sh"
 
 "${PYTHON}" -m torch.distributed.run --standalone --nproc_per_node "${NPROC}" -m mllm.train \
     "${DEEPSPEED_ARGS[@]}" \
