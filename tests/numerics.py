@@ -54,8 +54,8 @@ def assert_close_to_reference(actual, expected, *, terms: int, dtype: torch.dtyp
         if not dtypes:
             raise TypeError("two plain numbers: give the dtype they were computed in")
         dtype = max(dtypes, key=lambda kind: torch.finfo(kind).eps)
-    actual_64 = torch.as_tensor(actual).detach().to("cpu", torch.float64)
-    expected_64 = torch.as_tensor(expected).detach().to("cpu", torch.float64)
+    actual_64, expected_64 = (value.detach().to("cpu", torch.float64) if isinstance(value, torch.Tensor)
+                              else torch.tensor(value, dtype=torch.float64) for value in (actual, expected))
     if scale is None:
         scale = float(expected_64.abs().max()) if expected_64.numel() else 0.0
     bound = min(terms, LAMBDA * math.sqrt(terms)) * torch.finfo(dtype).eps * scale
