@@ -188,8 +188,10 @@ class FViTBBoxHead(ConvFCBBoxHead):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(N, 256, 7, 7) -> class logits (N, C + 1) and class-agnostic box deltas (N, 4)."""
         regions, x_reg = self._branches(x)
-        classes = self.class_and_background_embeddings().to(regions.dtype)
-        cls_score = self.temperature * F.normalize(regions, dim=-1) @ classes.t()
+        # In float32 under autocast too: bfloat16 rounds a cosine by up to 0.002, a logit (x 50) by up to 0.1.
+        with torch.autocast(regions.device.type, enabled=False):
+            classes = self.class_and_background_embeddings()
+            cls_score = self.temperature * F.normalize(regions.float(), dim=-1) @ classes.t()
         return cls_score, self.fc_reg(x_reg)
 
     def clip_probabilities(self, clip_region_embeds: Tensor) -> Tensor:
@@ -237,7 +239,14 @@ class FViTBBoxHead(ConvFCBBoxHead):
 @MODELS.register_module()
 class FViTRoIHead(StandardRoIHead):
     """Standard RoI head that, at test time, pools a CLIP region feature for each proposal
-    (RoIAlign 1x1, aligned, on the dense CLIP map) and hands it to :class:`FViTBBoxHead`."""
+    (RoIAlign 1x1, aligned, on the dense CLIP map) and hands it to :class:`FViTBBoxHead`.
+    RoI features are pooled in float32 under mixed precision too (:meth:`_bbox_forward`)."""
+
+    def _bbox_forward(self, x: tuple[Tensor, ...], rois: Tensor) -> dict:
+        """``StandardRoIHead._bbox_forward`` on float32 features, as the reference's mmdet 2.x pooled
+        under fp16 (``force_fp32`` on the RoI extractor): mmdet 3.x's extractor casts the RoIs to the
+        features' dtype, and mmcv's RoIAlign has no bfloat16 kernel."""
+        return super()._bbox_forward(tuple(level.float() for level in x), rois)
 
     def predict(
         self,

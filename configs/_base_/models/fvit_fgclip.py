@@ -23,7 +23,7 @@ model = dict(
     ),
     neck=dict(type="FPN", in_channels=[768, 768, 768, 768], out_channels=256, num_outs=5, norm_cfg=norm_cfg),
     rpn_head=dict(
-        type="RPNHead",
+        type="FViTRPNHead",  # mmdet's RPNHead, proposals decoded in float32 under --amp
         in_channels=256,
         feat_channels=256,
         anchor_generator=dict(type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64]),
