@@ -9,6 +9,7 @@ from .extra import require_detection_extra
 
 require_detection_extra()  # before the modules below import mmcv / mmdet
 # ruff: noqa: E402
+from .amp import CPUAmpOptimWrapper
 from .backbone import FGCLIPViT, SimpleFeaturePyramid
 from .checkpoint import WeightsOnlyCheckpointHook
 from .class_embeddings import (
@@ -26,14 +27,16 @@ from .losses import MaskedCrossEntropyLoss, masked_cross_entropy
 from .lvis import OVLVISDataset, OVLVISMetric, lvis_box_ap, write_lvis_style
 from .metrics import OVCocoAP50Metric, per_class_ap50
 from .roi_head import FViTBBoxHead, FViTRoIHead, ensemble_scores
-from .rpn_head import NormedRPNHead
+from .rpn_head import FViTRPNHead, NormedRPNHead
 
 __all__ = [
     "CLIPSELF_TEMPLATES",
+    "CPUAmpOptimWrapper",
     "FGCLIPViT",
     "FGCLIP_TEMPLATES",
     "FViT",
     "FViTBBoxHead",
+    "FViTRPNHead",
     "FViTRoIHead",
     "MaskedCrossEntropyLoss",
     "NormedRPNHead",
