@@ -18,10 +18,8 @@ _EXPORTS = {
     "FGCLIPModel": "modeling_fgclip",
     "FGCLIPOutput": "modeling_fgclip",
     "interpolate_long_positions": "modeling_fgclip",
-    "FGCLIP2ImageOutput": "modeling_fgclip2",
     "FGCLIP2Model": "modeling_fgclip2",
     "FGCLIPProcessor": "processing_fgclip",
-    "FGCLIP2Images": "processing_fgclip2",
     "FGCLIP2Processor": "processing_fgclip2",
 }
 

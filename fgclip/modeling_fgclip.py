@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,20 +55,12 @@ def check_text_kind(text_kind: str) -> str:
     return text_kind
 
 
-def legacy_text_arguments(attention_mask, text_kind, kind: str | None) -> tuple[torch.Tensor | None, str]:
-    """``(attention_mask, text_kind)`` from a call in the current or the deprecated style.
-
-    Deprecated: the keyword ``kind=`` and the positional order ``(input_ids, kind, attention_mask)``.
-    """
-    if isinstance(attention_mask, str):
-        warnings.warn("passing the text kind as the second positional argument is deprecated; use "
-                      "text_kind=... (the second argument is attention_mask, as in transformers)", FutureWarning,
-                      stacklevel=3)
-        attention_mask, text_kind = (text_kind if isinstance(text_kind, torch.Tensor) else None), attention_mask
-    if kind is not None:
-        warnings.warn("the keyword kind= is deprecated; use text_kind=", FutureWarning, stacklevel=3)
-        text_kind = kind
-    return attention_mask, check_text_kind(text_kind)
+def check_attention_mask(attention_mask) -> None:
+    """``attention_mask`` must be a tensor or ``None``: FG-CLIP ignores it, so a text kind passed there
+    (the argument order before 0.2.0) would otherwise embed the texts as short ones without a word."""
+    if not (attention_mask is None or isinstance(attention_mask, torch.Tensor)):
+        raise TypeError(f"attention_mask must be a tensor or None, got {type(attention_mask).__name__}; "
+                        "pass the text kind as text_kind=...")
 
 
 def ignore_batch_keys(extra: dict, allowed: Sequence[str], method: str) -> None:
@@ -417,8 +408,6 @@ class FGCLIPModel(CLIPPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         text_kind: str = "short",
         normalize: bool = False,
-        *,
-        kind: str | None = None,
         **batch_keys,
     ) -> torch.Tensor:
         """Embed token ids of one text kind.
@@ -429,12 +418,11 @@ class FGCLIPModel(CLIPPreTrainedModel):
             attention_mask: (N, L), accepted and not needed (see :meth:`pooled_text`).
             text_kind: ``"short"`` and ``"region"`` use the 77-row table and ``text_projection``;
                 ``"long"`` uses the 248-row table and ``text_filip_projection``.
-            kind: deprecated spelling of ``text_kind``.
             batch_keys: image keys of a processor batch (ignored), so ``get_text_features(**batch)`` works.
         Returns:
             (N, D) text embeddings.
         """
-        attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
+        check_attention_mask(attention_mask)
         ignore_batch_keys(batch_keys, IMAGE_BATCH_KEYS, "get_text_features")
         is_long = check_text_kind(text_kind) == "long"
         if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
@@ -456,12 +444,11 @@ class FGCLIPModel(CLIPPreTrainedModel):
         return self.text_model(input_ids=input_ids, position_ids=position_ids)
 
     def get_text_tokens(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, text_kind: str = "short", *,
-        kind: str | None = None,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, text_kind: str = "short"
     ) -> TokenFeatures:
         """Per-token text states (after ``final_layer_norm``) for a cross-encoder re-ranker; the mask is
         1 up to and including each text's first eos (the causal tower's real tokens)."""
-        attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
+        check_attention_mask(attention_mask)
         outputs = self._text_outputs(input_ids, check_text_kind(text_kind) == "long")
         is_eos = (input_ids == self.config.text_config.eos_token_id).int()
         mask = (is_eos.cumsum(dim=1) - is_eos == 0).long()  # no eos before this position
@@ -631,21 +618,12 @@ class FGCLIPModel(CLIPPreTrainedModel):
         pixel_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         text_kind: str = "short",
-        *,
-        kind: str | None = None,
         **batch_keys,
     ) -> FGCLIPOutput:
         """CLIP-style image-text logits for one text kind, scaled by ``exp(logit_scale)``.
 
-        Arguments in transformers' order (``input_ids`` first); the earlier order
-        ``forward(pixel_values, input_ids, kind)`` still works for one release, with a warning.
+        Arguments in transformers' order (``input_ids`` first), as ``model(**processor(images=..., text=...))``.
         """
-        if torch.is_floating_point(input_ids) and not torch.is_floating_point(pixel_values):
-            warnings.warn("FGCLIPModel.forward(pixel_values, input_ids, ...) is deprecated; pass input_ids first "
-                          "(transformers' order) or call model(**processor(images=..., text=...))", FutureWarning,
-                          stacklevel=2)
-            input_ids, pixel_values = pixel_values, input_ids
-        attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
         ignore_batch_keys(batch_keys, ("boxes", "image_sizes"), "forward")
         image_embeds = self.get_image_features(pixel_values, normalize=True)
         text_embeds = self.get_text_features(input_ids, attention_mask, text_kind, normalize=True)

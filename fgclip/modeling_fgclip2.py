@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -48,12 +47,12 @@ from .modeling_fgclip import (
     FGCLIPOutput,
     LongPositionEmbeddings,
     TokenFeatures,
+    check_attention_mask,
     check_boxes,
     check_layers,
     check_text_kind,
     ignore_batch_keys,
     interpolate_long_positions,
-    legacy_text_arguments,
     roi_pool,
 )
 
@@ -106,10 +105,6 @@ def resolve_text_kind(text_kind: str, walk_type: str | None) -> str:
 
 class FGCLIP2TextEmbeddings(LongPositionEmbeddings, Siglip2TextEmbeddings):
     """SigLIP 2 token + position embeddings with FG-CLIP 2's 196-row long position table."""
-
-
-# The image output of both families is one class; this name stays for existing imports.
-FGCLIP2ImageOutput = FGCLIPImageOutput
 
 
 class FGCLIP2Model(Siglip2PreTrainedModel):
@@ -209,7 +204,6 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
         normalize: bool = False,
         *,
         walk_type: str | None = None,
-        kind: str | None = None,
         **batch_keys,
     ) -> torch.Tensor:
         """Embed token ids of one text kind.
@@ -222,13 +216,12 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
             text_kind: ``"short"`` (``text_model.head``), ``"region"`` (``boxtext_head``) or
                 ``"long"`` (long positions, ``longtext_head``).
             walk_type: the official spelling: ``"short"``, ``"box"`` (= ``"region"``) or ``"long"``.
-            kind: deprecated spelling of ``text_kind``.
             batch_keys: image keys of a processor batch (ignored), so ``get_text_features(**batch)`` works.
         Returns:
             (N, D) text embeddings.
         """
-        attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
-        text_kind = resolve_text_kind(text_kind, walk_type)
+        check_attention_mask(attention_mask)
+        text_kind = resolve_text_kind(check_text_kind(text_kind), walk_type)
         ignore_batch_keys(batch_keys, IMAGE_BATCH_KEYS, "get_text_features")
         is_long = text_kind == "long"
         length = self.config.long_text_length if is_long else self.config.short_text_length
@@ -262,13 +255,12 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
                                position_ids=position_ids).last_hidden_state
 
     def get_text_tokens(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, text_kind: str = "short", *,
-        kind: str | None = None,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, text_kind: str = "short"
     ) -> TokenFeatures:
         """Per-token text states (after ``final_layer_norm``) for a cross-encoder re-ranker, the mask of
         real tokens and the kind's global embeddings."""
-        attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
-        tokens = self._text_states(input_ids, attention_mask, text_kind == "long")
+        check_attention_mask(attention_mask)
+        tokens = self._text_states(input_ids, attention_mask, check_text_kind(text_kind) == "long")
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         return TokenFeatures(tokens, mask.long(), self.project_text(tokens[:, -1], text_kind))
 
@@ -404,15 +396,8 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
         return self.encode_image(pixel_values, pixel_attention_mask, spatial_shapes, dense=True,
                                  normalize=normalize, **batch_keys).dense_features
 
-    def dense_maps(self, output: FGCLIPImageOutput, spatial_shapes: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """The (h_i, w_i, D) patch-feature map of each image of an :meth:`encode_image` output (padding dropped).
-
-        The earlier call ``dense_maps(dense_features, spatial_shapes)`` still works for one release.
-        """
-        if isinstance(output, torch.Tensor):
-            warnings.warn("dense_maps(dense_features, spatial_shapes) is deprecated; pass the encode_image output",
-                          FutureWarning, stacklevel=2)
-            output = FGCLIPImageOutput(dense_features=output, spatial_shapes=spatial_shapes)
+    def dense_maps(self, output: FGCLIPImageOutput) -> list[torch.Tensor]:
+        """The (h_i, w_i, D) patch-feature map of each image of an :meth:`encode_image` output (padding dropped)."""
         return [
             features[: h * w].reshape(h, w, -1)
             for features, (h, w) in zip(output.dense_features, output.spatial_shapes.tolist())
@@ -539,13 +524,10 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
         text_kind: str = "short",
         *,
         walk_type: str | None = None,
-        kind: str | None = None,
         **batch_keys,
     ) -> FGCLIPOutput:
         """Sigmoid-loss logits ``exp(t) * <text, image> + b`` between B images and T texts of one kind
         (``text_kind``, or the official ``walk_type``)."""
-        if isinstance(attention_mask, str) or kind is not None:
-            attention_mask, text_kind = legacy_text_arguments(attention_mask, text_kind, kind)
         text_kind = resolve_text_kind(text_kind, walk_type)
         ignore_batch_keys(batch_keys, ("boxes", "image_sizes"), "forward")
         image_embeds = self.get_image_features(pixel_values, pixel_attention_mask, spatial_shapes, normalize=True)

@@ -229,16 +229,6 @@ class DualEncoderProcessor:
     def _encode_images(self, images: list, boxes, **options) -> dict:
         raise NotImplementedError
 
-    def tokenize(self, texts: list[str] | str, kind: str = "short", padding: str = "max_length"):
-        """Deprecated: use ``processor(text=texts, text_kind=kind)``, which returns a ``BatchFeature``."""
-        warnings.warn(f"{type(self).__name__}.tokenize is deprecated; call the processor: "
-                      "processor(text=texts, text_kind=...)", FutureWarning, stacklevel=2)
-        return self._legacy_tokens(self._encode_text(check_texts(texts), kind, padding))
-
-    def _legacy_tokens(self, encoded: dict[str, torch.Tensor]):
-        """What the deprecated ``tokenize`` returned for this family."""
-        return encoded
-
 
 class FGCLIPProcessor(DualEncoderProcessor):
     """Tokenizer + image processor of an FG-CLIP model.
@@ -334,9 +324,6 @@ class FGCLIPProcessor(DualEncoderProcessor):
         encoded = self.tokenizer(texts, padding=padding, truncation=True, max_length=max_length, return_tensors="pt")
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
-    def _legacy_tokens(self, encoded):
-        return encoded["input_ids"]
-
     # ------------------------------------------------------------------ images
     def _square(self, image: Image.Image) -> tuple[Image.Image, float, float]:
         """Pad to a square with the mean colour (``pad`` mode); returns the image and the offset."""
@@ -367,11 +354,3 @@ class FGCLIPProcessor(DualEncoderProcessor):
         if boxes is not None:
             data["boxes"] = mapped
         return data
-
-    def preprocess(self, images, boxes: list[torch.Tensor] | None = None):
-        """Deprecated: use ``processor(images=..., boxes=...)``. Returns ``pixel_values`` (B, 3, S, S), or
-        ``(pixel_values, boxes in input pixels)`` when boxes are given."""
-        warnings.warn("FGCLIPProcessor.preprocess is deprecated; call the processor: processor(images=..., "
-                      "boxes=...) returns a BatchFeature", FutureWarning, stacklevel=2)
-        batch = self(images=images, boxes=boxes)
-        return batch["pixel_values"] if boxes is None else (batch["pixel_values"], batch["boxes"])

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
-from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -26,28 +24,6 @@ from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2Imag
 
 from .configuration_fgclip2 import FGCLIP2Config
 from .processing_fgclip import DualEncoderProcessor, concat_image_batches, load_image, warn_truncated
-
-
-@dataclass
-class FGCLIP2Images:
-    """Deprecated: the NaFlex image batch that ``FGCLIP2Processor.preprocess`` returned. The processor
-    call returns a ``BatchFeature`` with the same three keys, which the model takes as ``**batch``."""
-
-    pixel_values: torch.Tensor
-    pixel_attention_mask: torch.Tensor
-    spatial_shapes: torch.Tensor
-
-    def to(self, device, non_blocking: bool = False) -> "FGCLIP2Images":
-        return FGCLIP2Images(*(tensor.to(device, non_blocking=non_blocking) for tensor in
-                               (self.pixel_values, self.pixel_attention_mask, self.spatial_shapes)))
-
-    @classmethod
-    def cat(cls, batches: list["FGCLIP2Images"]) -> "FGCLIP2Images":
-        return cls(**concat_image_batches([batch.as_kwargs() for batch in batches]))
-
-    def as_kwargs(self) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.pixel_values, "pixel_attention_mask": self.pixel_attention_mask,
-                "spatial_shapes": self.spatial_shapes}
 
 
 def auto_patch_budget(image: Image.Image, patch_size: int = 16) -> int:
@@ -236,12 +212,3 @@ class FGCLIP2Processor(DualEncoderProcessor):
                 scale = torch.tensor([grid_w * patch / width, grid_h * patch / height] * 2)
                 data["boxes"].append(torch.as_tensor(image_boxes, dtype=torch.float32).reshape(-1, 4) * scale)
         return data
-
-    def preprocess(self, images, boxes: list[torch.Tensor] | None = None, max_num_patches: int | None = None):
-        """Deprecated: use ``processor(images=..., boxes=...)``. Returns :class:`FGCLIP2Images`, or
-        ``(FGCLIP2Images, boxes in input pixels)`` when boxes are given."""
-        warnings.warn("FGCLIP2Processor.preprocess is deprecated; call the processor: processor(images=..., "
-                      "boxes=...) returns a BatchFeature", FutureWarning, stacklevel=2)
-        batch = self(images=images, boxes=boxes, max_num_patches=max_num_patches)
-        images = FGCLIP2Images(batch["pixel_values"], batch["pixel_attention_mask"], batch["spatial_shapes"])
-        return images if boxes is None else (images, batch["boxes"])

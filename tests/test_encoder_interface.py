@@ -1,6 +1,6 @@
 """One API for both model families: the same calls on a tiny random FG-CLIP and FG-CLIP 2, each checked
 against an independent reference (transformers' own hidden states, closed-form RoIAlign cases, the
-logits written out), the deprecated call styles against the new ones, and loading by type detection."""
+logits written out), the call styles removed in 0.2.0 failing loudly, and loading by type detection."""
 import re
 import warnings
 from pathlib import Path
@@ -98,33 +98,15 @@ def test_vision_hidden_states_equal_transformers_own(pair):
         model.vision_hidden_states(**image_keys, layers=[5])
 
 
-def test_deprecated_call_styles_warn_and_agree(pair):
+def test_call_styles_removed_in_0_2_0_fail_loudly(pair):
+    """The text kind as the second positional argument or as ``kind=`` raises, instead of embedding
+    the texts as short ones (FG-CLIP ignores the attention mask)."""
     model, processor = pair
-    new = processor(text=TEXTS, text_kind="long")
-    with pytest.warns(FutureWarning, match="tokenize is deprecated"):
-        old = processor.tokenize(TEXTS, kind="long")
-    old_ids = old if isinstance(old, torch.Tensor) else old["input_ids"]
-    assert torch.equal(old_ids, new["input_ids"])
-    with torch.no_grad():
-        expected = model.get_text_features(new["input_ids"], new["attention_mask"], text_kind="long")
-        with pytest.warns(FutureWarning, match="kind= is deprecated"):
-            by_keyword = model.get_text_features(new["input_ids"], attention_mask=new["attention_mask"], kind="long")
-        with pytest.warns(FutureWarning, match="positional argument is deprecated"):
-            by_position = model.get_text_features(new["input_ids"], "long", new["attention_mask"])
-    torch.testing.assert_close(by_keyword, expected)
-    torch.testing.assert_close(by_position, expected)
-    with pytest.warns(FutureWarning, match="preprocess is deprecated"):
-        processor.preprocess(images())
-
-
-def test_fgclip_forward_accepts_the_old_argument_order():
-    model, processor = family("fgclip")
-    batch = processor(images=images(), text=TEXTS)
-    with torch.no_grad():
-        expected = model(batch["input_ids"], batch["pixel_values"]).logits_per_text
-        with pytest.warns(FutureWarning, match="pass input_ids first"):
-            old = model(batch["pixel_values"], batch["input_ids"]).logits_per_text
-    torch.testing.assert_close(old, expected)
+    ids = processor(text=TEXTS, text_kind="long")["input_ids"]
+    with pytest.raises(TypeError, match="attention_mask must be a tensor or None, got str"):
+        model.get_text_features(ids, "long")
+    with pytest.raises(TypeError, match="unexpected keyword argument.*kind"):
+        model.get_text_features(ids, kind="long")
 
 
 @pytest.mark.parametrize("name", ["fgclip", "fgclip2", "clip"])
