@@ -77,19 +77,21 @@ def fake_preprocess(size=16):
     return preprocess
 
 
-def fake_tokenize_recorder():
-    """Encodes a text as its character codes padded with 0; remembers every call."""
-    calls = []
+def fake_text_processor():
+    """A processor for texts only: encodes a text as its character codes padded with 0 (``input_ids``
+    alone); remembers every call as ``(texts, text_kind, padding)``."""
 
-    def tokenize(texts, kind="short", padding="max_length"):
-        calls.append((list(texts), kind, padding))
-        length = max(len(text) for text in texts)
-        ids = torch.zeros(len(texts), length, dtype=torch.long)
-        for row, text in enumerate(texts):
-            ids[row, : len(text)] = torch.tensor([ord(c) for c in text])
-        return ids
+    def processor(text, text_kind="short", padding="max_length"):
+        processor.calls.append((list(text), text_kind, padding))
+        length = max(len(item) for item in text)
+        ids = torch.zeros(len(text), length, dtype=torch.long)
+        for row, item in enumerate(text):
+            ids[row, : len(item)] = torch.tensor([ord(c) for c in item])
+        return {"input_ids": ids}
 
-    return tokenize, calls
+    processor.minimal_padding = "longest"
+    processor.calls = []
+    return processor
 
 
 def decode(ids):
@@ -272,8 +274,7 @@ def test_shard_bad_samples_raise_or_are_skipped(tmp_path, image_root):
     assert [s["skipped_records"] for s in samples] == [
         [], ["bbox_info[].bbox: wrong type", "image: missing", "invalid JSON"]]
     assert (dataset.stats.seen, dataset.stats.skipped) == (5, 3)
-    tokenize, _ = fake_tokenize_recorder()
-    assert FineHARDCollator(tokenize)(samples)["skipped_records"] == samples[1]["skipped_records"]
+    assert FineHARDCollator(fake_text_processor())(samples)["skipped_records"] == samples[1]["skipped_records"]
 
 
 def test_shard_of_only_bad_samples_warns_with_its_count(tmp_path, image_root):
@@ -332,7 +333,7 @@ def test_a_dataloader_batch_is_one_processor_call_and_fgclip_samples_stay_as_alo
             assert torch.equal(batched["boxes"], single["boxes"]) and batched.keys() == single.keys()
     fake = fake_preprocess()
     loader = torch.utils.data.DataLoader(FineHARDDataset(path, image_root, fake), batch_size=2,
-                                         collate_fn=FineHARDCollator(fake_tokenize_recorder()[0]))
+                                         collate_fn=FineHARDCollator(fake_text_processor()))
     assert [batch["pixel_values"].shape[0] for batch in loader] == [2, 1]
     assert fake.calls == [[(64, 48), (30, 90)], [(200, 130)]]
 
@@ -410,10 +411,10 @@ def _samples(tmp_path, image_root, regions_per_image, seed=0):
 @pytest.mark.parametrize("regions_per_image", [[0, 0], [1], [0, 1], [3, 0, 2, 1]])
 def test_collate_layout(tmp_path, image_root, regions_per_image):
     samples = _samples(tmp_path, image_root, regions_per_image)
-    tokenize, calls = fake_tokenize_recorder()
-    batch = FineHARDCollator(tokenize)(samples)
+    processor = fake_text_processor()
+    batch = FineHARDCollator(processor)(samples)
     num_images, num_regions = len(samples), sum(regions_per_image)
-    assert [(kind, padding) for _, kind, padding in calls] == [("long", "longest"), ("short", "longest")]
+    assert [(kind, padding) for _, kind, padding in processor.calls] == [("long", "longest"), ("short", "longest")]
     assert batch["pixel_values"].shape == (num_images, 3, 16, 16)
     assert decode(batch["long_input_ids"]) == [s["long_text"] for s in samples]
 
@@ -447,8 +448,7 @@ def test_collate_layout(tmp_path, image_root, regions_per_image):
 
 def test_collate_deduplicates_repeated_texts(tmp_path, image_root):
     sample = _samples(tmp_path, image_root, [2])[0]
-    tokenize, calls = fake_tokenize_recorder()
-    batch = FineHARDCollator(tokenize)([sample, copy.deepcopy(sample)])
+    batch = FineHARDCollator(fake_text_processor())([sample, copy.deepcopy(sample)])
     slots = len(batch["short_text_inverse"])
     assert slots == 2 * (1 + 2 + 11)  # the second image repeats every text of the first
     # unique: short caption, 2 region captions, 11 group texts; the group positive is

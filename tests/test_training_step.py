@@ -108,9 +108,14 @@ def true_rows(processor, texts: list[str]) -> set[tuple[int, ...]]:
 
 
 def ids_only(processor):
-    """A bare tokenize function for the collator: ids without attention masks, so the step
-    encodes each text kind in one call (no length buckets)."""
-    return lambda texts, kind, padding: processor(text=texts, text_kind=kind, padding=padding)["input_ids"]
+    """``processor`` for the collator, returning ids without attention masks, so the step encodes
+    each text kind in one call (no length buckets)."""
+
+    def texts_only(text, text_kind, padding):
+        return {"input_ids": processor(text=text, text_kind=text_kind, padding=padding)["input_ids"]}
+
+    texts_only.minimal_padding = processor.minimal_padding
+    return texts_only
 
 
 def run_step(samples, processor, regional=True, hard_negatives=True, seed=0):

@@ -97,8 +97,7 @@ class FineHARDCollator:
 
     Args:
         processor: the model's processor; texts are tokenized with ``processor(text=...,
-            text_kind=..., padding=...)``. A bare ``tokenize(texts, kind=..., padding=...)``
-            function returning ids (or ``{"input_ids", "attention_mask"}``) is accepted too.
+            text_kind=..., padding=...)``, which returns ``input_ids`` and ``attention_mask``.
         long_padding / short_padding: default ``processor.minimal_padding``, the shortest
             padding with the same features (``"longest"`` under CLIP's causal mask and first-eos
             pooling; ``"max_length"`` for FG-CLIP 2, which pools the last position).
@@ -106,17 +105,11 @@ class FineHARDCollator:
 
     def __init__(self, processor, long_padding: str | None = None, short_padding: str | None = None):
         self.processor = processor
-        minimal = getattr(processor, "minimal_padding", "longest")
-        self.long_padding = long_padding or minimal
-        self.short_padding = short_padding or minimal
+        self.long_padding = long_padding or processor.minimal_padding
+        self.short_padding = short_padding or processor.minimal_padding
 
     def _tokenize(self, texts: list[str], kind: str, padding: str) -> dict[str, torch.Tensor]:
-        if hasattr(self.processor, "minimal_padding"):
-            encoded = self.processor(text=texts, text_kind=kind, padding=padding)
-        else:
-            encoded = self.processor(texts, kind=kind, padding=padding)
-        if isinstance(encoded, torch.Tensor):
-            return {"input_ids": encoded}
+        encoded = self.processor(text=texts, text_kind=kind, padding=padding)
         return {key: encoded[key] for key in ("input_ids", "attention_mask") if key in encoded}
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
