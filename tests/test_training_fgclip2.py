@@ -1,5 +1,5 @@
-"""FGCLIP2ForTraining: one stage-2 step against a reference that embeds every text kind with its
-own tower call and head and every image's regions with its own pass, then applies a fresh
+"""FGCLIPForTraining on FG-CLIP 2: one stage-2 step against a reference that embeds every text kind
+with its own tower call and head and every image's regions with its own pass, then applies a fresh
 FGCLIP2Loss; the collated NaFlex batch and text masks; the step's gradients."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fgclip.data import FineHARDCollator, FineHARDDataset
 from fgclip.data.shapes import write_shapes_dataset
 from fgclip.losses import FGCLIP2Loss
 from fgclip.testing import tiny_fgclip2_config, tiny_word_tokenizer
-from fgclip.training.module import FGCLIP2ForTraining
+from fgclip.training.module import FGCLIPForTraining
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_step_matches_separately_embedded_reference(shapes, processor, regional,
     assert any(sample["hard_negative_texts"] for sample in samples)
     torch.manual_seed(0)
     model = FGCLIP2Model(tiny_fgclip2_config(vocab_size=len(processor.tokenizer)))
-    step = FGCLIP2ForTraining(model, FGCLIP2Loss(), regional=regional, hard_negatives=hard_negatives)
+    step = FGCLIPForTraining(model, FGCLIP2Loss(), regional=regional, hard_negatives=hard_negatives)
     with torch.no_grad():  # distinct temperatures, so a mixed-up scale shows in the loss
         model.logit_scale_finegraind.fill_(1.5)
         model.logit_scale_hardneg.fill_(3.0)

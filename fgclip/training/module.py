@@ -185,7 +185,3 @@ class FGCLIPForTraining(nn.Module):
         pieces = [model.pooled_text(*model.trim_padding(input_ids[order[start:end]], mask[order[start:end]]))
                   for start, end in length_buckets(widths.tolist(), overhead)]
         return torch.cat(pieces)[torch.argsort(order)]
-
-
-# The step of FG-CLIP 2 is the same class; this name stays for existing imports.
-FGCLIP2ForTraining = FGCLIPForTraining
