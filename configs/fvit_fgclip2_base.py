@@ -12,7 +12,7 @@ _base_ = [
 model = dict(
     # SigLIP's normalisation on 0-255 RGB pixels: (x / 255 - 0.5) / 0.5.
     data_preprocessor=dict(mean=[127.5, 127.5, 127.5], std=[127.5, 127.5, 127.5]),
-    backbone=dict(type="FGCLIP2ViT", checkpoint="checkpoints/fg-clip2-base", out_indices=(3, 5, 7, 11)),
+    backbone=dict(type="FGCLIPViT", checkpoint="checkpoints/fg-clip2-base", out_indices=(3, 5, 7, 11)),
     neck=dict(in_channels=[768, 768, 768, 768]),
     roi_head=dict(
         bbox_head=dict(

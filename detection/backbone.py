@@ -60,15 +60,14 @@ class SimpleFeaturePyramid(BaseModule):
         return tuple(level(feature_map).contiguous() for level, feature_map in zip(self.levels, maps))
 
 
-@MODELS.register_module(name=["FGCLIPViT", "FGCLIP2ViT"])
+@MODELS.register_module()
 class FGCLIPViT(BaseModule):
     """A frozen vision tower feeding a trainable simple feature pyramid (the F-ViT backbone).
 
     The tower's weights never train: they have ``requires_grad=False``, run under
     ``torch.no_grad()`` and stay in eval mode through ``train()``. The tower is read through the
-    model's ``vision_hidden_states``, so either family works (``FGCLIP2ViT`` is the same class
-    under the name older configs use). Image sides must be multiples of the patch size ``p``;
-    sizes other than the training size use resized position embeddings.
+    model's ``vision_hidden_states``, so either family works. Image sides must be multiples of
+    the patch size ``p``; sizes other than the training size use resized position embeddings.
 
     As in CLIPSelf's F-ViT, the last block runs as the tokens the dense CLIP features come from
     (FG-CLIP: the value path, attention replaced by ``out_proj(v_proj(.))``; FG-CLIP 2: the
