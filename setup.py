@@ -18,7 +18,7 @@ EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
 setup(
     name="fgclip",
-    version="0.1.0",
+    version="0.2.0",
     description="Fine-grained vision-language alignment: FG-CLIP models, training, evaluation, "
     "open-vocabulary detection and multimodal LLM integration.",
     python_requires=">=3.10",
