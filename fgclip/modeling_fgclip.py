@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
-from transformers import AttentionInterface, AutoConfig, AutoModel, CLIPModel, CLIPTextModel, CLIPVisionModel
+from transformers import (AttentionInterface, AutoConfig, AutoModel, AutoModelForZeroShotImageClassification,
+                          CLIPModel, CLIPTextModel, CLIPVisionModel)
 from transformers import initialization as init
 from transformers.activations import QuickGELUActivation
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -705,3 +706,4 @@ def check_boxes(boxes: list[torch.Tensor], num_images: int, height: int, width: 
 
 AutoConfig.register(FGCLIPConfig.model_type, FGCLIPConfig, exist_ok=True)
 AutoModel.register(FGCLIPConfig, FGCLIPModel, exist_ok=True)
+AutoModelForZeroShotImageClassification.register(FGCLIPConfig, FGCLIPModel, exist_ok=True)

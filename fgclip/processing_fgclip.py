@@ -17,17 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
-from transformers import BatchFeature, CLIPImageProcessor, CLIPTokenizer
+from transformers import BatchFeature, CLIPImageProcessor, CLIPTokenizer, ProcessorMixin
 from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers.utils import PROCESSOR_NAME
 
 from .configuration_fgclip import FGCLIPConfig
-from .errors import ImageError
+from .errors import CheckpointError, ImageError
 from .modeling_fgclip import check_text_kind
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RESIZE_MODES = ("squash", "pad")
-PROCESSOR_FILE = "fgclip_processor.json"
+LEGACY_PROCESSOR_FILE = "fgclip_processor.json"  # settings file of fgclip < 0.2 (read, no longer written)
 CLIP_BPE_MERGES = 49152 - 256 - 2  # merges used by CLIP's 49408-token vocabulary
 
 
@@ -165,8 +166,23 @@ def concat_image_batches(batches: list) -> BatchFeature:
     return BatchFeature(joined)
 
 
-class DualEncoderProcessor:
-    """What the processors of both model families share: one call that returns a ``BatchFeature``.
+# Keyword arguments of ``from_pretrained`` that locate files (the Auto classes and the pipeline add some).
+HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder",
+              "_from_auto", "_from_pipeline")
+
+
+def split_hub_kwargs(kwargs: dict) -> tuple[dict, dict]:
+    """``kwargs`` of ``from_pretrained`` as (file-locating ones, processor settings); ``trust_remote_code`` is
+    dropped (both families are local code)."""
+    kwargs = {key: value for key, value in kwargs.items() if key != "trust_remote_code"}
+    hub = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
+    return hub, kwargs
+
+
+class DualEncoderProcessor(ProcessorMixin):
+    """What the processors of both model families share: a transformers ``ProcessorMixin`` (an image
+    processor and a tokenizer, saved as transformers saves them: ``processor_config.json`` and the
+    tokenizer files) whose one call returns a ``BatchFeature``.
 
     Subclasses set the token lengths and implement :meth:`_encode_text` and :meth:`_encode_images`.
 
@@ -235,6 +251,8 @@ class FGCLIPProcessor(DualEncoderProcessor):
 
     Args:
         tokenizer: a CLIP BPE tokenizer; built from ``open_clip_torch``'s vocabulary if omitted.
+        image_processor: a ``CLIPImageProcessor``; built from ``image_size``, ``image_mean`` and
+            ``image_std`` if omitted.
         image_size: square input size of the model (224 for B/16, 336 for L/14).
         short_length / long_length: token lengths of short (and region) and long texts.
         resize_mode: ``"squash"`` resizes to ``image_size`` squared ignoring the aspect ratio
@@ -246,6 +264,7 @@ class FGCLIPProcessor(DualEncoderProcessor):
     def __init__(
         self,
         tokenizer: CLIPTokenizer | None = None,
+        image_processor: CLIPImageProcessor | None = None,
         image_size: int = 224,
         short_length: int = 77,
         long_length: int = 248,
@@ -255,17 +274,18 @@ class FGCLIPProcessor(DualEncoderProcessor):
     ):
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"unknown resize_mode {resize_mode!r}; expected one of {', '.join(RESIZE_MODES)}")
-        self.tokenizer = tokenizer if tokenizer is not None else clip_bpe_tokenizer()
+        if image_processor is None:
+            image_processor = CLIPImageProcessor(
+                size={"height": image_size, "width": image_size},
+                do_center_crop=False,
+                image_mean=list(image_mean),
+                image_std=list(image_std),
+            )
+        super().__init__(tokenizer if tokenizer is not None else clip_bpe_tokenizer(), image_processor)
         self.image_size = image_size
         self.short_length = short_length
         self.long_length = long_length
         self.resize_mode = resize_mode
-        self.image_processor = CLIPImageProcessor(
-            size={"height": image_size, "width": image_size},
-            do_center_crop=False,
-            image_mean=list(image_mean),
-            image_std=list(image_std),
-        )
 
     @classmethod
     def for_config(cls, config: FGCLIPConfig, tokenizer: CLIPTokenizer | None = None, **kwargs) -> "FGCLIPProcessor":
@@ -279,38 +299,37 @@ class FGCLIPProcessor(DualEncoderProcessor):
         )
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write the tokenizer, the image processor and the FG-CLIP settings to ``directory``."""
-        os.makedirs(directory, exist_ok=True)
-        self.tokenizer.save_pretrained(directory)
-        self.image_processor.save_pretrained(directory)
-        settings = {"image_size": self.image_size, "short_length": self.short_length,
-                    "long_length": self.long_length, "resize_mode": self.resize_mode}
-        Path(directory, PROCESSOR_FILE).write_text(json.dumps(settings, indent=2) + "\n")
-
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> "FGCLIPProcessor":
-        """Load a processor saved by :meth:`save_pretrained`, or derive one from a model directory or hub id.
+    def from_pretrained(cls, directory: str | os.PathLike, **kwargs) -> "FGCLIPProcessor":
+        """Load a processor saved by :meth:`save_pretrained` (or by fgclip < 0.2), or derive one from a model
+        directory or hub id; keyword arguments other than file-locating ones override saved settings.
 
         A model directory without processor files (e.g. an upstream checkpoint) gets a
         processor built from its ``config.json`` and the offline CLIP vocabulary.
         """
+        hub, overrides = split_hub_kwargs(kwargs)
         directory = Path(directory)
         if not directory.is_dir():  # a hub id: only its config.json is needed
             from transformers.utils import cached_file
 
-            directory = Path(cached_file(str(directory), "config.json")).parent
-        settings_file = directory / PROCESSOR_FILE
-        if settings_file.is_file():
-            settings = json.loads(settings_file.read_text())
-            image_processor = CLIPImageProcessor.from_pretrained(directory)
-            settings.setdefault("image_mean", tuple(image_processor.image_mean))
-            settings.setdefault("image_std", tuple(image_processor.image_std))
-            tokenizer = CLIPTokenizer.from_pretrained(directory)
-            return cls(tokenizer=tokenizer, **{**settings, **overrides})
+            directory = Path(cached_file(str(directory), "config.json", **hub)).parent
+        if (directory / PROCESSOR_NAME).is_file():
+            processor_dict, _ = cls.get_processor_dict(directory)
+            arguments = cls._get_arguments_from_pretrained(directory, processor_dict)
+            return cls.from_args_and_dict(arguments, processor_dict, **overrides)
+        legacy_file = directory / LEGACY_PROCESSOR_FILE
+        if legacy_file.is_file():
+            try:
+                settings = json.loads(legacy_file.read_text())
+                image_processor = CLIPImageProcessor.from_pretrained(directory)
+                tokenizer = CLIPTokenizer.from_pretrained(directory)
+            except (OSError, ValueError) as error:
+                raise CheckpointError(legacy_file, f"processor saved by fgclip < 0.2 cannot be read ({error}); "
+                                                   "re-save it with FGCLIPProcessor.save_pretrained") from None
+            return cls(tokenizer=tokenizer, image_processor=image_processor, **{**settings, **overrides})
         if (directory / "config.json").is_file():
             return cls.for_config(FGCLIPConfig.from_pretrained(directory), **overrides)
-        raise FileNotFoundError(f"no {PROCESSOR_FILE} or config.json in {directory}")
+        raise FileNotFoundError(f"no {PROCESSOR_NAME}, {LEGACY_PROCESSOR_FILE} or config.json in {directory}")
 
     # ------------------------------------------------------------------ text
     def _encode_text(self, texts: list[str], text_kind: str, padding: str) -> dict[str, torch.Tensor]:

@@ -20,10 +20,12 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer
 from transformers.image_processing_utils import ImageProcessingMixin
+from transformers.utils import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME
 from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 
 from .configuration_fgclip2 import FGCLIP2Config
-from .processing_fgclip import DualEncoderProcessor, concat_image_batches, load_image, warn_truncated
+from .processing_fgclip import (DualEncoderProcessor, concat_image_batches, load_image, split_hub_kwargs,
+                               warn_truncated)
 
 
 def auto_patch_budget(image: Image.Image, patch_size: int = 16) -> int:
@@ -90,12 +92,11 @@ class FGCLIP2Processor(DualEncoderProcessor):
         budget_scope: str = "call",
         lowercase: bool = True,
     ):
-        self.lowercase = lowercase
         if budget_scope not in BUDGET_SCOPES:
             raise ValueError(f"budget_scope must be one of {BUDGET_SCOPES}, got {budget_scope!r}")
+        super().__init__(tokenizer, image_processor or Siglip2ImageProcessorPil(patch_size=patch_size))
+        self.lowercase = lowercase
         self.budget_scope = budget_scope
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor or Siglip2ImageProcessorPil(patch_size=patch_size)
         if max_num_patches is None:
             max_num_patches = self.image_processor.max_num_patches
         if max_num_patches != "auto" and not (isinstance(max_num_patches, int) and max_num_patches > 0):
@@ -119,37 +120,47 @@ class FGCLIP2Processor(DualEncoderProcessor):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, max_num_patches: int | str | None = "auto", budget_scope: str = "call",
+        cls, path: str | os.PathLike, max_num_patches: int | str | None = "auto", budget_scope: str | None = None,
         **kwargs,
     ) -> "FGCLIP2Processor":
-        """Tokenizer, image processor and text lengths of a checkpoint directory or hub id.
+        """Tokenizer, image processor and settings of a checkpoint directory or hub id.
 
-        ``preprocessor_config.json`` is read as the official processor reads it
-        (:func:`load_image_processor`). The budget is FG-CLIP 2's size rule by default (what the
-        released configs give); ``None`` takes the saved one (``"auto"`` unless the file sets
-        ``dynamic_max_patches: false``, then its ``max_num_patches``)."""
-        config = FGCLIP2Config.from_pretrained(path, **kwargs)
-        image_processor, saved_budget = load_image_processor(path, **kwargs)
+        The settings (text lengths, lower-casing, budget scope) are those of ``processor_config.json``,
+        else (official checkpoints, fgclip < 0.2) the text lengths of ``config.json``. The image
+        processor is read as the official processor reads it (:func:`load_image_processor`). The
+        budget is FG-CLIP 2's size rule by default (what the released configs give); ``None`` takes
+        the saved one (``processor_config.json``'s, else ``"auto"`` unless ``preprocessor_config.json``
+        sets ``dynamic_max_patches: false``, then its ``max_num_patches``). Other keyword arguments
+        override saved settings."""
+        hub, overrides = split_hub_kwargs(kwargs)
+        image_processor, saved_budget = load_image_processor(path, **hub)
+        processor_dict, _ = cls.get_processor_dict(path, **hub)
+        if processor_dict.get("processor_class") == cls.__name__:
+            settings = {key: processor_dict[key] for key in ("short_length", "long_length", "lowercase",
+                                                             "budget_scope") if key in processor_dict}
+            saved_budget = processor_dict.get("max_num_patches", saved_budget)
+        else:
+            config = FGCLIP2Config.from_pretrained(path, **hub)
+            settings = {"short_length": config.short_text_length, "long_length": config.long_text_length}
+        settings = {**settings, **overrides}
+        if budget_scope is not None:
+            settings["budget_scope"] = budget_scope
         return cls(
-            AutoTokenizer.from_pretrained(path, **kwargs),
+            cls._load_tokenizer_from_pretrained("tokenizer", path, **hub),
             image_processor,
-            short_length=config.short_text_length,
-            long_length=config.long_text_length,
             max_num_patches=saved_budget if max_num_patches is None else max_num_patches,
-            budget_scope=budget_scope,
+            **settings,
         )
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Tokenizer and ``preprocessor_config.json`` (with the official ``dynamic_max_patches``)."""
-        os.makedirs(directory, exist_ok=True)
-        self.tokenizer.save_pretrained(directory)
-        self.image_processor.save_pretrained(directory)
-        config_file = os.path.join(directory, "preprocessor_config.json")
-        with open(config_file, encoding="utf-8") as handle:
-            config = json.load(handle)
-        config["dynamic_max_patches"] = self.max_num_patches == "auto"
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs) -> list[str]:
+        """transformers' files (``processor_config.json``, tokenizer), and the official layout's
+        ``preprocessor_config.json`` (with its ``dynamic_max_patches``) for the official code."""
+        files = super().save_pretrained(directory, **kwargs)
+        config = {**self.image_processor.to_dict(), "dynamic_max_patches": self.max_num_patches == "auto"}
+        config_file = os.path.join(directory, IMAGE_PROCESSOR_NAME)
         with open(config_file, "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
+        return [*files, config_file]
 
     def patch_budget(self, image: Image.Image, max_num_patches: int | str | None = None) -> int:
         """The patch budget of ``image`` alone (the processor's, or ``max_num_patches`` for this call)."""
