@@ -27,21 +27,38 @@ from mmdet.datasets import CocoDataset
 from mmdet.datasets.api_wrappers import COCO
 from mmdet.registry import DATASETS
 
-# The 65 OV-COCO classes in COCO category order (48 base + 17 novel).
-OV_COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "bench",
-    "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe",
-    "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "kite",
-    "skateboard", "surfboard", "bottle", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "pizza", "donut", "cake", "chair", "couch", "bed",
-    "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "book", "clock", "vase", "scissors", "toothbrush",
-)  # fmt: skip
-OV_COCO_NOVEL_CLASSES = (
-    "airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie", "snowboard", "skateboard",
-    "cup", "knife", "cake", "couch", "keyboard", "sink", "scissors",
-)  # fmt: skip
+from .ov_coco_classes import classes as OV_COCO_CLASSES
+from .ov_coco_classes import novel_classes as OV_COCO_NOVEL_CLASSES
+
 OV_COCO_BASE_CLASSES = tuple(name for name in OV_COCO_CLASSES if name not in OV_COCO_NOVEL_CLASSES)
+
+
+# Pipeline steps whose size the dataset's ``image_size`` fills in: type -> (the field filled, then
+# the fields that already fix the size).
+SIZED_STEPS = {
+    "Resize": ("scale", "scale_factor"),
+    "RandomResize": ("scale",),
+    "RandomCrop": ("crop_size",),
+    "Pad": ("size", "size_divisor", "pad_to_square"),
+}
+
+
+def sized_pipeline(pipeline: Sequence, image_size: Sequence[int] | None, where: str) -> list:
+    """``pipeline`` with ``image_size`` as the size of each step of :data:`SIZED_STEPS` that sets
+    none of its size fields (built transforms pass as they are).
+
+    Raises:
+        ConfigError: such a step and no ``image_size``.
+    """
+    steps = []
+    for step in pipeline:
+        fields = SIZED_STEPS.get(step.get("type")) if isinstance(step, dict) else None
+        if fields and not any(field in step for field in fields):
+            if image_size is None:
+                raise ConfigError(f"{where}: pipeline step {step['type']} sets no {fields[0]}; give the dataset an image_size")
+            step = {**step, fields[0]: tuple(image_size)}
+        steps.append(step)
+    return steps
 
 
 def check_novel_classes(classes: Sequence[str], novel_classes: Sequence[str], where: str) -> tuple[str, ...]:
@@ -134,17 +151,21 @@ class OVCocoDataset(CocoDataset):
     Args:
         novel_classes: names (a subset of ``metainfo['classes']``) held out from training.
         base_only: drop the annotations of novel classes (use for the training split).
+        image_size: the input size (w, h) of the pipeline steps that set none (:func:`sized_pipeline`).
+        pipeline: the data pipeline.
         **kwargs: as for ``mmdet.datasets.CocoDataset`` (``ann_file``, ``data_prefix``,
-            ``metainfo=dict(classes=...)``, ``filter_cfg``, ``pipeline``, ...).
+            ``metainfo=dict(classes=...)``, ``filter_cfg``, ...).
     """
 
     METAINFO = {"classes": OV_COCO_CLASSES}
     COCOAPI = NameOrderedCOCO
 
-    def __init__(self, *args, novel_classes: Sequence[str] = OV_COCO_NOVEL_CLASSES, base_only: bool = False, **kwargs):
+    def __init__(self, *args, novel_classes: Sequence[str] = OV_COCO_NOVEL_CLASSES, base_only: bool = False,
+                 image_size: Sequence[int] | None = None, pipeline: Sequence = (), **kwargs):
         self.novel_classes = tuple(novel_classes)
         self.base_only = base_only
-        super().__init__(*args, **kwargs)
+        where = f"{type(self).__name__} ({kwargs.get('ann_file', '')})"
+        super().__init__(*args, pipeline=sized_pipeline(pipeline, image_size, where), **kwargs)
 
     def load_data_list(self) -> list[dict]:
         classes = self.metainfo["classes"]

@@ -1,41 +1,11 @@
 # OV-COCO: COCO 2017 restricted to 65 classes; training sees the 48 base classes only,
 # evaluation reports AP50 on the 17 novel, the 48 base and all 65 classes.
-# Large-scale jitter at 640 x 640 (the ViT-B/16 input size).
+# Large-scale jitter at 640 x 640 (the ViT-B/16 input size). The classes and novel_classes are
+# detection/ov_coco_classes.py's (the list OVCocoDataset and OVCocoAP50Metric default to).
+_base_ = ["../../../detection/ov_coco_classes.py", "fvit_pipelines.py"]
 dataset_type = "OVCocoDataset"
 data_root = "data/coco/"
 image_size = (640, 640)
-
-classes = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "bench",
-    "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe",
-    "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "kite",
-    "skateboard", "surfboard", "bottle", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "pizza", "donut", "cake", "chair", "couch", "bed",
-    "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "book", "clock", "vase", "scissors", "toothbrush",
-)  # fmt: skip
-novel_classes = (
-    "airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie", "snowboard", "skateboard",
-    "cup", "knife", "cake", "couch", "keyboard", "sink", "scissors",
-)  # fmt: skip
-
-train_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(type="RandomResize", scale=image_size, ratio_range=(0.1, 2.0), keep_ratio=True),
-    dict(type="RandomCrop", crop_type="absolute_range", crop_size=image_size, recompute_bbox=True, allow_negative_crop=True),
-    dict(type="FilterAnnotations", min_gt_bbox_wh=(1e-2, 1e-2)),
-    dict(type="RandomFlip", prob=0.5),
-    dict(type="Pad", size=image_size),
-    dict(type="PackDetInputs"),
-]
-test_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="Resize", scale=image_size, keep_ratio=True),
-    dict(type="Pad", size=image_size),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
-]
 
 train_dataloader = dict(
     batch_size=8,
@@ -47,11 +17,12 @@ train_dataloader = dict(
         data_root=data_root,
         ann_file="annotations/instances_train2017.json",
         data_prefix=dict(img="train2017/"),
-        metainfo=dict(classes=classes),
-        novel_classes=novel_classes,
+        metainfo=dict(classes=_base_.classes),
+        novel_classes=_base_.novel_classes,
         base_only=True,
         filter_cfg=dict(filter_empty_gt=True, min_size=32),
-        pipeline=train_pipeline,
+        image_size=image_size,
+        pipeline=_base_.train_pipeline,
     ),
 )
 val_dataloader = dict(
@@ -65,13 +36,14 @@ val_dataloader = dict(
         data_root=data_root,
         ann_file="annotations/instances_val2017.json",
         data_prefix=dict(img="val2017/"),
-        metainfo=dict(classes=classes),
-        novel_classes=novel_classes,
+        metainfo=dict(classes=_base_.classes),
+        novel_classes=_base_.novel_classes,
         test_mode=True,
-        pipeline=test_pipeline,
+        image_size=image_size,
+        pipeline=_base_.test_pipeline,
     ),
 )
 test_dataloader = val_dataloader
 
-val_evaluator = dict(type="OVCocoAP50Metric", ann_file=data_root + "annotations/instances_val2017.json", novel_classes=novel_classes)
+val_evaluator = dict(type="OVCocoAP50Metric", ann_file=data_root + "annotations/instances_val2017.json", novel_classes=_base_.novel_classes)
 test_evaluator = val_evaluator

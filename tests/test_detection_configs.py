@@ -1,0 +1,129 @@
+"""The shipped detection configs (configs/fvit_*.py) as mmengine resolves them: the pipelines, declared
+once in configs/_base_/datasets/fvit_pipelines.py and sized by each dataset's image_size, are the
+ones each config declared for itself before; the OV-COCO classes are detection's list; every other
+field is unchanged (a digest of the resolved config)."""
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mmdet", reason="detection extra not installed (pip install -e .[detection])")
+pytest.importorskip("mmcv._ext", reason="mmcv ops not built (tools/install_mmcv.sh)")
+
+from mmengine.config import Config  # noqa: E402
+
+from detection.datasets import OV_COCO_CLASSES, OV_COCO_NOVEL_CLASSES, sized_pipeline  # noqa: E402
+from fgclip.errors import ConfigError  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+LOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+# config -> (input size, training jitter range)
+SIZES = {
+    "fvit_fgclip2_base.py": ((640, 640), (0.1, 2.0)),
+    "fvit_fgclip_b16.py": ((640, 640), (0.1, 2.0)),
+    "fvit_fgclip_b16_ovlvis.py": ((1024, 1024), (0.1, 2.0)),
+    "fvit_fgclip_l14.py": ((896, 896), (0.1, 2.0)),
+    "fvit_fgclip_l14_ovlvis.py": ((896, 896), (0.1, 2.0)),
+    "fvit_tiny_cpu.py": ((64, 64), (0.8, 1.25)),
+    "fvit_tiny_cpu_lvis.py": ((64, 64), (0.8, 1.25)),
+}
+# sha256 (first 16 hex digits) of canonical() of each resolved config, pipelines sized (resolved()),
+# as the configs stood when every config still spelt its pipelines out.
+DIGESTS = {
+    "fvit_fgclip2_base.py": "3c955754281be983",
+    "fvit_fgclip_b16.py": "51176a7485385f47",
+    "fvit_fgclip_b16_ovlvis.py": "a2e2fc7ef69a26a6",
+    "fvit_fgclip_l14.py": "c7b44108ac585e53",
+    "fvit_fgclip_l14_ovlvis.py": "9284a4d006d9c39c",
+    "fvit_tiny_cpu.py": "49434f35823dccf2",
+    "fvit_tiny_cpu_lvis.py": "d29345996b40d96b",
+}
+
+
+def expected_train_pipeline(size, ratio_range) -> list[dict]:
+    return [
+        dict(type="LoadImageFromFile"),
+        dict(type="LoadAnnotations", with_bbox=True),
+        dict(type="RandomResize", scale=size, ratio_range=ratio_range, keep_ratio=True),
+        dict(type="RandomCrop", crop_type="absolute_range", crop_size=size, recompute_bbox=True, allow_negative_crop=True),
+        dict(type="FilterAnnotations", min_gt_bbox_wh=(1e-2, 1e-2)),
+        dict(type="RandomFlip", prob=0.5),
+        dict(type="Pad", size=size),
+        dict(type="PackDetInputs"),
+    ]
+
+
+def expected_test_pipeline(size) -> list[dict]:
+    return [
+        dict(type="LoadImageFromFile"),
+        dict(type="Resize", scale=size, keep_ratio=True),
+        dict(type="Pad", size=size),
+        dict(type="LoadAnnotations", with_bbox=True),
+        dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
+    ]
+
+
+def resolved(name: str) -> dict:
+    """``Config.fromfile(...).to_dict()`` with each pipeline as its dataset builds it and ``image_size``
+    taken out of the datasets (the top-level pipelines sized by the top-level ``image_size``)."""
+    cfg = copy.deepcopy(Config.fromfile(str(CONFIGS / name)).to_dict())
+    for key in ("train_pipeline", "test_pipeline"):
+        cfg[key] = sized_pipeline(cfg[key], cfg["image_size"], key)
+    for key in LOADERS:
+        dataset = cfg[key]["dataset"]
+        dataset["pipeline"] = sized_pipeline(dataset["pipeline"], dataset.pop("image_size"), key)
+    return cfg
+
+
+def canonical(value) -> str:
+    """A text of ``value`` with dict keys sorted and tuples told from lists."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key!r}:{canonical(item)}" for key, item in sorted(value.items())) + "}"
+    if isinstance(value, (list, tuple)):
+        inner = ",".join(canonical(item) for item in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    return repr(value)
+
+
+def test_every_shipped_config_is_covered():
+    assert sorted(path.name for path in CONFIGS.glob("fvit_*.py")) == sorted(SIZES) == sorted(DIGESTS)
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_pipelines_are_the_ones_each_config_declared(name):
+    size, ratio_range = SIZES[name]
+    cfg = resolved(name)
+    assert cfg["image_size"] == size
+    assert cfg["train_pipeline"] == cfg["train_dataloader"]["dataset"]["pipeline"] == expected_train_pipeline(size, ratio_range)
+    for key in ("test_pipeline", "val_dataloader", "test_dataloader"):
+        pipeline = cfg[key] if key == "test_pipeline" else cfg[key]["dataset"]["pipeline"]
+        assert pipeline == expected_test_pipeline(size), key
+
+
+@pytest.mark.parametrize("name", sorted(DIGESTS))
+def test_resolved_config_is_unchanged(name):
+    digest = hashlib.sha256(canonical(resolved(name)).encode()).hexdigest()[:16]
+    assert digest == DIGESTS[name], f"{name} resolves differently (if deliberate, update DIGESTS)"
+
+
+@pytest.mark.parametrize("name", ["fvit_fgclip2_base.py", "fvit_fgclip_b16.py", "fvit_fgclip_l14.py"])
+def test_ov_coco_configs_use_the_one_class_list(name):
+    cfg = Config.fromfile(str(CONFIGS / name))
+    head = cfg.model.roi_head.bbox_head
+    assert cfg.classes == head.class_names == OV_COCO_CLASSES
+    assert cfg.novel_classes == head.novel_classes == cfg.val_evaluator.novel_classes == OV_COCO_NOVEL_CLASSES
+    for key in LOADERS:
+        dataset = cfg[key].dataset
+        assert dataset.metainfo.classes == OV_COCO_CLASSES and dataset.novel_classes == OV_COCO_NOVEL_CLASSES
+
+
+def test_sized_pipeline_fills_only_unset_sizes():
+    steps = [dict(type="Resize", keep_ratio=True), dict(type="Pad", size_divisor=32), dict(type="RandomCrop", crop_size=(8, 8)),
+             dict(type="RandomFlip", prob=0.5)]
+    assert sized_pipeline(steps, (64, 48), "here") == [
+        dict(type="Resize", keep_ratio=True, scale=(64, 48)), *steps[1:]]
+    with pytest.raises(ConfigError, match="here: pipeline step Resize sets no scale; give the dataset an image_size"):
+        sized_pipeline(steps, None, "here")
