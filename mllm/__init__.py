@@ -1,18 +1,17 @@
 """LLaVA-1.5 with an FG-CLIP vision tower, on transformers' ``LlavaForConditionalGeneration``.
 
-Importing the package registers the tower with ``AutoConfig`` / ``AutoModel`` so that saved
-models reload with ``LlavaForConditionalGeneration.from_pretrained``.
+The tower is transformers' ``CLIPVisionModel`` (:mod:`mllm.tower`), so saved models reload with
+plain ``LlavaForConditionalGeneration.from_pretrained``, without this package.
 """
 from .builder import IMAGE_TOKEN, build_llava, build_processor, load_llava, prepare_tokenizer, save_llava
-from .tower import FGCLIPVisionTower, FGCLIPVisionTowerConfig
+from .tower import vision_tower_from_fgclip
 
 __all__ = [
     "IMAGE_TOKEN",
-    "FGCLIPVisionTower",
-    "FGCLIPVisionTowerConfig",
     "build_llava",
     "build_processor",
     "load_llava",
     "prepare_tokenizer",
     "save_llava",
+    "vision_tower_from_fgclip",
 ]

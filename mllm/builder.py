@@ -2,7 +2,7 @@
 
 The model is transformers' own ``LlavaForConditionalGeneration``:
 
-* vision tower: :class:`~mllm.tower.FGCLIPVisionTower`, read at ``vision_feature_layer=-2``
+* vision tower: FG-CLIP's ViT as transformers' ``CLIPVisionModel`` (:mod:`mllm.tower`), read at ``vision_feature_layer=-2``
   with ``vision_feature_select_strategy="default"`` (penultimate layer, CLS dropped);
 * projector: ``LlavaMultiModalProjector`` with ``projector_hidden_act="gelu"`` and biases, which
   is LLaVA-1.5's ``mlp2x_gelu``: Linear(tower hidden -> LM hidden), GELU, Linear(LM hidden -> LM hidden);
@@ -30,6 +30,8 @@ from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
     AutoTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModel,
     GenerationConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -44,7 +46,7 @@ from fgclip import FGCLIPProcessor
 from fgclip.encoders import check_checkpoint_files, locate_config
 from fgclip.errors import CheckpointError, run_command
 
-from .tower import FGCLIPVisionTower, FGCLIPVisionTowerConfig
+from .tower import LEGACY_TOWER_TYPE, clip_vision_config_dict, patch_tokens, vision_tower_from_fgclip
 
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
@@ -83,7 +85,7 @@ def load_language_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
 
 def build_processor(
     tokenizer: PreTrainedTokenizerBase,
-    tower_config: FGCLIPVisionTowerConfig,
+    tower_config: CLIPVisionConfig,
     image_mean: tuple[float, float, float],
     image_std: tuple[float, float, float],
 ) -> LlavaProcessor:
@@ -126,7 +128,7 @@ def build_llava(
         locate_config(path)  # a missing directory or unknown hub id, named before anything loads
     if os.path.isdir(fgclip_path):
         check_checkpoint_files(fgclip_path)
-    tower = FGCLIPVisionTower.from_fgclip(fgclip_path, dtype=dtype)
+    tower = vision_tower_from_fgclip(fgclip_path, dtype=dtype)
     fgclip_processor = FGCLIPProcessor.from_pretrained(fgclip_path)
     tokenizer = load_language_tokenizer(language_model_path)
     # Loaded straight into ``dtype``: no float32 copy of a 7B model (28 GB) is ever held.
@@ -137,7 +139,7 @@ def build_llava(
         vision_config=tower.config,
         text_config=language_model.config,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=tower.num_patches,
+        image_seq_length=patch_tokens(tower.config),
         projector_hidden_act="gelu",
         vision_feature_layer=VISION_FEATURE_LAYER,
         vision_feature_select_strategy="default",
@@ -187,18 +189,30 @@ def load_processor(directory: str | os.PathLike) -> LlavaProcessor:
     return AutoProcessor.from_pretrained(directory, backend="pil", tokenizer=tokenizer)
 
 
+def llava_config(directory: str | os.PathLike) -> LlavaConfig:
+    """The ``LlavaConfig`` saved in ``directory``; a tower config of the pre-0.2.0 type
+    ``fgclip_vision_tower`` is read as the ``clip_vision_model`` it always was."""
+    config, _ = LlavaConfig.get_config_dict(directory)
+    vision = config.get("vision_config") or {}
+    if vision.get("model_type") == LEGACY_TOWER_TYPE:
+        config["vision_config"] = clip_vision_config_dict(vision)
+    return LlavaConfig.from_dict(config)
+
+
 def load_llava(
     directory: str | os.PathLike, dtype: torch.dtype | None = None
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """Reload a model saved by :func:`save_llava` (or by ``mllm.train`` / ``mllm.merge_lora``)."""
+    """Reload a model saved by :func:`save_llava` (or by ``mllm.train`` / ``mllm.merge_lora``), or any
+    llava-hf directory whose tower is a ``CLIPVisionModel``."""
     locate_config(directory)
     if os.path.isdir(directory):
         check_checkpoint_files(directory)
-    model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype or torch.float32)
+    model = LlavaForConditionalGeneration.from_pretrained(directory, config=llava_config(directory),
+                                                          dtype=dtype or torch.float32)
     processor = load_processor(directory)
-    if not isinstance(model.model.vision_tower, FGCLIPVisionTower):
+    if not isinstance(model.model.vision_tower, CLIPVisionModel):
         raise CheckpointError(
-            f"{directory}: vision tower is {type(model.model.vision_tower).__name__}, expected an FG-CLIP tower"
+            f"{directory}: vision tower is {type(model.model.vision_tower).__name__}, expected a CLIP vision tower"
         )
     return model, processor
 

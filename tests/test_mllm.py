@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from fgclip import FGCLIPModel
-from mllm import FGCLIPVisionTower, build_llava, load_llava, prepare_tokenizer, save_llava
+from mllm import build_llava, load_llava, prepare_tokenizer, save_llava
 from mllm.data import (
     IGNORE_INDEX,
     VICUNA_SYSTEM,
@@ -81,7 +81,7 @@ def test_image_features_are_projected_penultimate_patch_tokens(llava, sources):
     vision_config = fgclip.config.vision_config
     terms = tower_terms(vision_config, PATCH_TOKENS + 1) + vision_config.hidden_size + 2 * projector.linear_2.in_features
     assert_close_to_reference(features, expected, terms=terms)
-    assert isinstance(model.model.vision_tower, FGCLIPVisionTower)
+    assert type(model.model.vision_tower) is CLIPVisionModel
     assert model.config.image_seq_length == PATCH_TOKENS
     tokenizer = llava[1].tokenizer
     assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<image>") == len(tiny_llama_tokenizer())
@@ -110,7 +110,7 @@ def test_saved_model_reloads_from_a_fresh_directory_without_its_sources(tmp_path
     shutil.rmtree(fgclip)
     shutil.move(tmp_path / "saved", tmp_path / "moved")
     config = json.loads((tmp_path / "moved" / "config.json").read_text())
-    assert config["vision_config"]["model_type"] == "fgclip_vision_tower"
+    assert config["vision_config"]["model_type"] == "clip_vision_model"
     reloaded, reloaded_processor = load_llava(tmp_path / "moved")
     before, after = model.state_dict(), reloaded.state_dict()
     assert before.keys() == after.keys()
@@ -120,6 +120,72 @@ def test_saved_model_reloads_from_a_fresh_directory_without_its_sources(tmp_path
 
 
 # ---------------------------------------------------------------- data
+def test_directory_saved_with_the_pre_0_2_tower_type_still_loads(llava, tmp_path):
+    model, processor = llava
+    save_llava(model, processor, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["vision_config"].update(model_type="fgclip_vision_tower", source_checkpoint="checkpoints/fg-clip")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reloaded, _ = load_llava(tmp_path)
+    assert type(reloaded.model.vision_tower) is CLIPVisionModel
+    before, after = model.state_dict(), reloaded.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[name], after[name]) for name in before)
+
+
+PLAIN_TRANSFORMERS = """
+import json, sys
+
+
+class WithoutThisProject:
+    \"\"\"Makes this checkout's packages unimportable: a Python that has transformers and not fgclip.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("fgclip", "mllm", "detection"):
+            raise ImportError(f"{name} is not installed here")
+
+
+sys.meta_path.insert(0, WithoutThisProject())
+import torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+directory, image, prompt = sys.argv[1:4]
+processor = AutoProcessor.from_pretrained(directory)
+model = LlavaForConditionalGeneration.from_pretrained(directory).eval()
+batch = processor(images=Image.open(image), text=prompt, return_tensors="pt")
+with torch.no_grad():
+    logits = model(**batch).logits
+    generated = model.generate(**batch, max_new_tokens=6, do_sample=False)
+print(json.dumps({"input_ids": batch["input_ids"].tolist(), "pixel_values": batch["pixel_values"].tolist(),
+                  "logits": logits.tolist(), "generated": generated.tolist()}))
+"""
+
+
+@torch.no_grad()
+def test_saved_directory_opens_in_plain_transformers(llava, tmp_path):
+    """A saved directory is a plain llava-hf one: transformers alone (this checkout unimportable) loads the
+    model and the processor and gives our ids, pixels, logits and greedy tokens. The image is already at the
+    tower's width, so the padded square needs no resize (PIL and torchvision resize differently)."""
+    model, processor = llava
+    save_llava(model, processor, tmp_path / "llava")
+    Image.new("RGB", (32, 24), (200, 40, 40)).save(tmp_path / "red.png")
+    prompt = f"{VICUNA_SYSTEM} USER: <image>\nWhat color is it? ASSISTANT:"
+    result = subprocess.run([sys.executable, "-c", PLAIN_TRANSFORMERS, str(tmp_path / "llava"),
+                             str(tmp_path / "red.png"), prompt], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    plain = json.loads(result.stdout.strip().splitlines()[-1])
+    ours, our_processor = load_llava(tmp_path / "llava")
+    batch = our_processor(images=Image.open(tmp_path / "red.png"), text=prompt, return_tensors="pt")
+    assert batch["input_ids"].tolist() == plain["input_ids"]
+    # torchvision's backend rescales and normalises in one fused step: pixels within its 3 roundings
+    assert_close_to_reference(torch.tensor(plain["pixel_values"]), batch["pixel_values"], terms=3)
+    tokens = batch["input_ids"].shape[1]
+    terms = tower_terms(ours.config.vision_config, PATCH_TOKENS + 1) + tower_terms(ours.config.text_config, tokens)
+    assert_close_to_reference(torch.tensor(plain["logits"]), ours(**batch).logits, terms=terms)
+    assert ours.generate(**batch, max_new_tokens=6, do_sample=False).tolist() == plain["generated"]
+
+
 def test_prompt_formats_and_answer_only_labels(llava, sources):
     """LLaVA's layout with a character-level Llama tokenizer: the "▁" before each answer is a target."""
     model, processor = llava

@@ -15,7 +15,7 @@ import pytest
 import sentencepiece
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, LlavaImageProcessorPil
+from transformers import AutoTokenizer, CLIPVisionConfig, LlavaImageProcessorPil
 
 from mllm import build_processor, prepare_tokenizer
 from mllm.builder import load_language_tokenizer, load_processor
@@ -27,7 +27,6 @@ from mllm.data import (
     RecordError,
     get_format,
 )
-from mllm.tower import FGCLIPVisionTowerConfig
 
 DATA = Path(__file__).resolve().parent / "data" / "mllm"
 OFFICIAL = json.loads((DATA / "llava_c121f04.json").read_text())
@@ -213,7 +212,7 @@ def test_a_config_without_legacy_reads_as_llava_reads_it(tmp_path):
 @pytest.mark.parametrize("legacy", [False, True])
 def test_legacy_survives_processor_save_and_reload(legacy, tmp_path):
     """Between the stages the processor is saved and reloaded; ``legacy`` and the PIL image processor stay."""
-    tower = FGCLIPVisionTowerConfig(image_size=32, patch_size=8)
+    tower = CLIPVisionConfig(image_size=32, patch_size=8)
     processor = build_processor(vicuna_tokenizer(tmp_path, legacy), tower, tuple(CLIP_MEAN), tuple(CLIP_STD))
     processor.save_pretrained(tmp_path / "saved")
     reloaded = load_processor(tmp_path / "saved")
