@@ -1,17 +1,32 @@
 """LLaVA-1.5 with an FG-CLIP vision tower, on transformers' ``LlavaForConditionalGeneration``.
 
 The tower is transformers' ``CLIPVisionModel`` (:mod:`mllm.tower`), so saved models reload with
-plain ``LlavaForConditionalGeneration.from_pretrained``, without this package.
+plain ``LlavaForConditionalGeneration.from_pretrained``, without this package. Names are imported
+on first use, so ``python -m mllm.builder`` / ``mllm.train`` run their module only once.
 """
-from .builder import IMAGE_TOKEN, build_llava, build_processor, load_llava, prepare_tokenizer, save_llava
-from .tower import vision_tower_from_fgclip
+from __future__ import annotations
 
-__all__ = [
-    "IMAGE_TOKEN",
-    "build_llava",
-    "build_processor",
-    "load_llava",
-    "prepare_tokenizer",
-    "save_llava",
-    "vision_tower_from_fgclip",
-]
+import importlib
+
+_EXPORTS = {
+    "IMAGE_TOKEN": "builder",
+    "build_llava": "builder",
+    "build_processor": "builder",
+    "load_llava": "builder",
+    "prepare_tokenizer": "builder",
+    "save_llava": "builder",
+    "vision_tower_from_fgclip": "tower",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
