@@ -37,16 +37,22 @@ model = dict(
     test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=100)),
 )
 
-# The base's large-scale jitter with a milder range (0.8-1.25); sizes from image_size as there.
 train_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="LoadAnnotations", with_bbox=True),
-    dict(type="RandomResize", ratio_range=(0.8, 1.25), keep_ratio=True),
-    dict(type="RandomCrop", crop_type="absolute_range", recompute_bbox=True, allow_negative_crop=True),
+    dict(type="RandomResize", scale=image_size, ratio_range=(0.8, 1.25), keep_ratio=True),
+    dict(type="RandomCrop", crop_type="absolute_range", crop_size=image_size, recompute_bbox=True, allow_negative_crop=True),
     dict(type="FilterAnnotations", min_gt_bbox_wh=(1e-2, 1e-2)),
     dict(type="RandomFlip", prob=0.5),
-    dict(type="Pad"),
+    dict(type="Pad", size=image_size),
     dict(type="PackDetInputs"),
+]
+test_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="Resize", scale=image_size, keep_ratio=True),
+    dict(type="Pad", size=image_size),
+    dict(type="LoadAnnotations", with_bbox=True),
+    dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
 ]
 train_dataloader = dict(
     batch_size=2,
@@ -59,7 +65,6 @@ train_dataloader = dict(
         metainfo=dict(classes=classes),
         novel_classes=novel_classes,
         filter_cfg=dict(filter_empty_gt=True, min_size=0),
-        image_size=image_size,
         pipeline=train_pipeline,
     ),
 )
@@ -73,7 +78,7 @@ val_dataloader = dict(
         data_prefix=dict(img="val/"),
         metainfo=dict(classes=classes),
         novel_classes=novel_classes,
-        image_size=image_size,
+        pipeline=test_pipeline,
     ),
 )
 test_dataloader = val_dataloader

@@ -33,34 +33,6 @@ from .ov_coco_classes import novel_classes as OV_COCO_NOVEL_CLASSES
 OV_COCO_BASE_CLASSES = tuple(name for name in OV_COCO_CLASSES if name not in OV_COCO_NOVEL_CLASSES)
 
 
-# Pipeline steps whose size the dataset's ``image_size`` fills in: type -> (the field filled, then
-# the fields that already fix the size).
-SIZED_STEPS = {
-    "Resize": ("scale", "scale_factor"),
-    "RandomResize": ("scale",),
-    "RandomCrop": ("crop_size",),
-    "Pad": ("size", "size_divisor", "pad_to_square"),
-}
-
-
-def sized_pipeline(pipeline: Sequence, image_size: Sequence[int] | None, where: str) -> list:
-    """``pipeline`` with ``image_size`` as the size of each step of :data:`SIZED_STEPS` that sets
-    none of its size fields (built transforms pass as they are).
-
-    Raises:
-        ConfigError: such a step and no ``image_size``.
-    """
-    steps = []
-    for step in pipeline:
-        fields = SIZED_STEPS.get(step.get("type")) if isinstance(step, dict) else None
-        if fields and not any(field in step for field in fields):
-            if image_size is None:
-                raise ConfigError(f"{where}: pipeline step {step['type']} sets no {fields[0]}; give the dataset an image_size")
-            step = {**step, fields[0]: tuple(image_size)}
-        steps.append(step)
-    return steps
-
-
 def check_novel_classes(classes: Sequence[str], novel_classes: Sequence[str], where: str) -> tuple[str, ...]:
     """Validate that ``novel_classes`` is a duplicate-free subset of ``classes``; return it as a tuple."""
     unknown = [name for name in novel_classes if name not in classes]
@@ -151,21 +123,17 @@ class OVCocoDataset(CocoDataset):
     Args:
         novel_classes: names (a subset of ``metainfo['classes']``) held out from training.
         base_only: drop the annotations of novel classes (use for the training split).
-        image_size: the input size (w, h) of the pipeline steps that set none (:func:`sized_pipeline`).
-        pipeline: the data pipeline.
         **kwargs: as for ``mmdet.datasets.CocoDataset`` (``ann_file``, ``data_prefix``,
-            ``metainfo=dict(classes=...)``, ``filter_cfg``, ...).
+            ``metainfo=dict(classes=...)``, ``filter_cfg``, ``pipeline``, ...).
     """
 
     METAINFO = {"classes": OV_COCO_CLASSES}
     COCOAPI = NameOrderedCOCO
 
-    def __init__(self, *args, novel_classes: Sequence[str] = OV_COCO_NOVEL_CLASSES, base_only: bool = False,
-                 image_size: Sequence[int] | None = None, pipeline: Sequence = (), **kwargs):
+    def __init__(self, *args, novel_classes: Sequence[str] = OV_COCO_NOVEL_CLASSES, base_only: bool = False, **kwargs):
         self.novel_classes = tuple(novel_classes)
         self.base_only = base_only
-        where = f"{type(self).__name__} ({kwargs.get('ann_file', '')})"
-        super().__init__(*args, pipeline=sized_pipeline(pipeline, image_size, where), **kwargs)
+        super().__init__(*args, **kwargs)
 
     def load_data_list(self) -> list[dict]:
         classes = self.metainfo["classes"]

@@ -1,10 +1,8 @@
-"""The shipped detection configs (configs/fvit_*.py) as mmengine resolves them: the pipelines, declared
-once in configs/_base_/datasets/fvit_pipelines.py and sized by each dataset's image_size, are the
-ones each config declared for itself before; the OV-COCO classes are detection's list; every other
-field is unchanged (a digest of the resolved config)."""
+"""The shipped detection configs (configs/fvit_*.py) as mmengine resolves them: the pipelines at each
+config's input size, the OV-COCO classes from detection's one list, every field unchanged (a digest
+of the resolved config)."""
 from __future__ import annotations
 
-import copy
 import hashlib
 from pathlib import Path
 
@@ -15,8 +13,7 @@ pytest.importorskip("mmcv._ext", reason="mmcv ops not built (tools/install_mmcv.
 
 from mmengine.config import Config  # noqa: E402
 
-from detection.datasets import OV_COCO_CLASSES, OV_COCO_NOVEL_CLASSES, sized_pipeline  # noqa: E402
-from fgclip.errors import ConfigError  # noqa: E402
+from detection.datasets import OV_COCO_CLASSES, OV_COCO_NOVEL_CLASSES  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 LOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
@@ -30,8 +27,8 @@ SIZES = {
     "fvit_tiny_cpu.py": ((64, 64), (0.8, 1.25)),
     "fvit_tiny_cpu_lvis.py": ((64, 64), (0.8, 1.25)),
 }
-# sha256 (first 16 hex digits) of canonical() of each resolved config, pipelines sized (resolved()),
-# as the configs stood when every config still spelt its pipelines out.
+# sha256 (first 16 hex digits) of canonical() of each resolved config, as it stood when the OV-COCO
+# classes were still spelt out in configs/_base_/datasets/ov_coco.py.
 DIGESTS = {
     "fvit_fgclip2_base.py": "3c955754281be983",
     "fvit_fgclip_b16.py": "51176a7485385f47",
@@ -67,15 +64,7 @@ def expected_test_pipeline(size) -> list[dict]:
 
 
 def resolved(name: str) -> dict:
-    """``Config.fromfile(...).to_dict()`` with each pipeline as its dataset builds it and ``image_size``
-    taken out of the datasets (the top-level pipelines sized by the top-level ``image_size``)."""
-    cfg = copy.deepcopy(Config.fromfile(str(CONFIGS / name)).to_dict())
-    for key in ("train_pipeline", "test_pipeline"):
-        cfg[key] = sized_pipeline(cfg[key], cfg["image_size"], key)
-    for key in LOADERS:
-        dataset = cfg[key]["dataset"]
-        dataset["pipeline"] = sized_pipeline(dataset["pipeline"], dataset.pop("image_size"), key)
-    return cfg
+    return Config.fromfile(str(CONFIGS / name)).to_dict()
 
 
 def canonical(value) -> str:
@@ -118,12 +107,3 @@ def test_ov_coco_configs_use_the_one_class_list(name):
     for key in LOADERS:
         dataset = cfg[key].dataset
         assert dataset.metainfo.classes == OV_COCO_CLASSES and dataset.novel_classes == OV_COCO_NOVEL_CLASSES
-
-
-def test_sized_pipeline_fills_only_unset_sizes():
-    steps = [dict(type="Resize", keep_ratio=True), dict(type="Pad", size_divisor=32), dict(type="RandomCrop", crop_size=(8, 8)),
-             dict(type="RandomFlip", prob=0.5)]
-    assert sized_pipeline(steps, (64, 48), "here") == [
-        dict(type="Resize", keep_ratio=True, scale=(64, 48)), *steps[1:]]
-    with pytest.raises(ConfigError, match="here: pipeline step Resize sets no scale; give the dataset an image_size"):
-        sized_pipeline(steps, None, "here")

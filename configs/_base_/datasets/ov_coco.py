@@ -2,10 +2,28 @@
 # evaluation reports AP50 on the 17 novel, the 48 base and all 65 classes.
 # Large-scale jitter at 640 x 640 (the ViT-B/16 input size). The classes and novel_classes are
 # detection/ov_coco_classes.py's (the list OVCocoDataset and OVCocoAP50Metric default to).
-_base_ = ["../../../detection/ov_coco_classes.py", "fvit_pipelines.py"]
+_base_ = ["../../../detection/ov_coco_classes.py"]
 dataset_type = "OVCocoDataset"
 data_root = "data/coco/"
 image_size = (640, 640)
+
+train_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadAnnotations", with_bbox=True),
+    dict(type="RandomResize", scale=image_size, ratio_range=(0.1, 2.0), keep_ratio=True),
+    dict(type="RandomCrop", crop_type="absolute_range", crop_size=image_size, recompute_bbox=True, allow_negative_crop=True),
+    dict(type="FilterAnnotations", min_gt_bbox_wh=(1e-2, 1e-2)),
+    dict(type="RandomFlip", prob=0.5),
+    dict(type="Pad", size=image_size),
+    dict(type="PackDetInputs"),
+]
+test_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="Resize", scale=image_size, keep_ratio=True),
+    dict(type="Pad", size=image_size),
+    dict(type="LoadAnnotations", with_bbox=True),
+    dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
+]
 
 train_dataloader = dict(
     batch_size=8,
@@ -21,8 +39,7 @@ train_dataloader = dict(
         novel_classes=_base_.novel_classes,
         base_only=True,
         filter_cfg=dict(filter_empty_gt=True, min_size=32),
-        image_size=image_size,
-        pipeline=_base_.train_pipeline,
+        pipeline=train_pipeline,
     ),
 )
 val_dataloader = dict(
@@ -39,11 +56,12 @@ val_dataloader = dict(
         metainfo=dict(classes=_base_.classes),
         novel_classes=_base_.novel_classes,
         test_mode=True,
-        image_size=image_size,
-        pipeline=_base_.test_pipeline,
+        pipeline=test_pipeline,
     ),
 )
 test_dataloader = val_dataloader
 
-val_evaluator = dict(type="OVCocoAP50Metric", ann_file=data_root + "annotations/instances_val2017.json", novel_classes=_base_.novel_classes)
+val_evaluator = dict(
+    type="OVCocoAP50Metric", ann_file=data_root + "annotations/instances_val2017.json", novel_classes=_base_.novel_classes
+)
 test_evaluator = val_evaluator
