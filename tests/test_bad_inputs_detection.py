@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ pytest.importorskip("mmdet", reason="detection extra not installed (make setup-d
 pytest.importorskip("mmcv._ext", reason="mmcv ops not built (make setup-detection)")
 
 from mmengine.config import Config  # noqa: E402
-from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 import detection  # noqa: E402,F401  (registers the modules)
@@ -84,16 +82,6 @@ def workspace(tmp_path_factory) -> Path:
     (root / "no_height.json").write_text(json.dumps(coco))
     (root / "not_an_image.png").write_text("hello")
     return root
-
-
-@pytest.fixture
-def in_workspace(workspace, monkeypatch) -> Path:
-    monkeypatch.chdir(workspace)
-    init_default_scope("mmdet")
-    # Runners started within the same second share a logger (named by the time), which would keep
-    # writing to the previous test's captured, closed stdout.
-    monkeypatch.setattr(MMLogger, "_instance_dict", OrderedDict())
-    return workspace
 
 
 def last_error(capsys) -> str:

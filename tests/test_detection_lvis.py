@@ -16,7 +16,6 @@ pytest.importorskip("mmdet", reason="detection extra not installed (pip install 
 pytest.importorskip("mmcv._ext", reason="mmcv ops not built (tools/install_mmcv.sh)")
 
 from mmengine.config import Config  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from detection import OVLVISDataset, OVLVISMetric, lvis_box_ap, write_lvis_style  # noqa: E402
@@ -40,13 +39,6 @@ def workspace(tmp_path_factory) -> Path:
     load_tool("dump_class_embeddings").main(["--model", str(assets / "fgclip"), "--vocab", ",".join(SHAPES), "--templates", "fgclip",
                "--out", str(assets / "shapes_embeddings.pt")])
     return root
-
-
-@pytest.fixture
-def in_workspace(workspace, monkeypatch) -> Path:
-    monkeypatch.chdir(workspace)
-    init_default_scope("mmdet")
-    return workspace
 
 
 def planted_detections(gt: dict, seed: int) -> list[dict]:
