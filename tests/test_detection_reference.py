@@ -33,34 +33,14 @@ from detection import (  # noqa: E402  (registers the modules)
 )
 from detection.class_embeddings import load_class_embeddings, prompts  # noqa: E402
 from fgclip import FGCLIPModel, FGCLIPProcessor  # noqa: E402
-from fgclip.data.shapes import SHAPES, write_coco_detection  # noqa: E402
-from tiny_detection import ASSETS, load_tool, save_tiny_fgclip  # noqa: E402
+from fgclip.data.shapes import SHAPES  # noqa: E402
+from numerics import assert_close_to_reference, tower_terms  # noqa: E402
+from tiny_detection import ASSETS, load_tool  # noqa: E402
 from mmdet.registry import DATASETS, MODELS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "fvit_tiny_cpu.py"
 NOVEL = ("star", "cross")
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    """What configs/fvit_tiny_cpu.py points at: a tiny FG-CLIP, shape scenes, class embeddings (63 templates)."""
-    root = tmp_path_factory.mktemp("detection_reference")
-    assets = root / ASSETS
-    save_tiny_fgclip(assets / "fgclip")
-    write_coco_detection(assets / "shapes", "train", num_images=8, seed=0, image_size=64)
-    write_coco_detection(assets / "shapes", "val", num_images=6, seed=1, image_size=64)
-    load_tool("dump_class_embeddings").main(
-        ["--model", str(assets / "fgclip"), "--vocab", ",".join(SHAPES), "--out", str(assets / "shapes_embeddings.pt")]
-    )
-    return root
-
-
-@pytest.fixture
-def in_workspace(workspace, monkeypatch) -> Path:
-    monkeypatch.chdir(workspace)
-    init_default_scope("mmdet")
-    return workspace
 
 
 def fc_shapes(layers) -> list[tuple[int, int]]:
@@ -76,6 +56,7 @@ def write_embeddings(path: Path, names, width: int, seed: int = 0) -> Path:
 
 
 # ----------------------------------------------------------------------------- 1. the loss
+@pytest.mark.numerics
 def test_masked_cross_entropy_hand_example():
     """Class weights [1, 0, 1, 0.6] (class 1 novel, background last): class 1 is out of the softmax."""
     logits = torch.tensor([[2.0, 5.0, 0.5, 1.0], [0.3, -1.0, 2.2, 0.1], [1.0, 3.0, 0.0, 2.0], [0.0, 4.0, 1.0, 0.5]],
@@ -89,11 +70,12 @@ def test_masked_cross_entropy_hand_example():
             continue
         kept = [row[k] for k in (0, 2, 3)]
         expected += -weights[label].item() * (row[label] - math.log(sum(math.exp(v) for v in kept)))
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    terms, scale = logits.shape[1] + 4, float(logits.detach().abs().sum())  # a log-sum-exp per row, the weighted sum
+    assert_close_to_reference(loss, expected, terms=terms, scale=scale)
     loss.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad[:, 1].abs().max() == 0
     mean = masked_cross_entropy(logits, labels, class_weight=weights, avg_factor=4.0)
-    assert mean.item() == pytest.approx(expected / 4, rel=1e-6)
+    assert_close_to_reference(mean, expected / 4, terms=terms, scale=scale / 4)
 
 
 def batch_loss(model, batch, seed: int = 0) -> torch.Tensor:
@@ -139,6 +121,7 @@ def test_training_loss_ignores_novel_embeddings_and_follows_base_ones(in_workspa
 
 
 # ----------------------------------------------------------------------------- 2. the background
+@pytest.mark.numerics
 def test_background_row_is_the_prompt_ensemble_of_background(in_workspace, tmp_path):
     saved = torch.load(f"{ASSETS}/shapes_embeddings.pt", weights_only=True)
     assert saved["templates"] == list(CLIPSELF_TEMPLATES) and len(CLIPSELF_TEMPLATES) == 63
@@ -153,21 +136,26 @@ def test_background_row_is_the_prompt_ensemble_of_background(in_workspace, tmp_p
     background_texts = [t.replace("{article}", "a").replace("{}", "background") for t in CLIPSELF_TEMPLATES]
     assert background_texts[0] == "There is a background in the scene."
     expected = ensemble(background_texts)
-    torch.testing.assert_close(saved["background"], expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(saved["embeddings"][SHAPES.index("circle")], ensemble(prompts("circle", CLIPSELF_TEMPLATES)),
-                               rtol=1e-5, atol=1e-6)
+    # the tool embeds the prompts in batches; the mean over the templates and the normalisation
+    text = model.config.text_config
+    terms = tower_terms(text, text.max_position_embeddings) + len(CLIPSELF_TEMPLATES) + 4 * expected.shape[0]
+    assert_close_to_reference(saved["background"], expected, terms=terms)
+    assert_close_to_reference(saved["embeddings"][SHAPES.index("circle")], ensemble(prompts("circle", CLIPSELF_TEMPLATES)),
+                              terms=terms)
 
     cfg = Config.fromfile(str(TINY_CONFIG)).model.roi_head.bbox_head
     head = MODELS.build(cfg)
-    torch.testing.assert_close(head.class_and_background_embeddings()[-1], expected, rtol=1e-5, atol=1e-6)
+    assert_close_to_reference(head.class_and_background_embeddings()[-1], expected, terms=terms)
     assert "background_embedding" not in dict(head.named_parameters()) and "background_embedding" not in head.state_dict()
     learned = MODELS.build({**cfg, "learn_bg": True})
     assert isinstance(learned.background_embedding, nn.Parameter) and "background_embedding" in learned.state_dict()
-    torch.testing.assert_close(learned.class_and_background_embeddings()[-1], expected, rtol=1e-5, atol=1e-6)
+    assert_close_to_reference(learned.class_and_background_embeddings()[-1], expected, terms=terms)
     # The CLIP softmax of the ensemble uses the same background row.
     clip_region = torch.randn(2, expected.shape[0])
     cosine = F.normalize(clip_region, dim=-1) @ torch.cat([head.class_embeddings, expected[None]]).t()
-    torch.testing.assert_close(head.clip_probabilities(clip_region), (75.0 * cosine).softmax(-1), rtol=1e-5, atol=1e-6)
+    # a probability is off by about its logit's error (75 x a cosine), plus the softmax's
+    assert_close_to_reference(head.clip_probabilities(clip_region), (75.0 * cosine).softmax(-1),
+                              terms=3 * expected.shape[0] + 2 * cosine.shape[1] + 2, scale=75.0)
 
     with pytest.raises(ValueError, match="^--vocab: 'background' is not a class name"):
         load_tool("dump_class_embeddings").main(["--model", f"{ASSETS}/fgclip", "--vocab", "cat,background",
@@ -216,8 +204,8 @@ def test_head_layers_and_temperature_as_the_reference(tmp_path):
         region = torch.relu(head.cls_fcs[0](shared))
         reg = torch.relu(head.reg_fcs[0](shared))
     classes = torch.cat([head.class_embeddings, F.normalize(head.background_embedding, dim=0)[None]])
-    torch.testing.assert_close(cls_score, 37.0 * F.normalize(region, dim=-1) @ classes.t(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(bbox_pred, head.fc_reg(reg), rtol=1e-5, atol=1e-6)
+    assert torch.equal(cls_score, 37.0 * F.normalize(region, dim=-1) @ classes.t())  # the head's formula, bit for bit
+    assert torch.equal(bbox_pred, head.fc_reg(reg))
 
     rpn = MODELS.build(cfg.model.rpn_head)
     assert [type(m).__name__ for m in rpn.rpn_conv] == ["ConvModule", "ConvModule"]
@@ -280,8 +268,9 @@ def test_schedule_learning_rate_equals_the_reference():
         assert lr == pytest.approx(reference_lr(iteration, epoch, steps=(32, 44)), rel=1e-9), iteration
 
 
-def test_amp_uses_the_reference_static_loss_scale():
+def test_amp_uses_the_reference_static_loss_scale(monkeypatch):
     train_det = load_tool("train_det")
+    monkeypatch.setattr(train_det, "get_device", lambda: "cuda")  # fp16 --amp needs a GPU; none is used here
     cfg = train_det.setup_config(train_det.parse_args([str(REPO / "configs" / "fvit_fgclip_b16.py"), "--amp"]))
     assert cfg.optim_wrapper.type == "AmpOptimWrapper" and cfg.optim_wrapper.loss_scale == 512.0
     assert cfg.optim_wrapper.clip_grad == dict(max_norm=1.0, norm_type=2)
