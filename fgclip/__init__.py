@@ -9,7 +9,7 @@ Loading any of these names registers both families with ``AutoConfig``, ``AutoMo
 """
 from __future__ import annotations
 
-import importlib
+from .lazy import lazy_exports
 
 _EXPORTS = {
     "FGCLIPConfig": "configuration_fgclip",
@@ -48,14 +48,4 @@ def register_auto_classes() -> None:
         AutoProcessor.register(config, processor, exist_ok=True)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    register_auto_classes()
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, on_load=register_auto_classes)

@@ -6,7 +6,7 @@ on first use, so ``python -m mllm.builder`` / ``mllm.train`` run their module on
 """
 from __future__ import annotations
 
-import importlib
+from fgclip.lazy import lazy_exports
 
 _EXPORTS = {
     "IMAGE_TOKEN": "builder",
@@ -20,13 +20,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
