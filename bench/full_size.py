@@ -13,15 +13,19 @@ under ``--work-dir``:
   (``bench/fvit_workload.py``);
 * ``llava``: ``python -m mllm.builder`` assembling a Vicuna-7B-shaped language model (32 layers,
   hidden 4096, vocabulary 32000, bf16 files) with the FG-CLIP L/14-336 tower in bf16, then
-  ``LORA=1 bash mllm/finetune.sh`` with its defaults (ZeRO-3, bf16, LoRA r 128), batch 1.
+  ``LORA=1 bash mllm/finetune.sh`` at batch 1 with bf16 and LoRA rank ``--lora-r`` (default the
+  shipped 128, alpha 2r), without DeepSpeed (a single-GPU LoRA run) unless ``--llava-deepspeed``
+  keeps the script's ZeRO-3: ZeRO-3 in one process holds about 8 GiB above the 13 GiB of weights
+  and reached 22.8 GiB at rank 16 on the 24 GiB host, where a second run was killed for memory.
+  The GPU column is computed for ZeRO-3 and rank 128 (LoRA parameters scale with r).
 
 Printed per command: seconds per step, peak resident memory (the process tree's maximum RSS, from
 ``wait4``), the parameter / gradient / optimizer-state bytes of the CPU run, and the model-state
 bytes per GPU that follow for the documented GPU launch (ranks, ZeRO stage, batch), by the ZeRO
 paper's accounting for mixed-precision Adam (2 bytes of weights, 2 of gradients and 12 of float32
 master weights and moments per trained parameter; ZeRO-2 partitions the last two, ZeRO-3 all
-three). Activation memory per GPU is an extrapolation of the CPU run's memory above its model
-states and imports, linear in the batch, and is labelled as one.
+three). Activation memory depends on the GPU's kernels and is not extrapolated from a CPU run; the
+CPU peak RSS also counts the memory-mapped checkpoint pages that loading touches.
 """
 from __future__ import annotations
 
@@ -64,7 +68,6 @@ class Report:
     cpu_state_bytes: dict[str, int]
     gpu_setting: str
     gpu_state_bytes: int
-    gpu_activation_bytes: int
     note: str
 
 
@@ -80,13 +83,6 @@ def run(argv: list[str], env: dict[str, str], log: Path) -> Measured:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"error: {' '.join(map(str, argv))} failed; see {log}")
     return Measured(time.perf_counter() - start, usage.ru_maxrss * 1024, stdout)
-
-
-def imports_rss(modules: str, env: dict[str, str]) -> int:
-    """Peak RSS of a process that only imports ``modules`` (the floor under every command)."""
-    process = subprocess.Popen([sys.executable, "-c", f"import {modules}"], cwd=REPO, env={**os.environ, **env})
-    _, _, usage = os.wait4(process.pid, 0)
-    return usage.ru_maxrss * 1024
 
 
 def mixed_precision_states(trained: int, frozen: int, ranks: int, zero: int) -> int:
@@ -207,7 +203,7 @@ def safetensors_elements(directory: Path) -> int:
 
 
 # ---------------------------------------------------------------- workloads
-def run_fgclip(work_dir: Path, env: dict[str, str], floor: int) -> Report:
+def run_fgclip(work_dir: Path, env: dict[str, str]) -> Report:
     tower, data = prepared(work_dir, "tower", env), prepared(work_dir, "finehard", env)
     output, batch, steps = work_dir / "runs" / "fgclip_stage2_vitl14", 2, 2
     argv = [sys.executable, "tools/train_fgclip.py", "configs/fgclip/stage2_vitl14.yaml", f"model.path={tower}",
@@ -218,14 +214,13 @@ def run_fgclip(work_dir: Path, env: dict[str, str], floor: int) -> Report:
     measured = run(argv, env, work_dir / "fgclip.log")
     parameters = safetensors_elements(tower)
     cpu = {"weights": 2 * parameters, "gradients": 2 * parameters, "optimizer": 12 * parameters}
-    per_sample = max(measured.peak_rss - floor - sum(cpu.values()), 0) / batch
     return Report("tools/train_fgclip.py configs/fgclip/stage2_vitl14.yaml", train_runtime(measured.stdout) / steps,
                   measured.peak_rss, parameters, 0, cpu, "8 GPUs, ZeRO-2, bf16, batch 512 per GPU",
-                  mixed_precision_states(parameters, 0, 8, 2), int(per_sample * 512),
+                  mixed_precision_states(parameters, 0, 8, 2),
                   f"batch {batch}, {steps} steps (first included)")
 
 
-def run_fvit(work_dir: Path, env: dict[str, str], floor: int) -> Report:
+def run_fvit(work_dir: Path, env: dict[str, str]) -> Report:
     sys.path.insert(0, str(REPO / "bench"))
     import fvit_workload  # light at import: its heavy work runs in subprocesses
 
@@ -235,13 +230,17 @@ def run_fvit(work_dir: Path, env: dict[str, str], floor: int) -> Report:
     trained, frozen = counts["trainable"], counts["frozen"]
     # float32 weights (mmengine's AMP keeps float32 weights and autocasts), AdamW's two moments
     cpu = {"weights": 4 * (trained + frozen), "gradients": 4 * trained, "optimizer": 8 * trained}
-    per_sample = max(measured.peak_rss - floor - sum(cpu.values()), 0)
     return Report("tools/train_det.py configs/fvit_fgclip_l14.py (896 px)", fvit_workload.seconds_per_iteration(run_dir),
                   measured.peak_rss, trained, frozen, cpu, "8 GPUs, DDP, fp16 AMP, batch 8 per GPU",
-                  sum(cpu.values()), int(per_sample * 8), "batch 1, last logged iteration")
+                  sum(cpu.values()), "batch 1, last logged iteration")
 
 
-def run_llava(work_dir: Path, env: dict[str, str], floor: int) -> list[Report]:
+def projector_parameters(tower_hidden: int, hidden: int) -> int:
+    """Parameters of LLaVA-1.5's mlp2x_gelu projector (two linear layers with biases)."""
+    return tower_hidden * hidden + hidden + hidden * hidden + hidden
+
+
+def run_llava(work_dir: Path, env: dict[str, str], lora_r: int, deepspeed: bool) -> list[Report]:
     tower = prepared(work_dir, "tower", env)
     language_model = prepared(work_dir, "language_model", env)
     data = prepared(work_dir, "conversations", env)
@@ -252,35 +251,46 @@ def run_llava(work_dir: Path, env: dict[str, str], floor: int) -> list[Report]:
     print(f"[full_size] mllm.builder: {build.seconds:.0f} s, peak RSS {build.peak_rss / GIB:.1f} GiB = "
           f"{build.peak_rss / weights:.2f}x the {weights / GIB:.1f} GiB of bf16 weights", flush=True)
     output = work_dir / "runs" / "llava_7b_lora"
-    script_env = {**env, "LORA": "1", "NPROC": "1", "PER_DEVICE_BATCH": "1", "GLOBAL_BATCH": "1",
+    script_env = {**env, "LORA": "1", "LORA_R": str(lora_r), "LORA_ALPHA": str(2 * lora_r), "NPROC": "1", "PER_DEVICE_BATCH": "1", "GLOBAL_BATCH": "1",
                   "PRETRAINED": str(assembled), "DATA": str(data / "finetune.json"), "IMAGES": str(data / "images"),
-                  "OUTPUT": str(output), "PYTHON": sys.executable}
+                  "OUTPUT": str(output), "PYTHON": sys.executable, **({} if deepspeed else {"DEEPSPEED": ""})}
     measured = run(["bash", "mllm/finetune.sh", "--max_steps", "1", "--dataloader_num_workers", "0",
                     "--save_strategy", "no", "--disable_tqdm", "true"], script_env, work_dir / "llava.log")
     trained = int(re.search(r"([0-9,]+) of ([0-9,]+) parameters trainable", measured.stdout).group(1).replace(",", ""))
     total = int(re.search(r"([0-9,]+) of ([0-9,]+) parameters trainable", measured.stdout).group(2).replace(",", ""))
     frozen = total - trained
-    cpu = {"weights": 2 * total, "gradients": 2 * trained, "optimizer": 12 * trained}
-    per_sample = max(measured.peak_rss - floor - sum(cpu.values()), 0)
+    if deepspeed:  # bf16 weights and gradients, float32 master weights and moments
+        cpu = {"weights": 2 * total, "gradients": 2 * trained, "optimizer": 12 * trained}
+    else:  # bf16 frozen weights; the adapters (peft's float32) and the bf16 projector train as they are
+        cpu = {"weights": 2 * frozen + 4 * trained, "gradients": 4 * trained, "optimizer": 8 * trained}
+    projector = projector_parameters(1024, VICUNA_7B["hidden_size"])
+    shipped_trained = projector + (trained - projector) * 128 // lora_r  # LoRA r 128, as finetune.sh ships
     return [
         Report("python -m mllm.builder (Vicuna-7B shape + L/14-336, bf16)", build.seconds, build.peak_rss, 0,
-               weights // 2, {"weights": weights, "gradients": 0, "optimizer": 0}, "every rank builds", weights, 0,
+               weights // 2, {"weights": weights, "gradients": 0, "optimizer": 0}, "every rank builds", weights,
                f"peak {build.peak_rss / weights:.2f}x the bf16 weights"),
-        Report("LORA=1 bash mllm/finetune.sh (Vicuna-7B shape, ZeRO-3, bf16)", train_runtime(measured.stdout),
-               measured.peak_rss, trained, frozen, cpu, "8 GPUs, ZeRO-3, bf16, batch 16 per GPU",
-               mixed_precision_states(trained, frozen, 8, 3), int(per_sample * 16), "batch 1, 1 step"),
+        Report(f"LORA=1 LORA_R={lora_r} {'' if deepspeed else 'DEEPSPEED= '}bash mllm/finetune.sh "
+               f"(Vicuna-7B shape, {'ZeRO-3' if deepspeed else 'no DeepSpeed'}, bf16)",
+               train_runtime(measured.stdout), measured.peak_rss, trained, frozen, cpu,
+               "8 GPUs, ZeRO-3, bf16, batch 16 per GPU, LoRA r 128",
+               mixed_precision_states(shipped_trained, frozen, 8, 3),
+               f"batch 1, 1 step; r 128 trains {shipped_trained / 1e6:,.0f} M"),
     ]
 
 
-def print_table(reports: list[Report], threads: int) -> None:
+def print_header(threads: int) -> None:
     print(f"\n| command | s/step ({threads} threads) | peak RSS | trained / frozen params | CPU weights + grads + "
-          "optimizer | GPU setting | model states per GPU | activations per GPU (extrapolated) | note |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for report in reports:
-        cpu = " + ".join(f"{report.cpu_state_bytes[key] / GIB:.1f}" for key in ("weights", "gradients", "optimizer"))
-        print(f"| {report.name} | {report.seconds_per_step:.1f} | {report.peak_rss / GIB:.1f} GiB | "
-              f"{report.trained / 1e6:,.1f} M / {report.frozen / 1e6:,.1f} M | {cpu} GiB | {report.gpu_setting} | "
-              f"{report.gpu_state_bytes / GIB:.1f} GiB | {report.gpu_activation_bytes / GIB:.1f} GiB | {report.note} |")
+          "optimizer | GPU setting | model states per GPU | note |")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+
+
+def print_row(report: Report) -> None:
+    """One table row, printed as soon as its command has run."""
+    cpu = " + ".join(f"{report.cpu_state_bytes[key] / GIB:.1f}" for key in ("weights", "gradients", "optimizer"))
+    print(f"| {report.name} | {report.seconds_per_step:.1f} | {report.peak_rss / GIB:.1f} GiB | "
+          f"{report.trained / 1e6:,.1f} M / {report.frozen / 1e6:,.1f} M | {cpu} GiB | {report.gpu_setting} | "
+          f"{report.gpu_state_bytes / GIB:.1f} GiB | {report.note} |",
+          flush=True)
 
 
 def main() -> None:
@@ -289,6 +299,9 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "fgclip" / "full_size",
                         help="stand-in checkpoints and data (kept for the next run) and the runs' logs")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--lora-r", type=int, default=128, help="LoRA rank of the llava step (shipped: 128)")
+    parser.add_argument("--llava-deepspeed", action="store_true",
+                        help="keep finetune.sh's ZeRO-3 (about 23 GiB at rank 16 in one process)")
     parser.add_argument("--prepare", nargs=2, metavar=("NAME", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.prepare:
@@ -298,15 +311,14 @@ def main() -> None:
     (work_dir / "runs").mkdir(parents=True, exist_ok=True)
     env = {"OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
     chosen = args.only.split(",")
-    reports = []
+    print_header(args.threads)
     if "fgclip" in chosen:
-        reports.append(run_fgclip(work_dir, env, imports_rss("torch, transformers, deepspeed, fgclip", env)))
+        print_row(run_fgclip(work_dir, env))
     if "fvit" in chosen:
-        reports.append(run_fvit(work_dir, env, imports_rss("torch, mmdet.models, detection", env)))
+        print_row(run_fvit(work_dir, env))
     if "llava" in chosen:
-        reports.extend(run_llava(work_dir, env, imports_rss("torch, transformers, deepspeed, peft, mllm", env)))
-    print_table(reports, args.threads)
-
+        for report in run_llava(work_dir, env, args.lora_r, args.llava_deepspeed):
+            print_row(report)
 
 if __name__ == "__main__":
     main()
