@@ -173,6 +173,12 @@ def test_training_command_bad_input(shapes, tmp_path, capsys):
         (train_argv(shapes, shapes / "train.jsonl", tmp_path, "training.num_train_epochs=0", "training.max_steps=-1"),
          f"error: {REPO}/configs/fgclip/shapes_stage2.yaml: training.num_train_epochs: expected a number above 0 "
          "(or max_steps > 0), got 0"),
+        (train_argv(shapes, shapes / "train.jsonl", tmp_path, "training.learning_rate=-0.01"),
+         f"error: {REPO}/configs/fgclip/shapes_stage2.yaml: training.learning_rate: expected a learning rate >= 0, "
+         "got -0.01"),
+        (train_argv(shapes, shapes / "train.jsonl", tmp_path, "training.per_device_train_batch_size=0"),
+         f"error: {REPO}/configs/fgclip/shapes_stage2.yaml: training.per_device_train_batch_size: expected a batch "
+         "size of at least 1, got 0"),
         (train_argv(shapes, write_records(tmp_path / "abs.jsonl", [{**records[0], "f_path": "/etc/hostname"}]),
                     tmp_path),
          f"error: {tmp_path}/abs.jsonl line 1: f_path: path '/etc/hostname' is absolute; data paths are relative to "

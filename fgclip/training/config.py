@@ -467,6 +467,20 @@ def _build_section(settings: type, values: Any, section: str, source: str):
         raise ValueError(f"{source}: {error}") from None
 
 
+# Training values checked before anything loads (torch, the DataLoader or the scheduler would stop
+# with a traceback much later): (key, smallest allowed value, what to write).
+TRAINING_MINIMA = (
+    ("learning_rate", 0.0, "a learning rate >= 0"),
+    ("weight_decay", 0.0, "a weight decay >= 0"),
+    ("per_device_train_batch_size", 1, "a batch size of at least 1"),
+    ("gradient_accumulation_steps", 1, "at least 1 step"),
+    ("warmup_steps", 0, "a number of warm-up steps >= 0"),
+    ("max_grad_norm", 0.0, "a gradient norm >= 0 (0 turns clipping off)"),
+    ("logging_steps", 0, "a number of steps >= 0"),
+    ("dataloader_num_workers", 0, "a number of workers >= 0"),
+)
+
+
 def _check_training(values: Any, source: str) -> dict[str, Any]:
     hints = typing.get_type_hints(TrainingArguments)
     names = [item.name for item in dataclasses.fields(TrainingArguments) if item.init]
@@ -475,6 +489,9 @@ def _check_training(values: Any, source: str) -> dict[str, Any]:
     if checked.get("num_train_epochs", 1) <= 0 and checked.get("max_steps", -1) <= 0:
         raise ConfigError(f"{source}: training.num_train_epochs: expected a number above 0 (or max_steps > 0), "
                           f"got {checked['num_train_epochs']!r}")
+    for key, smallest, what in TRAINING_MINIMA:
+        if key in checked and checked[key] is not None and checked[key] < smallest:
+            raise ConfigError(f"{source}: training.{key}: expected {what}, got {checked[key]!r}")
     return checked
 
 
