@@ -30,6 +30,7 @@ from fgclip.curation import (
     select_regions,
     short_caption,
 )
+from fgclip.errors import run_command
 from fgclip.data import FineHARDReader
 from fgclip.processing_fgclip import clip_bpe_tokenizer
 
@@ -206,3 +207,24 @@ def test_curation_command_shards_the_folder(tmp_path, monkeypatch, capsys):
     assert "wrote 2 records" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         tool.main(["--images", str(tmp_path), "--output", "x.jsonl", "--shard", "2/2"])
+
+
+@pytest.mark.parametrize("folder", ["missing", "empty"])
+def test_curation_command_checks_its_image_folder_before_loading_models(folder, tmp_path, monkeypatch, capsys):
+    """A missing or image-less --images folder is one error line; no model is constructed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("curate_finehard", REPO / "tools" / "curate_finehard.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    loaded = []
+    for name in ("VLMCaptioner", "SpacyExpressionParser", "PipelineGrounder", "LLMNegativeWriter"):
+        monkeypatch.setattr(tool, name, lambda *args, name=name, **kwargs: loaded.append(name))
+    images = tmp_path / folder
+    if folder == "empty":
+        images.mkdir()
+        (images / "notes.txt").write_text("no images here")
+    status = run_command(tool.main, ["--images", str(images), "--output", str(tmp_path / "out.jsonl")])
+    what = "image folder not found" if folder == "missing" else "no image files in this folder (searched recursively)"
+    assert status == 2 and loaded == []
+    assert capsys.readouterr().err == f"error: {images}: --images: {what}\n"

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from fgclip.curation import LLMNegativeWriter, PipelineGrounder, SpacyExpressionParser, VLMCaptioner, curate, find_images
-from fgclip.errors import run_command
+from fgclip.errors import DataError, run_command
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -51,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     index, count = args.shard
-    images = find_images(args.images)[index::count]
+    if not os.path.isdir(args.images):  # before any model loads
+        raise DataError(args.images, "--images: image folder not found")
+    images = find_images(args.images)
+    if not images:
+        raise DataError(args.images, "--images: no image files in this folder (searched recursively)")
+    images = images[index::count]
     stats = curate(
         images, args.images, args.output,
         VLMCaptioner(args.vlm, device=args.device), SpacyExpressionParser(args.spacy, max_expressions=None),
