@@ -30,8 +30,8 @@ from fgclip.curation import (
     select_regions,
     short_caption,
 )
-from fgclip.errors import run_command
 from fgclip.data import FineHARDReader
+from fgclip.errors import run_command
 from fgclip.processing_fgclip import clip_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
