@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -115,6 +116,21 @@ def format_table(scores: torch.Tensor, boxes: list[list[float]], texts: list[str
     return "\n".join(lines[:1] + ["  ".join("-" * width for width in widths)] + lines[1:])
 
 
+NEGATIVE_BOX = re.compile(r"-[0-9.,\s+-]+")
+
+
+def attach_negative_boxes(argv: list[str]) -> list[str]:
+    """``--box -5,-5,10,10`` read as ``--box=-5,-5,10,10``: argparse would take a value that starts with
+    ``-`` for an option and report "expected one argument"."""
+    attached = []
+    for argument in argv:
+        if attached and attached[-1] == "--box" and NEGATIVE_BOX.fullmatch(argument):
+            attached[-1] = f"--box={argument}"
+        else:
+            attached.append(argument)
+    return attached
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fgclip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -143,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 @command
 def main(argv: list[str] | None = None) -> int:
     """The ``fgclip`` console script; an input error prints ``error: <file>: <what>`` and gives status 2."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(attach_negative_boxes(sys.argv[1:] if argv is None else list(argv)))
     if args.command == "eval":
         return args.func(args)
     from .encoders import load_encoder, resolve_device

@@ -77,6 +77,15 @@ def test_console_script_errors_are_readable(saved):
                              "0 <= y1 < y2 <= 48 (pixels of this 64x48 image)")
 
 
+def test_a_box_with_negative_coordinates_reaches_the_range_check(saved, capsys):
+    """``--box -5,-5,10,10`` is a box, not an unknown option: its error is the range check's."""
+    directory, _ = saved
+    assert main(["score", str(directory / "scene.png"), "--model", str(directory), "--box", "-5,-5,10,10",
+                 "--text", "a cat"]) == 2
+    assert capsys.readouterr().err == (f"error: {directory / 'scene.png'}: --box -5,-5,10,10: expected 0 <= x1 < x2 "
+                                       "<= 64 and 0 <= y1 < y2 <= 48 (pixels of this 64x48 image)\n")
+
+
 def test_fgclip2_checkpoint_scores_and_heatmap(tmp_path, capsys):
     from fgclip import FGCLIP2Model, FGCLIP2Processor
     from fgclip.testing import tiny_fgclip2_config, tiny_word_tokenizer
