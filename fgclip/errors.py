@@ -119,7 +119,7 @@ def run_command(main: Callable[[list[str]], Any], argv: Sequence[str] | None = N
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if debug or message is None:
             raise
-        _close_progress_bars()
+        close_progress_bars()
         print(message, file=sys.stderr)
         return EXIT_USER_ERROR
     return status if isinstance(status, int) else 0
@@ -132,7 +132,7 @@ def print_output(text: str) -> None:
         sys.stdout.flush()
 
 
-def _close_progress_bars() -> None:
+def close_progress_bars() -> None:
     """End open tqdm bars (a training or evaluation loop stopped by the error) so that the error
     starts its own line."""
     tqdm = sys.modules.get("tqdm.std")

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,28 @@ def test_last_complete_checkpoint_orders_by_step(tmp_path):
     (tmp_path / "checkpoint-x").mkdir()
     (tmp_path / "checkpoint-12").write_text("a file, not a checkpoint")
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+
+
+def test_ctrl_c_prints_the_last_complete_checkpoint_and_the_resume_command(runs, tmp_path):
+    """SIGINT during training: no traceback, one line naming the newest complete checkpoint and the command
+    that resumes from it, exit status 130."""
+    data, _, _ = runs
+    out = tmp_path / "interrupted"
+    argv = [str(RECIPE), *overrides(data, out), "training.num_train_epochs=50", "training.save_steps=2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(REPO / "tools" / "train_fgclip.py"), *argv], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint-2" / COMPLETE_MARKER).is_file():
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint-2 before the deadline"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    newest = max((path for path in out.glob("checkpoint-*") if (path / COMPLETE_MARKER).is_file()),
+                 key=lambda path: int(path.name.split("-")[1]))
+    assert stderr.splitlines()[-1] == (f"interrupted: last complete checkpoint {newest}; resume with: "
+                                       f"{shlex.join(['python', 'tools/train_fgclip.py', *argv, '--resume'])}")
+    assert f"recipe: {RECIPE} (resolved: {out / 'recipe.json'})" in stdout
+    assert json.loads((out / "recipe.json").read_text())["training"]["save_steps"] == 2

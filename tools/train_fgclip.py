@@ -10,18 +10,35 @@ training.tf32=false`` (the error line says so).
 
 Overrides are ``section.key=value`` (sections: model, data, loss, training). A bad recipe, data
 file or checkpoint prints ``error: <file>[:<line>]: <what>`` and exits with status 2 (``--debug``
-shows the traceback).
+shows the traceback). The resolved recipe is written to ``training.output_dir/recipe.json``
+(``--verbose`` prints it too). Ctrl-C stops with one line naming the last complete checkpoint and
+the command that resumes from it, and exit status 130.
 """
 import argparse
 import json
 import logging
 import os
+import shlex
 import sys
+from pathlib import Path
 
 import torch
 
-from fgclip.errors import run_command
-from fgclip.training import load_config, train
+from fgclip.errors import close_progress_bars, run_command, writing
+from fgclip.training import last_complete_checkpoint, load_config, train
+
+
+RECIPE_FILE = "recipe.json"
+EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
+
+
+def interrupted(output_dir: Path, argv: list[str]) -> str:
+    """The line printed on Ctrl-C: where the last complete checkpoint is and how to resume."""
+    checkpoint = last_complete_checkpoint(output_dir)
+    command = shlex.join(["python", "tools/train_fgclip.py", *(a for a in argv if a != "--resume"), "--resume"])
+    if checkpoint is None:
+        return f"interrupted: no complete checkpoint in {output_dir} yet; {command} starts over"
+    return f"interrupted: last complete checkpoint {checkpoint}; resume with: {command}"
 
 
 def main(argv=None) -> int:
@@ -32,17 +49,32 @@ def main(argv=None) -> int:
                         help="resume from the last complete checkpoint of training.output_dir, or from a given one")
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="accept f_path values that are absolute or leave data.image_root")
+    parser.add_argument("--verbose", action="store_true", help="print the resolved recipe")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = args.overrides + (["data.allow_outside_root=true"] if args.allow_outside_root else [])
     config = load_config(args.config, overrides)
     main_process = int(os.environ.get("RANK", "0")) == 0  # set by torchrun
+    output_dir = Path(config.training["output_dir"])
     if main_process:
-        print(json.dumps(config.to_dict(), indent=2, default=str))
+        resolved = json.dumps(config.to_dict(), indent=2, default=str)
+        with writing(output_dir / RECIPE_FILE):
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / RECIPE_FILE).write_text(resolved + "\n")
+        print(resolved if args.verbose else f"recipe: {args.config} (resolved: {output_dir / RECIPE_FILE})")
     distributed = torch.distributed.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
         result = train(config, resume=args.resume)
+    except KeyboardInterrupt:
+        if main_process:
+            close_progress_bars()
+            print(interrupted(output_dir, argv if argv is not None else sys.argv[1:]), file=sys.stderr)
+        # Leave without the interpreter's teardown, where the interrupted DataLoader's resource-sharing
+        # thread would print a traceback of its own after the line above.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
