@@ -26,7 +26,8 @@ from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from fgclip import FGCLIPConfig, FGCLIPModel, FGCLIPProcessor
-from fgclip.processing_fgclip import _clip_bpe_vocab, load_image
+from fgclip.image_io import load_image
+from fgclip.processing_fgclip import _clip_bpe_vocab
 from rates import describe_rate, matmul_gflops
 from startup import BASELINE, best_seconds
 

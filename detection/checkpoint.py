@@ -12,13 +12,13 @@ import contextlib
 import os
 import pickle
 import re
-import zipfile
 from collections.abc import Iterator
 
 import numpy as np
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 
+from fgclip.checkpoint_files import check_file
 from fgclip.errors import CheckpointError
 from mmdet.registry import HOOKS
 
@@ -27,21 +27,10 @@ BUFFER_TAG = "__history_buffer__"
 
 def check_checkpoint_file(path: str | os.PathLike) -> None:
     """A :class:`CheckpointError` naming ``path`` when it is missing, empty, or a truncated or
-    corrupt zip archive (``torch.save``'s format), found before the model is built."""
+    corrupt checkpoint (:func:`fgclip.checkpoint_files.check_file`), found before the model is built."""
     if not os.path.isfile(path):
         raise CheckpointError(path, "checkpoint file not found (a .pth written by tools/train_det.py)")
-    with open(path, "rb") as handle:
-        head = handle.read(2)
-    if not head:
-        raise CheckpointError(path, "empty file (0 bytes), not a checkpoint")
-    if head != b"PK":
-        if head[:1] != b"\x80":  # torch.save's legacy format is a pickle stream
-            raise CheckpointError(path, "not a PyTorch checkpoint (neither a zip archive nor a pickle stream)")
-        return
-    try:
-        zipfile.ZipFile(path).close()
-    except zipfile.BadZipFile as error:
-        raise CheckpointError(path, f"truncated or corrupt checkpoint ({error}); copy or save it again") from error
+    check_file(path)
 
 
 @contextlib.contextmanager

@@ -58,7 +58,7 @@ def score_regions(model: Encoder, image, boxes: list[list[float]], texts: list[s
     checked against the image, not clamped."""
     import torch
 
-    from .processing_fgclip import load_image
+    from .image_io import load_image
 
     name = str(image) if isinstance(image, (str, Path)) else "image"
     image = load_image(image)
@@ -74,7 +74,7 @@ def similarity_map(model: Encoder, image, text: str) -> torch.Tensor:
     import torch
     import torch.nn.functional as F
 
-    from .processing_fgclip import load_image
+    from .image_io import load_image
 
     image = load_image(image)
     with torch.no_grad():
@@ -91,7 +91,7 @@ def save_heatmap(image, similarity: torch.Tensor, text: str, output: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .processing_fgclip import load_image
+    from .image_io import load_image
 
     image = load_image(image)
     figure, axis = plt.subplots(figsize=(6, 6 * image.height / image.width))
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":
         return args.func(args)
     from .encoders import load_encoder, resolve_device
-    from .processing_fgclip import load_image
+    from .image_io import load_image
 
     image = load_image(args.image)  # input errors before the model loads
     if args.command == "score":

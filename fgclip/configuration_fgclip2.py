@@ -99,3 +99,17 @@ class FGCLIP2Config(Siglip2Config):
     def so400m(cls, **kwargs) -> "FGCLIP2Config":
         """So400m/16 towers (``qihoo360/fg-clip2-so400m``, from ``google/siglip2-so400m-patch16-naflex``)."""
         return cls._preset(1152, 4304, 27, 16, **kwargs)
+
+    @classmethod
+    def tiny(
+        cls, hidden_size: int = 32, num_layers: int = 2, vocab_size: int = 64, patch_size: int = 4
+    ) -> "FGCLIP2Config":
+        """A tiny FG-CLIP 2 with the real text lengths (64 short, 196 long, keep 20) and a 4x4 position grid,
+        for tests and CPU smoke runs (the trainer's ``tiny`` preset)."""
+        tower = {"hidden_size": hidden_size, "intermediate_size": 2 * hidden_size, "num_attention_heads": 2,
+                 "num_hidden_layers": num_layers}
+        return cls(
+            text_config={**tower, "vocab_size": vocab_size, "pad_token_id": GEMMA_PAD, "eos_token_id": GEMMA_EOS,
+                         "bos_token_id": GEMMA_BOS},
+            vision_config={**tower, "patch_size": patch_size, "num_patches": 16},
+        )

@@ -30,15 +30,17 @@ import torch.nn.functional as F
 from transformers import BatchFeature
 from transformers.utils import cached_file
 
+from .checkpoint_files import check_checkpoint_files, stored_parameter_names
 from .configuration_fgclip import FGCLIPConfig
 from .configuration_fgclip2 import FGCLIP2Config
 from .errors import CheckpointError
-from .modeling_fgclip import FGCLIPModel, TokenFeatures, check_text_kind
+from .modeling_common import TokenFeatures, check_text_kind
+from .modeling_fgclip import FGCLIPModel
 from .names import MODEL_TYPES
 from .modeling_fgclip2 import FGCLIP2Model
-from .processing_fgclip import FGCLIPProcessor, concat_image_batches
+from .processing_common import concat_image_batches
+from .processing_fgclip import FGCLIPProcessor
 from .processing_fgclip2 import FGCLIP2Processor
-from .testing import tiny_config, tiny_fgclip2_config
 
 # A weight only FG-CLIP checkpoints have (upstream ones keep ``model_type: clip`` in config.json).
 FGCLIP_MARKER_KEY = "text_model.embeddings.position_embedding_res.weight"
@@ -72,10 +74,10 @@ class ModelFamily:
 
 FAMILIES: dict[str, ModelFamily] = {
     "fgclip": ModelFamily("fgclip", FGCLIPConfig, FGCLIPModel, FGCLIPProcessor, "clip", FGCLIPModel.from_clip,
-                          {"tiny": tiny_config, "vit_b16": FGCLIPConfig.vit_b16,
+                          {"tiny": FGCLIPConfig.tiny, "vit_b16": FGCLIPConfig.vit_b16,
                            "vit_l14_336": FGCLIPConfig.vit_l14_336}),
     "fgclip2": ModelFamily("fgclip2", FGCLIP2Config, FGCLIP2Model, FGCLIP2Processor, "siglip2",
-                           FGCLIP2Model.from_siglip2, {"tiny": tiny_fgclip2_config, "base": FGCLIP2Config.base,
+                           FGCLIP2Model.from_siglip2, {"tiny": FGCLIP2Config.tiny, "base": FGCLIP2Config.base,
                                                        "large": FGCLIP2Config.large, "so400m": FGCLIP2Config.so400m}),
 }
 
@@ -180,56 +182,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def checkpoint_keys(directory: Path) -> set[str]:
-    """Parameter names stored in a transformers checkpoint directory (read without loading tensors)."""
-    index_file = next((p for p in directory.glob("*.index.json")), None)
-    if index_file is not None:
-        return set(json.loads(index_file.read_text()).get("weight_map", {}))
-    safetensors_file = directory / "model.safetensors"
-    if safetensors_file.is_file():
-        from safetensors import safe_open
-
-        check_safetensors(safetensors_file)
-        with safe_open(str(safetensors_file), framework="pt") as handle:
-            return set(handle.keys())
-    bin_file = directory / "pytorch_model.bin"
-    if bin_file.is_file():
-        return set(torch.load(bin_file, map_location="meta", weights_only=True, mmap=True))
-    raise CheckpointError(directory, "no model.safetensors, pytorch_model.bin or *.index.json")
-
-
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "name" or "owner/name"
-
-
-def check_safetensors(path: str | os.PathLike) -> None:
-    """Raise a :class:`CheckpointError` naming ``path`` when a safetensors file is truncated or its
-    header is corrupt (read from the header: 8-byte length, JSON, data offsets)."""
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        length = int.from_bytes(handle.read(8), "little") if size >= 8 else -1
-        if not 0 < length <= size - 8:
-            raise CheckpointError(path, f"truncated or corrupt safetensors file ({size} bytes, no complete "
-                                        "header); re-download or re-save the checkpoint")
-        try:
-            header = json.loads(handle.read(length))
-            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
-            raise CheckpointError(path, f"corrupt safetensors header ({error}); re-download or re-save the "
-                                        "checkpoint") from None
-    if 8 + length + end > size:
-        raise CheckpointError(path, f"truncated safetensors file: {size} bytes, its header describes "
-                                    f"{8 + length + end}; re-download or re-save the checkpoint")
-
-
-def check_checkpoint_files(directory: str | os.PathLike) -> None:
-    """A local checkpoint directory holds weights, and every ``*.safetensors`` file of it is complete
-    (see :func:`check_safetensors`)."""
-    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-    if not any(Path(directory, name).is_file() for name in names):
-        raise CheckpointError(directory, f"no weights ({', '.join(names[::2])} or an index of shards)")
-    for path in sorted(Path(directory).glob("*.safetensors")):
-        check_safetensors(path)
 
 
 def read_config_json(config_file: Path) -> dict:
@@ -287,7 +240,8 @@ def detect_model_type(path: str | os.PathLike) -> str:
                               f"model_type {model_type!r} is not one of {', '.join(FAMILIES)} or 'clip'")
     if not Path(path).is_dir():
         return "fgclip"
-    return "fgclip" if FGCLIP_MARKER_KEY in checkpoint_keys(Path(path)) else "clip"
+    check_checkpoint_files(path)
+    return "fgclip" if FGCLIP_MARKER_KEY in stored_parameter_names(path) else "clip"
 
 
 def load_model(path: str | os.PathLike, model_type: str = "auto", **kwargs):

@@ -23,7 +23,6 @@ Boxes are xyxy in *input pixels* of each image's grid, ``0..w*16`` by ``0..h*16`
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -39,8 +38,9 @@ from transformers.models.siglip2.modeling_siglip2 import (
     Siglip2TextEmbeddings,
 )
 
+from .checkpoint_files import stored_parameter_names
 from .configuration_fgclip2 import FGCLIP2Config
-from .modeling_fgclip import (
+from .modeling_common import (
     IMAGE_BATCH_KEYS,
     TEXT_BATCH_KEYS,
     FGCLIPImageOutput,
@@ -67,28 +67,6 @@ REGION_TEMPERATURE_KEYS = ("logit_scale_finegraind", "logit_scale_hardneg")
 WALK_TYPES = {"short": "short", "long": "long", "box": "region"}
 # from_pretrained keywords that locate a checkpoint's files (passed on to the key lookup).
 HUB_KEYWORDS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-
-
-def stored_parameter_names(path: str | os.PathLike, **hub_kwargs) -> set[str]:
-    """Parameter names stored in a checkpoint (a directory or hub id), read without loading tensors;
-    empty when no weights file is found."""
-    from safetensors import safe_open
-    from transformers.utils import cached_file
-
-    for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-                 "pytorch_model.bin"):
-        resolved = cached_file(str(path), name, _raise_exceptions_for_missing_entries=False,
-                               _raise_exceptions_for_connection_errors=False, **hub_kwargs)
-        if resolved is None:
-            continue
-        if name.endswith(".json"):
-            with open(resolved, encoding="utf-8") as handle:
-                return set(json.load(handle).get("weight_map", {}))
-        if name.endswith(".bin"):
-            return set(torch.load(resolved, map_location="meta", weights_only=True, mmap=True))
-        with safe_open(resolved, framework="pt") as handle:
-            return set(handle.keys())
-    return set()
 
 
 def resolve_text_kind(text_kind: str, walk_type: str | None) -> str:

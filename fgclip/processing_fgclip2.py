@@ -24,8 +24,8 @@ from transformers.utils import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME
 from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 
 from .configuration_fgclip2 import FGCLIP2Config
-from .processing_fgclip import (DualEncoderProcessor, concat_image_batches, load_image, split_hub_kwargs,
-                               warn_truncated)
+from .image_io import load_image
+from .processing_common import DualEncoderProcessor, concat_image_batches, split_hub_kwargs, warn_truncated
 
 
 def auto_patch_budget(image: Image.Image, patch_size: int = 16) -> int:

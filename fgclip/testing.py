@@ -1,41 +1,13 @@
-"""Tiny random FG-CLIP / FG-CLIP 2 configurations and a word-level tokenizer for tests and CPU smoke runs
-(no hub access needed)."""
+"""Test helpers (not imported by library code): the tiny FG-CLIP / FG-CLIP 2 configurations under their
+test names (:meth:`FGCLIPConfig.tiny`, :meth:`FGCLIP2Config.tiny`) and a word-level tokenizer for tests
+and CPU smoke runs (no hub access needed)."""
 from __future__ import annotations
 
 from .configuration_fgclip import FGCLIPConfig
-from .configuration_fgclip2 import GEMMA_BOS, GEMMA_EOS, GEMMA_PAD, FGCLIP2Config
+from .configuration_fgclip2 import FGCLIP2Config
 
-
-def tiny_config(
-    image_size: int = 32,
-    patch_size: int = 8,
-    hidden_size: int = 32,
-    num_layers: int = 2,
-    projection_dim: int = 16,
-    **kwargs,
-) -> FGCLIPConfig:
-    """A few-thousand-parameter FG-CLIP with the real CLIP vocabulary and text lengths (77 / 248)."""
-    common = {"hidden_size": hidden_size, "intermediate_size": 2 * hidden_size, "num_attention_heads": 2,
-              "num_hidden_layers": num_layers, "projection_dim": projection_dim}
-    return FGCLIPConfig(
-        text_config={**common, "vocab_size": 49408, "max_position_embeddings": 77},
-        vision_config={**common, "image_size": image_size, "patch_size": patch_size},
-        projection_dim=projection_dim,
-        **kwargs,
-    )
-
-
-def tiny_fgclip2_config(
-    hidden_size: int = 32, num_layers: int = 2, vocab_size: int = 64, patch_size: int = 4
-) -> FGCLIP2Config:
-    """A tiny FG-CLIP 2 with the real text lengths (64 short, 196 long, keep 20) and a 4x4 position grid."""
-    tower = {"hidden_size": hidden_size, "intermediate_size": 2 * hidden_size, "num_attention_heads": 2,
-             "num_hidden_layers": num_layers}
-    return FGCLIP2Config(
-        text_config={**tower, "vocab_size": vocab_size, "pad_token_id": GEMMA_PAD, "eos_token_id": GEMMA_EOS,
-                     "bos_token_id": GEMMA_BOS},
-        vision_config={**tower, "patch_size": patch_size, "num_patches": 16},
-    )
+tiny_config = FGCLIPConfig.tiny
+tiny_fgclip2_config = FGCLIP2Config.tiny
 
 
 def tiny_word_tokenizer(words: list[str]):

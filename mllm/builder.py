@@ -43,7 +43,8 @@ from transformers.models.auto.tokenization_auto import get_tokenizer_config
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from fgclip import FGCLIPProcessor
-from fgclip.encoders import check_checkpoint_files, locate_config
+from fgclip.checkpoint_files import check_checkpoint_files
+from fgclip.encoders import locate_config
 from fgclip.errors import CheckpointError, run_command
 
 from .tower import LEGACY_TOWER_TYPE, clip_vision_config_dict, patch_tokens, vision_tower_from_fgclip

@@ -54,7 +54,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import logging
 
 from fgclip.errors import DataError, outside_root_reason
-from fgclip.processing_fgclip import load_image
+from fgclip.image_io import load_image
 
 from .builder import IMAGE_TOKEN
 
@@ -376,7 +376,7 @@ def load_records(path: str | os.PathLike) -> list[dict]:
 
 
 def open_image(path: str | os.PathLike, where: str) -> Image.Image:
-    """The image of a record through the project's reader (:func:`fgclip.processing_fgclip.load_image`);
+    """The image of a record through the project's reader (:func:`fgclip.image_io.load_image`);
     a missing or unreadable file is an :class:`~fgclip.errors.ImageError` naming ``where`` and the file."""
     return load_image(path, f"{where}: image {path}")
 

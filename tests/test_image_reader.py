@@ -1,4 +1,4 @@
-"""The project's one image reader (fgclip.processing_fgclip.load_image), checked by hand once, and
+"""The project's one image reader (fgclip.image_io.load_image), checked by hand once, and
 every part that reads images (CLI, evaluation, FineHARD files and shards, curation, LLaVA data,
 MMBench) shown to give the same pixels through it."""
 import base64
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fgclip.errors import ImageError
-from fgclip.processing_fgclip import image_size, load_image
+from fgclip.image_io import image_size, load_image
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 ORIENTATION = 0x0112  # EXIF tag

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ..processing_fgclip import concat_image_batches
+from ..processing_common import concat_image_batches
 from .datasets import IMAGE_KEYS
 
 

@@ -47,7 +47,7 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
 from ..errors import DataError, ImageError
-from ..modeling_fgclip import IMAGE_BATCH_KEYS
+from ..modeling_common import IMAGE_BATCH_KEYS
 from .finehard import FineHARDReader, FineHARDRecord, SkipStats, expand_shard_urls, iter_shard_records, load_rgb
 
 Processor = Callable[..., dict]

@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError, ImageError, outside_root_reason
-from ..processing_fgclip import load_image as load_rgb  # the project's one image reader, under its old name here
+from ..image_io import load_image as load_rgb  # the project's one image reader, under its old name here
 
 NUM_HARD_NEGATIVES = 10
 NEGATIVE_KEYS = tuple(str(i) for i in range(NUM_HARD_NEGATIVES))

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..data.collate import length_buckets
 from ..distributed import gather_counts, get_rank, get_world_size
 from ..encoders import Encoder, prepare_images
-from ..processing_fgclip import load_image
+from ..image_io import load_image
 from .common import DataError, ImageRequest
 
 
@@ -87,7 +87,7 @@ class _ImageDataset(Dataset):
 
 
 def _real_tokens(features) -> list[torch.Tensor]:
-    """Rows of :class:`~fgclip.modeling_fgclip.TokenFeatures` without their padding, float16 on the CPU."""
+    """Rows of :class:`~fgclip.modeling_common.TokenFeatures` without their padding, float16 on the CPU."""
     tokens, mask = features.tokens.half().cpu(), features.mask.bool().cpu()
     return [row[keep] for row, keep in zip(tokens, mask)]
 

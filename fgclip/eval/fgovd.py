@@ -49,7 +49,7 @@ from .common import (
     xywh_to_xyxy,
 )
 from ..errors import ConfigError, ImageError
-from ..processing_fgclip import image_size
+from ..image_io import image_size
 from .features import FeatureExtractor
 from .metrics import multiple_choice_accuracy
 

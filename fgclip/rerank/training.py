@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import distributed
 from ..data.datasets import IMAGE_KEYS
-from ..modeling_fgclip import TokenFeatures
+from ..modeling_common import TokenFeatures
 from .distillation import (
     Distillation,
     FeatureQueues,

@@ -43,7 +43,6 @@ import logging
 import os
 import re
 import shutil
-import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +54,8 @@ from transformers import DefaultFlowCallback, Trainer, TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data import FineHARDCollator, FineHARDDataset, FineHARDShardDataset, LanguageGroupedBatchSampler
-from ..encoders import FAMILIES, check_checkpoint_files, check_safetensors, locate_config, processor_for
+from ..checkpoint_files import check_checkpoint_files, check_file
+from ..encoders import FAMILIES, locate_config, processor_for
 from ..errors import CheckpointError, ConfigError, DataError
 from ..launch import one_process_world
 from ..losses import clamp_logit_scales, copy_logit_scale_to_region_scales
@@ -97,13 +97,11 @@ def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
     except (OSError, ValueError) as error:
         return f"{state}: {error}"
     for path in sorted(checkpoint.iterdir()):
-        if path.suffix == ".safetensors":
+        if path.suffix in (".safetensors", ".pt", ".pth", ".bin"):
             try:
-                check_safetensors(path)
+                check_file(path)
             except CheckpointError as error:
                 return str(error)
-        elif path.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(path):
-            return f"{path}: truncated or not a torch file"
     return None
 
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fgclip.errors import command
-from fgclip.processing_fgclip import load_image
+from fgclip.image_io import load_image
 
 from .jsonl import InputError, Numbered, answer_texts, print_json, read_jsonl, write_jsonl
 from .xlsx import Cell, write_xlsx

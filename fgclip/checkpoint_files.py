@@ -1,0 +1,96 @@
+"""Checkpoint files: the one integrity check of weight and state files (:func:`check_file`, and
+:func:`check_checkpoint_files` for a model directory) and the one reader of the parameter names a
+checkpoint stores (:func:`stored_parameter_names`). The loader, the trainer's resume checks, the
+FG-CLIP 2 model and the detector's checkpoint loading all go through these, so a damaged file is
+reported the same way wherever it is read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+
+# Weight files of a transformers checkpoint, each format's index of shards first (the order they are read in).
+WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Raise a :class:`CheckpointError` naming ``path`` when a safetensors file is truncated or its
+    header is corrupt (read from the header: 8-byte length, JSON, data offsets)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little") if size >= 8 else -1
+        if not 0 < length <= size - 8:
+            raise CheckpointError(path, f"truncated or corrupt safetensors file ({size} bytes, no complete "
+                                        "header); re-download or re-save the checkpoint")
+        try:
+            header = json.loads(handle.read(length))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+            raise CheckpointError(path, f"corrupt safetensors header ({error}); re-download or re-save the "
+                                        "checkpoint") from None
+    if 8 + length + end > size:
+        raise CheckpointError(path, f"truncated safetensors file: {size} bytes, its header describes "
+                                    f"{8 + length + end}; re-download or re-save the checkpoint")
+
+
+def check_torch_file(path: str | os.PathLike) -> None:
+    """A :class:`CheckpointError` naming ``path`` when it is empty, or a truncated or corrupt zip archive
+    (``torch.save``'s format); torch's legacy format, a pickle stream, passes."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if not head:
+        raise CheckpointError(path, "empty file (0 bytes), not a checkpoint")
+    if head != b"PK":
+        if head[:1] != b"\x80":  # torch.save's legacy format is a pickle stream
+            raise CheckpointError(path, "not a PyTorch checkpoint (neither a zip archive nor a pickle stream)")
+        return
+    try:
+        zipfile.ZipFile(path).close()
+    except zipfile.BadZipFile as error:
+        raise CheckpointError(path, f"truncated or corrupt checkpoint ({error}); copy or save it again") from error
+
+
+def check_file(path: str | os.PathLike) -> None:
+    """The integrity check of one weight or state file: a ``.safetensors`` file by its header
+    (:func:`check_safetensors`), any other by :func:`check_torch_file`."""
+    if Path(path).suffix == ".safetensors":
+        check_safetensors(path)
+    else:
+        check_torch_file(path)
+
+
+def check_checkpoint_files(directory: str | os.PathLike) -> None:
+    """A local checkpoint directory holds weights, and every ``*.safetensors`` file of it is complete
+    (see :func:`check_safetensors`)."""
+    if not any(Path(directory, name).is_file() for name in WEIGHT_FILES):
+        raise CheckpointError(directory, f"no weights ({', '.join(WEIGHT_FILES[1::2])} or an index of shards)")
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        check_file(path)
+
+
+def stored_parameter_names(path: str | os.PathLike, **hub_kwargs) -> set[str]:
+    """Parameter names stored in a checkpoint (a directory or hub id), read without loading tensors;
+    empty when no weights file is found."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    for name in WEIGHT_FILES:
+        resolved = cached_file(str(path), name, _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False, **hub_kwargs)
+        if resolved is None:
+            continue
+        if name.endswith(".json"):
+            with open(resolved, encoding="utf-8") as handle:
+                return set(json.load(handle).get("weight_map", {}))
+        if name.endswith(".bin"):
+            return set(torch.load(resolved, map_location="meta", weights_only=True, mmap=True))
+        with safe_open(resolved, framework="pt") as handle:
+            return set(handle.keys())
+    return set()
