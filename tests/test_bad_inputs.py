@@ -324,6 +324,16 @@ def test_evaluation_command_bad_input(model_dir, tmp_path, capsys):
     assert exit_status.value.code == 2
     assert last_error(capsys).endswith("argument --tasks: unknown task(s) ['nope']; expected some of fgovd, boxcls, "
                                        "retrieval, zeroshot, matching")
+    data = tmp_path / "layout"
+    data.mkdir()
+    assert main(["--model", str(model_dir), "--data-root", str(data), "--datasets", "nope"]) == 2
+    assert last_error(capsys).startswith("error: --datasets: unknown dataset(s) nope; expected some of ")
+    assert main(["--model", str(model_dir), "--data-root", str(data), "--path", "fgovd.dir"]) == 2
+    assert last_error(capsys).startswith("error: --path fgovd.dir: expected DATASET.KEY=PATH (with '=')")
+    with pytest.raises(SystemExit) as exit_status:
+        main(["--model", str(model_dir), "--batch-size", "0"])
+    assert exit_status.value.code == 2
+    assert last_error(capsys).endswith("argument --batch-size: expected an integer >= 1, got 0")
 
 
 # ----------------------------------------------------------------------------------- curation

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from fgclip.errors import ConfigError
 from fgclip.eval.boxcls import load_coco_boxes, load_lvis_boxes, load_openimages_boxes
 from fgclip.eval.cli import add_eval_subcommand, run_eval
 from fgclip.eval.common import DataError, RegionRequests
@@ -335,7 +336,7 @@ def test_prepare_skips_absent_benchmarks_and_errors_when_asked_by_name(tmp_path,
     (tmp_path / "instances.json").write_text(json.dumps(coco_detection(tmp_path)))
     prepared, _ = prepare(tmp_path, datasets=["coco_boxes"], overrides=overrides)
     assert prepared[0].label == "boxcls/coco" and len(prepared[0].payload.labels) == 3
-    with pytest.raises(ValueError, match="bad --path 'coco.ann=x'"):
+    with pytest.raises(ConfigError, match="--path coco.ann=x: expected DATASET.KEY=PATH"):
         parse_path_overrides(["coco.ann=x"])
 
 

@@ -28,6 +28,19 @@ def _comma_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def _at_least(smallest: int):
+    """An argparse type: an integer >= ``smallest``."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if number < smallest:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {smallest}, got {number}")
+        return number
+    return parse
+
+
 def _task_list(value: str) -> list[str]:
     tasks = _comma_list(value)
     unknown = [task for task in tasks if task not in TASKS]
@@ -51,14 +64,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="override one path of the layout, e.g. coco_boxes.ann=/data/instances_val2017.json")
     parser.add_argument("--output-dir", default="eval_results", help="where results.json and results.md go")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (torchrun: cuda:LOCAL_RANK)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--text-batch-size", type=int, default=256, help="texts per forward pass")
-    parser.add_argument("--workers", type=int, default=min(4, len(os.sched_getaffinity(0))),
+    parser.add_argument("--batch-size", type=_at_least(1), default=64, help="images per forward pass")
+    parser.add_argument("--text-batch-size", type=_at_least(1), default=256, help="texts per forward pass")
+    parser.add_argument("--workers", type=_at_least(0), default=min(4, len(os.sched_getaffinity(0))),
                         help="DataLoader workers reading images (default: 4, at most the cores this process may use)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPUs, recent CPUs)")
     parser.add_argument("--fgovd-subsets", type=_comma_list, default=None,
                         help="FG-OVD subsets to run (default: every subset file found)")
-    parser.add_argument("--max-captions", type=int, default=5,
+    parser.add_argument("--max-captions", type=_at_least(1), default=5,
                         help="captions kept per image for COCO / Flickr30k (0: all)")
     parser.add_argument("--tsv-text-kind", choices=("short", "long"), default="short",
                         help="text path of image<TAB>caption files")
@@ -68,7 +81,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--reranker", action="append", default=[], metavar="[NAME=]PATH",
                         help="cross-encoder re-ranker (fgclip.rerank) for a model's retrieval; NAME picks the model "
                              "when several are given")
-    parser.add_argument("--rerank-top-k", type=int, default=128, help="dual-encoder candidates each query re-ranks")
+    parser.add_argument("--rerank-top-k", type=_at_least(1), default=128, help="dual-encoder candidates each query re-ranks")
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="accept image paths in benchmark files that are absolute or leave the image root")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")

@@ -39,6 +39,7 @@ from typing import Callable, Sequence, Union
 
 from ..distributed import get_rank, get_world_size
 from ..encoders import Encoder
+from ..errors import ConfigError
 from ..names import EVAL_TASKS
 from ..rerank import CrossEncoderReranker
 from .boxcls import prepare_coco_boxes, prepare_lvis_boxes, prepare_openimages_boxes, score_boxcls
@@ -142,7 +143,7 @@ def parse_path_overrides(items: Sequence[str]) -> dict[str, str]:
         spec = DATASETS_BY_NAME.get(name)
         if not sep or not dot or spec is None or path_key not in dict(spec.paths) or not value:
             known = ", ".join(f"{s.name}.{k}" for s in DATASETS for k, _ in s.paths)
-            raise ValueError(f"bad --path {item!r}: expected DATASET.KEY=PATH with DATASET.KEY one of {known}")
+            raise ConfigError(f"--path {item}: expected DATASET.KEY=PATH (with '='), DATASET.KEY one of {known}")
         overrides[key] = value
     return overrides
 
@@ -186,11 +187,12 @@ def prepare(
     overrides = overrides or {}
     unknown_tasks = [t for t in tasks if t not in TASKS]
     if unknown_tasks:
-        raise ValueError(f"unknown task(s) {unknown_tasks}; expected {', '.join(TASKS)}")
+        raise ConfigError(f"--tasks: unknown task(s) {', '.join(unknown_tasks)}; expected some of {', '.join(TASKS)}")
     if datasets:
         unknown = [d for d in datasets if d not in DATASETS_BY_NAME]
         if unknown:
-            raise ValueError(f"unknown dataset(s) {unknown}; expected {', '.join(DATASETS_BY_NAME)}")
+            raise ConfigError(f"--datasets: unknown dataset(s) {', '.join(unknown)}; expected some of "
+                              f"{', '.join(DATASETS_BY_NAME)} (fgclip eval --list-datasets shows the layout)")
         specs = [DATASETS_BY_NAME[d] for d in datasets]
     else:
         specs = [spec for spec in DATASETS if spec.task in tasks]
@@ -308,7 +310,7 @@ def run_evaluation(models: Sequence[ModelEntry], config: RunConfig) -> dict:
     }
     unknown = sorted(set(config.rerankers) - {name for name, _, _ in models})
     if unknown:
-        raise ValueError(f"re-rankers given for unknown model(s) {unknown}")
+        raise ConfigError(f"--reranker: given for unknown model(s) {', '.join(unknown)}; name a --model")
     report["settings"]["rerankers"] = dict(config.rerankers)
     for name, model, _ in models:
         model = model if isinstance(model, Encoder) else model()
