@@ -18,24 +18,3 @@ model = dict(
         bbox_head=dict(class_embeddings="data/embeddings/ov_lvis_fg-clip-large.pt", beta=0.4),
     ),
 )
-
-train_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(type="RandomResize", scale=image_size, ratio_range=(0.1, 2.0), keep_ratio=True),
-    dict(type="RandomCrop", crop_type="absolute_range", crop_size=image_size, recompute_bbox=True, allow_negative_crop=True),
-    dict(type="FilterAnnotations", min_gt_bbox_wh=(1e-2, 1e-2)),
-    dict(type="RandomFlip", prob=0.5),
-    dict(type="Pad", size=image_size),
-    dict(type="PackDetInputs"),
-]
-test_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="Resize", scale=image_size, keep_ratio=True),
-    dict(type="Pad", size=image_size),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader

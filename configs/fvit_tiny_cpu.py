@@ -37,6 +37,8 @@ model = dict(
     test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=100)),
 )
 
+# Its own pipelines, sized here: a milder jitter (0.8-1.25) than fvit_pipelines.py's, and the
+# tests build its datasets and Runners from Config.fromfile, without load_config's sizing.
 train_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="LoadAnnotations", with_bbox=True),

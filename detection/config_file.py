@@ -1,14 +1,15 @@
 """Detection configs read for the tools, with errors that name the config file.
 
 A config is Python that mmengine executes; its syntax errors, exceptions and missing ``_base_``
-files are reported as ``<config>[:<line>]: ...``. Checks made while the Runner builds the model
+files are reported as ``<config>[:<line>]: ...``. A loaded config's pipelines are sized by its
+``image_size`` (:func:`size_pipelines`). Checks made while the Runner builds the model
 and datasets raise :class:`~fgclip.errors.ConfigError` naming the config field;
 :func:`naming_config` puts the config file in front of them.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from mmengine.config import Config
 
@@ -17,8 +18,56 @@ from fgclip.errors import ConfigError
 from .extra import DetectionExtraMissing
 
 
+# Pipeline steps sized by the config's image_size: type -> (the field set, then the fields that
+# already fix the step's size).
+SIZED_STEPS = {
+    "Resize": ("scale", "scale_factor"),
+    "RandomResize": ("scale",),
+    "RandomCrop": ("crop_size",),
+    "Pad": ("size", "size_divisor", "pad_to_square"),
+}
+LOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+
+
+def sized_pipeline(pipeline: Sequence, image_size: Sequence[int] | None, where: str) -> list:
+    """``pipeline`` with ``image_size`` as the size of each step of :data:`SIZED_STEPS` that sets
+    none of its size fields; other steps pass as they are.
+
+    Raises:
+        ConfigError: such a step and no ``image_size``.
+    """
+    steps = []
+    for step in pipeline:
+        fields = SIZED_STEPS.get(step.get("type")) if isinstance(step, dict) else None
+        if fields and not any(field in step for field in fields):
+            if image_size is None:
+                raise ConfigError(f"{where}: step {step['type']} sets no {fields[0]} and the config has no image_size")
+            step = {**step, fields[0]: tuple(image_size)}
+        steps.append(step)
+    return steps
+
+
+def size_pipelines(cfg: Config) -> None:
+    """Size, by ``cfg.image_size``, ``cfg.train_pipeline``, ``cfg.test_pipeline`` and the pipeline
+    of every dataloader's dataset (and of the datasets it wraps), in place."""
+    image_size = cfg.get("image_size")
+    for key in ("train_pipeline", "test_pipeline"):
+        if key in cfg:
+            cfg[key] = sized_pipeline(cfg[key], image_size, key)
+    datasets = [(f"{key}.dataset", cfg[key].get("dataset")) for key in LOADERS if isinstance(cfg.get(key), dict)]
+    while datasets:
+        where, dataset = datasets.pop()
+        if not isinstance(dataset, dict):
+            continue
+        if "pipeline" in dataset:
+            dataset["pipeline"] = sized_pipeline(dataset["pipeline"], image_size, f"{where}.pipeline")
+        datasets.append((f"{where}.dataset", dataset.get("dataset")))
+        datasets += [(f"{where}.datasets.{i}", inner) for i, inner in enumerate(dataset.get("datasets") or ())]
+
+
 def load_config(path: str, options: dict | None = None) -> Config:
-    """``Config.fromfile(path)`` with ``options`` (``--cfg-options``) merged in."""
+    """``Config.fromfile(path)`` with ``options`` (``--cfg-options``) merged in, its pipelines
+    sized by its ``image_size`` (:func:`size_pipelines`)."""
     try:
         cfg = Config.fromfile(path)
     except FileNotFoundError as error:
@@ -31,6 +80,8 @@ def load_config(path: str, options: dict | None = None) -> Config:
         raise ConfigError(path, f"cannot be loaded ({type(error).__name__}: {error})") from error
     if options:
         cfg.merge_from_dict(options)
+    with naming_config(path):
+        size_pipelines(cfg)
     return cfg
 
 

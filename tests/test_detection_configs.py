@@ -1,6 +1,7 @@
-"""The shipped detection configs (configs/fvit_*.py) as mmengine resolves them: the pipelines at each
+"""The shipped detection configs (configs/fvit_*.py) as the tools load them (detection's load_config:
+mmengine's resolution, then the pipelines sized by the config's image_size): the pipelines at each
 config's input size, the OV-COCO classes from detection's one list, every field unchanged (a digest
-of the resolved config)."""
+of the loaded config)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,7 @@ import pytest
 pytest.importorskip("mmdet", reason="detection extra not installed (pip install -e .[detection])")
 pytest.importorskip("mmcv._ext", reason="mmcv ops not built (tools/install_mmcv.sh)")
 
-from mmengine.config import Config  # noqa: E402
-
+from detection.config_file import load_config  # noqa: E402
 from detection.datasets import OV_COCO_CLASSES, OV_COCO_NOVEL_CLASSES  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -27,7 +27,7 @@ SIZES = {
     "fvit_tiny_cpu.py": ((64, 64), (0.8, 1.25)),
     "fvit_tiny_cpu_lvis.py": ((64, 64), (0.8, 1.25)),
 }
-# sha256 (first 16 hex digits) of canonical() of each resolved config, as it stood when the OV-COCO
+# sha256 (first 16 hex digits) of canonical() of each loaded config, as it stood when the OV-COCO
 # classes were still spelt out in configs/_base_/datasets/ov_coco.py.
 DIGESTS = {
     "fvit_fgclip2_base.py": "3c955754281be983",
@@ -64,7 +64,7 @@ def expected_test_pipeline(size) -> list[dict]:
 
 
 def resolved(name: str) -> dict:
-    return Config.fromfile(str(CONFIGS / name)).to_dict()
+    return load_config(str(CONFIGS / name)).to_dict()
 
 
 def canonical(value) -> str:
@@ -100,7 +100,7 @@ def test_resolved_config_is_unchanged(name):
 
 @pytest.mark.parametrize("name", ["fvit_fgclip2_base.py", "fvit_fgclip_b16.py", "fvit_fgclip_l14.py"])
 def test_ov_coco_configs_use_the_one_class_list(name):
-    cfg = Config.fromfile(str(CONFIGS / name))
+    cfg = load_config(str(CONFIGS / name))
     head = cfg.model.roi_head.bbox_head
     assert cfg.classes == head.class_names == OV_COCO_CLASSES
     assert cfg.novel_classes == head.novel_classes == cfg.val_evaluator.novel_classes == OV_COCO_NOVEL_CLASSES

@@ -1,29 +1,12 @@
 # OV-COCO: COCO 2017 restricted to 65 classes; training sees the 48 base classes only,
 # evaluation reports AP50 on the 17 novel, the 48 base and all 65 classes.
 # Large-scale jitter at 640 x 640 (the ViT-B/16 input size). The classes and novel_classes are
-# detection/ov_coco_classes.py's (the list OVCocoDataset and OVCocoAP50Metric default to).
-_base_ = ["../../../detection/ov_coco_classes.py"]
+# detection/ov_coco_classes.py's (the list OVCocoDataset and OVCocoAP50Metric default to); the
+# pipelines are fvit_pipelines.py's, sized by image_size when the config is loaded.
+_base_ = ["../../../detection/ov_coco_classes.py", "fvit_pipelines.py"]
 dataset_type = "OVCocoDataset"
 data_root = "data/coco/"
 image_size = (640, 640)
-
-train_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(type="RandomResize", scale=image_size, ratio_range=(0.1, 2.0), keep_ratio=True),
-    dict(type="RandomCrop", crop_type="absolute_range", crop_size=image_size, recompute_bbox=True, allow_negative_crop=True),
-    dict(type="FilterAnnotations", min_gt_bbox_wh=(1e-2, 1e-2)),
-    dict(type="RandomFlip", prob=0.5),
-    dict(type="Pad", size=image_size),
-    dict(type="PackDetInputs"),
-]
-test_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="Resize", scale=image_size, keep_ratio=True),
-    dict(type="Pad", size=image_size),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
-]
 
 train_dataloader = dict(
     batch_size=8,
@@ -39,7 +22,7 @@ train_dataloader = dict(
         novel_classes=_base_.novel_classes,
         base_only=True,
         filter_cfg=dict(filter_empty_gt=True, min_size=32),
-        pipeline=train_pipeline,
+        pipeline=_base_.train_pipeline,
     ),
 )
 val_dataloader = dict(
@@ -56,7 +39,7 @@ val_dataloader = dict(
         metainfo=dict(classes=_base_.classes),
         novel_classes=_base_.novel_classes,
         test_mode=True,
-        pipeline=test_pipeline,
+        pipeline=_base_.test_pipeline,
     ),
 )
 test_dataloader = val_dataloader

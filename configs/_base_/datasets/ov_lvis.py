@@ -4,7 +4,9 @@
 # 1024 (ViT-B/16) with crop, flip and pad; training on the base annotations of lvis_v1_train.json
 # (the reference's lvis_v1_train_seen_1203_cat.json holds the same: rare annotations removed, all
 # 1203 categories); evaluation on lvis_v1_val.json. Images: data/lvis_v1/{train2017,val2017}/
-# (LVIS images are found by their coco_url: a link to the COCO 2017 folders will do).
+# (LVIS images are found by their coco_url: a link to the COCO 2017 folders will do). The pipelines
+# are fvit_pipelines.py's, sized by image_size when the config is loaded.
+_base_ = ["fvit_pipelines.py"]
 dataset_type = "OVLVISDataset"
 data_root = "data/lvis_v1/"
 image_size = (1024, 1024)
@@ -221,24 +223,6 @@ novel_classes = (
     "water_gun", "wolf",
 )  # fmt: skip
 
-train_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(type="RandomResize", scale=image_size, ratio_range=(0.1, 2.0), keep_ratio=True),
-    dict(type="RandomCrop", crop_type="absolute_range", crop_size=image_size, recompute_bbox=True, allow_negative_crop=True),
-    dict(type="FilterAnnotations", min_gt_bbox_wh=(1e-2, 1e-2)),
-    dict(type="RandomFlip", prob=0.5),
-    dict(type="Pad", size=image_size),
-    dict(type="PackDetInputs"),
-]
-test_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="Resize", scale=image_size, keep_ratio=True),
-    dict(type="Pad", size=image_size),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
-]
-
 train_dataloader = dict(
     batch_size=8,
     num_workers=4,
@@ -253,7 +237,7 @@ train_dataloader = dict(
         novel_classes=novel_classes,
         base_only=True,
         filter_cfg=dict(filter_empty_gt=True, min_size=32),
-        pipeline=train_pipeline,
+        pipeline=_base_.train_pipeline,
     ),
 )
 val_dataloader = dict(
@@ -270,7 +254,7 @@ val_dataloader = dict(
         metainfo=dict(classes=classes),
         novel_classes=novel_classes,
         test_mode=True,
-        pipeline=test_pipeline,
+        pipeline=_base_.test_pipeline,
     ),
 )
 test_dataloader = val_dataloader
