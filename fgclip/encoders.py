@@ -33,7 +33,7 @@ from transformers.utils import cached_file
 from .checkpoint_files import check_checkpoint_files, stored_parameter_names
 from .configuration_fgclip import FGCLIPConfig
 from .configuration_fgclip2 import FGCLIP2Config
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .modeling_common import TokenFeatures, check_text_kind
 from .modeling_fgclip import FGCLIPModel
 from .names import MODEL_TYPES
@@ -173,12 +173,19 @@ class Encoder:
 
 # ---------------------------------------------------------------------------------- loading
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when available else ``cpu``; a bare ``cuda`` under torchrun -> ``cuda:LOCAL_RANK``."""
+    """``auto`` -> ``cuda`` when available else ``cpu``; a bare ``cuda`` under torchrun -> ``cuda:LOCAL_RANK``.
+    A device this machine does not have is a :class:`ConfigError` naming ``--device``."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"--device {name}: not a device name ({error}); use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        found = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA GPU"
+        raise ConfigError(f"--device {name}: this machine has {found} (use --device cpu, or auto)")
     return device
 
 

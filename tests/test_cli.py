@@ -110,3 +110,14 @@ def test_fgclip2_checkpoint_scores_and_heatmap(tmp_path, capsys):
     main(["heatmap", str(tmp_path / "scene.png"), "red square", "--model", str(tmp_path), "-o", str(tmp_path / "m.png")])
     with Image.open(tmp_path / "m.png") as png:
         assert png.format == "PNG"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a CUDA GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "gpu0"])
+def test_a_device_the_machine_lacks_is_one_error_line(device, saved, capsys):
+    directory, _ = saved
+    assert main(["score", str(directory / "scene.png"), "--model", str(directory), "--box", "0,0,10,10",
+                 "--text", "a cat", "--device", device]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: --device {device}: ") and error.count("\n") == 1
+    assert ("no CUDA GPU (use --device cpu, or auto)" in error) is device.startswith("cuda")
