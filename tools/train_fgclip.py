@@ -24,11 +24,10 @@ from pathlib import Path
 
 import torch
 
-from fgclip.errors import close_progress_bars, run_command, writing
+from fgclip.errors import close_progress_bars, run_command
 from fgclip.training import last_complete_checkpoint, load_config, train
 
 
-RECIPE_FILE = "recipe.json"
 EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
 
 
@@ -57,12 +56,8 @@ def main(argv=None) -> int:
     config = load_config(args.config, overrides)
     main_process = int(os.environ.get("RANK", "0")) == 0  # set by torchrun
     output_dir = Path(config.training["output_dir"])
-    if main_process:
-        resolved = json.dumps(config.to_dict(), indent=2, default=str)
-        with writing(output_dir / RECIPE_FILE):
-            output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / RECIPE_FILE).write_text(resolved + "\n")
-        print(resolved if args.verbose else f"recipe: {args.config} (resolved: {output_dir / RECIPE_FILE})")
+    if main_process and args.verbose:
+        print(json.dumps(config.to_dict(), indent=2, default=str))
     distributed = torch.distributed.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
         result = train(config, resume=args.resume)

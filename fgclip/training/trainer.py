@@ -56,7 +56,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..data import FineHARDCollator, FineHARDDataset, FineHARDShardDataset, LanguageGroupedBatchSampler
 from ..checkpoint_files import check_checkpoint_files, check_file
 from ..encoders import FAMILIES, locate_config, processor_for
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, writing
 from ..launch import one_process_world
 from ..losses import clamp_logit_scales, copy_logit_scale_to_region_scales
 from ..rerank import CrossEncoderReranker, CrossEncoderRerankerConfig, RerankerForTraining
@@ -66,6 +66,7 @@ from .module import FGCLIPForTraining
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE"
+RECIPE_FILE = "recipe.json"
 CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 # What a launcher (torchrun, deepspeed, accelerate launch) gives every rank: its rank, and where rank 0 listens.
 
@@ -435,6 +436,15 @@ def _save_final(final_dir: Path, parts: list[tuple[str, object, object]]) -> Non
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def write_recipe(config: TrainConfig, output_dir: Path) -> None:
+    """The resolved recipe as ``output_dir/recipe.json`` (once every input has been checked)."""
+    path = output_dir / RECIPE_FILE
+    with writing(path):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config.to_dict(), indent=2, default=str) + "\n")
+    logger.info("resolved recipe: %s", path)
+
+
 def final_parts(step, model, processor) -> list[tuple[str, object, object]]:
     """What ``final/`` holds: the trained model and its processor; for re-ranker training the re-ranker,
     and under ``pre_ranking`` (where the dual encoder trains too) the dual encoder in ``dual_encoder/``."""
@@ -488,6 +498,8 @@ def _train(config: TrainConfig, resume: bool | str, callbacks: list | None) -> T
             raise CheckpointError(f"cannot resume from {checkpoint}: {problem}")
     if resume is True and trainer.args.should_save:
         _discard_incomplete_checkpoints(arguments.output_dir, checkpoint)
+    if trainer.args.should_save:
+        write_recipe(config, Path(arguments.output_dir))
     trainer.accelerator.wait_for_everyone()
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
