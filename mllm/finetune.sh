@@ -42,8 +42,7 @@ else
     LORA_ARGS=()
 fi
 
-"${PYTHON}" -m torch.distributed.run --standalone --nproc_per_node "${NPROC}" -m mllm.train \
-    "${DEEPSPEED_ARGS[@]}" \
+launch \
     "${LORA_ARGS[@]}" \
     --stage finetune \
     --model_name_or_path "${PRETRAINED}" \
@@ -51,21 +50,5 @@ fi
     --image_folder "${IMAGES}" \
     --conversation_format v1 \
     --group_by_modality_length true \
-    --output_dir "${OUTPUT}" \
-    --bf16 "${BF16}" \
-    --num_train_epochs "${EPOCHS}" \
-    --per_device_train_batch_size "${PER_DEVICE_BATCH}" \
-    --gradient_accumulation_steps "${ACCUMULATION}" \
-    --learning_rate "${LR}" \
-    --weight_decay 0.0 \
-    --warmup_steps 0.03 \
-    --lr_scheduler_type cosine \
-    --model_max_length 2048 \
-    --activation_checkpointing true \
-    --dataloader_num_workers 4 \
-    --save_strategy steps \
     --save_steps 50000 \
-    --save_total_limit 1 \
-    --logging_steps 1 \
-    --report_to none \
     "$@"

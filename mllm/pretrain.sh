@@ -29,29 +29,12 @@ SCRIPT=mllm/pretrain.sh
 # shellcheck source=mllm/prelude.sh
 source "$(dirname "${BASH_SOURCE[0]}")/prelude.sh"
 
-"${PYTHON}" -m torch.distributed.run --standalone --nproc_per_node "${NPROC}" -m mllm.train \
-    "${DEEPSPEED_ARGS[@]}" \
+launch \
     --stage pretrain \
     --language_model "${LANGUAGE_MODEL}" \
     --vision_tower "${FGCLIP}" \
     --data_path "${DATA}" \
     --image_folder "${IMAGES}" \
     --conversation_format plain \
-    --output_dir "${OUTPUT}" \
-    --bf16 "${BF16}" \
-    --num_train_epochs "${EPOCHS}" \
-    --per_device_train_batch_size "${PER_DEVICE_BATCH}" \
-    --gradient_accumulation_steps "${ACCUMULATION}" \
-    --learning_rate "${LR}" \
-    --weight_decay 0.0 \
-    --warmup_steps 0.03 \
-    --lr_scheduler_type cosine \
-    --model_max_length 2048 \
-    --activation_checkpointing true \
-    --dataloader_num_workers 4 \
-    --save_strategy steps \
     --save_steps 24000 \
-    --save_total_limit 1 \
-    --logging_steps 1 \
-    --report_to none \
     "$@"
