@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError, command, print_output, writing
+from .errors import ConfigError, command, print_output, write_atomically
 from .eval.cli import add_eval_subcommand
 
 if TYPE_CHECKING:  # torch and the models load when a command runs, not for --help
@@ -104,8 +104,7 @@ def save_heatmap(image, similarity: torch.Tensor, text: str, output: str | Path,
     figure.savefig(png, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    with writing(output), open(output, "wb") as handle:
-        handle.write(png.getvalue())
+    write_atomically(output, png.getvalue())
 
 
 def format_table(scores: torch.Tensor, boxes: list[list[float]], texts: list[str]) -> str:

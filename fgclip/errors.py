@@ -85,6 +85,27 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
         raise
 
 
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so that a
+    failed write (a full disk, a file-size limit) leaves no partial file at ``path``; the error names
+    ``path``. A path that exists and is not a regular file (``/dev/full``, a pipe) is written in place."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isfile(path):  # a device or a pipe: written in place, never replaced
+        with writing(path), open(path, "wb") as handle:
+            handle.write(data)
+        return
+    temporary = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with writing(path):
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
+            raise
+
+
 def debug_requested(argv: Sequence[str]) -> bool:
     """Whether tracebacks are wanted: ``--debug`` in ``argv`` or ``FGCLIP_DEBUG=1``."""
     return DEBUG_FLAG in argv or os.environ.get("FGCLIP_DEBUG", "") not in ("", "0")

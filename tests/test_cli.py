@@ -1,4 +1,5 @@
 """The fgclip console script: score table and heatmap, checked against direct model calls."""
+import os
 import subprocess
 import sys
 
@@ -121,3 +122,24 @@ def test_a_device_the_machine_lacks_is_one_error_line(device, saved, capsys):
     error = capsys.readouterr().err
     assert error.startswith(f"error: --device {device}: ") and error.count("\n") == 1
     assert ("no CUDA GPU (use --device cpu, or auto)" in error) is device.startswith("cuda")
+
+
+HEATMAP_UNDER_A_SIZE_LIMIT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+from fgclip.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_failed_heatmap_write_leaves_no_partial_png(saved, tmp_path):
+    """A write that fails part-way (here a 4 KiB file-size limit) names the output and leaves nothing there."""
+    directory, _ = saved
+    output = tmp_path / "map.png"
+    result = subprocess.run([sys.executable, "-c", HEATMAP_UNDER_A_SIZE_LIMIT, "heatmap", str(directory / "scene.png"),
+                             "red square", "--model", str(directory), "-o", str(output)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: {output}: File too large"
+    assert list(tmp_path.iterdir()) == []
