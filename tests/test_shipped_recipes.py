@@ -208,14 +208,8 @@ def test_gpu_recipes_hand_tf32_to_the_trainer(recipe, monkeypatch):
     bf16, DeepSpeed ZeRO-2 and activation checkpointing."""
     monkeypatch.chdir(REPO)
     config = load_config(REPO / "configs" / recipe)
-    patches = gpu_host()
-    for patch in patches:
-        patch.start()
-    try:
+    with gpu_host():
         arguments = config.training_arguments()
-    finally:
-        for patch in patches:
-            patch.stop()
     assert arguments.tf32 is True and arguments.bf16 is True and arguments.activation_checkpointing is True
     assert arguments.hf_deepspeed_config.config["zero_optimization"]["stage"] == 2
 

@@ -1,6 +1,7 @@
 """Training recipes: `_base_` chains, typed overrides, key checks, and the shipped recipes."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from unittest import mock
 
@@ -102,11 +103,13 @@ def test_training_defaults_and_user_values(chain, tmp_path):
     assert arguments.learning_rate == 1e-4 and arguments.seed == 3 and arguments.logging_steps == 5
 
 
+@contextlib.contextmanager
 def gpu_host():
-    """What TrainingArguments checks for bf16 / tf32, answered as on an Ampere GPU."""
-    return [mock.patch.object(training_args_module, "is_torch_bf16_gpu_available", return_value=True),
-            mock.patch.object(training_args_module, "is_torch_tf32_available", return_value=True),
-            mock.patch.object(training_args_module, "enable_tf32")]
+    """Within it, what TrainingArguments checks for bf16 / tf32 is answered as on an Ampere GPU."""
+    with mock.patch.object(training_args_module, "is_torch_bf16_gpu_available", return_value=True), \
+            mock.patch.object(training_args_module, "is_torch_tf32_available", return_value=True), \
+            mock.patch.object(training_args_module, "enable_tf32"):
+        yield
 
 
 @pytest.mark.parametrize("recipe", SHIPPED, ids=lambda path: path.name)
@@ -118,14 +121,9 @@ def test_shipped_recipe_builds_training_arguments(recipe, monkeypatch):
         assert model_config.vision_config.image_size % model_config.vision_config.patch_size == 0
     else:
         assert config.model.path
-    patches = gpu_host() if config.training.get("bf16") or config.training.get("tf32") else []
-    for patch in patches:
-        patch.start()
-    try:
+    gpu_settings = config.training.get("bf16") or config.training.get("tf32")
+    with gpu_host() if gpu_settings else contextlib.nullcontext():
         arguments = config.training_arguments()
-    finally:
-        for patch in patches:
-            patch.stop()
     assert arguments.remove_unused_columns is False
     assert arguments.per_device_train_batch_size == config.training["per_device_train_batch_size"]
     assert arguments.learning_rate == config.training["learning_rate"]
