@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fgclip.launch import free_port
 from fgclip.losses import (
     CrossModalRankLoss,
     GlobalContrastiveLoss,
@@ -186,11 +186,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict]:
@@ -201,7 +196,7 @@ def rank_results(tmp_path_factory) -> list[dict]:
     """
     out_dir = tmp_path_factory.mktemp("losses_distributed")
     context = mp.start_processes(
-        _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="fork"
+        _worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="fork"
     )
     deadline = time.monotonic() + DEADLINE_SECONDS
     while not context.join(timeout=1.0):

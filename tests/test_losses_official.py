@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from fgclip import FGCLIPModel
+from fgclip.launch import free_port
 from fgclip.losses import FGCLIPLoss, copy_logit_scale_to_region_scales
 from fgclip.training import load_config
 from numerics import assert_close_to_reference, tower_terms
@@ -195,18 +195,13 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict]:
     """Both cases and both region scopes on 2 forked gloo processes; each rank's results."""
     out_dir = tmp_path_factory.mktemp("losses_official")
     context = mp.start_processes(
-        _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="fork"
+        _worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="fork"
     )
     deadline = time.monotonic() + DEADLINE_SECONDS
     while not context.join(timeout=1.0):
