@@ -3,7 +3,7 @@
 Names load on first use (``fgclip.FGCLIPModel`` imports torch, transformers and the model
 module then), so ``import fgclip`` and the ``fgclip`` command start at once; training,
 evaluation, curation, detection and the MLLM are separate modules imported only where used.
-Loading any of these names registers both families with ``AutoConfig``, ``AutoModel``,
+Loading any of these names registers the families (:mod:`fgclip.families`) with ``AutoConfig``, ``AutoModel``,
 ``AutoModelForZeroShotImageClassification`` (the zero-shot-image-classification pipeline) and
 ``AutoProcessor``.
 """
@@ -29,23 +29,20 @@ __all__ = sorted(_EXPORTS)
 
 
 def register_auto_classes() -> None:
-    """Register both model families with transformers' ``AutoConfig``, ``AutoModel``,
-    ``AutoModelForZeroShotImageClassification`` and ``AutoProcessor`` (idempotent)."""
+    """Register the families that have their own ``model_type`` (:mod:`fgclip.families`) with
+    transformers' ``AutoConfig``, ``AutoModel``, ``AutoModelForZeroShotImageClassification`` and
+    ``AutoProcessor`` (idempotent)."""
     from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
 
-    from .configuration_fgclip import FGCLIPConfig
-    from .configuration_fgclip2 import FGCLIP2Config
-    from .modeling_fgclip import FGCLIPModel
-    from .modeling_fgclip2 import FGCLIP2Model
-    from .processing_fgclip import FGCLIPProcessor
-    from .processing_fgclip2 import FGCLIP2Processor
+    from .families import FAMILIES
 
-    for config, model, processor in ((FGCLIPConfig, FGCLIPModel, FGCLIPProcessor),
-                                     (FGCLIP2Config, FGCLIP2Model, FGCLIP2Processor)):
-        AutoConfig.register(config.model_type, config, exist_ok=True)
-        AutoModel.register(config, model, exist_ok=True)
-        AutoModelForZeroShotImageClassification.register(config, model, exist_ok=True)
-        AutoProcessor.register(config, processor, exist_ok=True)
+    for family in FAMILIES.values():
+        if family.auto_classes:
+            config = family.config_class
+            AutoConfig.register(config.model_type, config, exist_ok=True)
+            AutoModel.register(config, family.model_class, exist_ok=True)
+            AutoModelForZeroShotImageClassification.register(config, family.model_class, exist_ok=True)
+            AutoProcessor.register(config, family.processor_class, exist_ok=True)
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, on_load=register_auto_classes)

@@ -15,6 +15,8 @@ import torch
 
 from .errors import CheckpointError
 
+# A weight only FG-CLIP checkpoints have (upstream ones keep ``model_type: clip`` in config.json).
+FGCLIP_MARKER_KEY = "text_model.embeddings.position_embedding_res.weight"
 # Weight files of a transformers checkpoint, each format's index of shards first (the order they are read in).
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
 
@@ -94,3 +96,12 @@ def stored_parameter_names(path: str | os.PathLike, **hub_kwargs) -> set[str]:
         with safe_open(resolved, framework="pt") as handle:
             return set(handle.keys())
     return set()
+
+
+def holds_long_text_positions(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint with CLIP's ``model_type`` is an (upstream) FG-CLIP one: its weights hold
+    the long-text position table. A hub id is taken as FG-CLIP (plain CLIP is asked for by name)."""
+    if not Path(path).is_dir():
+        return True
+    check_checkpoint_files(path)
+    return FGCLIP_MARKER_KEY in stored_parameter_names(path)

@@ -5,24 +5,15 @@ use without knowing which family they hold.
 The families share one model API (``get_image_features`` / ``get_text_features`` /
 ``get_region_features`` / ``get_dense_features`` / ``encode_image`` / ``vision_hidden_states`` /
 ``forward``, all taking a processor ``BatchFeature`` as ``**batch``) and one processor call
-(``processor(images=..., text=..., boxes=..., text_kind=...)``). This module is the only place
-outside the two model files that knows which families exist (:data:`FAMILIES`); a new family is
-one entry there.
-
-* ``fgclip``: :class:`~fgclip.FGCLIPModel` (our checkpoints and upstream ``qihoo360/fg-clip-*``).
-* ``fgclip2``: :class:`~fgclip.FGCLIP2Model` (bilingual, NaFlex images).
-* ``clip``: a plain transformers CLIP checkpoint as the baseline, held as an FG-CLIP model
-  (:meth:`~fgclip.FGCLIPModel.from_clip`): regions by FG-CLIP's recipe (the last block's value
-  path, RoIAlign); CLIP has no long-text path, so long texts are cut to 77 tokens and take the
-  short path.
+(``processor(images=..., text=..., boxes=..., text_kind=...)``). Which families exist is the
+registry's business (:mod:`fgclip.families`); nothing here names one.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -30,60 +21,15 @@ import torch.nn.functional as F
 from transformers import BatchFeature
 from transformers.utils import cached_file
 
-from .checkpoint_files import check_checkpoint_files, stored_parameter_names
-from .configuration_fgclip import FGCLIPConfig
-from .configuration_fgclip2 import FGCLIP2Config
+from .checkpoint_files import check_checkpoint_files
 from .errors import CheckpointError, ConfigError
+from .families import FAMILIES, Family, family_of_checkpoint, get_family
 from .modeling_common import TokenFeatures, check_text_kind
-from .modeling_fgclip import FGCLIPModel
-from .names import MODEL_TYPES
-from .modeling_fgclip2 import FGCLIP2Model
 from .processing_common import concat_image_batches
-from .processing_fgclip import FGCLIPProcessor
-from .processing_fgclip2 import FGCLIP2Processor
-
-# A weight only FG-CLIP checkpoints have (upstream ones keep ``model_type: clip`` in config.json).
-FGCLIP_MARKER_KEY = "text_model.embeddings.position_embedding_res.weight"
 
 
-@dataclass(frozen=True)
-class ModelFamily:
-    """What the loader and the trainer need to know of one model family.
-
-    Args:
-        config_class / model_class / processor_class: its configuration, model and processor.
-        base_init: the ``model.init`` value that starts from the plain dual encoder it extends.
-        from_base: builds the model from that plain checkpoint (a path or hub id).
-        presets: configuration presets by name (the trainer's ``model.config.preset``).
-    """
-
-    name: str
-    config_class: type
-    model_class: type
-    processor_class: type
-    base_init: str
-    from_base: Callable
-    presets: dict
-
-    def loss_class(self):
-        """The family's training objective (imported on use: the losses are a training dependency)."""
-        from . import losses
-
-        return {"fgclip": losses.FGCLIPLoss, "fgclip2": losses.FGCLIP2Loss}[self.name]
-
-
-FAMILIES: dict[str, ModelFamily] = {
-    "fgclip": ModelFamily("fgclip", FGCLIPConfig, FGCLIPModel, FGCLIPProcessor, "clip", FGCLIPModel.from_clip,
-                          {"tiny": FGCLIPConfig.tiny, "vit_b16": FGCLIPConfig.vit_b16,
-                           "vit_l14_336": FGCLIPConfig.vit_l14_336}),
-    "fgclip2": ModelFamily("fgclip2", FGCLIP2Config, FGCLIP2Model, FGCLIP2Processor, "siglip2",
-                           FGCLIP2Model.from_siglip2, {"tiny": FGCLIP2Config.tiny, "base": FGCLIP2Config.base,
-                                                       "large": FGCLIP2Config.large, "so400m": FGCLIP2Config.so400m}),
-}
-
-
-def family_of(model) -> ModelFamily:
-    """The family of a model instance."""
+def family_of(model) -> Family:
+    """The (first registered) family whose model class ``model`` is an instance of."""
     for family in FAMILIES.values():
         if isinstance(model, family.model_class):
             return family
@@ -232,41 +178,38 @@ def config_model_type(path: str | os.PathLike) -> str | None:
 
 
 def detect_model_type(path: str | os.PathLike) -> str:
-    """``"fgclip"``, ``"fgclip2"`` or ``"clip"`` for a checkpoint directory or hub id.
-
-    ``model_type: fgclip`` / ``fgclip2`` in config.json means FG-CLIP / FG-CLIP 2;
-    ``model_type: clip`` means FG-CLIP when the weights hold the long position table
-    (upstream checkpoints), else plain CLIP. A hub id with ``model_type: clip`` is taken as an
-    upstream FG-CLIP checkpoint (give ``model_type="clip"`` for a plain CLIP one).
-    """
+    """The family name of a checkpoint directory or hub id, from its ``config.json`` ``model_type``
+    (:func:`fgclip.families.family_of_checkpoint`): ``model_type: clip`` is FG-CLIP when the weights
+    hold the long position table (upstream checkpoints; a hub id is taken as one), else plain CLIP."""
     model_type = config_model_type(path)
-    if model_type in FAMILIES:
-        return model_type
-    if model_type != "clip":
+    family = family_of_checkpoint(model_type, path)
+    if family is None:
+        claimed = sorted({name for family in FAMILIES.values() for name in family.model_types})
         raise CheckpointError(Path(path, "config.json") if Path(path).is_dir() else path,
-                              f"model_type {model_type!r} is not one of {', '.join(FAMILIES)} or 'clip'")
-    if not Path(path).is_dir():
-        return "fgclip"
-    check_checkpoint_files(path)
-    return "fgclip" if FGCLIP_MARKER_KEY in stored_parameter_names(path) else "clip"
+                              f"model_type {model_type!r} is not one of {', '.join(claimed)}")
+    return family.name
+
+
+def checkpoint_family(path: str | os.PathLike, model_type: str = "auto") -> Family:
+    """The family of ``model_type`` (a family name, or ``"auto"``: :func:`detect_model_type`)."""
+    if model_type != "auto":
+        return get_family(model_type, "model type")
+    return FAMILIES[detect_model_type(path)]
 
 
 def load_model(path: str | os.PathLike, model_type: str = "auto", **kwargs):
-    """A model of any family from a checkpoint directory or hub id (``kwargs`` go to ``from_pretrained``)."""
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
-    model_type = detect_model_type(path) if model_type == "auto" else model_type
+    """A model of any family from a checkpoint directory or hub id (``kwargs`` go to its loader)."""
+    family = checkpoint_family(path, model_type)
     if Path(path).is_dir():
         check_checkpoint_files(path)
-    if model_type == "clip":
-        return FGCLIPModel.from_clip(path, **kwargs)
-    return FAMILIES[model_type].model_class.from_pretrained(path, **kwargs)
+    return family.load_model(path, **kwargs)
 
 
-def processor_for(model, path: str | os.PathLike | None = None, tokenizer=None, **options):
-    """The processor of ``model``: the one saved with checkpoint ``path``, or one built for its config
-    (with ``tokenizer``, which FG-CLIP 2 needs)."""
-    processor_class = family_of(model).processor_class
+def processor_for(model, path: str | os.PathLike | None = None, tokenizer=None, family: Family | None = None,
+                  **options):
+    """The processor of ``model`` (of ``family``, by default the family of its class): the one saved with
+    checkpoint ``path``, or one built for its config (with ``tokenizer``, which FG-CLIP 2 needs)."""
+    processor_class = (family or family_of(model)).processor_class
     if path is not None:
         return processor_class.from_pretrained(path, **options)
     return processor_class.for_config(model.config, tokenizer=tokenizer, **options)
@@ -276,21 +219,17 @@ def load_encoder(path: str | os.PathLike, model_type: str = "auto", device: str 
     """Load a checkpoint directory or hub id as an :class:`Encoder` on ``device``.
 
     Args:
-        model_type: ``"fgclip"``, ``"fgclip2"``, ``"clip"`` (plain transformers CLIP, the baseline)
-            or ``"auto"`` (see :func:`detect_model_type`).
+        model_type: a family name (:data:`fgclip.families.FAMILIES`, e.g. ``"fgclip"``, ``"fgclip2"``,
+            ``"clip"``: a plain transformers CLIP as the baseline) or ``"auto"`` (:func:`detect_model_type`).
     """
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
-    model_type = detect_model_type(path) if model_type == "auto" else model_type
-    model = load_model(path, model_type).to(torch.device(device))
-    return Encoder(model, processor_for(model, path), long_text_kind="short" if model_type == "clip" else "long")
+    family = checkpoint_family(path, model_type)
+    model = load_model(path, family.name).to(torch.device(device))
+    return Encoder(model, processor_for(model, path, family=family), long_text_kind=family.long_text_kind)
 
 
 __all__ = [
-    "FAMILIES",
-    "MODEL_TYPES",
     "Encoder",
-    "ModelFamily",
+    "checkpoint_family",
     "concat_image_batches",
     "detect_model_type",
     "family_of",

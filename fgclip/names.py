@@ -1,5 +1,4 @@
 """Names the command lines need to build their parsers, kept free of torch so that ``--help`` and
-argument errors come at once."""
+argument errors come at once (the model types are the families of :mod:`fgclip.families`)."""
 
-MODEL_TYPES = ("auto", "fgclip", "fgclip2", "clip")
 EVAL_TASKS = ("fgovd", "boxcls", "retrieval", "zeroshot", "matching")

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import CheckpointError, ConfigError, run_command
+from ..families import model_type_choices
 from ..names import EVAL_TASKS as TASKS
-from ..names import MODEL_TYPES
 
 DESCRIPTION = (
     "Evaluate FG-CLIP (and plain CLIP baselines) on FG-OVD, box classification, retrieval and "
@@ -53,8 +53,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     """Add the evaluation options to ``parser``."""
     parser.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
                         help="checkpoint directory; repeat to evaluate models side by side")
-    parser.add_argument("--model-type", choices=MODEL_TYPES, default="auto",
-                        help="fgclip, fgclip2, clip (plain transformers CLIP baseline) or auto-detect (default)")
+    parser.add_argument("--model-type", choices=model_type_choices(), default="auto",
+                        help="a model family (fgclip, fgclip2, clip: the plain transformers CLIP baseline, or a "
+                             "registered one) or auto-detect (default)")
     parser.add_argument("--tasks", type=_task_list, default=list(TASKS),
                         help=f"comma-separated tasks (default: {','.join(TASKS)})")
     parser.add_argument("--datasets", type=_comma_list, default=None,

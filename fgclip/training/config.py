@@ -29,16 +29,11 @@ import transformers.training_args as hf_training_args
 import yaml
 from transformers import TrainingArguments
 
-from ..configuration_fgclip import FGCLIPConfig
-from ..configuration_fgclip2 import FGCLIP2Config
-from ..encoders import FAMILIES
 from ..errors import ConfigError
+from ..families import Family, training_families
 from ..losses import REGION_SCOPES
 from ..rerank.distillation import Distillation
 
-MODEL_PRESETS = {name: family.presets for name, family in FAMILIES.items()}
-# How each family's weights may start: a random config, its plain dual encoder, or a checkpoint.
-MODEL_INITS = {name: ("config", family.base_init, "pretrained") for name, family in FAMILIES.items()}
 # model.reranker: the caption kind it learns to match, hard negatives per positive, cross-encoder size,
 # R2D2's pre-ranking on the dual encoder and its two-way distillation (fgclip.rerank.distillation).
 RERANKER_KEYS = ("text_kind", "negatives", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -49,45 +44,28 @@ SECTIONS = ("model", "data", "loss", "training")
 OFFICIAL_SMALL_IMAGE_SIZE = 224
 
 
-@dataclass(frozen=True)
-class FamilyRecipe:
-    """What a recipe may set for one model family (the family itself is in fgclip.encoders.FAMILIES).
-
-    Args:
-        title: the family's name in messages.
-        builtin_tokenizer: the processor builds its tokenizer itself (FG-CLIP's offline CLIP BPE);
-            otherwise ``model.tokenizer`` or ``model.path`` names it.
-        data_options: the ``data`` keys of this family's processor and datasets; other families'
-            keys are refused when set.
-        loss_options: the ``loss`` keys only this family's loss takes.
-        weights: ``loss`` weight key -> keyword of the family's loss class.
-    """
-
-    title: str
-    builtin_tokenizer: bool
-    data_options: tuple[str, ...]
-    loss_options: tuple[str, ...]
-    weights: dict[str, str]
+def model_inits(family: Family) -> tuple[str, ...]:
+    """How a family's weights may start: a random config, its plain dual encoder, or a checkpoint."""
+    return ("config", family.training.base_init, "pretrained")
 
 
-FAMILY_RECIPES = {
-    "fgclip": FamilyRecipe("FG-CLIP", True, ("resize_mode",), ("region_scope", "region_scales_from_logit_scale"),
-                           {"regional_weight": "regional_weight", "hard_negative_weight": "hard_negative_weight"}),
-    "fgclip2": FamilyRecipe("FG-CLIP 2", False, ("max_num_patches", "small_image_size"), (),
-                            {"regional_weight": "regional_weight", "tic_weight": "tic_weight",
-                             "hard_negative_weight": "hard_block_weight"}),
-}
+def trained_family(name: str) -> Family:
+    """The training family ``model.family`` names (:func:`fgclip.families.training_families`)."""
+    families = training_families()
+    if name not in families:
+        raise ValueError(f"model.family: expected one of {', '.join(families)}, got {name!r}")
+    return families[name]
 
 
 def foreign_options(section: str, settings, family: str, keys: str) -> None:
-    """Raise a ValueError naming the options of other families (their recipe field ``keys``) that
-    ``settings`` (the recipe's ``section``) sets for ``family``."""
-    own = set(getattr(FAMILY_RECIPES[family], keys))
+    """Raise a ValueError naming the options of other families (their training recipe field ``keys``)
+    that ``settings`` (the recipe's ``section``) sets for ``family``."""
+    own = set(getattr(trained_family(family).training, keys))
     owners: dict[str, list[str]] = {}
-    for name, recipe in FAMILY_RECIPES.items():
-        for key in getattr(recipe, keys):
-            if key not in own and getattr(settings, key) not in (None, False):
-                owners.setdefault(key, []).append(recipe.title)
+    for other in training_families().values():
+        for key in getattr(other.training, keys):
+            if key not in own and getattr(settings, key, None) not in (None, False):
+                owners.setdefault(key, []).append(other.title)
     if owners:
         named = "; ".join(f"{section}.{key}: {' / '.join(titles)} only" for key, titles in sorted(owners.items()))
         raise ValueError(f"{named}, not for model.family={family!r}")
@@ -146,9 +124,8 @@ class ModelSettings:
     reranker: dict[str, Any] | None = None
 
     def __post_init__(self):
-        if self.family not in MODEL_INITS:
-            raise ValueError(f"model.family: expected one of {', '.join(MODEL_INITS)}, got {self.family!r}")
-        inits, presets = MODEL_INITS[self.family], MODEL_PRESETS[self.family]
+        family = trained_family(self.family)
+        inits, presets = model_inits(family), family.training.presets
         if self.init not in inits:
             raise ValueError(f"model.init: expected one of {', '.join(inits)} for {self.family}, got {self.init!r}")
         if self.init != "config" and not self.path:
@@ -156,7 +133,7 @@ class ModelSettings:
         if self.init == "config" and self.config.get("preset", "tiny") not in presets:
             raise ValueError(f"model.config.preset: expected one of {', '.join(presets)} for {self.family}, "
                              f"got {self.config.get('preset')!r}")
-        if not FAMILY_RECIPES[self.family].builtin_tokenizer and not (self.tokenizer or self.path):
+        if not family.training.builtin_tokenizer and not (self.tokenizer or self.path):
             raise ValueError(f"model.tokenizer: required for {self.family} when model.path is not set")
         unknown = sorted(set(self.reranker or {}) - set(RERANKER_KEYS))
         if unknown:
@@ -168,14 +145,15 @@ class ModelSettings:
             except (TypeError, ValueError) as error:
                 raise ValueError(f"model.reranker: {error}") from None
 
-    def build_config(self) -> FGCLIPConfig | FGCLIP2Config:
+    def build_config(self):
+        """The family's configuration from ``config``: its preset, given the other keys."""
         options = dict(self.config)
-        return MODEL_PRESETS[self.family][options.pop("preset", "tiny")](**options)
+        return trained_family(self.family).presets[options.pop("preset", "tiny")](**options)
 
     def load_tokenizer(self):
         """The tokenizer ``tokenizer`` or ``path`` names; ``None`` for a family whose processor builds its
         own (FG-CLIP: the CLIP BPE tokenizer, offline)."""
-        if FAMILY_RECIPES[self.family].builtin_tokenizer:
+        if trained_family(self.family).training.builtin_tokenizer:
             return None
         from transformers import AutoTokenizer
 
@@ -229,7 +207,7 @@ class DataSettings:
         self.check_family(family)
         options = {"resize_mode": self.resize_mode or "squash",
                    "max_num_patches": "auto" if self.max_num_patches is None else self.max_num_patches}
-        return {key: value for key, value in options.items() if key in FAMILY_RECIPES[family].data_options}
+        return {key: value for key, value in options.items() if key in trained_family(family).training.data_options}
 
     def dataset_options(self, family: str, batch_size: int) -> dict[str, Any]:
         """The options of the family's FineHARD datasets that this section sets: ``small_image_size``,
@@ -237,7 +215,7 @@ class DataSettings:
         processor call)."""
         self.check_family(family)
         options = {"batch_size": batch_size} if self.shards else {}
-        if "small_image_size" in FAMILY_RECIPES[family].data_options:
+        if "small_image_size" in trained_family(family).training.data_options:
             size = OFFICIAL_SMALL_IMAGE_SIZE if self.small_image_size is None else self.small_image_size
             options["small_image_size"] = size or None
         return options
@@ -297,7 +275,7 @@ class LossSettings:
     def weights(self, family: str) -> dict[str, float]:
         """Keyword arguments of the family's loss class for the weights that are set."""
         self.check_family(family)
-        names = FAMILY_RECIPES[family].weights
+        names = trained_family(family).training.weights
         return {names[key]: value for key, value in vars(self).items() if key in names and value is not None}
 
 

@@ -29,7 +29,7 @@ What this adds to ``Trainer``:
   accelerate's autocast) and activation checkpointing are logged when training starts;
 * the final model is written with ``save_pretrained`` (safetensors) together with its
   processor, ready for ``FGCLIPModel.from_pretrained``, and replaces ``final/`` atomically;
-* every model family of :mod:`fgclip.encoders` trains through the same step
+* every model family of :mod:`fgclip.families` trains through the same step
   (:class:`FGCLIPForTraining`); FG-CLIP 2 recipes add batches of one language
   (``data.group_by_language``), as the paper trains it;
 * ``model.reranker`` trains an R2D2-style cross-encoder re-ranker on the frozen model
@@ -55,7 +55,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data import FineHARDCollator, FineHARDDataset, FineHARDShardDataset, LanguageGroupedBatchSampler
 from ..checkpoint_files import check_checkpoint_files, check_file
-from ..encoders import FAMILIES, locate_config, processor_for
+from ..encoders import locate_config, processor_for
+from ..families import get_family, resolve
 from ..errors import CheckpointError, ConfigError, DataError, writing
 from ..launch import one_process_world
 from ..losses import clamp_logit_scales, copy_logit_scale_to_region_scales
@@ -344,13 +345,13 @@ def build_model(config: TrainConfig):
     encoder it extends (``init: clip`` / ``siglip2``) or a checkpoint; stage-2 recipes then copy
     ``logit_scale`` into the region temperatures, as the official launch does."""
     settings = config.model
-    family = FAMILIES[settings.family]
+    family = get_family(settings.family, "model.family")
     if settings.init != "config":
         locate_config(settings.path)  # a missing directory or an unknown hub id, named
         if Path(settings.path).is_dir():
             check_checkpoint_files(settings.path)
-    if settings.init == family.base_init:
-        model = family.from_base(settings.path)
+    if settings.init == family.training.base_init:
+        model = resolve(family.training.from_base)(settings.path)
     elif settings.init == "pretrained":
         model = family.model_class.from_pretrained(settings.path)
     else:
@@ -361,7 +362,7 @@ def build_model(config: TrainConfig):
 
 
 def build_processor(config: TrainConfig, model):
-    return processor_for(model, tokenizer=config.model.load_tokenizer(),
+    return processor_for(model, tokenizer=config.model.load_tokenizer(), family=get_family(config.model.family),
                          **config.data.processor_options(config.model.family))
 
 
@@ -375,7 +376,7 @@ def build_step(config: TrainConfig, model) -> FGCLIPForTraining | RerankerForTra
             **options))
         seed = config.training.get("seed", 42)
         return RerankerForTraining(model, reranker, text_kind=text_kind, negatives=negatives, seed=seed)
-    loss_class = FAMILIES[config.model.family].loss_class()
+    loss_class = get_family(config.model.family).loss_class()
     return FGCLIPForTraining(model, loss_class(**loss.loss_arguments(config.model.family)), loss.regional,
                              loss.hard_negatives)
 
