@@ -74,6 +74,16 @@ def interpolate_long_positions(short_table: torch.Tensor, keep: int, stretch: in
     return torch.cat([short_table[:keep], middle.flatten(0, 1), tail])
 
 
+@torch.no_grad()
+def start_long_positions(embeddings, keep: int, stretch: int) -> None:
+    """Start both long position tables of text ``embeddings`` (``position_embedding_ori`` and
+    ``position_embedding_res``) from its short table stretched by :func:`interpolate_long_positions`,
+    as both papers initialise the long-text path from the plain dual encoder."""
+    long_table = interpolate_long_positions(embeddings.position_embedding.weight, keep, stretch)
+    embeddings.position_embedding_ori.weight.copy_(long_table)
+    embeddings.position_embedding_res.weight.copy_(long_table)
+
+
 class LongPositionEmbeddings:
     """Mixin for a text-embedding module (token + position tables): a second, long position table.
 

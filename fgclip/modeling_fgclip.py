@@ -40,7 +40,7 @@ from transformers.models.clip.modeling_clip import (
 from .configuration_fgclip import FGCLIPConfig
 from .modeling_common import (IMAGE_BATCH_KEYS, TEXT_BATCH_KEYS, FGCLIPImageOutput, FGCLIPOutput,
                              LongPositionEmbeddings, TokenFeatures, check_attention_mask, check_boxes, check_layers,
-                             check_text_kind, ignore_batch_keys, interpolate_long_positions, roi_pool)
+                             check_text_kind, ignore_batch_keys, roi_pool, start_long_positions)
 
 
 def sdpa_or_math_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, is_causal=None,
@@ -225,13 +225,8 @@ class FGCLIPModel(CLIPPreTrainedModel):
                 f"CLIP checkpoint does not match the FG-CLIP layout: missing {sorted(set(missing) - new_keys)}, "
                 f"unexpected {sorted(unexpected)}"
             )
-        embeddings = model.text_model.embeddings
+        start_long_positions(model.text_model.embeddings, config.long_keep_positions, config.long_position_stretch)
         with torch.no_grad():
-            long_table = interpolate_long_positions(
-                embeddings.position_embedding.weight, config.long_keep_positions, config.long_position_stretch
-            )
-            embeddings.position_embedding_ori.weight.copy_(long_table)
-            embeddings.position_embedding_res.weight.copy_(long_table)
             model.text_filip_projection.weight.copy_(model.text_projection.weight)
             model.logit_scale_finegraind.copy_(model.logit_scale)
             model.logit_scale_hardneg.copy_(model.logit_scale)

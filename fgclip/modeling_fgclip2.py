@@ -52,8 +52,8 @@ from .modeling_common import (
     check_layers,
     check_text_kind,
     ignore_batch_keys,
-    interpolate_long_positions,
     roi_pool,
+    start_long_positions,
 )
 
 # SigLIP's initial temperature and bias (Zhai et al. 2023): t' = log 10, b = -10.
@@ -161,13 +161,8 @@ class FGCLIP2Model(Siglip2PreTrainedModel):
             raise ValueError(f"SigLIP 2 checkpoint does not match the FG-CLIP 2 layout: missing {sorted(unmatched)}, "
                              f"unexpected {sorted(unexpected)}")
         text_config = config.text_config
-        embeddings = model.text_model.embeddings
+        start_long_positions(model.text_model.embeddings, text_config.keep_len, text_config.long_position_stretch)
         with torch.no_grad():
-            long_table = interpolate_long_positions(
-                embeddings.position_embedding.weight, text_config.keep_len, text_config.long_position_stretch
-            )
-            embeddings.position_embedding_ori.weight.copy_(long_table)
-            embeddings.position_embedding_res.weight.copy_(long_table)
             model.longtext_head.load_state_dict(model.text_model.head.state_dict())
             model.boxtext_head.load_state_dict(model.text_model.head.state_dict())
             model.dense_feature_head.load_state_dict(model.vision_model.head.state_dict())

@@ -14,10 +14,26 @@ from .fgclip2 import CrossModalRankLoss, SigmoidGlobalLoss, TextualIntraModalCon
 REGION_SCOPES = ("rank", "global")
 
 
-def _require(term: str, **inputs: torch.Tensor | None) -> None:
-    missing = [name for name, value in inputs.items() if value is None]
+def _term_given(term: str, embeds: dict[str, torch.Tensor | None], scale: dict[str, torch.Tensor | None]) -> bool:
+    """Whether a term is computed: some of its ``embeds`` are given; then all of them and its ``scale``
+    must be (a ``ValueError`` names the missing ones)."""
+    if all(value is None for value in embeds.values()):
+        return False
+    missing = [name for name, value in {**embeds, **scale}.items() if value is None]
     if missing:
         raise ValueError(f"{term} loss: missing input(s) {', '.join(missing)}")
+    return True
+
+
+def _regional_given(region_embeds, region_text_embeds, logit_scale_finegraind) -> bool:
+    return _term_given("regional", {"region_embeds": region_embeds, "region_text_embeds": region_text_embeds},
+                       {"logit_scale_finegraind": logit_scale_finegraind})
+
+
+def _hard_negative_given(hard_region_embeds, hard_candidate_embeds, logit_scale_hardneg) -> bool:
+    return _term_given("hard-negative",
+                       {"hard_region_embeds": hard_region_embeds, "hard_candidate_embeds": hard_candidate_embeds},
+                       {"logit_scale_hardneg": logit_scale_hardneg})
 
 
 def _check_caption_sets(text_embeds: Mapping[str, torch.Tensor]) -> None:
@@ -94,22 +110,10 @@ class FGCLIPLoss(nn.Module):
         total = _add_global_terms(
             terms, text_embeds, self.global_loss.per_text_losses(image_embeds, list(text_embeds.values()), logit_scale)
         )
-        if region_embeds is not None or region_text_embeds is not None:
-            _require(
-                "regional",
-                region_embeds=region_embeds,
-                region_text_embeds=region_text_embeds,
-                logit_scale_finegraind=logit_scale_finegraind,
-            )
+        if _regional_given(region_embeds, region_text_embeds, logit_scale_finegraind):
             terms["regional"] = self.regional_loss(region_embeds, region_text_embeds, logit_scale_finegraind)
             total = total + self.regional_weight * terms["regional"]
-        if hard_region_embeds is not None or hard_candidate_embeds is not None:
-            _require(
-                "hard-negative",
-                hard_region_embeds=hard_region_embeds,
-                hard_candidate_embeds=hard_candidate_embeds,
-                logit_scale_hardneg=logit_scale_hardneg,
-            )
+        if _hard_negative_given(hard_region_embeds, hard_candidate_embeds, logit_scale_hardneg):
             terms["hard_negative"] = self.hard_negative_loss(
                 hard_region_embeds, hard_candidate_embeds, logit_scale_hardneg, hard_candidate_mask
             )
@@ -186,23 +190,11 @@ class FGCLIP2Loss(nn.Module):
             terms, text_embeds,
             self.global_loss.per_text_losses(image_embeds, list(text_embeds.values()), logit_scale, logit_bias),
         )
-        if region_embeds is not None or region_text_embeds is not None:
-            _require(
-                "regional",
-                region_embeds=region_embeds,
-                region_text_embeds=region_text_embeds,
-                logit_scale_finegraind=logit_scale_finegraind,
-            )
+        if _regional_given(region_embeds, region_text_embeds, logit_scale_finegraind):
             terms["regional"] = self.regional_loss(region_embeds, region_text_embeds, logit_scale_finegraind)
             terms["tic"] = self.tic_loss(region_text_embeds)
             total = total + self.regional_weight * terms["regional"] + self.tic_weight * terms["tic"]
-        if hard_region_embeds is not None or hard_candidate_embeds is not None:
-            _require(
-                "hard-negative",
-                hard_region_embeds=hard_region_embeds,
-                hard_candidate_embeds=hard_candidate_embeds,
-                logit_scale_hardneg=logit_scale_hardneg,
-            )
+        if _hard_negative_given(hard_region_embeds, hard_candidate_embeds, logit_scale_hardneg):
             hard_inputs = (hard_region_embeds, hard_candidate_embeds)
             terms["region_to_all"] = self.region_to_all_loss(*hard_inputs, logit_scale_hardneg, hard_candidate_mask)
             terms["hard_negative"] = self.hard_negative_loss(*hard_inputs, logit_scale_hardneg, hard_candidate_mask)

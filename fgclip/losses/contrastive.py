@@ -148,16 +148,12 @@ class RegionalContrastiveLoss(nn.Module):
         return loss_sum / 2 * world_size / total
 
 
-class HardNegativeLoss(nn.Module):
-    """Per region, (1 + N)-way cross-entropy over its positive caption and N negatives.
-
-    ``loss_r = -log softmax(s * <region_r, candidate_rk>)_0`` over the unmasked candidates
-    k (the positive is candidate 0), averaged over this rank's regions by default, as the
-    official FG-CLIP code does. With ``across_ranks`` it is averaged over the regions of the
-    whole batch (the region count is summed over ranks so that the mean over ranks is the
-    joined-batch mean). With no region (on this rank, or anywhere with ``across_ranks``)
-    the result is a connected zero.
-    """
+class RegionCandidateLoss(nn.Module):
+    """Base of the losses over each region's candidate texts (its positive caption first, then its
+    hard negatives): checks the inputs, counts the regions (summed over ranks with ``across_ranks``)
+    and divides the subclass's summed loss by that count, times the world size, so that the mean over
+    ranks is the joined-batch mean. With no region (on this rank, or anywhere with ``across_ranks``)
+    the result is a connected zero."""
 
     def __init__(self, across_ranks: bool = False):
         super().__init__()
@@ -183,14 +179,34 @@ class HardNegativeLoss(nn.Module):
         world_size, total = batch_count(region_embeds.shape[0], region_embeds.device, self.across_ranks)
         if total == 0:
             return connected_zero(region_embeds, candidate_embeds, logit_scale)
-        scale = scale_from_log(logit_scale)
-        logits = scale * torch.einsum("rd,rkd->rk", normalize(region_embeds), normalize(candidate_embeds))
+        summed = self.summed_loss(normalize(region_embeds), normalize(candidate_embeds), scale_from_log(logit_scale),
+                                  mask, world_size)
+        return summed * world_size / total
+
+    def summed_loss(self, regions: torch.Tensor, candidates: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor,
+                    world_size: int) -> torch.Tensor:
+        """The loss summed over this rank's regions, from normalised (R, D) ``regions`` and (R, 1 + N, D)
+        ``candidates``, the scale ``exp(logit_scale)`` and the (R, 1 + N) candidate mask."""
+        raise NotImplementedError
+
+
+class HardNegativeLoss(RegionCandidateLoss):
+    """Per region, (1 + N)-way cross-entropy over its positive caption and N negatives.
+
+    ``loss_r = -log softmax(s * <region_r, candidate_rk>)_0`` over the unmasked candidates
+    k (the positive is candidate 0), averaged over this rank's regions by default, as the
+    official FG-CLIP code does. With ``across_ranks`` it is averaged over the regions of the
+    whole batch (:class:`RegionCandidateLoss`).
+    """
+
+    def summed_loss(self, regions, candidates, scale, mask, world_size):
+        logits = scale * torch.einsum("rd,rkd->rk", regions, candidates)
         logits = logits.masked_fill(~mask, float("-inf"))
         targets = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        return F.cross_entropy(logits, targets, reduction="sum") * world_size / total
+        return F.cross_entropy(logits, targets, reduction="sum")
 
 
-class RegionToAllTextsLoss(nn.Module):
+class RegionToAllTextsLoss(RegionCandidateLoss):
     """Region-vs-all-texts InfoNCE (FG-CLIP 2's hard-negative block, weight 0.6 there).
 
     Region -> text: each region is scored against every valid candidate text of the batch
@@ -198,35 +214,20 @@ class RegionToAllTextsLoss(nn.Module):
     Text -> region: each region's positive is scored against every region, the target its
     own region. Both are averaged over the regions of the whole batch (with
     ``across_ranks``, texts and regions are gathered over ranks) and the loss is their mean,
-    as upstream FG-CLIP 2 computes it. With no region anywhere the result is a connected zero.
+    as upstream FG-CLIP 2 computes it.
     """
 
     def __init__(self, across_ranks: bool = True):
-        super().__init__()
-        self.across_ranks = across_ranks
+        super().__init__(across_ranks)
 
-    @outside_autocast
-    def forward(
-        self,
-        region_embeds: torch.Tensor,
-        candidate_embeds: torch.Tensor,
-        logit_scale: torch.Tensor,
-        candidate_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Same arguments as :meth:`HardNegativeLoss.forward`."""
-        mask = check_candidates(region_embeds, candidate_embeds, candidate_mask)
-        world_size, total = batch_count(region_embeds.shape[0], region_embeds.device, self.across_ranks)
-        if total == 0:
-            return connected_zero(region_embeds, candidate_embeds, logit_scale)
-        scale = scale_from_log(logit_scale)
-        regions = normalize(region_embeds)
-        texts = normalize(candidate_embeds)[mask]  # (M, D), region-major; each region's positive first
+    def summed_loss(self, regions, candidates, scale, mask, world_size):
+        texts = candidates[mask]  # (M, D), region-major; each region's positive first
         per_region = mask.sum(dim=1)
         positive_index = per_region.cumsum(0) - per_region
         own_region = torch.arange(regions.shape[0], device=regions.device)
         region_to_text = self._cross_entropy(scale * regions, texts, positive_index, world_size)
         text_to_region = self._cross_entropy(scale * texts[positive_index], regions, own_region, world_size)
-        return (region_to_text + text_to_region) / 2 * world_size / total
+        return (region_to_text + text_to_region) / 2
 
     @staticmethod
     def _cross_entropy(queries: torch.Tensor, keys: torch.Tensor, targets: torch.Tensor, world_size: int):
