@@ -422,10 +422,7 @@ def stage2_inputs(seed: int) -> dict[str, torch.Tensor]:
 def test_fgclip_loss_combines_terms():
     data = stage2_inputs(100)
     scales = {"global": LOG_SCALE, "fine": math.log(20.0), "hard": math.log(30.0)}
-    total, terms = FGCLIPLoss()(
-        data["images"],
-        {"long": data["long"], "short": data["short"]},
-        log_scale(scales["global"]),
+    inputs = dict(
         region_embeds=data["regions"],
         region_text_embeds=data["region_texts"],
         logit_scale_finegraind=log_scale(scales["fine"]),
@@ -434,6 +431,8 @@ def test_fgclip_loss_combines_terms():
         hard_candidate_mask=data["mask"],
         logit_scale_hardneg=log_scale(scales["hard"]),
     )
+    captions = {"long": data["long"], "short": data["short"]}
+    total, terms = FGCLIPLoss()(data["images"], captions, log_scale(scales["global"]), **inputs)
     images = unit_rows(data["images"])
     global_long = info_nce_reference(images, unit_rows(data["long"]), scale_of(scales["global"]))
     global_short = info_nce_reference(images, unit_rows(data["short"]), scale_of(scales["global"]))
@@ -450,17 +449,7 @@ def test_fgclip_loss_combines_terms():
     assert_loss(total.item(), global_long + global_short + 0.1 * regional + 0.5 * hard, logit_scale=30.0)
 
     weighted, _ = FGCLIPLoss(regional_weight=1.0, hard_negative_weight=2.0)(
-        data["images"],
-        {"long": data["long"], "short": data["short"]},
-        log_scale(scales["global"]),
-        region_embeds=data["regions"],
-        region_text_embeds=data["region_texts"],
-        logit_scale_finegraind=log_scale(scales["fine"]),
-        hard_region_embeds=data["hard_regions"],
-        hard_candidate_embeds=data["candidates"],
-        hard_candidate_mask=data["mask"],
-        logit_scale_hardneg=log_scale(scales["hard"]),
-    )
+        data["images"], captions, log_scale(scales["global"]), **inputs)
     assert_loss(weighted.item(), global_long + global_short + regional + 2.0 * hard, logit_scale=30.0)
 
 

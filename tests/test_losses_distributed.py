@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,9 +27,7 @@ from typing import Callable
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from fgclip.launch import free_port
 from fgclip.losses import (
     CrossModalRankLoss,
     GlobalContrastiveLoss,
@@ -39,6 +36,7 @@ from fgclip.losses import (
     RegionToAllTextsLoss,
     SigmoidGlobalLoss,
 )
+from forked_ranks import run_forked_ranks
 from numerics import assert_close_to_reference
 
 pytestmark = pytest.mark.numerics
@@ -189,23 +187,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict]:
-    """Run every scenario once in 2 gloo processes; return each rank's results.
-
-    The workers are forked: they inherit the imported modules, which keeps this under a
-    few seconds (a spawned worker re-imports torch and transformers, about 10 s each).
-    """
-    out_dir = tmp_path_factory.mktemp("losses_distributed")
-    context = mp.start_processes(
-        _worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="fork"
-    )
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-            pytest.fail(f"distributed loss workers did not finish within {DEADLINE_SECONDS:.0f} s")
-    return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    """Run every scenario once in 2 forked gloo processes; return each rank's results."""
+    return run_forked_ranks(_worker, tmp_path_factory.mktemp("losses_distributed"), WORLD_SIZE, DEADLINE_SECONDS)
 
 
 def assert_loss(loss: torch.Tensor, expected: torch.Tensor, scenario: Scenario, msg=None) -> None:

@@ -19,20 +19,18 @@ from __future__ import annotations
 import functools
 import math
 import os
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from fgclip import FGCLIPModel
-from fgclip.launch import free_port
 from fgclip.losses import FGCLIPLoss, copy_logit_scale_to_region_scales
 from fgclip.training import load_config
+from forked_ranks import run_forked_ranks
 from numerics import assert_close_to_reference, tower_terms
 
 pytestmark = pytest.mark.numerics
@@ -199,18 +197,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict]:
     """Both cases and both region scopes on 2 forked gloo processes; each rank's results."""
-    out_dir = tmp_path_factory.mktemp("losses_official")
-    context = mp.start_processes(
-        _worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="fork"
-    )
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-            pytest.fail(f"workers did not finish within {DEADLINE_SECONDS:.0f} s")
-    return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    return run_forked_ranks(_worker, tmp_path_factory.mktemp("losses_official"), WORLD_SIZE, DEADLINE_SECONDS)
 
 
 @pytest.mark.parametrize("case", list(CASES))

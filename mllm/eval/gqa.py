@@ -12,13 +12,12 @@ white space around the answer and lower-cases the gold answer.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from fgclip.errors import command
 
-from .jsonl import InputError, answer_texts, print_json, read_json, read_jsonl, write_jsonl
+from .jsonl import InputError, build_and_score_parsers, answer_texts, print_json, read_json, read_jsonl, write_jsonl
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 
@@ -78,12 +77,9 @@ def score(gqa_questions: str | Path, answers_path: str | Path, lenient: bool = F
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build")
+    parser, build, scoring = build_and_score_parsers(__doc__)
     build.add_argument("--gqa-questions", required=True)
     build.add_argument("--output", required=True)
-    scoring = commands.add_parser("score")
     scoring.add_argument("--gqa-questions", required=True, help="GQA's testdev_balanced_questions.json (gold)")
     scoring.add_argument("--answers", required=True)
     scoring.add_argument("--lenient", action="store_true", help="strip white space, lower-case the gold answer too")

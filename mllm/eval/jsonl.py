@@ -6,6 +6,7 @@ LLaVA's answer files hold one ``{"question_id", "prompt", "text", "answer_id", "
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -15,6 +16,14 @@ from typing import Any
 from fgclip.errors import DataError, print_output, writing
 
 Numbered = tuple[int, dict]  # (line number, record)
+
+
+def build_and_score_parsers(description: str, build_help: str | None = None):
+    """The command line every benchmark module has: ``build`` (its question file) and ``score`` (answers
+    against the gold); returns the parser and the two sub-parsers to add their options to."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    return parser, commands.add_parser("build", help=build_help), commands.add_parser("score")
 
 
 class InputError(DataError):

@@ -33,7 +33,6 @@ text of the last answer whose ``question_id`` is the row's index.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import csv
@@ -48,7 +47,7 @@ from pathlib import Path
 from fgclip.errors import command
 from fgclip.image_io import load_image
 
-from .jsonl import InputError, Numbered, answer_texts, print_json, read_jsonl, write_jsonl
+from .jsonl import InputError, build_and_score_parsers, Numbered, answer_texts, print_json, read_jsonl, write_jsonl
 from .xlsx import Cell, write_xlsx
 
 CIRCULAR_OFFSET = 1_000_000
@@ -344,14 +343,11 @@ def write_submission(columns: list[str], rows: list[Row], answers: list[Numbered
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build")
+    parser, build, scoring = build_and_score_parsers(__doc__)
     build.add_argument("--tsv", required=True)
     build.add_argument("--image-dir", required=True)
     build.add_argument("--output", required=True)
     build.add_argument("--no-circular", action="store_true", help="ask each row once (TSV without copies)")
-    scoring = commands.add_parser("score")
     scoring.add_argument("--tsv", required=True)
     scoring.add_argument("--answers", required=True)
     scoring.add_argument("--no-circular", action="store_true", help="each row once (TSV without copies)")

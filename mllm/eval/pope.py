@@ -16,7 +16,6 @@ positive class; a denominator of 0 gives 0 (the official script stops with an er
 """
 from __future__ import annotations
 
-import argparse
 import string
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 from fgclip.errors import command
 
 from .gqa import SHORT_ANSWER_PROMPT
-from .jsonl import InputError, Numbered, answer_texts, print_json, read_jsonl, write_jsonl
+from .jsonl import InputError, build_and_score_parsers, Numbered, answer_texts, print_json, read_jsonl, write_jsonl
 
 LABELS = ("yes", "no")
 OFFICIAL_NO_WORDS = {"No", "not", "no"}
@@ -144,12 +143,9 @@ def score(
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build", help="question file from POPE's coco_pope_*.json label files")
+    parser, build, scoring = build_and_score_parsers(__doc__, "question file from POPE's coco_pope_*.json label files")
     build.add_argument("--annotation-dir", required=True)
     build.add_argument("--output", required=True)
-    scoring = commands.add_parser("score")
     scoring.add_argument("--questions", required=True, help="ours (with labels) or llava_pope_test.jsonl")
     scoring.add_argument("--answers", required=True)
     scoring.add_argument("--annotation-dir", help="folder of coco_pope_*.json (needed for LLaVA's question file)")

@@ -20,7 +20,6 @@ only plain lists, dicts, strings and numbers (anything else is refused), or the 
 """
 from __future__ import annotations
 
-import argparse
 import pickle
 import re
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from fgclip.errors import command
 
-from .jsonl import InputError, answer_texts, print_json, read_json, read_jsonl, write_jsonl
+from .jsonl import InputError, build_and_score_parsers, answer_texts, print_json, read_json, read_jsonl, write_jsonl
 
 FRAMES = ("original", "padded")
 REC_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: {}."
@@ -172,14 +171,11 @@ def score(questions_path: str | Path, answers_path: str | Path, frame: str = "or
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build")
+    parser, build, scoring = build_and_score_parsers(__doc__)
     build.add_argument("--refs", required=True, help="refs(unc).p / refs(umd).p, or a JSON conversion")
     build.add_argument("--instances", required=True)
     build.add_argument("--split", required=True, help="val, testA, testB (RefCOCO/+) or val, test (RefCOCOg)")
     build.add_argument("--output", required=True)
-    scoring = commands.add_parser("score")
     scoring.add_argument("--questions", required=True)
     scoring.add_argument("--answers", required=True)
     scoring.add_argument("--frame", default="original", choices=FRAMES,
