@@ -26,12 +26,14 @@ from .detector import FViT
 from .losses import MaskedCrossEntropyLoss, masked_cross_entropy
 from .lvis import OVLVISDataset, OVLVISMetric, lvis_box_ap, write_lvis_style
 from .metrics import OVCocoAP50Metric, per_class_ap50
+from .resume import ExactResumeHook
 from .roi_head import FViTBBoxHead, FViTRoIHead, ensemble_scores
 from .rpn_head import FViTRPNHead, NormedRPNHead
 
 __all__ = [
     "CLIPSELF_TEMPLATES",
     "CPUAmpOptimWrapper",
+    "ExactResumeHook",
     "FGCLIPViT",
     "FGCLIP_TEMPLATES",
     "FViT",

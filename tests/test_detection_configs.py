@@ -28,15 +28,16 @@ SIZES = {
     "fvit_tiny_cpu_lvis.py": ((64, 64), (0.8, 1.25)),
 }
 # sha256 (first 16 hex digits) of canonical() of each loaded config, as it stood when the OV-COCO
-# classes were still spelt out in configs/_base_/datasets/ov_coco.py.
+# classes were still spelt out in configs/_base_/datasets/ov_coco.py, plus the ExactResumeHook in
+# default_runtime.py's custom_hooks (the only change since).
 DIGESTS = {
-    "fvit_fgclip2_base.py": "3c955754281be983",
-    "fvit_fgclip_b16.py": "51176a7485385f47",
-    "fvit_fgclip_b16_ovlvis.py": "a2e2fc7ef69a26a6",
-    "fvit_fgclip_l14.py": "c7b44108ac585e53",
-    "fvit_fgclip_l14_ovlvis.py": "9284a4d006d9c39c",
-    "fvit_tiny_cpu.py": "49434f35823dccf2",
-    "fvit_tiny_cpu_lvis.py": "d29345996b40d96b",
+    "fvit_fgclip2_base.py": "ef2cb8617c728b65",
+    "fvit_fgclip_b16.py": "9f31524ef686884b",
+    "fvit_fgclip_b16_ovlvis.py": "a354553f69b61f6d",
+    "fvit_fgclip_l14.py": "bc31afe8172d00df",
+    "fvit_fgclip_l14_ovlvis.py": "85dcb3c72127ca24",
+    "fvit_tiny_cpu.py": "43ec6530c5a59c7a",
+    "fvit_tiny_cpu_lvis.py": "da5c8d54038e9ce8",
 }
 
 

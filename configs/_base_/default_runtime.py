@@ -9,8 +9,9 @@ default_hooks = dict(
     sampler_seed=dict(type="DistSamplerSeedHook"),
     visualization=dict(type="DetVisualizationHook"),
 )
-# Checkpoints that torch.load(weights_only=True) accepts (load_from / resume).
-custom_hooks = [dict(type="WeightsOnlyCheckpointHook")]
+# Checkpoints that torch.load(weights_only=True) accepts (load_from / resume), and that hold the
+# random states and data position a resumed run continues from exactly.
+custom_hooks = [dict(type="WeightsOnlyCheckpointHook"), dict(type="ExactResumeHook")]
 
 env_cfg = dict(
     cudnn_benchmark=False,
