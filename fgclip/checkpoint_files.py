@@ -1,6 +1,8 @@
 """Checkpoint files: the one integrity check of weight and state files (:func:`check_file`, and
 :func:`check_checkpoint_files` for a model directory) and the one reader of the parameter names a
-checkpoint stores (:func:`stored_parameter_names`). The loader, the trainer's resume checks, the
+checkpoint stores (:func:`stored_parameter_names`), with one wording for pickles that torch's safe loader refuses
+(:func:`refused_pickle`) and their one conversion (:func:`pickle_to_safetensors`, ``fgclip
+to-safetensors``). The loader, the trainer's resume checks, the
 FG-CLIP 2 model and the detector's checkpoint loading all go through these, so a damaged file is
 reported the same way wherever it is read.
 """
@@ -8,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -105,3 +109,43 @@ def holds_long_text_positions(path: str | os.PathLike) -> bool:
         return True
     check_checkpoint_files(path)
     return FGCLIP_MARKER_KEY in stored_parameter_names(path)
+
+
+def refused_pickle(path: str | os.PathLike, error: pickle.UnpicklingError) -> CheckpointError:
+    """A :class:`CheckpointError` for a file that ``torch.load(weights_only=True)`` refused: it holds
+    Python objects other than tensors and plain containers, which only an unsafe load could build."""
+    found = re.search(r"(?:GLOBAL|global:?)\s+([\w.]+)", str(error))
+    what = f"it holds a Python object ({found.group(1)}) besides tensors" if found else \
+        "it holds Python objects besides tensors"
+    return CheckpointError(path, f"not a safe checkpoint: {what}, and loading it would run code; if you trust "
+                                 f"its source, convert it with `fgclip to-safetensors {path} --trust-source`")
+
+
+def pickle_to_safetensors(path: str | os.PathLike) -> Path:
+    """Convert a ``torch.save`` file of weights into safetensors beside it (``pytorch_model.bin`` ->
+    ``model.safetensors``, which transformers then reads first; other names keep their stem) and
+    return the new file's path.
+
+    This unpickles the file with ``weights_only=False``, which runs whatever code it holds: only for a
+    file whose source you trust. Tensors nested in dicts are written under their dotted key path.
+    """
+    path = Path(path)
+    check_torch_file(path)
+    from safetensors.torch import save_file
+
+    loaded = torch.load(path, map_location="cpu", weights_only=False)
+    tensors: dict[str, torch.Tensor] = {}
+    pending = [("", loaded)]
+    while pending:
+        prefix, value = pending.pop()
+        if isinstance(value, torch.Tensor):
+            tensors[prefix] = value.contiguous()
+        elif isinstance(value, dict):
+            pending += [(f"{prefix}.{key}" if prefix else str(key), item) for key, item in value.items()]
+    if not tensors:
+        raise CheckpointError(path, "holds no tensors to convert")
+    target = path.with_name("model.safetensors") if path.name == "pytorch_model.bin" else path.with_suffix(".safetensors")
+    temporary = target.with_name(f".{target.name}.tmp")
+    save_file(tensors, str(temporary), metadata={"format": "pt"})
+    os.replace(temporary, target)
+    return target

@@ -3,6 +3,7 @@
     fgclip score IMAGE --box x1,y1,x2,y2 --box ... --text "a black dog" --text ...
     fgclip heatmap IMAGE "black dog" -o out.png
     fgclip eval --model PATH --tasks fgovd,boxcls,retrieval,zeroshot --data-root DIR
+    fgclip to-safetensors CHECKPOINT/pytorch_model.bin --trust-source   # a pickle the loaders refuse
 """
 from __future__ import annotations
 
@@ -149,8 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("text", type=parse_text, help="what to look for, e.g. 'black dog'")
     heatmap.add_argument("-o", "--output", required=True, help="output PNG")
     heatmap.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
+    convert = subparsers.add_parser("to-safetensors", help="convert a pickled torch.save weight file to safetensors")
+    convert.add_argument("file", help="e.g. CHECKPOINT/pytorch_model.bin (becomes CHECKPOINT/model.safetensors)")
+    convert.add_argument("--trust-source", action="store_true", required=True,
+                         help="required: the file is unpickled, which runs any code it holds")
     add_eval_subcommand(subparsers)
-    for sub in (score, heatmap):
+    for sub in (score, heatmap, convert):
         sub.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     return parser
 
@@ -161,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(attach_negative_boxes(sys.argv[1:] if argv is None else list(argv)))
     if args.command == "eval":
         return args.func(args)
+    if args.command == "to-safetensors":
+        from .checkpoint_files import pickle_to_safetensors
+
+        print_output(f"wrote {pickle_to_safetensors(args.file)}")
+        return 0
     from .encoders import load_encoder, resolve_device
     from .image_io import load_image
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from transformers import BatchFeature
 from transformers.utils import cached_file
 
-from .checkpoint_files import check_checkpoint_files
+from .checkpoint_files import check_checkpoint_files, refused_pickle
 from .errors import CheckpointError, ConfigError
 from .families import FAMILIES, Family, family_of_checkpoint, get_family
 from .modeling_common import TokenFeatures, check_text_kind
@@ -202,7 +203,11 @@ def load_model(path: str | os.PathLike, model_type: str = "auto", **kwargs):
     family = checkpoint_family(path, model_type)
     if Path(path).is_dir():
         check_checkpoint_files(path)
-    return family.load_model(path, **kwargs)
+    try:
+        return family.load_model(path, **kwargs)
+    except pickle.UnpicklingError as error:
+        pickled = sorted(Path(path).glob("*.bin")) if Path(path).is_dir() else []
+        raise refused_pickle(pickled[0] if len(pickled) == 1 else path, error) from None
 
 
 def processor_for(model, path: str | os.PathLike | None = None, tokenizer=None, family: Family | None = None,

@@ -143,3 +143,42 @@ def test_a_failed_heatmap_write_leaves_no_partial_png(saved, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: {output}: File too large"
     assert list(tmp_path.iterdir()) == []
+
+
+class RunsCode:
+    """A pickled object whose unpickling runs code: it creates the file ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.path,))
+
+
+def test_pickled_weights_are_refused_with_our_wording_then_converted_on_trust(saved, tmp_path, capsys):
+    directory, model = saved
+    checkpoint = tmp_path / "pickled"
+    checkpoint.mkdir()
+    for name in ("config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json"):
+        (checkpoint / name).write_bytes((directory / name).read_bytes())
+    marker = tmp_path / "code-ran"
+    torch.save({**model.state_dict(), "extra": RunsCode(marker)}, checkpoint / "pytorch_model.bin")
+    score = ["score", str(directory / "scene.png"), "--box", "0,0,32,48", "--text", "a red square", "--device", "cpu"]
+
+    assert main([*score, "--model", str(checkpoint)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"error: {checkpoint}/pytorch_model.bin: not a safe checkpoint: it holds a Python object "
+                     "(os.makedirs) besides tensors, and loading it would run code; if you trust its source, "
+                     f"convert it with `fgclip to-safetensors {checkpoint}/pytorch_model.bin --trust-source`")
+    assert not marker.exists()
+
+    with pytest.raises(SystemExit):  # the conversion unpickles: it has to be asked for with --trust-source
+        main(["to-safetensors", str(checkpoint / "pytorch_model.bin")])
+    assert not marker.exists()
+    assert main(["to-safetensors", str(checkpoint / "pytorch_model.bin"), "--trust-source"]) == 0
+    assert marker.exists() and (checkpoint / "model.safetensors").is_file()
+    capsys.readouterr()
+    main([*score, "--model", str(checkpoint)])
+    converted = capsys.readouterr().out
+    main([*score, "--model", str(directory)])
+    assert converted == capsys.readouterr().out
