@@ -167,3 +167,44 @@ def test_ctrl_c_prints_the_last_complete_checkpoint_and_the_resume_command(runs,
                                        f"{shlex.join(['python', 'tools/train_fgclip.py', *argv, '--resume'])}")
     assert '"training": {' not in stdout  # the resolved recipe is printed only with --verbose
     assert json.loads((out / "recipe.json").read_text())["training"]["save_steps"] == 2
+
+
+FULL_DISK_DRIVER = """
+import resource, runpy, sys
+from fgclip.training.trainer import FGCLIPTrainer
+
+save = FGCLIPTrainer._save_checkpoint
+
+
+def save_onto_a_full_disk(self, model, trial):
+    if self.state.global_step == {fail_step}:  # from here on no file may grow past 4 KiB, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+    save(self, model, trial)
+
+
+FGCLIPTrainer._save_checkpoint = save_onto_a_full_disk
+sys.argv = ["tools/train_fgclip.py", *sys.argv[1:]]
+runpy.run_path("tools/train_fgclip.py", run_name="__main__")
+"""
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_complete_checkpoint(runs, tmp_path):
+    """The step-8 checkpoint cannot be written: one error line naming it and the kept step-4 checkpoint, exit
+    status 2, nothing left of checkpoint-8; --resume from step 4 then ends as the uninterrupted run."""
+    data, uninterrupted, _ = runs
+    out = tmp_path / "full_disk"
+    (tmp_path / "driver.py").write_text(FULL_DISK_DRIVER.format(fail_step=KILL_STEP))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    failed = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(RECIPE), *overrides(data, out)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert "Traceback" not in failed.stderr
+    assert failed.stderr.splitlines()[-1] == (
+        f"error: {out}/checkpoint-8: could not be written (File too large (os error 27)); the last complete "
+        f"checkpoint {out}/checkpoint-4 is kept (free space, then rerun with --resume)")
+    assert sorted(path.name for path in out.iterdir()) == ["checkpoint-4", "recipe.json"]
+    assert (out / "checkpoint-4" / COMPLETE_MARKER).is_file()
+
+    resumed = train(load_config(RECIPE, overrides(data, out)), resume=True)
+    assert_same_steps(per_step(resumed.log_history), per_step(uninterrupted.log_history), range(5, 13))
+    assert_same_weights(resumed.final_model_dir, uninterrupted.final_model_dir)

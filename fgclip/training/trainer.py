@@ -38,12 +38,14 @@ What this adds to ``Trainer``:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +134,36 @@ def _write_marker(checkpoint: Path, step: int) -> None:
 def _remove_checkpoint(path: Path) -> None:
     (path / COMPLETE_MARKER).unlink(missing_ok=True)  # a kill mid-delete leaves an incomplete directory
     shutil.rmtree(path)
+
+
+def write_failure(error: Exception) -> str | None:
+    """The reason a checkpoint write failed (``No space left on device``, ``File too large``), or
+    ``None`` when ``error`` is not a failed write: an ``OSError`` or safetensors' ``SafetensorError``,
+    which carries the I/O error in its message."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    if type(error).__name__ == "SafetensorError":
+        message = str(error)
+        return message.split("I/O error: ", 1)[1] if "I/O error: " in message else message
+    return None
+
+
+@contextlib.contextmanager
+def writing_checkpoint(directory: Path, output_dir: str | os.PathLike) -> Iterator[None]:
+    """Around writing the checkpoint ``directory``: a failed write (a full disk, a file-size limit)
+    removes what was written of it and becomes a :class:`CheckpointError` naming it and the last
+    complete checkpoint, which stays as it was for ``--resume``."""
+    try:
+        yield
+    except Exception as error:
+        reason = write_failure(error)
+        if reason is None:
+            raise
+        shutil.rmtree(directory, ignore_errors=True)
+        last = last_complete_checkpoint(output_dir)
+        kept = f"the last complete checkpoint {last} is kept" if last else "no complete checkpoint yet"
+        raise CheckpointError(directory, f"could not be written ({reason}); {kept} (free space, then rerun "
+                                         "with --resume)") from error
 
 
 class DatasetEpochCallback(TrainerCallback):
@@ -238,6 +270,12 @@ class FGCLIPTrainer(Trainer):
         self.scalar_parameters = scalars if self.is_deepspeed_enabled else []
         for parameter in self.scalar_parameters:
             parameter.data = parameter.data.reshape(1)
+
+    def _save_checkpoint(self, model, trial):
+        """transformers' checkpoint save, whose failed write (:func:`writing_checkpoint`) is one error line."""
+        checkpoint = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        with writing_checkpoint(checkpoint, self.args.output_dir):
+            super()._save_checkpoint(model, trial)
 
     def setup_summary(self) -> str:
         """The precision the step really runs in (from the DeepSpeed engine, or accelerate's autocast), the
@@ -426,10 +464,11 @@ def _save_final(final_dir: Path, parts: list[tuple[str, object, object]]) -> Non
     directory, then swap it in for ``final_dir`` (``""`` is ``final_dir`` itself)."""
     staging, previous = final_dir.with_name(final_dir.name + ".tmp"), final_dir.with_name(final_dir.name + ".old")
     shutil.rmtree(staging, ignore_errors=True)
-    for subdirectory, model, processor in parts:
-        model.save_pretrained(staging / subdirectory)
-        if processor is not None:
-            processor.save_pretrained(staging / subdirectory)
+    with writing_checkpoint(staging, final_dir.parent):
+        for subdirectory, model, processor in parts:
+            model.save_pretrained(staging / subdirectory)
+            if processor is not None:
+                processor.save_pretrained(staging / subdirectory)
     if final_dir.exists():
         shutil.rmtree(previous, ignore_errors=True)
         final_dir.rename(previous)
