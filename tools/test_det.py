@@ -5,7 +5,8 @@
 
 For OV-COCO configs the metrics are ``ov_coco/AP50_novel``, ``ov_coco/AP50_base`` and
 ``ov_coco/AP50_all``; for OV-LVIS configs ``ov_lvis/AP``, ``ov_lvis/APr``, ``ov_lvis/APc``,
-``ov_lvis/APf`` and the other LVIS box APs (percent).
+``ov_lvis/APf`` and the other LVIS box APs (percent). The config and environment go to the log
+file in the run directory, not the terminal, unless ``--verbose``.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from mmengine.runner import Runner
 from detection.checkpoint import check_checkpoint_file, loading_checkpoint
 from detection.config_file import load_config, naming_config
 from detection.launch import setup_launcher
+from detection.runner import QuietRunner
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", help="where logs go (default work_dirs/<config name>)")
     parser.add_argument("-o", "--out", help="also write the metrics to this JSON file")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries, key=value")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print the config, the environment and the hook order (always in the run's log file)")
     return parser.parse_args(argv)
 
 
@@ -54,7 +58,7 @@ def setup_config(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     with naming_config(args.config), loading_checkpoint(args.checkpoint):
-        metrics = Runner.from_cfg(setup_config(args)).test()
+        metrics = (Runner if args.verbose else QuietRunner).from_cfg(setup_config(args)).test()
     if is_main_process():
         text = json.dumps(metrics, indent=2)
         if args.out:

@@ -5,10 +5,13 @@
     python tools/train_det.py CONFIG --amp --amp-dtype bfloat16   # mixed precision without a GPU
     python tools/train_det.py CONFIG --resume                 # from the latest checkpoint in work_dir
     python tools/train_det.py CONFIG --cfg-options train_dataloader.batch_size=4
+    python tools/train_det.py CONFIG --verbose                # also print the config and environment
 
 Started by torchrun (``LOCAL_RANK`` set) it trains data-parallel; without a GPU the
 process group uses gloo. ``--amp`` is fp16 with the config's static ``amp_loss_scale`` (the
-reference); ``--amp-dtype bfloat16`` needs no loss scale, and runs on the CPU too.
+reference); ``--amp-dtype bfloat16`` needs no loss scale, and runs on the CPU too. The terminal
+shows progress, losses, warnings and metrics; the config and environment go to the log file in the
+run directory (``--verbose``: to the terminal as well).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from mmengine.runner import Runner
 from detection.checkpoint import check_checkpoint_file, loading_checkpoint
 from detection.config_file import load_config, naming_config
 from detection.launch import setup_launcher
+from detection.runner import QuietRunner
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "amp_loss_scale; GPU only) or bfloat16 (no loss scaling; also on the CPU)")
     parser.add_argument("--auto-scale-lr", action="store_true", help="scale lr by total batch size / auto_scale_lr.base_batch_size")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries, key=value")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print the config, the environment and the hook order (always in the run's log file)")
     args = parser.parse_args(argv)
     if args.amp_dtype and not args.amp:
         raise ConfigError(f"--amp-dtype {args.amp_dtype}: only used with --amp")
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = setup_config(args)
         resumed = f"the latest checkpoint in {cfg.work_dir}" if cfg.get("resume") else None
         with loading_checkpoint(cfg.get("load_from") or resumed):
-            Runner.from_cfg(cfg).train()
+            (Runner if args.verbose else QuietRunner).from_cfg(cfg).train()
 
 
 if __name__ == "__main__":
