@@ -67,7 +67,11 @@ def load_image(image: Image.Image | str | os.PathLike | bytes, name: str | None 
 def image_size(path: str | os.PathLike, name: str | None = None) -> tuple[int, int]:
     """(width, height) of an image file as :func:`load_image` gives it (EXIF orientation applied),
     read from the header only; a file that is not a readable image raises :class:`ImageError`."""
-    with _open_image(path, name or str(path)) as image:
+    name = name or str(path)
+    with _open_image(path, name) as image:
         width, height = image.size
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        try:
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        except (OSError, SyntaxError, ValueError) as error:  # e.g. a PNG cut before its last chunk
+            raise ImageError(name, f"truncated or corrupt image ({error})") from None
     return (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)

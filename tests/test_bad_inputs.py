@@ -3,6 +3,7 @@ status 2 (no traceback, no silent result), the traceback with --debug, and skip 
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from fgclip import FGCLIPModel, FGCLIPProcessor
 from fgclip.cli import main as fgclip_main
 from fgclip.data import FineHARDDataset, FineHARDReader
 from fgclip.data.shapes import write_shapes_dataset
-from fgclip.errors import ImageError, run_command
+from fgclip.errors import DataError, ImageError, run_command
 from fgclip.testing import tiny_config
 from fgclip.training import load_config, train
 
@@ -208,6 +209,31 @@ def test_training_command_bad_input(shapes, tmp_path, capsys):
         assert last_error(capsys) == expected
 
 
+def test_data_without_a_usable_record_is_named_before_training(shapes, tmp_path, capsys):
+    """A file that is not an image is a bad record when the data is indexed, before any step; when every
+    record is bad and skipped, the error says so (not that loss.regional should be switched off)."""
+    tool = load_tool("train_fgclip")
+    root = tmp_path / "root"
+    shutil.copytree(shapes / "images", root / "images")
+    records = shapes_records(shapes)
+    for record in records:
+        (root / record["f_path"]).write_text("not an image")
+    data = write_records(tmp_path / "train.jsonl", records)
+    first = root / records[0]["f_path"]
+    with pytest.raises(DataError, match=rf"^{data} line 1: f_path: {first}: not an image file PIL can read"):
+        FineHARDReader(data, image_root=root)  # at indexing
+
+    argv = train_argv(shapes, data, tmp_path / "run", f"data.image_root={root}", "data.skip_bad_records=true")
+    assert run_command(tool.main, argv) == 2
+    assert last_error(capsys).startswith(
+        f"error: {data}: no usable record to train on: every record was skipped as bad (skipped 8 of 8 records "
+        f"(f_path: bad image: 8); first: {data} line 1: f_path: {first}: not an image file PIL can read")
+    assert not (tmp_path / "run").exists()
+    empty = write_records(tmp_path / "empty.jsonl", [])
+    assert run_command(tool.main, train_argv(shapes, empty, tmp_path / "run")) == 2
+    assert last_error(capsys) == f"error: {empty}: no usable record to train on: it holds no records"
+
+
 def test_allow_outside_root_accepts_paths_that_leave_the_root(shapes, tmp_path):
     records = shapes_records(shapes)
     outside = tmp_path / "elsewhere.png"
@@ -226,13 +252,22 @@ def test_save_strategy_no_reads_as_the_string_no(shapes, tmp_path):
     assert load_config(recipe, argv[1:]).training_arguments().save_strategy == "no"
 
 
+def cut_in_its_data(path: Path) -> Path:
+    """Rewrite the image at ``path`` as a JPEG cut in its scan data: its header (size, EXIF) reads, so it
+    passes indexing, and decoding it fails."""
+    encoded = io.BytesIO()
+    Image.open(path).convert("RGB").save(encoded, format="JPEG")
+    path.write_bytes(encoded.getvalue()[:-40])
+    return path
+
+
 def test_unreadable_images_are_skipped_and_counted_in_training(shapes, tmp_path):
     records = shapes_records(shapes)
     root = tmp_path / "root"
     shutil.copytree(shapes / "images", root / "images")
-    bad = root / records[5]["f_path"]
-    bad.write_bytes(bad.read_bytes()[:-60])  # truncated PNG
+    bad = cut_in_its_data(root / records[5]["f_path"])
     data = write_records(tmp_path / "train.jsonl", records)
+    assert len(FineHARDReader(data, image_root=root)) == 8  # so it passes indexing, and fails when read
     argv = train_argv(shapes, data, tmp_path / "run", f"data.image_root={root}")
     with pytest.raises(ImageError, match=rf"^{data} line 6: f_path: {bad}: truncated or corrupt image"):
         train(load_config(argv[0], argv[1:]))
@@ -440,8 +475,7 @@ def test_errors_from_dataloader_workers_stay_one_line(shapes, tmp_path, capsys):
     records = shapes_records(shapes)
     root = tmp_path / "root"
     shutil.copytree(shapes / "images", root / "images")
-    bad = root / records[5]["f_path"]
-    bad.write_bytes(bad.read_bytes()[:-60])
+    bad = cut_in_its_data(root / records[5]["f_path"])
     data = write_records(tmp_path / "train.jsonl", records)
     argv = train_argv(shapes, data, tmp_path / "run", f"data.image_root={root}", "training.dataloader_num_workers=1",
                       "training.per_device_train_batch_size=8", "training.max_steps=1")
@@ -455,4 +489,4 @@ def test_errors_from_dataloader_workers_stay_one_line(shapes, tmp_path, capsys):
                       "training.max_steps=1")
     assert run_command(load_tool("train_fgclip").main, argv) == 2
     assert last_error(capsys) == (f"error: {shard} sample 000000005: png: cannot decode image: truncated or corrupt "
-                                  "image (image file is truncated)")
+                                  "image (image file is truncated (63 bytes not processed))")

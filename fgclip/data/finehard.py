@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError, ImageError, outside_root_reason
+from ..image_io import image_size
 from ..image_io import load_image as load_rgb  # the project's one image reader, under its old name here
 
 NUM_HARD_NEGATIVES = 10
@@ -296,9 +297,10 @@ class FineHARDReader(Sequence[FineHARDRecord]):
     - JSON list: loaded whole and kept as parsed records (memory grows with the file;
       prefer JSONL or shards for large data).
 
-    With an ``image_root``, every record's image must exist under it when the file is indexed
-    (a missing image is a bad record, found before training starts), and an ``f_path`` that is
-    absolute or leaves the root with ``..`` is refused unless ``allow_outside_root``.
+    With an ``image_root``, every record's image must exist under it and open as an image (its
+    header is read) when the file is indexed: a missing or non-image file is a bad record, found
+    before training starts (a file damaged past its header is found when it is read). An
+    ``f_path`` that is absolute or leaves the root with ``..`` is refused unless ``allow_outside_root``.
     ``with_regions`` / ``with_negatives`` count the good records with boxes / hard negatives.
 
     Args:
@@ -345,9 +347,13 @@ class FineHARDReader(Sequence[FineHARDRecord]):
             reason = None if self.allow_outside_root else outside_root_reason(record.f_path)
             if reason:
                 raise RecordError(location, "f_path", reason, "outside the image root")
-            if not (self.image_root / record.f_path).is_file():
-                raise RecordError(location, "f_path", f"image not found: {self.image_root / record.f_path}",
-                                  "image not found")
+            image = self.image_root / record.f_path
+            if not image.is_file():
+                raise RecordError(location, "f_path", f"image not found: {image}", "image not found")
+            try:
+                image_size(image)  # the header: a file that is not an image is a bad record before training
+            except ImageError as error:
+                raise RecordError(location, "f_path", str(error), "bad image") from None
         self.with_regions += bool(record.regions)
         self.with_negatives += any(region.negatives is not None for region in record.regions)
         return record

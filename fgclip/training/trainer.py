@@ -432,6 +432,10 @@ def build_dataset(config: TrainConfig, processor, seed: int):
                               **options)
     if dataset.stats.skipped:
         logger.warning("%s; first: %s", dataset.stats.summary(), " | ".join(dataset.stats.examples))
+    if len(dataset) == 0:
+        problem = (f"every record was skipped as bad ({dataset.stats.summary()}; first: {dataset.stats.examples[0]})"
+                   if dataset.stats.skipped else "it holds no records")
+        raise DataError(data.train, f"no usable record to train on: {problem}")
     check_regions(config, dataset)
     return dataset
 
