@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 import torch
@@ -39,11 +40,13 @@ from transformers import (
     LlavaProcessor,
     PreTrainedTokenizerBase,
 )
+from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.models.auto.tokenization_auto import get_tokenizer_config
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+from transformers.utils import logging
 
 from fgclip import FGCLIPProcessor
-from fgclip.checkpoint_files import check_checkpoint_files
+from fgclip.checkpoint_files import check_checkpoint_files, check_file
 from fgclip.encoders import locate_config
 from fgclip.errors import CheckpointError, run_command
 
@@ -53,6 +56,11 @@ IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 VISION_FEATURE_LAYER = -2
 LLAMA_TOKENIZERS = ("LlamaTokenizer", "LlamaTokenizerFast")
+SENTENCEPIECE_MODEL = "tokenizer.model"  # what LLaVA's slow LlamaTokenizer (transformers 4.37) reads
+PROJECTOR_KEYS = {"0.weight": "linear_1.weight", "0.bias": "linear_1.bias",
+                  "2.weight": "linear_2.weight", "2.bias": "linear_2.bias"}  # LLaVA's mm_projector -> ours
+
+logger = logging.get_logger(__name__)
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -81,7 +89,97 @@ def load_language_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
     (4.37) gives it; transformers 5 would make it ``False``."""
     config = get_tokenizer_config(path)
     unset = config.get("tokenizer_class") in LLAMA_TOKENIZERS and "legacy" not in config
-    return prepare_tokenizer(AutoTokenizer.from_pretrained(path, **({"legacy": True} if unset else {})))
+    if unset:
+        logger.warning(f"{os.path.join(str(path), 'tokenizer_config.json')}: no 'legacy' field; read as legacy=True, "
+                       "as LLaVA's transformers 4.37 reads it (transformers 5 alone would make it False)")
+    tokenizer_type = getattr(transformers, config.get("tokenizer_class") or "", None)
+    if not (isinstance(tokenizer_type, type) and issubclass(tokenizer_type, PreTrainedTokenizerBase)):
+        tokenizer_type = AutoTokenizer  # (which reads config.json, of another model type in a LLaVA directory)
+    return prepare_tokenizer(tokenizer_type.from_pretrained(path, **({"legacy": True} if unset else {})))
+
+
+class LanguageModelLoss:
+    """The causal LM loss over the language model's own vocabulary: the logit columns below ``columns``
+    (the image token's id). LLaVA-1.5 keeps the language model's vocabulary and splices the image
+    features in at id -200, so its loss has no ``<image>`` class; the row Llava adds for ``<image>``
+    (and any row after it) then receives no probability mass and no gradient. Same reduction as
+    transformers' ``ForCausalLMLoss`` (mean over targets, or sum / ``num_items_in_batch``)."""
+
+    def __init__(self, columns: int):
+        self.columns = columns
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, **kwargs) -> torch.Tensor:
+        columns = min(self.columns, vocab_size)
+        return ForCausalLMLoss(logits[..., :columns], labels, columns, **kwargs)
+
+
+def language_model_columns(model: LlavaForConditionalGeneration) -> int:
+    """The number of vocabulary rows that are the language model's own (those below ``<image>``)."""
+    return min(model.config.image_token_id, model.config.text_config.vocab_size)
+
+
+def use_language_model_vocabulary(model: LlavaForConditionalGeneration) -> LlavaForConditionalGeneration:
+    """LLaVA-1.5's output vocabulary: the loss over the language model's own columns
+    (:class:`LanguageModelLoss`) and generation that never emits ``<image>`` or a row after it
+    (``suppress_tokens`` of the generation config, saved in ``generation_config.json`` and applied
+    by plain transformers' ``generate`` too)."""
+    columns = language_model_columns(model)
+    model.loss_function = LanguageModelLoss(columns)
+    suppressed = list(range(columns, model.config.text_config.vocab_size))
+    if suppressed:
+        model.generation_config.suppress_tokens = suppressed
+    return model
+
+
+def zero_added_rows(model: LlavaForConditionalGeneration) -> None:
+    """Set the input and output rows of ``<image>`` (and any row after it) to zero: the input row is
+    replaced by image features and the output row is outside the loss and suppressed in generation,
+    so they hold nothing, and a conversion to LLaVA's layout (which has no such rows) and back is exact."""
+    columns = language_model_columns(model)
+    with torch.no_grad():
+        for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
+            embedding.weight[columns:] = 0
+
+
+def read_torch_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A ``torch.save`` file of tensors, read with ``weights_only`` (no code runs); errors name the file."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(path, "file not found")
+    check_file(path)
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch's unpickler raises several types for a foreign or damaged file
+        raise CheckpointError(path, f"not a file of tensors ({type(error).__name__}: {error})") from None
+    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
+        raise CheckpointError(path, "expected a dict of tensors")
+    return weights
+
+
+def projector_from_llava(weights: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """LLaVA's ``mm_projector`` tensors (``model.mm_projector.0.weight`` ... as stage 1 saves them in
+    ``mm_projector.bin``; any prefix before ``mm_projector.``, as LLaVA's ``get_w`` reads them) under
+    the names of Llava's projector (``linear_1.weight`` ...)."""
+    found = {key.split("mm_projector.", 1)[1]: value for key, value in weights.items() if "mm_projector." in key}
+    if set(found) != set(PROJECTOR_KEYS):
+        raise CheckpointError(where, f"expected the mlp2x_gelu projector tensors mm_projector.{{0,2}}.{{weight,bias}}, "
+                                     f"found {sorted(found) or 'none'}")
+    return {PROJECTOR_KEYS[key]: value for key, value in found.items()}
+
+
+def load_projector(model: LlavaForConditionalGeneration, path: str | os.PathLike) -> None:
+    """Copy a stage-1 ``mm_projector.bin`` of LLaVA (its ``--pretrain_mm_mlp_adapter``) into the
+    projector of ``model``; a missing, foreign or mis-shaped file is a one-line error naming it."""
+    weights = projector_from_llava(read_torch_weights(path), str(path))
+    projector = model.model.multi_modal_projector
+    expected = {name: tuple(tensor.shape) for name, tensor in projector.state_dict().items()}
+    found = {name: tuple(tensor.shape) for name, tensor in weights.items()}
+    if found != expected:
+        raise CheckpointError(path, f"projector shapes {found} do not fit this model's {expected} "
+                                    "(tower hidden -> LM hidden, LM hidden -> LM hidden)")
+    with torch.no_grad():
+        for name, parameter in projector.named_parameters():
+            parameter.copy_(weights[name])
 
 
 def build_processor(
@@ -113,6 +211,7 @@ def build_llava(
     language_model_path: str | os.PathLike,
     fgclip_path: str | os.PathLike,
     dtype: torch.dtype = torch.float32,
+    projector: str | os.PathLike | None = None,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """LLaVA-1.5 with an FG-CLIP tower and a freshly initialised ``mlp2x_gelu`` projector.
 
@@ -121,6 +220,8 @@ def build_llava(
         fgclip_path: an FG-CLIP checkpoint directory (ours or the upstream layout).
         dtype: dtype of every weight of the assembled model; the language model is read from
             its files directly in it, so the peak host memory is about the weights in ``dtype``.
+        projector: a stage-1 ``mm_projector.bin`` of LLaVA (``--pretrain_mm_mlp_adapter``) to
+            start the projector from (:func:`load_projector`).
     Returns:
         ``(model, processor)``; ``model.config.image_token_id`` is the id of ``<image>`` and
         ``model.config.image_seq_length`` the number of patch tokens per image.
@@ -157,9 +258,13 @@ def build_llava(
     if left_on_meta:
         raise RuntimeError(f"LLaVA assembly left weights unset: {left_on_meta[:5]}")
     model.resize_token_embeddings(len(tokenizer))
+    zero_added_rows(model)
     model.generation_config = GenerationConfig.from_model_config(language_model.config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    use_language_model_vocabulary(model)
+    if projector is not None:
+        load_projector(model, projector)
 
     image_processor = fgclip_processor.image_processor
     processor = build_processor(
@@ -169,10 +274,21 @@ def build_llava(
 
 
 def save_llava(model: LlavaForConditionalGeneration, processor: LlavaProcessor, directory: str | os.PathLike) -> None:
-    """Write the assembled model and its processor; :func:`load_llava` needs nothing else."""
+    """Write the assembled model and its processor; :func:`load_llava` needs nothing else.
+
+    The generation config suppresses ``<image>`` (:func:`use_language_model_vocabulary`, also for
+    models built before it did), and a sentencepiece ``tokenizer.model`` the tokenizer was read from
+    is copied along: transformers 5 writes only ``tokenizer.json``, and LLaVA's own code (its slow
+    ``LlamaTokenizer``, ``python -m mllm.convert to-llava``) needs the sentencepiece model."""
     prepare_tokenizer(processor.tokenizer)
+    use_language_model_vocabulary(model)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
+    vocab_file = getattr(processor.tokenizer, "vocab_file", None)
+    target = os.path.join(directory, SENTENCEPIECE_MODEL)
+    if (isinstance(vocab_file, str) and os.path.basename(vocab_file) == SENTENCEPIECE_MODEL
+            and os.path.isfile(vocab_file) and not os.path.exists(target)):
+        shutil.copyfile(vocab_file, target)
 
 
 def load_processor(directory: str | os.PathLike) -> LlavaProcessor:
@@ -210,6 +326,7 @@ def load_llava(
         check_checkpoint_files(directory)
     model = LlavaForConditionalGeneration.from_pretrained(directory, config=llava_config(directory),
                                                           dtype=dtype or torch.float32)
+    use_language_model_vocabulary(model)
     processor = load_processor(directory)
     if not isinstance(model.model.vision_tower, CLIPVisionModel):
         raise CheckpointError(
@@ -224,8 +341,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fgclip", required=True, help="FG-CLIP checkpoint directory")
     parser.add_argument("--output", required=True, help="where to write the assembled model and processor")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--pretrain-mm-mlp-adapter", default=None, metavar="MM_PROJECTOR_BIN",
+                        help="start the projector from LLaVA's stage-1 mm_projector.bin")
     args = parser.parse_args(argv)
-    model, processor = build_llava(args.language_model, args.fgclip, dtype=getattr(torch, args.dtype))
+    model, processor = build_llava(args.language_model, args.fgclip, dtype=getattr(torch, args.dtype),
+                                   projector=args.pretrain_mm_mlp_adapter)
     save_llava(model, processor, args.output)
 
 

@@ -67,6 +67,7 @@ VICUNA_SYSTEM = (
 )
 IMAGE_ASPECT_RATIOS = ("square", "pad")
 INDEX_BATCH = 1024  # records tokenized together when a dataset is indexed
+MISMATCH_WARNINGS = 10  # LLaVA's "tokenization mismatch" lines logged one by one (the summary counts them all)
 
 logger = logging.get_logger(__name__)
 
@@ -195,14 +196,15 @@ class Encoded:
     """One record's ``input_ids`` and ``labels`` (L each) and what happened to it.
 
     ``has_image``: the image placeholders are in ``input_ids``; ``image_cut``: the record's image
-    did not fit in ``max_length`` and was dropped; ``masked``: LLaVA's label count mismatched.
+    did not fit in ``max_length`` and was dropped; ``masked``: when LLaVA's label count mismatched,
+    the two numbers of its warning (the counted length and the tokens), else None.
     """
 
     input_ids: list[int]
     labels: list[int]
     has_image: bool
     image_cut: bool
-    masked: bool
+    masked: tuple[int, int] | None
 
     @property
     def targets(self) -> int:
@@ -262,7 +264,7 @@ class LlavaTokenization:
         """Ids and labels of one rendered conversation, cut to ``max_length``."""
         ids = self.ids(text)
         labels = list(ids)
-        masked = False
+        masked = None
         if conversation_format.name == "plain":
             ignore(labels, 0, len(self.ids(IMAGE_TOKEN)))
         else:
@@ -273,8 +275,9 @@ class LlavaTokenization:
 
     def count_labels(
         self, ids: list[int], labels: list[int], text: str, conversation_format: ConversationFormat
-    ) -> bool:
-        """Ignore the instructions in ``labels`` (in place) by LLaVA's count; True when the count mismatches."""
+    ) -> tuple[int, int] | None:
+        """Ignore the instructions in ``labels`` (in place) by LLaVA's count; when the count mismatches
+        (every label is then ignored), LLaVA's "tokenization mismatch: {counted} vs. {tokens}" numbers."""
         cursor = 1
         ignore(labels, 0, cursor)
         for index, (round_text, instruction) in enumerate(v1_rounds(text, conversation_format)):
@@ -286,12 +289,13 @@ class LlavaTokenization:
             cursor += round_length
         ignore(labels, cursor, len(labels))
         within_limit = self.max_length is None or cursor < self.max_length
-        if within_limit and cursor != sum(token != self.pad_token_id for token in ids):
+        total = sum(token != self.pad_token_id for token in ids)
+        if within_limit and cursor != total:
             ignore(labels, 0, len(labels))
-            return True
-        return False
+            return cursor, total
+        return None
 
-    def fit(self, tokens: list[int], token_labels: list[int], masked: bool) -> Encoded:
+    def fit(self, tokens: list[int], token_labels: list[int], masked: tuple[int, int] | None) -> Encoded:
         """Cut at ``max_length``, drop pad-id tokens, expand the image and cut again; an image
         whose placeholders do not all fit is dropped with everything from its first one on."""
         limit = self.max_length
@@ -347,7 +351,7 @@ def encode_text(
         raise RecordError(f"{where}: the tokenizer has no {IMAGE_TOKEN} token (see mllm.prepare_tokenizer)")
     tokenization = LlavaTokenization(tokenizer, image_tokens, max_length)
     ids = tokenization.ids(text)
-    encoded = tokenization.fit(ids, [IGNORE_INDEX] * len(ids), masked=False)
+    encoded = tokenization.fit(ids, [IGNORE_INDEX] * len(ids), masked=None)
     if encoded.image_cut:
         raise RecordError(f"{where}: the image tokens do not fit in model_max_length={max_length}")
     return torch.tensor(encoded.input_ids, dtype=torch.long), torch.tensor(encoded.labels, dtype=torch.long)
@@ -443,6 +447,7 @@ class ConversationDataset(Dataset):
                 if check_image_files and not os.path.isfile(path):
                     raise RecordError(f"{self.where(index)}: image file not found: {path}")
         self.without_targets: dict[str, list[int]] = {"masked": [], "truncated": [], "image cut": []}
+        self.mismatches: dict[int, tuple[int, int]] = {}  # record -> LLaVA's "tokenization mismatch" numbers
         for start in range(0, len(self.records), INDEX_BATCH):
             indices = range(start, min(start + INDEX_BATCH, len(self.records)))
             texts = [self.format.render(self.turns[index]) for index in indices]
@@ -455,8 +460,14 @@ class ConversationDataset(Dataset):
     def count_without_target(self, index: int, encoded: Encoded, strict: bool) -> None:
         """Count record ``index``, left with no target token, or (``strict``) refuse it."""
         reason = "masked" if encoded.masked else "image cut" if encoded.image_cut else "truncated"
+        if encoded.masked:
+            self.mismatches[index] = encoded.masked
         if strict:
             raise RecordError(f"{self.where(index)}: {self.no_target_field(index, reason)}")
+        if encoded.masked and len(self.mismatches) <= MISMATCH_WARNINGS:
+            counted, total = encoded.masked
+            logger.warning(f"{self.where(index)}: tokenization mismatch: {counted} vs. {total}. (ignored) "
+                           "- LLaVA's warning: its label count differs from the length, every label is ignored")
         self.without_targets[reason].append(index)
 
     def no_target_field(self, index: int, reason: str) -> str:
@@ -465,10 +476,12 @@ class ConversationDataset(Dataset):
             return f"image: its {self.tokenization.image_tokens} placeholders do not fit in {limit}"
         if reason == "truncated":
             return f"conversations: no answer token is left within {limit}"
+        counted, total = self.mismatches[index]
+        mismatch = f"(LLaVA's 'tokenization mismatch: {counted} vs. {total}')"
         empty = [2 * turn + 1 for turn, (_, answer) in enumerate(self.turns[index]) if not answer]
         if empty:
-            return f"conversations[{empty[0]}]: empty answer; LLaVA's label count then ignores every token"
-        return "conversations: LLaVA's label count does not match the tokenized length; every token is ignored"
+            return f"conversations[{empty[0]}]: empty answer; LLaVA's label count then ignores every token {mismatch}"
+        return f"conversations: LLaVA's label count does not match the tokenized length; every token is ignored {mismatch}"
 
     @property
     def count_without_targets(self) -> int:

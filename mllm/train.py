@@ -16,6 +16,7 @@ See ``mllm/pretrain.sh`` and ``mllm/finetune.sh`` for the published settings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -31,7 +32,7 @@ from transformers.utils import logging
 from fgclip.errors import ConfigError, DataError, run_command
 from fgclip.launch import one_process_world
 
-from .builder import build_llava, load_llava
+from .builder import build_llava, load_llava, load_projector
 from .data import ConversationCollator, ConversationDataset, ModalityLengthGroupedSampler
 
 PROJECTOR = "multi_modal_projector"
@@ -47,6 +48,10 @@ class ModelArguments:
     )
     language_model: str | None = field(default=None, metadata={"help": "causal LM to build from (e.g. Vicuna)"})
     vision_tower: str | None = field(default=None, metadata={"help": "FG-CLIP checkpoint to build from"})
+    pretrain_mm_mlp_adapter: str | None = field(
+        default=None, metadata={"help": "LLaVA's stage-1 mm_projector.bin to start the projector from (as LLaVA's "
+                                        "--pretrain_mm_mlp_adapter)"},
+    )
 
 
 @dataclass
@@ -244,10 +249,15 @@ def load_model(model_args: ModelArguments, args: LlavaTrainingArguments):
     ``deepspeed.zero.Init`` (the ``TrainingArguments`` hold the DeepSpeed config), so each rank keeps
     only its partition and no rank materialises the whole model."""
     dtype = weights_dtype(args)
+    adapter = model_args.pretrain_mm_mlp_adapter
     if model_args.model_name_or_path:
         if model_args.language_model or model_args.vision_tower:
             raise ConfigError("give either --model_name_or_path or --language_model with --vision_tower, not both")
-        return load_llava(model_args.model_name_or_path, dtype=dtype)
+        model, processor = load_llava(model_args.model_name_or_path, dtype=dtype)
+        if adapter:
+            with gathered(list(model.model.multi_modal_projector.parameters())):
+                load_projector(model, adapter)
+        return model, processor
     if not (model_args.language_model and model_args.vision_tower):
         raise ConfigError("give --model_name_or_path, or both --language_model and --vision_tower")
     if args.lora:
@@ -257,7 +267,17 @@ def load_model(model_args: ModelArguments, args: LlavaTrainingArguments):
             "ZeRO-3 partitions weights while loading: assemble the model first (stage 1 output or "
             "python -m mllm.builder) and pass it as --model_name_or_path"
         )
-    return build_llava(model_args.language_model, model_args.vision_tower, dtype=dtype)
+    return build_llava(model_args.language_model, model_args.vision_tower, dtype=dtype, projector=adapter)
+
+
+def gathered(parameters: list[nn.Parameter]):
+    """A context in which ZeRO-3-partitioned ``parameters`` are whole and writes to them are kept
+    (DeepSpeed's ``GatheredParameters`` with rank 0 as the writer); a no-op otherwise."""
+    if not any(hasattr(parameter, "ds_id") for parameter in parameters):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(parameters, modifier_rank=0)
 
 
 def main(argv: list[str] | None = None) -> Trainer:

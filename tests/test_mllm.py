@@ -637,3 +637,33 @@ def test_builder_holds_no_float32_copy_of_the_language_model(sources, tmp_path):
     memory = json.loads(result.stdout.strip().splitlines()[-1])
     assert memory["weights"] > 350e6
     assert memory["peak"] - memory["before"] <= 1.3 * memory["weights"]
+
+
+@pytest.mark.slow
+def test_finetune_script_starts_from_llavas_stage1_projector_file(sources, tmp_path):
+    """``finetune.sh --pretrain_mm_mlp_adapter mm_projector.bin`` with LANGUAGE_MODEL and FGCLIP, as
+    LLaVA's finetune script starts: the stage-1 projector (LLaVA's key names) is loaded into ours."""
+    from mllm.testing import values_from_name
+
+    names = {"model.mm_projector.0.weight": (32, 32), "model.mm_projector.0.bias": (32,),
+             "model.mm_projector.2.weight": (32, 32), "model.mm_projector.2.bias": (32,)}
+    adapter = {name: values_from_name(name, shape, seed=5) for name, shape in names.items()}
+    torch.save(adapter, tmp_path / "mm_projector.bin")
+    env = {**os.environ, "PYTHON": sys.executable, "NPROC": "1", "PER_DEVICE_BATCH": "2", "GLOBAL_BATCH": "2",
+           "OMP_NUM_THREADS": "1", "DEEPSPEED": "", "BF16": "false", "LANGUAGE_MODEL": str(sources["lm"]),
+           "FGCLIP": str(sources["fgclip"]), "DATA": str(sources["finetune"]), "IMAGES": str(sources["images"]),
+           "OUTPUT": str(tmp_path / "out")}
+    env.pop("PRETRAINED", None)
+    overrides = [argument if argument != "2" else "1" for argument in SCRIPT_OVERRIDES]  # one step
+    result = subprocess.run(["bash", str(MLLM_DIR / "finetune.sh"), "--pretrain_mm_mlp_adapter",
+                             str(tmp_path / "mm_projector.bin"), *overrides], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    base, _ = load_llava(tmp_path / "out" / "base")
+    projector = base.model.multi_modal_projector
+    for name, tensor in adapter.items():
+        linear = projector.linear_1 if ".0." in name else projector.linear_2
+        assert torch.equal(getattr(linear, name.rsplit(".", 1)[1]), tensor), name
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 1
+    missing = subprocess.run(["bash", str(MLLM_DIR / "finetune.sh")], env={**env, "LANGUAGE_MODEL": ""},
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "set PRETRAINED to the stage-1 output directory" in missing.stderr

@@ -37,12 +37,14 @@ CASES = {f"{case['name']}-legacy-{case['legacy']}": case for case in OFFICIAL["c
 
 
 def vicuna_tokenizer(tmp_path, legacy):
-    """The shipped tokenizer directory with ``legacy`` set, loaded and prepared as mllm does."""
+    """The shipped tokenizer directory with ``legacy`` set (None: the field left out), loaded and
+    prepared as mllm loads a language model's tokenizer."""
     directory = tmp_path / f"vicuna-legacy-{legacy}"
     shutil.copytree(DATA / "vicuna", directory)
     config = json.loads((directory / "tokenizer_config.json").read_text())
-    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "legacy": legacy}))
-    return prepare_tokenizer(AutoTokenizer.from_pretrained(directory))
+    config.pop("legacy")
+    (directory / "tokenizer_config.json").write_text(json.dumps(config | ({} if legacy is None else {"legacy": legacy})))
+    return load_language_tokenizer(directory)
 
 
 def image_processor(size=10):
@@ -192,21 +194,38 @@ def test_vicuna_style_tokenizer_loads_from_its_sentencepiece_model(tmp_path):
     assert tokenizer.convert_ids_to_tokens([0, 1, 2, SPACE, NEWLINE]) == ["<unk>", "<s>", "</s>", "▁", "<0x0A>"]
 
 
-def test_a_config_without_legacy_reads_as_llava_reads_it(tmp_path):
+def test_a_config_without_legacy_reads_as_llava_reads_it_and_the_log_says_so(tmp_path, caplog):
     """LLaVA's transformers 4.37 makes an unset ``legacy`` True (its slow LlamaTokenizer printed
-    ``['▁a', '</s>', '▁US', 'ER']`` for "a</s>USER" with this config); transformers 5 would make it False."""
-    directory = tmp_path / "unset"
-    shutil.copytree(DATA / "vicuna", directory)
-    config = json.loads((directory / "tokenizer_config.json").read_text())
-    del config["legacy"]
-    (directory / "tokenizer_config.json").write_text(json.dumps(config))
-    tokenizer = load_language_tokenizer(directory)
+    ``['▁a', '</s>', '▁US', 'ER']`` for "a</s>USER" with this config, and preprocess_v1 the ids and labels
+    of case v1 with legacy null); transformers 5 would make it False."""
+    tokenizer = vicuna_tokenizer(tmp_path, None)
     assert tokenizer.legacy is True and tokenizer.tokenize("a</s>USER") == ["▁a", "</s>", "▁US", "ER"]
-    case = CASES["v1-legacy-True"]
+    [line] = [record.message for record in caplog.records if "'legacy'" in record.message]
+    assert line == (f"{tmp_path / 'vicuna-legacy-None' / 'tokenizer_config.json'}: no 'legacy' field; read as "
+                    "legacy=True, as LLaVA's transformers 4.37 reads it (transformers 5 alone would make it False)")
+    case = CASES["v1-legacy-None"]
     dataset = case_dataset(case, tmp_path, tokenizer)
     for index, expected in enumerate(case["expected"]):
         assert with_slots(dataset[index]["input_ids"], tokenizer) == expected["input_ids"]
         assert dataset[index]["labels"].tolist() == expected["labels"]
+
+
+@pytest.mark.parametrize("legacy", [False, True, None])
+def test_llavas_tokenization_mismatch_warnings_with_its_numbers(legacy, tmp_path, caplog):
+    """An empty answer, first or last: preprocess_v1 printed "WARNING: tokenization mismatch: A vs. B.
+    (ignored)" and masked the whole record; the dataset logs the same numbers and masks it too."""
+    case = CASES[f"v1-legacy-{legacy}"]
+    dataset = case_dataset(case, tmp_path)
+    official = OFFICIAL["mismatch_warnings"][str(legacy)]
+    ours = {}
+    for record in caplog.records:
+        if "tokenization mismatch" in record.message:
+            record_id = record.message.split("(id '", 1)[1].split("'", 1)[0]
+            ours[record_id] = "WARNING: " + record.message.split("): ", 1)[1].split(" - ", 1)[0]
+    assert ours == official
+    for index, record in enumerate(case["records"]):
+        if record["id"] in official:
+            assert targets(dataset[index]) == [] and index in dataset.without_targets["masked"]
 
 
 @pytest.mark.parametrize("legacy", [False, True])
