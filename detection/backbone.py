@@ -96,6 +96,10 @@ class FGCLIPViT(BaseModule):
         self.out_indices = out_indices
         self.last_block = num_layers - 1
         self.patch_size = vision_config.patch_size
+        with torch.no_grad():  # the width D of the dense CLIP map, which the class embeddings must have
+            probe = torch.zeros(1, 1, vision_config.hidden_size, dtype=next(clip.parameters()).dtype)
+            self.embed_dim = clip.project_dense(probe).shape[-1]
+        self.checkpoint = checkpoint
         self.pyramid = SimpleFeaturePyramid(vision_config.hidden_size, norm_cfg or dict(type="BN"))
 
     def init_weights(self) -> None:

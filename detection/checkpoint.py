@@ -23,6 +23,8 @@ from fgclip.errors import CheckpointError
 from mmdet.registry import HOOKS
 
 BUFFER_TAG = "__history_buffer__"
+RESAVE_HINT = ("if you trust its source, load it with torch.load(weights_only=False) and torch.save its tensors and "
+               "plain values only, e.g. {'state_dict': state_dict, 'meta': {}}")
 
 
 def check_checkpoint_file(path: str | os.PathLike) -> None:
@@ -33,20 +35,31 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
     check_file(path)
 
 
+def refused_by_safe_loader(path: str | os.PathLike, error: pickle.UnpicklingError, kind: str, resave: str,
+                           replace: str) -> CheckpointError:
+    """A :class:`CheckpointError` in our words for a ``kind`` of file torch's weights-only loader refused:
+    one that pickles a Python object besides tensors and plain values (``resave``: how to fix it), or a
+    pickle stream too damaged to be one at all (``replace``: where to get a good one)."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if found:
+        return CheckpointError(path, f"not a safe {kind}: it pickles a Python object ({found.group(1)}) besides "
+                                     f"tensors and plain values, which only code could rebuild ({resave})")
+    operand = re.search(r"Unsupported operand (\d+)", str(error))
+    what = f"unknown pickle operation {operand.group(1)}" if operand else type(error).__name__
+    return CheckpointError(path, f"not a {kind} at all: a damaged or foreign pickle stream, {what} ({replace})")
+
+
 @contextlib.contextmanager
 def loading_checkpoint(path: str | os.PathLike | None) -> Iterator[None]:
     """Around code that loads the checkpoint ``path`` (``None``: none is loaded): torch's weights-only
-    loader refusing it (it pickles code or objects beyond tensors and plain values) is a
-    :class:`CheckpointError` naming it."""
+    loader refusing it is a :class:`CheckpointError` naming it (:func:`refused_by_safe_loader`)."""
     try:
         yield
     except pickle.UnpicklingError as error:
         if path is None:
             raise
-        found = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global by default)?\. ", str(error))
-        reason = found.group(1) if found else type(error).__name__
-        raise CheckpointError(path, f"refused by torch's weights-only loader ({reason}); it holds more than "
-                                    "tensors and plain values") from error
+        raise refused_by_safe_loader(path, error, "checkpoint", RESAVE_HINT,
+                                     "copy it again, or give a .pth written by tools/train_det.py") from error
 
 
 def plain(value):

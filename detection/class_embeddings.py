@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from fgclip.encoders import Encoder, processor_for
 from fgclip.errors import ConfigError, DataError, writing
 
+from .checkpoint import refused_by_safe_loader
+
 # CLIPSelf F-ViT's 63 class prompts (wusize/CLIPSelf@1c7fe9c, F-ViT/tools/clip_utils.py), with the
 # "This is " that it prepends to every prompt starting with "a" or "the" already applied.
 CLIPSELF_TEMPLATES = (
@@ -228,7 +230,10 @@ def load_class_embeddings(path: str | os.PathLike, field: str = "class_embedding
                               "tools/dump_class_embeddings.py")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
+    except pickle.UnpicklingError as error:
+        rewrite = "rewrite it with tools/dump_class_embeddings.py"
+        raise refused_by_safe_loader(path, error, "class-embedding file", rewrite, rewrite) from error
+    except (RuntimeError, OSError, EOFError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(path, f"not a readable embedding file ({reason}); rewrite it with "
                               "tools/dump_class_embeddings.py") from error
@@ -246,9 +251,13 @@ def load_class_embeddings(path: str | os.PathLike, field: str = "class_embedding
         raise DataError(path, "no field 'background' (the file predates the background embedding); rewrite it with "
                               f"python tools/dump_class_embeddings.py --config <detection config> (or --model ... --out {path})")
     background = content["background"]
-    if not isinstance(background, torch.Tensor) or tuple(background.shape) != (embeddings.shape[1],):
+    if not isinstance(background, torch.Tensor) or background.ndim != 1:
         shape = tuple(background.shape) if isinstance(background, torch.Tensor) else type(background).__name__
         raise DataError(path, f"field 'background' must be a ({embeddings.shape[1]},) tensor, got {shape}")
+    if len(background) != embeddings.shape[1]:
+        raise DataError(path, f"its class embeddings are {embeddings.shape[1]}-d but its background embedding is "
+                              f"{len(background)}-d (one text tower writes both: the file was cut or mixed); "
+                              "rewrite it with tools/dump_class_embeddings.py")
     check_finite(path, list(names), embeddings, background, "rewrite it with tools/dump_class_embeddings.py")
     templates = list(content.get("templates", []))
     return ClassEmbeddings(list(names), embeddings.float(), background.float(), templates)

@@ -121,6 +121,7 @@ class FViTBBoxHead(ConvFCBBoxHead):
         self.num_cls_fcs = num_cls_fcs
         self.cls_convs, self.cls_fcs, self.cls_last_dim = self._add_conv_fc_branch(0, num_cls_fcs, self.shared_out_channels)
         self.class_names = names
+        self.embeddings_file = class_embeddings
         self.templates = content.templates
         self.novel_weight, self.background_weight = novel_weight, background_weight
         self.clip_temperature, self.alpha, self.beta = clip_temperature, alpha, beta

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError, command, print_output, write_atomically
+from .errors import ConfigError, check_output_file, command, print_output, write_atomically
 from .eval.cli import add_eval_subcommand
 
 if TYPE_CHECKING:  # torch and the models load when a command runs, not for --help
@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     image = load_image(args.image)  # input errors before the model loads
     if args.command == "score":
         check_boxes(args.box, image, args.image)
+    else:
+        check_output_file(args.output, "-o")
     model = load_encoder(args.model, device=resolve_device(args.device))
     if args.command == "score":
         print_output(format_table(score_regions(model, image, args.box, args.text), args.box, args.text))

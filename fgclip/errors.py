@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import IO, Any
 
 EXIT_USER_ERROR = 2
 ALLOW_OUTSIDE_HINT = "give --allow-outside-root to read it anyway"
@@ -85,25 +85,61 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
         raise
 
 
-def write_atomically(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so that a
-    failed write (a full disk, a file-size limit) leaves no partial file at ``path``; the error names
-    ``path``. A path that exists and is not a regular file (``/dev/full``, a pipe) is written in place."""
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """A file handle for writing the output file ``path``: it writes a temporary file in the same folder,
+    renamed onto ``path`` once complete, so that a failed write (a full disk, a file-size limit, an
+    exception while writing) leaves no partial file at ``path`` and an earlier version in place; an
+    ``OSError`` names ``path``. A path that exists and is not a regular file (``/dev/full``, a pipe)
+    is written in place."""
     path = os.fspath(path)
+    encoding = None if "b" in mode else encoding
     if os.path.exists(path) and not os.path.isfile(path):  # a device or a pipe: written in place, never replaced
-        with writing(path), open(path, "wb") as handle:
-            handle.write(data)
+        with writing(path), open(path, mode, encoding=encoding) as handle:
+            yield handle
         return
     temporary = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with writing(path):
-        try:
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-            os.replace(temporary, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.remove(temporary)
-            raise
+    try:
+        with open(temporary, mode, encoding=encoding) as handle:
+            yield handle
+        os.replace(temporary, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        if isinstance(error, OSError) and error.filename in (None, temporary):
+            error.filename, error.filename2 = path, None  # the error names the output, not its temporary file
+        raise
+
+
+def write_atomically(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` through :func:`atomic_output`."""
+    with atomic_output(path, "wb" if isinstance(data, bytes) else "w") as handle:
+        handle.write(data)
+
+
+def check_output_dir(path: str | os.PathLike, name: str, given: str | os.PathLike | None = None) -> None:
+    """Before any work: ``path`` is, or can be made, a folder to write outputs in. A file in its place or
+    in the place of one of its parents, or a folder that cannot be written, is a :class:`ConfigError`
+    naming ``name`` (the flag or recipe key) and ``given`` (what the user gave, default ``path``)."""
+    given = path if given is None else given
+    path = os.fspath(path) or "."
+    for place in (path, *map(os.fspath, PurePosixPath(path).parents)):
+        if not os.path.exists(place):
+            continue
+        if not os.path.isdir(place):
+            what = "is a file" if place == os.fspath(given) else f"{place} is a file"
+            raise ConfigError(f"{name} {given}: {what}, not a directory (give a folder for the outputs)")
+        if not os.access(place, os.W_OK | os.X_OK):
+            raise ConfigError(f"{name} {given}: {place} is not writable (give a folder you can write to)")
+        return
+
+
+def check_output_file(path: str | os.PathLike, name: str) -> None:
+    """Before any work: ``path`` can be written as a file (it is not a folder, and its folder is or can
+    be made); a :class:`ConfigError` naming ``name`` and ``path`` otherwise."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{name} {path}: is a directory, not a file (give a file name)")
+    check_output_dir(os.path.dirname(os.fspath(path)), name, given=path)
 
 
 def debug_requested(argv: Sequence[str]) -> bool:

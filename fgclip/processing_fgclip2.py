@@ -24,6 +24,7 @@ from transformers.utils import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME
 from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 
 from .configuration_fgclip2 import FGCLIP2Config
+from .errors import write_atomically
 from .image_io import load_image
 from .processing_common import DualEncoderProcessor, concat_image_batches, split_hub_kwargs, warn_truncated
 
@@ -158,8 +159,7 @@ class FGCLIP2Processor(DualEncoderProcessor):
         files = super().save_pretrained(directory, **kwargs)
         config = {**self.image_processor.to_dict(), "dynamic_max_patches": self.max_num_patches == "auto"}
         config_file = os.path.join(directory, IMAGE_PROCESSOR_NAME)
-        with open(config_file, "w", encoding="utf-8") as handle:
-            json.dump(config, handle, indent=2, sort_keys=True)
+        write_atomically(config_file, json.dumps(config, indent=2, sort_keys=True))
         return [*files, config_file]
 
     def patch_budget(self, image: Image.Image, max_num_patches: int | str | None = None) -> int:

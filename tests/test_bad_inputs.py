@@ -371,6 +371,43 @@ def test_evaluation_command_bad_input(model_dir, tmp_path, capsys):
     assert last_error(capsys).endswith("argument --batch-size: expected an integer >= 1, got 0")
 
 
+def test_output_folders_are_checked_before_any_work(model_dir, shapes, tmp_path, capsys, monkeypatch):
+    """An output path that is a file (or lies inside one) is named before anything loads or trains."""
+    from fgclip.eval.cli import main as eval_main
+
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    monkeypatch.setattr("fgclip.encoders.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert eval_main(["--model", str(model_dir), "--output-dir", str(taken)]) == 2
+    assert last_error(capsys) == (f"error: --output-dir {taken}: is a file, not a directory (give a folder for the "
+                                  "outputs)")
+    image = shapes / shapes_records(shapes)[0]["f_path"]
+    assert fgclip_main(["heatmap", str(image), "a cat", "--model", str(model_dir), "-o", f"{taken}/map.png"]) == 2
+    assert last_error(capsys) == (f"error: -o {taken}/map.png: {taken} is a file, not a directory (give a folder "
+                                  "for the outputs)")
+    assert fgclip_main(["heatmap", str(image), "a cat", "--model", str(model_dir), "-o", str(tmp_path)]) == 2
+    assert last_error(capsys) == f"error: -o {tmp_path}: is a directory, not a file (give a file name)"
+    argv = train_argv(shapes, shapes / "train.jsonl", taken / "run")
+    assert run_command(load_tool("train_fgclip").main, argv) == 2
+    assert last_error(capsys) == (f"error: {REPO}/configs/fgclip/shapes_stage2.yaml: training.output_dir "
+                                  f"{taken}/run: {taken} is a file, not a directory (give a folder for the outputs)")
+
+
+def test_outputs_are_written_whole_or_not_at_all(tmp_path):
+    """atomic_output: a write that fails midway leaves the earlier file in place and no temporary file."""
+    from fgclip.errors import atomic_output, write_atomically
+
+    target = tmp_path / "results.json"
+    write_atomically(target, '{"old": true}\n')
+    with pytest.raises(RuntimeError), atomic_output(target) as handle:
+        handle.write('{"new": ')
+        raise RuntimeError("the run failed while writing")
+    assert target.read_text() == '{"old": true}\n' and sorted(tmp_path.iterdir()) == [target]
+    with pytest.raises(OSError) as error, atomic_output(tmp_path / "no" / "such" / "dir.json") as handle:
+        handle.write("x")
+    assert error.value.filename == str(tmp_path / "no" / "such" / "dir.json")
+
+
 # ----------------------------------------------------------------------------------- curation
 def test_curation_names_or_skips_and_counts_bad_images(tmp_path, monkeypatch, capsys):
     tool = load_tool("curate_finehard")

@@ -36,6 +36,11 @@ TINY_CONFIG = str(REPO / "configs" / "fvit_tiny_cpu.py")
 VAL_IMAGE = f"{ASSETS}/shapes/val/000000.png"
 FULL_DISK = "No space left on device"
 NAN_ROW = 3  # "star"
+UNSAFE_CHECKPOINT = ("not a safe checkpoint: it pickles a Python object (argparse.Namespace) besides tensors and plain "
+                     "values, which only code could rebuild (if you trust its source, load it with "
+                     "torch.load(weights_only=False) and torch.save its tensors and plain values only, e.g. "
+                     "{{'state_dict': state_dict, 'meta': {{}}}})")
+REWRITE = "rewrite it with tools/dump_class_embeddings.py"
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +62,12 @@ def workspace(tmp_path_factory) -> Path:
     embeddings = torch.nn.functional.normalize(torch.randn(len(SHAPES), width), dim=-1)
     background = torch.nn.functional.normalize(torch.randn(width), dim=0)
     save_class_embeddings(assets / "shapes_embeddings.pt", SHAPES, embeddings, ["a {}."], "tiny", background)
+    content = {"class_names": list(SHAPES), "embeddings": embeddings[:, :8], "background": background, "templates": [],
+               "model": "tiny"}
+    torch.save(content, root / "cut_embeddings.pt")  # 8-d rows, the 16-d background
+    torch.save({**content, "background": background[:8]}, root / "cut_file.pt")  # 8-d throughout
+    torch.save({**content, "templates": argparse.Namespace()}, root / "pickled_embeddings.pt")
+    (root / "garbage_embeddings.pt").write_bytes(b"\x80\x04garbage")
     embeddings[NAN_ROW, 5] = float("nan")
     torch.save({"class_names": list(SHAPES), "embeddings": embeddings, "background": background, "templates": [],
                 "model": "tiny"}, root / "nan_embeddings.pt")
@@ -75,6 +86,7 @@ def workspace(tmp_path_factory) -> Path:
     torch.save({"state_dict": detector.state_dict(), "meta": {"args": argparse.Namespace(lr=1.0)}},
                root / "pickled.pth")
     (root / "truncated.pth").write_bytes((root / "detector.pth").read_bytes()[:-100])
+    (root / "garbage.pth").write_bytes(b"\x80\x04garbage")  # a pickle protocol mark, then no pickle
     (root / "syntax.py").write_text("_base_ = ['x.py']\nmodel = dict(backbone=dict(\n")
     (root / "annotations.json").write_text('{"images": [],\n  "categories": [,]}\n')
     coco = json.loads((assets / "shapes" / "annotations" / "instances_train.json").read_text())
@@ -121,14 +133,31 @@ CASES = {
              "model.roi_head.bbox_head.class_embeddings={tmp}/nan_embeddings.pt"],
             f"error: {{tmp}}/nan_embeddings.pt: field 'embeddings', row {NAN_ROW} ('star') holds NaN or inf "
             "(1 of 7 rows); rewrite it with tools/dump_class_embeddings.py"),
+        "class embeddings narrower than their background": (
+            ["{config}", "--work-dir", "{tmp}/w", "--cfg-options", "model.roi_head.bbox_head.class_embeddings={tmp}/cut_embeddings.pt"],
+            "error: {tmp}/cut_embeddings.pt: its class embeddings are 8-d but its background embedding is 16-d (one text "
+            f"tower writes both: the file was cut or mixed); {REWRITE}"),
+        "class embeddings narrower than the model's": (
+            ["{config}", "--work-dir", "{tmp}/w", "--cfg-options", "model.roi_head.bbox_head.class_embeddings={tmp}/cut_file.pt"],
+            f"error: {{tmp}}/cut_file.pt: its class embeddings are 8-d but the model's CLIP ({ASSETS}/fgclip) embeds regions "
+            "in 16-d; rewrite it with tools/dump_class_embeddings.py --config <this config>"),
+        "class-embedding file with pickled objects": (
+            ["{config}", "--work-dir", "{tmp}/w", "--cfg-options",
+             "model.roi_head.bbox_head.class_embeddings={tmp}/pickled_embeddings.pt"],
+            "error: {tmp}/pickled_embeddings.pt: not a safe class-embedding file: it pickles a Python object "
+            f"(argparse.Namespace) besides tensors and plain values, which only code could rebuild ({REWRITE})"),
+        "class-embedding file that is no pickle": (
+            ["{config}", "--work-dir", "{tmp}/w", "--cfg-options",
+             "model.roi_head.bbox_head.class_embeddings={tmp}/garbage_embeddings.pt"],
+            "error: {tmp}/garbage_embeddings.pt: not a class-embedding file at all: a damaged or foreign pickle stream, "
+            f"unknown pickle operation 103 ({REWRITE})"),
         "bad config field": (
             ["{config}", "--work-dir", "{tmp}/w", "--cfg-options", "model.roi_head.bbox_head.num_cls_fcs=0"],
             "error: {config}: model.roi_head.bbox_head.num_cls_fcs must be >= 1 (its last fc gives the region "
             "embedding), got 0"),
         "resume from a checkpoint with pickled objects": (
             ["{config}", "--work-dir", "{tmp}/w", "--resume", "{tmp}/pickled.pth"],
-            "error: {tmp}/pickled.pth: refused by torch's weights-only loader (Unsupported global: GLOBAL "
-            "argparse.Namespace); it holds more than tensors and plain values"),
+            "error: {tmp}/pickled.pth: " + UNSAFE_CHECKPOINT),
         "missing checkpoint to resume": (["{config}", "--work-dir", "{tmp}/w", "--resume", "{tmp}/none.pth"],
                                          "error: {tmp}/none.pth: checkpoint file not found (a .pth written by "
                                          "tools/train_det.py)"),
@@ -141,8 +170,11 @@ CASES = {
                                  "copy or save it again"),
         "checkpoint with pickled objects": (
             ["{config}", "{tmp}/pickled.pth", "--work-dir", "{tmp}/t"],
-            "error: {tmp}/pickled.pth: refused by torch's weights-only loader (Unsupported global: GLOBAL "
-            "argparse.Namespace); it holds more than tensors and plain values"),
+            "error: {tmp}/pickled.pth: " + UNSAFE_CHECKPOINT),
+        "checkpoint that is no pickle": (
+            ["{config}", "{tmp}/garbage.pth", "--work-dir", "{tmp}/t"],
+            "error: {tmp}/garbage.pth: not a checkpoint at all: a damaged or foreign pickle stream, unknown pickle "
+            "operation 103 (copy it again, or give a .pth written by tools/train_det.py)"),
         "metrics to a full disk": (["{config}", "{tmp}/detector.pth", "--work-dir", "{tmp}/t", "-o", "/dev/full"],
                                    f"error: /dev/full: {FULL_DISK}"),
     },
@@ -166,8 +198,7 @@ CASES = {
                            "error: {tmp}/none.py: config file not found"),
         "checkpoint with pickled objects": (
             [VAL_IMAGE, "--vocab", "cat", "--config", "{config}", "--checkpoint", "{tmp}/pickled.pth"],
-            "error: {tmp}/pickled.pth: refused by torch's weights-only loader (Unsupported global: GLOBAL "
-            "argparse.Namespace); it holds more than tensors and plain values"),
+            "error: {tmp}/pickled.pth: " + UNSAFE_CHECKPOINT),
         "truncated checkpoint": ([VAL_IMAGE, "--vocab", "cat", "--config", "{config}", "--checkpoint", "{tmp}/truncated.pth"],
                                  "error: {tmp}/truncated.pth: truncated or corrupt checkpoint (File is not a zip file); "
                                  "copy or save it again"),

@@ -15,7 +15,7 @@ import logging
 import os
 
 from fgclip.curation import LLMNegativeWriter, PipelineGrounder, SpacyExpressionParser, VLMCaptioner, curate, find_images
-from fgclip.errors import DataError, run_command
+from fgclip.errors import DataError, check_output_file, run_command
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if not images:
         raise DataError(args.images, "--images: no image files in this folder (searched recursively)")
     images = images[index::count]
+    check_output_file(args.output, "--output")
     stats = curate(
         images, args.images, args.output,
         VLMCaptioner(args.vlm, device=args.device), SpacyExpressionParser(args.spacy, max_expressions=None),

@@ -25,7 +25,7 @@ from fgclip.data.shapes import write_shapes_dataset
 from fgclip.eval.features import FeatureExtractor
 from fgclip.eval.fgovd import evaluate_fgovd, load_fgovd
 from fgclip.encoders import load_encoder
-from fgclip.errors import run_command
+from fgclip.errors import run_command, write_atomically
 from fgclip.eval.retrieval import RetrievalSet, evaluate_retrieval
 from fgclip.training import load_config, train
 
@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> None:
         rows.append((f"stage 2 {name}", evaluate(final_dir, data_dir)))
 
     table = markdown_table(rows)
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(dict(rows), indent=2) + "\n")
+    write_atomically(out / "results.md", table + "\n")
+    write_atomically(out / "results.json", json.dumps(dict(rows), indent=2) + "\n")
     print("\nFG-OVD-style accuracy (%) and long-caption retrieval R@1 (%) on held-out shapes scenes:\n")
     print(table)
 

@@ -41,6 +41,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import atomic_output, write_atomically
+
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "diamond", "cross")
 COLOURS = {
     "red": (220, 40, 40),
@@ -332,7 +334,7 @@ def _normalised_box(box: tuple[int, int, int, int], image_size: int) -> list[flo
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
+    with atomic_output(path) as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -400,7 +402,7 @@ def write_shapes_dataset(
     _write_jsonl(out / "test.jsonl", test_records)
     for name, rows in fgovd.items():
         _write_jsonl(out / f"fgovd_{name}.jsonl", rows)
-    (out / "retrieval.json").write_text(json.dumps(retrieval, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomically(out / "retrieval.json", json.dumps(retrieval, indent=1, ensure_ascii=False) + "\n")
 
     meta = {
         "seed": seed,
@@ -420,7 +422,7 @@ def write_shapes_dataset(
             **{f"fgovd_{name}": f"fgovd_{name}.jsonl" for name in fgovd},
         },
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    write_atomically(out / "meta.json", json.dumps(meta, indent=1) + "\n")
     return meta
 
 
@@ -468,5 +470,5 @@ def write_coco_detection(
         "categories": [{"id": i, "name": shape, "supercategory": "shape"} for shape, i in category_ids.items()],
     }
     path = out / "annotations" / f"instances_{split}.json"
-    path.write_text(json.dumps(coco) + "\n", encoding="utf-8")
+    write_atomically(path, json.dumps(coco) + "\n")
     return path

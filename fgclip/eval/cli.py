@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import CheckpointError, ConfigError, run_command
+from ..errors import CheckpointError, ConfigError, check_output_dir, run_command
 from ..families import model_type_choices
 from ..names import EVAL_TASKS as TASKS
 
@@ -153,6 +153,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ConfigError("fgclip eval: give at least one --model")
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise ConfigError(f"--data-root {args.data_root}: directory not found")
+    check_output_dir(args.output_dir, "--output-dir")
     device = resolve_device(args.device)
     started_group = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():

@@ -39,7 +39,7 @@ from typing import Callable, Sequence, Union
 
 from ..distributed import get_rank, get_world_size
 from ..encoders import Encoder
-from ..errors import ConfigError
+from ..errors import ConfigError, write_atomically
 from ..names import EVAL_TASKS
 from ..rerank import CrossEncoderReranker
 from .boxcls import prepare_coco_boxes, prepare_lvis_boxes, prepare_openimages_boxes, score_boxcls
@@ -325,6 +325,6 @@ def run_evaluation(models: Sequence[ModelEntry], config: RunConfig) -> dict:
     if get_rank() == 0:
         output = Path(config.output_dir)
         output.mkdir(parents=True, exist_ok=True)
-        (output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-        (output / "results.md").write_text(markdown_table(report))
+        write_atomically(output / "results.json", json.dumps(report, indent=2) + "\n")
+        write_atomically(output / "results.md", markdown_table(report))
     return report

@@ -59,7 +59,7 @@ from ..data import FineHARDCollator, FineHARDDataset, FineHARDShardDataset, Lang
 from ..checkpoint_files import check_checkpoint_files, check_file
 from ..encoders import locate_config, processor_for
 from ..families import get_family, resolve
-from ..errors import CheckpointError, ConfigError, DataError, writing
+from ..errors import CheckpointError, ConfigError, DataError, check_output_dir, write_atomically, writing
 from ..launch import one_process_world
 from ..losses import clamp_logit_scales, copy_logit_scale_to_region_scales
 from ..rerank import CrossEncoderReranker, CrossEncoderRerankerConfig, RerankerForTraining
@@ -485,7 +485,7 @@ def write_recipe(config: TrainConfig, output_dir: Path) -> None:
     path = output_dir / RECIPE_FILE
     with writing(path):
         output_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config.to_dict(), indent=2, default=str) + "\n")
+    write_atomically(path, json.dumps(config.to_dict(), indent=2, default=str) + "\n")
     logger.info("resolved recipe: %s", path)
 
 
@@ -507,6 +507,7 @@ def train(config: TrainConfig, resume: bool | str = False, callbacks: list | Non
         callbacks: extra ``TrainerCallback`` objects.
     """
     config.check_hardware()  # before a one-process world is set up for nothing
+    check_output_dir(config.training["output_dir"], f"{config.source}: training.output_dir")
     with one_process_world(config.training.get("deepspeed") and f"{config.source}: training.deepspeed"):
         return _train(config, resume, callbacks)
 

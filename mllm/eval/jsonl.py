@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from fgclip.errors import DataError, print_output, writing
+from fgclip.errors import DataError, atomic_output, print_output
 
 Numbered = tuple[int, dict]  # (line number, record)
 
@@ -66,7 +66,7 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with writing(path), path.open("w", encoding="utf-8") as handle:
+    with atomic_output(path) as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
