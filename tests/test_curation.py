@@ -187,6 +187,28 @@ def test_curation_run_writes_valid_records_resumes_and_skips(tmp_path):
     assert [json.loads(line)["f_path"] for line in output.read_text().splitlines()] == ["a.jpg", "c.jpg", "sub/b.png"]
 
 
+def test_images_without_a_valid_region_are_skipped_and_inverted_boxes_counted(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        Image.new("RGB", (40, 20), (10, 200, 10)).save(root / name)
+
+    inverted = Detection((30, 15, 10, 5), 0.95, 1)
+    answers = iter([[Detection((0, 0, 20, 10), 0.9, 0), inverted], [inverted]])  # a.jpg, then b.jpg
+
+    def grounder(image, queries):
+        return next(answers)
+
+    output = tmp_path / "curated.jsonl"
+    stats = curate(["a.jpg", "b.jpg"], root, output, FakeCaptioner(), SpacyExpressionParser(parsed), grounder,
+                   fake_negatives, progress=False)
+    assert [json.loads(line)["f_path"] for line in output.read_text().splitlines()] == ["a.jpg"]
+    assert (stats.written, dict(stats.skipped), dict(stats.dropped_boxes)) == (
+        1, {"no valid region": 1}, {"inverted box": 2})
+    assert stats.summary() == ("wrote 1 records (1 regions, 1 with negatives), 0 already done, skipped 1 "
+                               "(no valid region: 1), dropped 2 detector boxes (inverted box: 2)")
+
+
 def test_curation_command_shards_the_folder(tmp_path, monkeypatch, capsys):
     import importlib.util
 

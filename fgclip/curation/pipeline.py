@@ -10,7 +10,8 @@ The output is resumable: records are appended and flushed one line at a time, a 
 the images already written, and a last line cut short by a crash is dropped before writing
 resumes. Images that fail (a missing, truncated or non-image file: ``bad image``; a stage
 error; an invalid record) raise with the image named, or with ``skip_errors`` are counted by
-reason and left out.
+reason and left out. An image none of whose detections gives a valid region is left out and
+counted (``no valid region``), and so are the detector's boxes without area (``inverted box``).
 """
 from __future__ import annotations
 
@@ -36,12 +37,16 @@ class CurationStats:
     regions: int = 0
     regions_with_negatives: int = 0
     skipped: Counter = field(default_factory=Counter)
+    dropped_boxes: Counter = field(default_factory=Counter)
 
     def summary(self) -> str:
         text = (f"wrote {self.written} records ({self.regions} regions, {self.regions_with_negatives} with "
                 f"negatives), {self.already_done} already done, skipped {sum(self.skipped.values())}")
         if self.skipped:
             text += " (" + ", ".join(f"{reason}: {n}" for reason, n in self.skipped.most_common()) + ")"
+        if self.dropped_boxes:
+            text += f", dropped {sum(self.dropped_boxes.values())} detector boxes (" + ", ".join(
+                f"{reason}: {n}" for reason, n in self.dropped_boxes.most_common()) + ")"
         return text
 
 
@@ -73,12 +78,16 @@ def _written_paths(output: Path) -> set[str]:
 
 
 def curate_image(image, f_path: str, captioner, parser, grounder, negative_writer, *, threshold: float = 0.4,
-                 iou_threshold: float = 0.5, max_regions: int | None = 8,
-                 describe_regions: bool = True) -> FineHARDRecord:
-    """One FineHARD record for an RGB PIL image (see the module docstring for the steps)."""
+                 iou_threshold: float = 0.5, max_regions: int | None = 8, describe_regions: bool = True,
+                 dropped_boxes: Counter | None = None) -> FineHARDRecord:
+    """One FineHARD record for an RGB PIL image (see the module docstring for the steps); confident
+    detections without area are counted in ``dropped_boxes`` (``inverted box``)."""
     caption, short = captioner.caption(image)
     expressions = parser(caption)
     detections = grounder(image, [expression.text for expression in expressions])
+    if dropped_boxes is not None:
+        dropped_boxes["inverted box"] += sum(d.score > threshold and (d.box[2] <= d.box[0] or d.box[3] <= d.box[1])
+                                             for d in detections)
     width, height = image.size
     regions = []
     for detection in select_regions(detections, threshold, iou_threshold, max_regions):
@@ -128,13 +137,17 @@ def curate(
                 stats.skipped["bad image"] += 1
                 continue
             try:
-                record = curate_image(image, f_path, captioner, parser, grounder, negative_writer, **options)
+                record = curate_image(image, f_path, captioner, parser, grounder, negative_writer,
+                                      dropped_boxes=stats.dropped_boxes, **options)
                 line = json.dumps(record.to_dict(), ensure_ascii=False)
                 parse_record(json.loads(line), f"{output} (record of {f_path})")
             except (OSError, ValueError, RecordError) as error:
                 if not skip_errors:
                     raise DataError(f"{where}: {error}") from error
                 stats.skipped[getattr(error, "reason", type(error).__name__)] += 1
+                continue
+            if not record.regions:
+                stats.skipped["no valid region"] += 1
                 continue
             sink.write(line + "\n")
             sink.flush()
