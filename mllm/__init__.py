@@ -10,9 +10,11 @@ from fgclip.lazy import lazy_exports
 
 _EXPORTS = {
     "IMAGE_TOKEN": "builder",
+    "LanguageModelLoss": "builder",
     "build_llava": "builder",
     "build_processor": "builder",
     "load_llava": "builder",
+    "load_projector": "builder",
     "prepare_tokenizer": "builder",
     "save_llava": "builder",
     "vision_tower_from_fgclip": "tower",

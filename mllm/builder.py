@@ -147,8 +147,10 @@ def read_torch_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise CheckpointError(path, "file not found")
     check_file(path)
+    with open(path, "rb") as handle:
+        zip_archive = handle.read(2) == b"PK"  # torch.save's format, which can be memory-mapped
     try:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
+        weights = torch.load(path, map_location="cpu", weights_only=True, mmap=zip_archive)
     except Exception as error:  # torch's unpickler raises several types for a foreign or damaged file
         raise CheckpointError(path, f"not a file of tensors ({type(error).__name__}: {error})") from None
     if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):

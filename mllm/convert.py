@@ -549,7 +549,7 @@ def from_llava(src: str | os.PathLike, model_base: str | os.PathLike | None = No
     tower_weights = tower.state_dict()
     bare = {bare_tower_key(key): value for key, value in tower_weights.items()}
     differing = [key for key, value in checkpoint_tower.items()
-                 if key not in bare or not torch.equal(value.to(bare[key].dtype), bare[key])]
+                 if key not in bare or not torch.equal(value, bare[key].to(value.dtype))]  # in the checkpoint's dtype
     if differing:
         logger.warning(f"{src}: the checkpoint's tower weights (model.vision_tower.vision_tower.*) differ from "
                        f"{tower_path} ({len(differing)} tensors, e.g. {differing[0]}); the tower is read from "

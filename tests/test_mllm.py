@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from fgclip import FGCLIPModel
-from mllm import build_llava, load_llava, prepare_tokenizer, save_llava
+from mllm import LanguageModelLoss, build_llava, load_llava, prepare_tokenizer, save_llava
 from mllm.data import (
     IGNORE_INDEX,
     VICUNA_SYSTEM,
@@ -328,6 +328,7 @@ def test_lora_finetune_changes_only_lora_and_projector(lora_run):
     base_dir, output, trainer = lora_run
     base = state(load_llava(base_dir)[0])
     peft_model = trainer.model
+    assert isinstance(peft_model.get_base_model().loss_function, LanguageModelLoss)  # LLaVA's loss under LoRA too
     trained = dict(peft_model.named_parameters())
     lora = {name for name in trained if "lora_" in name}
     assert lora and all(".language_model." in name for name in lora)

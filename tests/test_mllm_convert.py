@@ -184,6 +184,35 @@ def test_from_llava_reads_a_checkpoint_in_the_layout_llava_saves(reference, tmp_
     assert_matches_official(tmp_path / "ours", "full")
 
 
+def test_from_llava_reads_the_released_checkpoints_file_layout(reference, tmp_path, caplog):
+    """As liuhaotian/llava-v1.5-7b is stored: float16 ``pytorch_model-0000k-of-00002.bin`` shards with
+    their index, ``model_type: llava`` (older LLaVA), rotary ``inv_freq`` buffers saved by older
+    transformers. The weights keep float16 unless ``--dtype`` says otherwise."""
+    source = tmp_path / "llava-v1.5-tiny"
+    source.mkdir()
+    model, _ = load_llava(reference / "ours")
+    weights = {key: value.half() for key, value in official_names(model.state_dict()).items()}
+    weights["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+    keys = sorted(weights)
+    shards = {"pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
+              "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2:]}
+    for name, shard_keys in shards.items():
+        torch.save({key: weights[key] for key in shard_keys}, source / name)
+    index = {"metadata": {}, "weight_map": {key: name for name, shard_keys in shards.items() for key in shard_keys}}
+    (source / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    config = dict(OFFICIAL["full_saved"]["config"], model_type="llava", torch_dtype="float16")
+    write_config(source / "config.json", config, reference)
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(reference / "llava-tiny" / name, source / name)
+    converted, config, _, processor = from_llava(source)
+    assert "differ" not in caplog.text  # its float16 tower copy is the tower rounded, as in the release
+    expected = {key: value.half() for key, value in model.state_dict().items()}
+    assert converted.keys() == expected.keys()
+    assert all(torch.equal(converted[key], expected[key]) for key in expected)
+    assert processor.image_processor.do_pad and config.image_token_id == 450
+    assert {value.dtype for value in from_llava(source, dtype=torch.float32)[0].values()} == {torch.float32}
+
+
 def test_from_llava_merges_a_lora_checkpoint_as_llava_saves_it(reference, tmp_path):
     recorded = OFFICIAL["lora_saved"]
     source = tmp_path / "llava-tiny-lora"
