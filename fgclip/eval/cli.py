@@ -69,7 +69,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--text-batch-size", type=_at_least(1), default=256, help="texts per forward pass")
     parser.add_argument("--workers", type=_at_least(0), default=min(4, len(os.sched_getaffinity(0))),
                         help="DataLoader workers reading images (default: 4, at most the cores this process may use)")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPUs, recent CPUs)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 autocast (GPUs; CPUs with AVX512-BF16 or AMX run it about twice as fast); "
+                             "default float32, recorded in results.json")
     parser.add_argument("--fgovd-subsets", type=_comma_list, default=None,
                         help="FG-OVD subsets to run (default: every subset file found)")
     parser.add_argument("--max-captions", type=_at_least(1), default=5,
@@ -162,10 +164,6 @@ def run_eval(args: argparse.Namespace) -> int:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         started_group = True
     logging.basicConfig(level=logging.INFO if get_rank() == 0 else logging.WARNING, format="%(message)s")
-    if device.type == "cpu" and not args.bf16 and cpu_has_bf16_matmul():
-        logging.getLogger("fgclip.eval").info(
-            "precision: float32 (the default). This CPU has bf16 matmuls: --bf16 runs about twice as fast but "
-            "moved FG-OVD accuracy by up to 0.8 points on the demo's models (README, Benchmarks)")
     try:
         config = RunConfig(
             data_root=args.data_root,
@@ -197,13 +195,6 @@ def run_eval(args: argparse.Namespace) -> int:
         if started_group:
             dist.destroy_process_group()
     return 0
-
-
-def cpu_has_bf16_matmul() -> bool:
-    """True on CPUs with native bfloat16 matrix instructions (AVX512-BF16 or AMX)."""
-    import torch
-
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
