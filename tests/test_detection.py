@@ -28,6 +28,7 @@ from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 from detection import OVCocoAP50Metric, OVCocoDataset, ensemble_scores  # noqa: E402  (registers the modules)
+from detection.config_file import load_config  # noqa: E402
 from fgclip import FGCLIPModel, FGCLIPProcessor  # noqa: E402
 from fgclip.data.shapes import SHAPES  # noqa: E402
 from fgclip.errors import CheckpointError, ConfigError, DataError  # noqa: E402
@@ -41,7 +42,7 @@ NOVEL = ("star", "cross")
 
 
 def tiny_cfg() -> Config:
-    return Config.fromfile(str(TINY_CONFIG))
+    return load_config(str(TINY_CONFIG))
 
 
 # ----------------------------------------------------------------------------- head math

@@ -15,16 +15,16 @@ import torch
 pytest.importorskip("mmdet", reason="detection extra not installed (pip install -e .[detection])")
 pytest.importorskip("mmcv._ext", reason="mmcv ops not built (tools/install_mmcv.sh)")
 
-from mmengine.config import Config  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from detection import OVLVISDataset, OVLVISMetric, lvis_box_ap, write_lvis_style  # noqa: E402
+from detection.config_file import load_config  # noqa: E402
 from fgclip.data.shapes import SHAPES, write_coco_detection  # noqa: E402
 from tiny_detection import ASSETS, load_tool, save_tiny_fgclip  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LVIS_CONFIG = REPO / "configs" / "fvit_tiny_cpu_lvis.py"
-FREQUENCIES = Config.fromfile(str(LVIS_CONFIG)).frequencies
+FREQUENCIES = load_config(str(LVIS_CONFIG)).frequencies
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_dataset_reads_lvis_files_by_coco_url(in_workspace, tmp_path):
 
 
 def test_tiny_lvis_fvit_trains_and_tests_through_runner(in_workspace):
-    cfg = Config.fromfile(str(LVIS_CONFIG))
+    cfg = load_config(str(LVIS_CONFIG))
     cfg.work_dir = "work_dirs/run_lvis"
     cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = 4
     cfg.default_hooks.checkpoint.interval = 4

@@ -32,6 +32,7 @@ from detection import (  # noqa: E402  (registers the modules)
     save_class_embeddings,
 )
 from detection.class_embeddings import load_class_embeddings, prompts  # noqa: E402
+from detection.config_file import load_config  # noqa: E402
 from fgclip import FGCLIPModel, FGCLIPProcessor  # noqa: E402
 from fgclip.data.shapes import SHAPES  # noqa: E402
 from numerics import assert_close_to_reference, tower_terms  # noqa: E402
@@ -89,7 +90,7 @@ def test_training_loss_ignores_novel_embeddings_and_follows_base_ones(in_workspa
     """One training batch of the tiny F-ViT: replacing the novel classes' embeddings leaves the
     classification loss bit-identical; replacing a base class's changes it. With mmdet's plain
     class-weighted cross-entropy (the old loss) the novel embeddings did change it."""
-    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg = load_config(str(TINY_CONFIG))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
@@ -143,7 +144,7 @@ def test_background_row_is_the_prompt_ensemble_of_background(in_workspace, tmp_p
     assert_close_to_reference(saved["embeddings"][SHAPES.index("circle")], ensemble(prompts("circle", CLIPSELF_TEMPLATES)),
                               terms=terms)
 
-    cfg = Config.fromfile(str(TINY_CONFIG)).model.roi_head.bbox_head
+    cfg = load_config(str(TINY_CONFIG)).model.roi_head.bbox_head
     head = MODELS.build(cfg)
     assert_close_to_reference(head.class_and_background_embeddings()[-1], expected, terms=terms)
     assert "background_embedding" not in dict(head.named_parameters()) and "background_embedding" not in head.state_dict()
