@@ -20,6 +20,7 @@ Readers (each returns a :class:`RetrievalSet`):
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from .spec import Prepared, ScoreContext, single
 from .common import DataError, ImageRequest, coco_image_path, iter_tsv, read_json, require, require_text, resolve_image
 from .features import FeatureExtractor
 from .metrics import retrieval_recall
+
+logger = logging.getLogger(__name__)
 
 SHAREGPT4V_SIZE = 1000
 
@@ -87,12 +90,16 @@ def load_sharegpt4v(
     json_file: str | os.PathLike, image_root: str | os.PathLike, limit: int = SHAREGPT4V_SIZE,
     allow_outside_root: bool = False,
 ) -> RetrievalSet:
-    """ShareGPT4V-1k: the first ``limit`` records of a share-captioner JSON list."""
+    """ShareGPT4V-1k: the first ``limit`` records of a share-captioner JSON list (all of them when it holds
+    fewer, as the official script's ``[:1000]`` takes them, with a warning: the result is then not
+    ShareGPT4V-1k's)."""
     data = read_json(json_file)
     if not isinstance(data, list):
         raise DataError(f"{json_file}: expected a JSON list of records")
     if len(data) < limit:
-        raise DataError(f"{json_file}: {len(data)} records, fewer than the {limit} the benchmark uses")
+        logger.warning("%s: %d records, fewer than the %d of the benchmark: scoring all %d (as the official "
+                       "script's [:%d] does); the result is not comparable to the benchmark's", json_file,
+                       len(data), limit, len(data), limit)
     builder = _Builder()
     for index, record in enumerate(data[:limit]):
         where = f"{json_file} record {index}"
