@@ -179,11 +179,13 @@ def llava_model_name_problem(directory: str | os.PathLike) -> str | None:
     lowered = name.lower()
     if "llava" not in lowered:
         return (f"the directory name {name!r} must contain 'llava': LLaVA's scripts name a model after the last "
-                "component of its path and load_pretrained_model opens a name without 'llava' as a plain language model")
+                "component of its path and load_pretrained_model opens a name without 'llava' as a plain "
+                "language model")
     for word, meaning in (("lora", "a LoRA checkpoint that needs --model-base"), ("mpt", "an MPT model"),
                           ("mistral", "a Mistral model")):
         if word in lowered:
-            return f"the directory name {name!r} contains {word!r}, which LLaVA's load_pretrained_model reads as {meaning}"
+            return (f"the directory name {name!r} contains {word!r}, which LLaVA's load_pretrained_model reads "
+                    f"as {meaning}")
     return None
 
 
@@ -203,7 +205,8 @@ def official_config(config: LlavaConfig, columns: int, tower_path: str, pad: boo
     elif rope_type in ("linear", "dynamic") and set(rope) <= {"rope_type", "type", "factor", "rope_theta"}:
         rope_scaling = {"type": rope_type, "factor": rope["factor"]}
     else:
-        raise CheckpointError(where, f"rope {rope} cannot be written for transformers 4.37 (default, linear or dynamic)")
+        raise CheckpointError(where, f"rope {rope} cannot be written for transformers 4.37 "
+                                     "(default, linear or dynamic)")
     layer = config.vision_feature_layer
     if not isinstance(layer, int):
         raise CheckpointError(where, f"vision_feature_layer {layer!r}: LLaVA reads one layer")
@@ -300,7 +303,8 @@ def to_llava(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os
         raise CheckpointError(src, "no config.json (expected a LLaVA directory of ours)")
     config = llava_config(src)
     if config.vision_config.model_type != "clip_vision_model":
-        raise CheckpointError(src, f"the vision tower is {config.vision_config.model_type!r}; LLaVA-1.5 reads a CLIP tower")
+        raise CheckpointError(src, f"the vision tower is {config.vision_config.model_type!r}; "
+                                   "LLaVA-1.5 reads a CLIP tower")
     model, processor = load_llava(src, dtype="auto")  # transformers reads every saved key layout
     weights = model.state_dict()
     del model
@@ -348,9 +352,10 @@ def to_llava(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os
 
     save_weights(official, dst)
     tokenizer_ = processor.tokenizer
+    pads = bool(getattr(image_processor, "do_pad", False))
     write_json(dst / "config.json", official_config(
-        config, image_token_id, mm_vision_tower or str(tower_dir.resolve()), bool(getattr(image_processor, "do_pad", False)),
-        tokenizer_.pad_token_id, dtype, str(src)))
+        config, image_token_id, mm_vision_tower or str(tower_dir.resolve()), pads, tokenizer_.pad_token_id, dtype,
+        str(src)))
     text = config.text_config
     write_json(dst / "generation_config.json", {
         "bos_token_id": text.bos_token_id, "eos_token_id": text.eos_token_id, "pad_token_id": tokenizer_.pad_token_id,
@@ -569,8 +574,8 @@ def from_llava(src: str | os.PathLike, model_base: str | os.PathLike | None = No
             ours[key] = torch.cat([ours[key], zero])
     text_fields = {key: value for key, value in fields.items()
                    if not key.startswith(("mm_", "tune_", "freeze_", "unfreeze_", "tokenizer_", "image_"))
-                   and key not in ("architectures", "model_type", "use_mm_proj", "_name_or_path", "transformers_version",
-                                   "torch_dtype", "dtype", "vision_tower", "s2", "s2_scales")}
+                   and key not in ("architectures", "model_type", "use_mm_proj", "_name_or_path",
+                                   "transformers_version", "torch_dtype", "dtype", "vision_tower", "s2", "s2_scales")}
     rope_scaling = text_fields.pop("rope_scaling", None) or {}
     rope_type = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
     text_fields["rope_parameters"] = {**{key: value for key, value in rope_scaling.items() if key != "type"},
@@ -646,7 +651,8 @@ def main(argv: list[str] | None = None) -> None:
     out.add_argument("--mm-vision-tower", default=None,
                      help="value written to mm_vision_tower (default: the absolute path of DST/vision_tower)")
     into = commands.add_parser("from-llava", help="an official LLaVA-1.5 checkpoint -> ours")
-    into.add_argument("src", help="a LLaVA checkpoint directory (full or LoRA), or a stage-1 directory or mm_projector.bin")
+    into.add_argument("src", help="a LLaVA checkpoint directory (full or LoRA), or a stage-1 directory or "
+                                  "mm_projector.bin")
     into.add_argument("dst", help="our LLaVA directory to write")
     into.add_argument("--model-base", default=None, help="the language model a LoRA or stage-1 checkpoint needs")
     into.add_argument("--vision-tower", default=None, help="the tower to read instead of config.json's mm_vision_tower")
@@ -656,7 +662,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "to-llava":
         to_llava(args.src, args.dst, tokenizer=args.tokenizer, mm_vision_tower=args.mm_vision_tower)
     else:
-        parts = from_llava(args.src, args.model_base, args.vision_tower, getattr(torch, args.dtype) if args.dtype else None)
+        dtype = getattr(torch, args.dtype) if args.dtype else None
+        parts = from_llava(args.src, args.model_base, args.vision_tower, dtype)
         save_converted(*parts, args.dst, where=args.src)
 
 

@@ -481,7 +481,8 @@ class ConversationDataset(Dataset):
         empty = [2 * turn + 1 for turn, (_, answer) in enumerate(self.turns[index]) if not answer]
         if empty:
             return f"conversations[{empty[0]}]: empty answer; LLaVA's label count then ignores every token {mismatch}"
-        return f"conversations: LLaVA's label count does not match the tokenized length; every token is ignored {mismatch}"
+        return ("conversations: LLaVA's label count does not match the tokenized length; every token is ignored "
+                + mismatch)
 
     @property
     def count_without_targets(self) -> int:

@@ -151,7 +151,8 @@ def official_names(weights):
     for key, value in weights.items():
         if key.startswith("model.vision_tower."):
             rest = key[len("model.vision_tower."):]
-            out["model.vision_tower.vision_tower." + (rest if rest.startswith("vision_model.") else "vision_model." + rest)] = value
+            rest = rest if rest.startswith("vision_model.") else "vision_model." + rest
+            out["model.vision_tower.vision_tower." + rest] = value
         elif key.startswith("model.multi_modal_projector.linear_"):
             index = {"1": "0", "2": "2"}[key[len("model.multi_modal_projector.linear_")]]
             out["model.mm_projector." + index + key[len("model.multi_modal_projector.linear_1"):]] = value
