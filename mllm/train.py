@@ -180,7 +180,7 @@ class RunSettingsCallback(TrainerCallback):
 
 
 class LlavaTrainer(Trainer):
-    """Trainer with a projector learning rate, modality-grouped batches and a vision path that
+    """Trainer with LLaVA's loss reduction, a projector learning rate, modality-grouped batches and a vision path that
     runs in every step (a batch without images still passes a blank image through the tower and
     projector with weight 0, so ZeRO-3 and DDP see the same modules and gradients on every rank)."""
 
@@ -189,6 +189,10 @@ class LlavaTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.llava = find_llava(self.model)
+        # LLaVA's reduction (its transformers 4.37 Trainer): each micro-batch's loss is the mean over its
+        # own targets, divided by the accumulation steps; ranks average gradients. transformers 5 would
+        # instead divide the summed loss by the targets of all micro-batches and ranks (num_items_in_batch).
+        self.model_accepts_loss_kwargs = False
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset

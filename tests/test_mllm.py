@@ -408,6 +408,29 @@ def test_text_only_batch_still_runs_the_vision_path(pretrained, sources, tmp_pat
     assert model.lm_head.weight.grad.any()
 
 
+def test_accumulated_gradient_is_the_mean_of_micro_batch_means_as_in_llava(pretrained, sources, tmp_path):
+    """LLaVA's transformers 4.37 Trainer: loss of a micro-batch = mean over its targets, divided by the
+    accumulation steps (not the summed loss over all targets of the accumulated batch)."""
+    model, processor = load_llava(pretrained[0])
+    model.requires_grad_(False)
+    model.lm_head.requires_grad_(True)
+    args = LlavaTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                                  gradient_accumulation_steps=2)
+    trainer = LlavaTrainer(model=model, args=args)
+    trainer.current_gradient_accumulation_steps = 2
+    dataset = ConversationDataset(sources["finetune"], processor.tokenizer, processor.image_processor,
+                                  PATCH_TOKENS, sources["images"], "v1")
+    collate = ConversationCollator(processor.tokenizer.pad_token_id)
+    batches = [collate([dataset[0]]), collate([dataset[4]])]  # 9 and 7 target tokens
+    assert len({int((batch["labels"] != IGNORE_INDEX).sum()) for batch in batches}) == 2
+    for batch in batches:
+        trainer.training_step(model, batch, num_items_in_batch=torch.tensor(16))
+    accumulated = model.lm_head.weight.grad.clone()
+    model.lm_head.weight.grad = None
+    (sum(model(**batch).loss for batch in batches) / 2).backward()
+    torch.testing.assert_close(accumulated, model.lm_head.weight.grad)
+
+
 def test_plain_python_with_deepspeed_trains_in_a_one_process_world(sources, tmp_path):
     """``python -m mllm.train --deepspeed ...`` without a launcher: DeepSpeed in a world of one process."""
     command = [sys.executable, "-m", "mllm.train", "--deepspeed", str(MLLM_DIR / "configs" / "zero2.json"),
