@@ -2,10 +2,11 @@
 iteration-10 checkpoint and resumed with ``--resume`` logs the same losses at every iteration after
 the checkpoint and ends with the same weights as an uninterrupted run.
 
-20 iterations of batch 2 over 16 scenes: the resumed run re-enters epoch 1 (of the sampler's
-shuffles) mid-way, at its third batch; augmentation (random resize, crop, flip) and the RPN / RoI
-samplers draw from the restored random states. Validation at iteration 10 runs in the
-uninterrupted and killed runs only, and must not change what follows.
+20 iterations of batch 2 over the 14 scenes with a base-class box, 7 batches an epoch: the resumed
+run re-enters epoch 1 (of the sampler's shuffles) after its third batch and starts epoch 2 at
+iteration 15; augmentation (random resize, crop, flip) and the RPN / RoI samplers draw from the
+restored random states. Validation at iteration 10 runs in the uninterrupted and killed runs
+only, and must not change what follows. A control resumes without the saved states and differs.
 """
 from __future__ import annotations
 
@@ -113,3 +114,32 @@ def test_without_the_saved_random_states_the_resume_differs(runs, workspace):
     resumed = logged(next(path for path in work_dir.iterdir() if path.is_dir()))
     assert sorted(resumed) == list(range(11, 21))
     assert any(resumed[step]["loss"] != expected[step]["loss"] for step in range(11, 21))
+
+
+def test_epoch_based_resume_restores_the_states_at_the_epoch_start(in_workspace):
+    """EpochBasedTrainLoop (the shipped configs' loop), validating after every epoch: resuming from
+    the epoch-1 checkpoint ends epoch 2 with the uninterrupted run's weights."""
+    from mmengine.config import ConfigDict
+    from mmengine.logging import MMLogger
+    from mmengine.runner import Runner
+
+    from detection.config_file import load_config
+
+    def run(work_dir: str, resume: str | None = None) -> dict[str, torch.Tensor]:
+        cfg = load_config(str(TINY_CONFIG), {"randomness.seed": 0, "default_hooks.checkpoint.by_epoch": True,
+                                             "default_hooks.checkpoint.interval": 1, "log_processor.by_epoch": True})
+        cfg.train_cfg = ConfigDict(type="EpochBasedTrainLoop", max_epochs=2, val_interval=1)
+        cfg.work_dir, cfg.resume, cfg.load_from = work_dir, resume is not None, resume
+        MMLogger._instance_dict.clear()  # runners started within one second would share a logger
+        Runner.from_cfg(cfg).train()
+        return weights(Path(work_dir) / "epoch_2.pth")
+
+    reference = run("work_dirs/epochs")
+    Path("work_dirs/epochs_resumed").mkdir()
+    checkpoint = torch.load("work_dirs/epochs/epoch_1.pth", map_location="cpu", weights_only=True)
+    assert checkpoint["resume_state"]["iter"] == checkpoint["meta"]["iter"] == 7
+    torch.save(checkpoint, "work_dirs/epochs_resumed/epoch_1.pth")
+    final = run("work_dirs/epochs_resumed", "work_dirs/epochs_resumed/epoch_1.pth")
+    assert final.keys() == reference.keys()
+    for name in reference:
+        assert torch.equal(final[name], reference[name]), name
