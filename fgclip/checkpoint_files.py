@@ -1,6 +1,7 @@
 """Checkpoint files: the one integrity check of weight and state files (:func:`check_file`, and
 :func:`check_checkpoint_files` for a model directory) and the one reader of the parameter names a
-checkpoint stores (:func:`stored_parameter_names`), with one wording for pickles that torch's safe loader refuses
+checkpoint stores (:func:`stored_parameter_names`), the one reader of weight files (:func:`read_tensor_file`,
+:func:`read_checkpoint_weights`), with one wording for pickles that torch's safe loader refuses
 (:func:`refused_pickle`) and their one conversion (:func:`pickle_to_safetensors`, ``fgclip
 to-safetensors``). The loader, the trainer's resume checks, the
 FG-CLIP 2 model and the detector's checkpoint loading all go through these, so a damaged file is
@@ -23,6 +24,8 @@ from .errors import CheckpointError
 FGCLIP_MARKER_KEY = "text_model.embeddings.position_embedding_res.weight"
 # Weight files of a transformers checkpoint, each format's index of shards first (the order they are read in).
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
+WEIGHT_INDEXES = WEIGHT_FILES[0::2]
+SINGLE_WEIGHT_FILES = WEIGHT_FILES[1::2]
 
 
 def check_safetensors(path: str | os.PathLike) -> None:
@@ -76,7 +79,7 @@ def check_checkpoint_files(directory: str | os.PathLike) -> None:
     """A local checkpoint directory holds weights, and every ``*.safetensors`` file of it is complete
     (see :func:`check_safetensors`)."""
     if not any(Path(directory, name).is_file() for name in WEIGHT_FILES):
-        raise CheckpointError(directory, f"no weights ({', '.join(WEIGHT_FILES[1::2])} or an index of shards)")
+        raise CheckpointError(directory, f"no weights ({', '.join(SINGLE_WEIGHT_FILES)} or an index of shards)")
     for path in sorted(Path(directory).glob("*.safetensors")):
         check_file(path)
 
@@ -109,6 +112,74 @@ def holds_long_text_positions(path: str | os.PathLike) -> bool:
         return True
     check_checkpoint_files(path)
     return FGCLIP_MARKER_KEY in stored_parameter_names(path)
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON file holding an object (a config, an index of shards); a missing file or invalid JSON is a
+    :class:`CheckpointError` naming the file (and line)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except FileNotFoundError:
+        raise CheckpointError(path, "file not found") from None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(path, f"not valid JSON ({error.msg}, column {error.colno})", error.lineno) from None
+    except UnicodeDecodeError as error:
+        raise CheckpointError(path, f"not a text file ({error.reason})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(path, "expected a JSON object")
+    return value
+
+
+def read_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A safetensors or ``torch.save`` file of tensors, checked (:func:`check_file`) and read without
+    running code (``weights_only``; ``torch.save`` archives memory-mapped); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "file not found")
+    check_file(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    with open(path, "rb") as handle:
+        zip_archive = handle.read(2) == b"PK"  # torch.save's format, which can be memory-mapped
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True, mmap=zip_archive)
+    except pickle.UnpicklingError as error:
+        raise refused_pickle(path, error) from None
+    except Exception as error:  # torch's unpickler raises several types for a foreign or damaged file
+        raise CheckpointError(path, f"not a file of tensors ({type(error).__name__}: {error})") from None
+    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
+        raise CheckpointError(path, "expected a dict of tensors")
+    return weights
+
+
+def checkpoint_weight_files(directory: str | os.PathLike) -> list[Path]:
+    """The weight files of a transformers checkpoint directory: the shards its index names, or its single
+    weight file; empty when it has none."""
+    directory = Path(directory)
+    for index in WEIGHT_INDEXES:
+        if (directory / index).is_file():
+            shards = sorted(set(read_json_object(directory / index).get("weight_map", {}).values()))
+            if not shards:
+                raise CheckpointError(directory / index, "field 'weight_map' is missing or empty")
+            missing = [name for name in shards if not (directory / name).is_file()]
+            if missing:
+                raise CheckpointError(directory / index, f"names shard {missing[0]}, which is not in the directory")
+            return [directory / name for name in shards]
+    return [directory / name for name in SINGLE_WEIGHT_FILES if (directory / name).is_file()][:1]
+
+
+def read_checkpoint_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a transformers checkpoint directory (:func:`checkpoint_weight_files`)."""
+    files = checkpoint_weight_files(directory)
+    if not files:
+        raise CheckpointError(directory, f"no weights ({', '.join(SINGLE_WEIGHT_FILES)} or an index of shards)")
+    weights = {}
+    for path in files:
+        weights.update(read_tensor_file(path))
+    return weights
 
 
 def refused_pickle(path: str | os.PathLike, error: pickle.UnpicklingError) -> CheckpointError:

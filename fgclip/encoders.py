@@ -10,7 +10,6 @@ registry's business (:mod:`fgclip.families`); nothing here names one.
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from transformers import BatchFeature
 from transformers.utils import cached_file
 
-from .checkpoint_files import check_checkpoint_files, refused_pickle
+from .checkpoint_files import check_checkpoint_files, read_json_object, refused_pickle
 from .errors import CheckpointError, ConfigError
 from .families import FAMILIES, Family, family_of_checkpoint, get_family
 from .modeling_common import TokenFeatures, check_text_kind
@@ -139,20 +138,6 @@ def resolve_device(name: str = "auto") -> torch.device:
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "name" or "owner/name"
 
 
-def read_config_json(config_file: Path) -> dict:
-    """A checkpoint's ``config.json``; invalid JSON is a :class:`CheckpointError` naming the file and line."""
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CheckpointError(config_file, f"not valid JSON ({error.msg}, column {error.colno})",
-                              error.lineno) from None
-    except UnicodeDecodeError as error:
-        raise CheckpointError(config_file, f"not a text file ({error.reason})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(config_file, "expected a JSON object")
-    return config
-
-
 def locate_config(path: str | os.PathLike) -> Path:
     """``config.json`` of a checkpoint directory, or of a hub id (fetched). A path that is not a
     directory is reported as a missing directory unless it reads as a hub id (``owner/name``)."""
@@ -175,7 +160,7 @@ def locate_config(path: str | os.PathLike) -> Path:
 
 def config_model_type(path: str | os.PathLike) -> str | None:
     """``model_type`` of a checkpoint's ``config.json`` (a directory, or a hub id: fetched)."""
-    return read_config_json(locate_config(path)).get("model_type")
+    return read_json_object(locate_config(path)).get("model_type")
 
 
 def detect_model_type(path: str | os.PathLike) -> str:

@@ -46,7 +46,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from transformers.utils import logging
 
 from fgclip import FGCLIPProcessor
-from fgclip.checkpoint_files import check_checkpoint_files, check_file
+from fgclip.checkpoint_files import check_checkpoint_files, read_tensor_file
 from fgclip.encoders import locate_config
 from fgclip.errors import CheckpointError, run_command
 
@@ -141,23 +141,6 @@ def zero_added_rows(model: LlavaForConditionalGeneration) -> None:
             embedding.weight[columns:] = 0
 
 
-def read_torch_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A ``torch.save`` file of tensors, read with ``weights_only`` (no code runs); errors name the file."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(path, "file not found")
-    check_file(path)
-    with open(path, "rb") as handle:
-        zip_archive = handle.read(2) == b"PK"  # torch.save's format, which can be memory-mapped
-    try:
-        weights = torch.load(path, map_location="cpu", weights_only=True, mmap=zip_archive)
-    except Exception as error:  # torch's unpickler raises several types for a foreign or damaged file
-        raise CheckpointError(path, f"not a file of tensors ({type(error).__name__}: {error})") from None
-    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
-        raise CheckpointError(path, "expected a dict of tensors")
-    return weights
-
-
 def projector_from_llava(weights: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
     """LLaVA's ``mm_projector`` tensors (``model.mm_projector.0.weight`` ... as stage 1 saves them in
     ``mm_projector.bin``; any prefix before ``mm_projector.``, as LLaVA's ``get_w`` reads them) under
@@ -172,7 +155,7 @@ def projector_from_llava(weights: dict[str, torch.Tensor], where: str) -> dict[s
 def load_projector(model: LlavaForConditionalGeneration, path: str | os.PathLike) -> None:
     """Copy a stage-1 ``mm_projector.bin`` of LLaVA (its ``--pretrain_mm_mlp_adapter``) into the
     projector of ``model``; a missing, foreign or mis-shaped file is a one-line error naming it."""
-    weights = projector_from_llava(read_torch_weights(path), str(path))
+    weights = projector_from_llava(read_tensor_file(path), str(path))
     projector = model.model.multi_modal_projector
     expected = {name: tuple(tensor.shape) for name, tensor in projector.state_dict().items()}
     found = {name: tuple(tensor.shape) for name, tensor in weights.items()}

@@ -68,8 +68,14 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from fgclip.checkpoint_files import check_file
-from fgclip.errors import CheckpointError, ConfigError, run_command
+from fgclip.checkpoint_files import (
+    checkpoint_weight_files,
+    read_checkpoint_weights,
+    read_json_object,
+    read_tensor_file,
+)
+from fgclip.errors import CheckpointError, ConfigError, run_command, write_atomically
+from fgclip.processing_fgclip import CLIP_MEAN, CLIP_STD
 
 from .builder import (
     IMAGE_TOKEN,
@@ -81,7 +87,6 @@ from .builder import (
     load_language_tokenizer,
     load_llava,
     projector_from_llava,
-    read_torch_weights,
     save_llava,
 )
 from .tower import patch_tokens, vision_tower_from_fgclip
@@ -93,10 +98,6 @@ PROJECTOR_FILE = "mm_projector.bin"
 NON_LORA_FILE = "non_lora_trainables.bin"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 LLAVA_MAX_LENGTH = 2048  # LLaVA-1.5's model_max_length, which its saved tokenizer config carries
 # Our (in-memory) names -> LLaVA's; the first matching prefix is replaced. The tower's names are
 # transformers 4.37's CLIPVisionModel ones under LLaVA's prefix (``tower_key``).
@@ -110,57 +111,7 @@ OURS_TO_LLAVA = (
 EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
-# ---------------------------------------------------------------- reading weights
-def read_json(path: str | os.PathLike) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            value = json.load(handle)
-    except FileNotFoundError:
-        raise CheckpointError(path, "file not found") from None
-    except json.JSONDecodeError as error:
-        raise CheckpointError(path, f"invalid JSON: {error.msg}", error.lineno) from None
-    if not isinstance(value, dict):
-        raise CheckpointError(path, "expected a JSON object")
-    return value
-
-
-def read_weight_file(path: Path) -> dict[str, torch.Tensor]:
-    """One safetensors or ``torch.save`` file of tensors (``weights_only``; memory-mapped where it can be)."""
-    check_file(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return read_torch_weights(path)
-
-
-def weight_files(directory: Path) -> list[Path]:
-    """The weight files of a transformers checkpoint directory (the shards its index names, or the single file)."""
-    for index in WEIGHT_INDEXES:
-        if (directory / index).is_file():
-            shards = sorted(set(read_json(directory / index).get("weight_map", {}).values()))
-            if not shards:
-                raise CheckpointError(directory / index, "field 'weight_map' is missing or empty")
-            missing = [name for name in shards if not (directory / name).is_file()]
-            if missing:
-                raise CheckpointError(directory / index, f"names shard {missing[0]}, which is not in the directory")
-            return [directory / name for name in shards]
-    for name in WEIGHT_FILES:
-        if (directory / name).is_file():
-            return [directory / name]
-    return []
-
-
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    files = weight_files(directory)
-    if not files:
-        raise CheckpointError(directory, f"no weights ({', '.join(WEIGHT_FILES)} or an index of shards)")
-    weights = {}
-    for path in files:
-        weights.update(read_weight_file(path))
-    return weights
-
-
+# ---------------------------------------------------------------- names
 def tower_key(key: str) -> str:
     """A CLIP vision tensor name as transformers 4.37's ``CLIPVisionModel`` (LLaVA's) has it:
     ``vision_model.embeddings...`` (transformers 5 keeps no ``vision_model.`` level in memory)."""
@@ -273,7 +224,7 @@ def clip_preprocessor_config(image_size: int, mean, std) -> dict:
 
 
 def write_json(path: Path, value: dict) -> None:
-    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    write_atomically(path, json.dumps(value, indent=2) + "\n")
 
 
 def save_weights(weights: dict[str, torch.Tensor], directory: Path) -> None:
@@ -381,7 +332,7 @@ def checkpoint_kind(src: Path) -> str:
         raise CheckpointError(src, "checkpoint directory not found")
     if (src / ADAPTER_CONFIG).is_file():
         return "lora"
-    if (src / PROJECTOR_FILE).is_file() and not weight_files(src):
+    if (src / PROJECTOR_FILE).is_file() and not checkpoint_weight_files(src):
         return "projector"
     return "full"
 
@@ -390,9 +341,9 @@ def llava_fields(src: Path, kind: str, model_base: Path | None) -> dict:
     """The checkpoint's ``config.json`` (a stage-1 file alone: the base model's, with LLaVA-1.5's defaults)."""
     config_path = (src.parent if src.is_file() else src) / "config.json"
     if config_path.is_file():
-        fields = read_json(config_path)
+        fields = read_json_object(config_path)
     elif kind == "projector" and model_base is not None:
-        fields = {**read_json(model_base / "config.json"), "mm_projector_type": "mlp2x_gelu",
+        fields = {**read_json_object(model_base / "config.json"), "mm_projector_type": "mlp2x_gelu",
                   "mm_vision_select_layer": VISION_FEATURE_LAYER, "mm_vision_select_feature": "patch"}
         config_path = model_base / "config.json"
     else:
@@ -448,7 +399,7 @@ ADAPTER_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<par
 
 def merge_lora_weights(weights: dict[str, torch.Tensor], src: Path) -> None:
     """Add each LoRA update ``scale * B @ A`` of LLaVA's adapter in ``src`` to ``weights`` (LLaVA's names), in place."""
-    adapter_config = read_json(src / ADAPTER_CONFIG)
+    adapter_config = read_json_object(src / ADAPTER_CONFIG)
     where = str(src / ADAPTER_CONFIG)
     for name, allowed in (("bias", ("none", None)), ("use_dora", (False, None)), ("fan_in_fan_out", (False, None))):
         if adapter_config.get(name) not in allowed:
@@ -464,7 +415,7 @@ def merge_lora_weights(weights: dict[str, torch.Tensor], src: Path) -> None:
     if adapter_path is None:
         raise CheckpointError(src, f"no adapter weights ({' or '.join(ADAPTER_FILES)})")
     pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in read_weight_file(adapter_path).items():
+    for key, value in read_tensor_file(adapter_path).items():
         match = ADAPTER_KEY.match(key)
         if match is None:
             raise CheckpointError(adapter_path, f"unexpected tensor {key!r} (expected LoRA A and B weights)")
@@ -483,7 +434,7 @@ def merge_lora_weights(weights: dict[str, torch.Tensor], src: Path) -> None:
 
 def non_lora_trainables(src: Path) -> dict[str, torch.Tensor]:
     """``non_lora_trainables.bin`` under LLaVA's names, with the prefixes LLaVA's loader strips."""
-    weights = read_torch_weights(src / NON_LORA_FILE)
+    weights = read_tensor_file(src / NON_LORA_FILE)
     weights = {(key[len("base_model."):] if key.startswith("base_model.") else key): value
                for key, value in weights.items()}
     if any(key.startswith("model.model.") for key in weights):
@@ -494,15 +445,15 @@ def non_lora_trainables(src: Path) -> dict[str, torch.Tensor]:
 def official_weights(src: Path, kind: str, model_base: Path | None) -> dict[str, torch.Tensor]:
     """The model's weights under LLaVA's names, as ``load_pretrained_model`` assembles them."""
     if kind == "full":
-        return read_weights(src)
+        return read_checkpoint_weights(src)
     if model_base is None:
         what = "a LoRA checkpoint (adapter_config.json)" if kind == "lora" else f"a stage-1 {PROJECTOR_FILE}"
         raise ConfigError(f"{src}: {what}: pass --model-base, the language model it was trained from "
                           "(LLaVA's model_base)")
-    weights = read_weights(model_base)
+    weights = read_checkpoint_weights(model_base)
     if kind == "projector":
         path = src if src.is_file() else src / PROJECTOR_FILE
-        projector = projector_from_llava(read_torch_weights(path), str(path))
+        projector = projector_from_llava(read_tensor_file(path), str(path))
         weights.update({"model.mm_projector." + key.replace("linear_1.", "0.").replace("linear_2.", "2."): value
                         for key, value in projector.items()})
         return weights
