@@ -7,6 +7,8 @@ run re-enters epoch 1 (of the sampler's shuffles) after its third batch and star
 iteration 15; augmentation (random resize, crop, flip) and the RPN / RoI samplers draw from the
 restored random states. Validation at iteration 10 runs in the uninterrupted and killed runs
 only, and must not change what follows. A control resumes without the saved states and differs.
+In-process runs resume from a copied checkpoint: EpochBasedTrainLoop at an epoch start, and a
+dataloader worker inside an epoch.
 """
 from __future__ import annotations
 
@@ -95,10 +97,7 @@ def test_killed_run_resumes_with_the_same_losses_and_weights(runs):
         assert resumed[step].keys() >= {"loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "grad_norm"}
         assert resumed[step] == expected[step], step
 
-    final, reference = weights(killed / "iter_20.pth"), weights(uninterrupted / "iter_20.pth")
-    assert final.keys() == reference.keys()
-    for name in reference:
-        assert torch.equal(final[name], reference[name]), name
+    assert_same_weights(weights(killed / "iter_20.pth"), weights(uninterrupted / "iter_20.pth"))
 
 
 def test_without_the_saved_random_states_the_resume_differs(runs, workspace):
@@ -116,30 +115,59 @@ def test_without_the_saved_random_states_the_resume_differs(runs, workspace):
     assert any(resumed[step]["loss"] != expected[step]["loss"] for step in range(11, 21))
 
 
-def test_epoch_based_resume_restores_the_states_at_the_epoch_start(in_workspace):
-    """EpochBasedTrainLoop (the shipped configs' loop), validating after every epoch: resuming from
-    the epoch-1 checkpoint ends epoch 2 with the uninterrupted run's weights."""
+def run_in_process(work_dir: str, options: dict, train_cfg: dict | None = None, resume: str | None = None,
+                   ) -> dict[str, torch.Tensor]:
+    """Train the tiny config with ``options`` through mmengine's Runner in this process (resuming from
+    ``resume``); the final checkpoint's weights."""
     from mmengine.config import ConfigDict
     from mmengine.logging import MMLogger
     from mmengine.runner import Runner
 
     from detection.config_file import load_config
 
-    def run(work_dir: str, resume: str | None = None) -> dict[str, torch.Tensor]:
-        cfg = load_config(str(TINY_CONFIG), {"randomness.seed": 0, "default_hooks.checkpoint.by_epoch": True,
-                                             "default_hooks.checkpoint.interval": 1, "log_processor.by_epoch": True})
-        cfg.train_cfg = ConfigDict(type="EpochBasedTrainLoop", max_epochs=2, val_interval=1)
-        cfg.work_dir, cfg.resume, cfg.load_from = work_dir, resume is not None, resume
-        MMLogger._instance_dict.clear()  # runners started within one second would share a logger
-        Runner.from_cfg(cfg).train()
-        return weights(Path(work_dir) / "epoch_2.pth")
+    cfg = load_config(str(TINY_CONFIG), {"randomness.seed": 0, **options})
+    if train_cfg:
+        cfg.train_cfg = ConfigDict(train_cfg)
+    cfg.work_dir, cfg.resume, cfg.load_from = work_dir, resume is not None, resume
+    MMLogger._instance_dict.clear()  # runners started within one second would share a logger
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    name = f"epoch_{runner.epoch}.pth" if train_cfg else f"iter_{runner.iter}.pth"
+    return weights(Path(work_dir) / name)
 
-    reference = run("work_dirs/epochs")
-    Path("work_dirs/epochs_resumed").mkdir()
-    checkpoint = torch.load("work_dirs/epochs/epoch_1.pth", map_location="cpu", weights_only=True)
-    assert checkpoint["resume_state"]["iter"] == checkpoint["meta"]["iter"] == 7
-    torch.save(checkpoint, "work_dirs/epochs_resumed/epoch_1.pth")
-    final = run("work_dirs/epochs_resumed", "work_dirs/epochs_resumed/epoch_1.pth")
+
+def resumed_copy(checkpoint: str, work_dir: str, iterations: int) -> str:
+    """``checkpoint`` copied into a fresh ``work_dir``, after checking it holds the states of ``iterations``."""
+    content = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert content["resume_state"]["iter"] == content["meta"]["iter"] == iterations
+    Path(work_dir).mkdir()
+    torch.save(content, f"{work_dir}/{Path(checkpoint).name}")
+    return f"{work_dir}/{Path(checkpoint).name}"
+
+
+def assert_same_weights(final: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
     assert final.keys() == reference.keys()
     for name in reference:
         assert torch.equal(final[name], reference[name]), name
+
+
+def test_epoch_based_resume_restores_the_states_at_the_epoch_start(in_workspace):
+    """EpochBasedTrainLoop (the shipped configs' loop), validating after every epoch: resuming from
+    the epoch-1 checkpoint ends epoch 2 with the uninterrupted run's weights."""
+    options = {"default_hooks.checkpoint.by_epoch": True, "default_hooks.checkpoint.interval": 1,
+               "log_processor.by_epoch": True}
+    loop = dict(type="EpochBasedTrainLoop", max_epochs=2, val_interval=1)
+    reference = run_in_process("work_dirs/epochs", options, loop)
+    resume = resumed_copy("work_dirs/epochs/epoch_1.pth", "work_dirs/epochs_resumed", 7)
+    assert_same_weights(run_in_process("work_dirs/epochs_resumed", options, loop, resume), reference)
+
+
+def test_resume_with_a_dataloader_worker_replays_its_augmentations(in_workspace):
+    """One dataloader worker (augmenting in its own process, seeded from the run's seed): resuming
+    from the iteration-6 checkpoint, inside epoch 0, ends at iteration 12 with the uninterrupted
+    run's weights."""
+    options = {"train_dataloader.num_workers": 1, "train_cfg.max_iters": 12, "train_cfg.val_interval": 12,
+               "default_hooks.checkpoint.interval": 6}
+    reference = run_in_process("work_dirs/worker", options)
+    resume = resumed_copy("work_dirs/worker/iter_6.pth", "work_dirs/worker_resumed", 6)
+    assert_same_weights(run_in_process("work_dirs/worker_resumed", options, resume=resume), reference)
