@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import re
 from collections.abc import Iterator
 
 import numpy as np
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 
-from fgclip.checkpoint_files import check_file
+from fgclip.checkpoint_files import check_file, refused_pickle
 from fgclip.errors import CheckpointError
 from mmdet.registry import HOOKS
 
@@ -35,31 +34,17 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
     check_file(path)
 
 
-def refused_by_safe_loader(path: str | os.PathLike, error: pickle.UnpicklingError, kind: str, resave: str,
-                           replace: str) -> CheckpointError:
-    """A :class:`CheckpointError` in our words for a ``kind`` of file torch's weights-only loader refused:
-    one that pickles a Python object besides tensors and plain values (``resave``: how to fix it), or a
-    pickle stream too damaged to be one at all (``replace``: where to get a good one)."""
-    found = re.search(r"GLOBAL ([\w.]+)", str(error))
-    if found:
-        return CheckpointError(path, f"not a safe {kind}: it pickles a Python object ({found.group(1)}) besides "
-                                     f"tensors and plain values, which only code could rebuild ({resave})")
-    operand = re.search(r"Unsupported operand (\d+)", str(error))
-    what = f"unknown pickle operation {operand.group(1)}" if operand else type(error).__name__
-    return CheckpointError(path, f"not a {kind} at all: a damaged or foreign pickle stream, {what} ({replace})")
-
-
 @contextlib.contextmanager
 def loading_checkpoint(path: str | os.PathLike | None) -> Iterator[None]:
     """Around code that loads the checkpoint ``path`` (``None``: none is loaded): torch's weights-only
-    loader refusing it is a :class:`CheckpointError` naming it (:func:`refused_by_safe_loader`)."""
+    loader refusing it is a :class:`CheckpointError` naming it (:func:`~fgclip.checkpoint_files.refused_pickle`)."""
     try:
         yield
     except pickle.UnpicklingError as error:
         if path is None:
             raise
-        raise refused_by_safe_loader(path, error, "checkpoint", RESAVE_HINT,
-                                     "copy it again, or give a .pth written by tools/train_det.py") from error
+        raise refused_pickle(path, error, "checkpoint", RESAVE_HINT,
+                             "copy it again, or give a .pth written by tools/train_det.py") from error
 
 
 def plain(value):

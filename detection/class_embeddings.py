@@ -20,10 +20,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from fgclip.checkpoint_files import refused_pickle
 from fgclip.encoders import Encoder, processor_for
-from fgclip.errors import ConfigError, DataError, writing
+from fgclip.errors import ConfigError, DataError, atomic_output
 
-from .checkpoint import refused_by_safe_loader
 
 # CLIPSelf F-ViT's 63 class prompts (wusize/CLIPSelf@1c7fe9c, F-ViT/tools/clip_utils.py), with the
 # "This is " that it prepends to every prompt starting with "a" or "the" already applied.
@@ -206,7 +206,7 @@ def save_class_embeddings(
         "templates": list(templates),
         "model": str(model),
     }
-    with writing(path), open(path, "wb") as handle:  # a failed write (a full disk) names the file
+    with atomic_output(path, "wb") as handle:  # whole or not at all; a failed write names the file
         torch.save(content, handle)
 
 
@@ -232,7 +232,7 @@ def load_class_embeddings(path: str | os.PathLike, field: str = "class_embedding
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         rewrite = "rewrite it with tools/dump_class_embeddings.py"
-        raise refused_by_safe_loader(path, error, "class-embedding file", rewrite, rewrite) from error
+        raise refused_pickle(path, error, "class-embedding file", rewrite, rewrite) from error
     except (RuntimeError, OSError, EOFError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(path, f"not a readable embedding file ({reason}); rewrite it with "

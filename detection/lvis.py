@@ -20,7 +20,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 from pycocotools import mask as mask_utils
 
-from fgclip.errors import ConfigError, DataError
+from fgclip.errors import ConfigError, DataError, write_atomically
 from mmdet.registry import DATASETS, METRICS
 
 from .datasets import OVCocoDataset, read_coco_json
@@ -284,6 +284,6 @@ def write_lvis_style(coco_file: str | Path, out_file: str | Path, frequencies: M
         annotated = sorted(present[image["id"]])
         image["not_exhaustive_category_ids"] = annotated[:1] if annotated and index % not_exhaustive_every == 0 else []
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_file).write_text(json.dumps(content), encoding="utf-8")
+    write_atomically(out_file, json.dumps(content))
     return content
 

@@ -182,14 +182,20 @@ def read_checkpoint_weights(directory: str | os.PathLike) -> dict[str, torch.Ten
     return weights
 
 
-def refused_pickle(path: str | os.PathLike, error: pickle.UnpicklingError) -> CheckpointError:
-    """A :class:`CheckpointError` for a file that ``torch.load(weights_only=True)`` refused: it holds
-    Python objects other than tensors and plain containers, which only an unsafe load could build."""
-    found = re.search(r"(?:GLOBAL|global:?)\s+([\w.]+)", str(error))
-    what = f"it holds a Python object ({found.group(1)}) besides tensors" if found else \
-        "it holds Python objects besides tensors"
-    return CheckpointError(path, f"not a safe checkpoint: {what}, and loading it would run code; if you trust "
-                                 f"its source, convert it with `fgclip to-safetensors {path} --trust-source`")
+def refused_pickle(path: str | os.PathLike, error: pickle.UnpicklingError, kind: str = "checkpoint",
+                   resave: str | None = None, replace: str = "copy or download it again") -> CheckpointError:
+    """A :class:`CheckpointError` in our words for a ``kind`` of file that ``torch.load(weights_only=True)``
+    refused: one that pickles a Python object besides tensors and plain values, which only running its
+    code could rebuild (``resave``: how to fix it; default: convert it with ``fgclip to-safetensors``), or a
+    pickle stream too damaged to be one at all (``replace``: where to get a good one)."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if found:
+        resave = resave or f"if you trust its source, convert it with `fgclip to-safetensors {path} --trust-source`"
+        return CheckpointError(path, f"not a safe {kind}: it pickles a Python object ({found.group(1)}) besides "
+                                     f"tensors and plain values, which only code could rebuild ({resave})")
+    operand = re.search(r"Unsupported operand (\d+)", str(error))
+    what = f"unknown pickle operation {operand.group(1)}" if operand else type(error).__name__
+    return CheckpointError(path, f"not a {kind} at all: a damaged or foreign pickle stream, {what} ({replace})")
 
 
 def pickle_to_safetensors(path: str | os.PathLike) -> Path:

@@ -167,9 +167,10 @@ def test_pickled_weights_are_refused_with_our_wording_then_converted_on_trust(sa
 
     assert main([*score, "--model", str(checkpoint)]) == 2
     error = capsys.readouterr().err.strip()
-    assert error == (f"error: {checkpoint}/pytorch_model.bin: not a safe checkpoint: it holds a Python object "
-                     "(os.makedirs) besides tensors, and loading it would run code; if you trust its source, "
-                     f"convert it with `fgclip to-safetensors {checkpoint}/pytorch_model.bin --trust-source`")
+    assert error == (f"error: {checkpoint}/pytorch_model.bin: not a safe checkpoint: it pickles a Python object "
+                     "(os.makedirs) besides tensors and plain values, which only code could rebuild (if you trust "
+                     f"its source, convert it with `fgclip to-safetensors {checkpoint}/pytorch_model.bin "
+                     "--trust-source`)")
     assert not marker.exists()
 
     with pytest.raises(SystemExit):  # the conversion unpickles: it has to be asked for with --trust-source

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 
-from fgclip.errors import CheckpointError, ConfigError, print_output, run_command, writing
+from fgclip.errors import CheckpointError, ConfigError, atomic_output, print_output, run_command
 
 if __name__ == "__main__" and (status := run_command(lambda _: import_module("detection"))):
     sys.exit(status)  # mmcv or mmdet missing: one line saying to run `make setup-detection`
@@ -129,9 +129,9 @@ def main(argv: list[str] | None = None) -> Path:
              for box, score, label in zip(boxes, scores, labels)]
     out = Path(args.out) if args.out else Path(args.image).with_name(Path(args.image).stem + "_detections.png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    image_format = None if out.suffix.lower() in Image.registered_extensions() else "PNG"  # e.g. -o /dev/full
-    with writing(out):
-        draw(image, boxes, scores, labels, names).save(out, format=image_format)
+    image_format = Image.registered_extensions().get(out.suffix.lower(), "PNG")  # e.g. -o /dev/full: PNG
+    with atomic_output(out, "wb") as handle:
+        draw(image, boxes, scores, labels, names).save(handle, format=image_format)
     print_output("\n".join([*lines, f"{len(boxes)} detections >= {score_thr} drawn to {out}"]))
     return out
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 
-from fgclip.errors import print_output, run_command, writing
+from fgclip.errors import print_output, run_command, write_atomically
 
 if __name__ == "__main__" and (status := run_command(lambda _: import_module("detection"))):
     sys.exit(status)  # mmcv or mmdet missing: one line saying to run `make setup-detection`
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         text = json.dumps(metrics, indent=2)
         if args.out:
             os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-            with writing(args.out), open(args.out, "w", encoding="utf-8") as handle:
-                handle.write(text + "\n")
+            write_atomically(args.out, text + "\n")
         print_output(text)
     return metrics
 
