@@ -9,6 +9,11 @@
 * texts: each distinct text is encoded once per text path and cached for the whole run;
   texts are sorted by token count and cut into batches that pad little, sharded across ranks.
 
+On the CPU a tower call takes at most :attr:`FeatureExtractor.device_images_per_call` images and
+:attr:`FeatureExtractor.device_text_tokens_per_call` text tokens: larger calls only add memory
+traffic there, and smaller image batches let the DataLoader workers decode the next images while
+the tower runs. bfloat16 runs hold one autocast region per pass, so each weight is cast once.
+
 Under ``torch.distributed`` every rank ends with the features of all images and texts
 (gathered in rank order, then put back in request order), so the metrics are computed the
 same way whatever the world size; the world size is read from the process group.
@@ -116,8 +121,9 @@ class FeatureExtractor:
     """Encodes images and texts of the benchmarks with an :class:`~fgclip.encoders.Encoder`.
 
     Args:
-        batch_size: images per forward pass.
-        text_batch_size: texts per forward pass.
+        batch_size: images per forward pass (on the CPU at most ``device_images_per_call["cpu"]``).
+        text_batch_size: texts per forward pass (on the CPU at most ``device_text_tokens_per_call["cpu"]``
+            tokens).
         num_workers: DataLoader workers reading and pre-processing images.
         bf16: run the towers under bfloat16 autocast (features are returned as float32).
         progress: show tqdm bars (rank 0 only).
@@ -143,7 +149,25 @@ class FeatureExtractor:
         self._text_index: dict[str, dict[str, int]] = {}
         self._text_bank: dict[str, torch.Tensor] = {}
 
+    # Most images and text tokens per tower call, by device type (other devices: the batch sizes as
+    # given). On the CPU a ViT-B/16 call of 64 images holds 150 MB per MLP activation, faulted in and
+    # streamed from memory at every layer; 8 images (1576 tokens) or about 1000 text tokens keep the
+    # activations in the caches and ran the towers 10-12% faster in float32 (bench/eval.py).
+    device_images_per_call = {"cpu": 8}
+    device_text_tokens_per_call = {"cpu": 1024}
+
+    def images_per_call(self) -> int:
+        """Images per tower call (and per DataLoader batch) on the model's device."""
+        return min(self.batch_size, self.device_images_per_call.get(self.model.device.type, self.batch_size))
+
+    def texts_per_call(self, width: int) -> int:
+        """Texts per tower call when each is padded to ``width`` tokens, on the model's device."""
+        budget = self.device_text_tokens_per_call.get(self.model.device.type)
+        return self.text_batch_size if budget is None else max(1, min(self.text_batch_size, budget // max(width, 1)))
+
     def _autocast(self):
+        """bfloat16 autocast for a whole pass when ``bf16``: autocast keeps each weight's cast until its
+        region ends, so one region over all batches casts every weight once (the same values)."""
         if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
@@ -157,14 +181,14 @@ class FeatureExtractor:
         """This rank's images (``rank, rank + W, ...``) through the model, rows in shard order."""
         shard = requests[get_rank() :: get_world_size()]
         dataset = _ImageDataset(shard, self.model.processor, with_boxes)
-        loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+        loader = DataLoader(dataset, batch_size=self.images_per_call(), num_workers=self.num_workers,
                             collate_fn=dataset.collate)
         device, pieces = self.model.device, []
-        for batch in self._bar(loader, desc, len(loader)):
-            batch = batch.to(device, non_blocking=True)
-            with self._autocast():
+        with self._autocast():
+            for batch in self._bar(loader, desc, len(loader)):
+                batch = batch.to(device, non_blocking=True)
                 features = self.model.encode_regions(batch) if with_boxes else self.model.encode_images(batch)
-            pieces.append(features.float().cpu())
+                pieces.append(features.float().cpu())
         return torch.cat(pieces) if pieces else torch.zeros(0, self._feature_dim())
 
     @torch.inference_mode()
@@ -214,14 +238,14 @@ class FeatureExtractor:
         Not sharded: under ``torch.distributed`` every rank encodes every image.
         """
         dataset = _ImageDataset(requests, self.model.processor, with_boxes=False)
-        loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+        loader = DataLoader(dataset, batch_size=self.images_per_call(), num_workers=self.num_workers,
                             collate_fn=dataset.collate)
         tokens, embeds = [], []
-        for batch in self._bar(loader, desc, len(loader)):
-            with self._autocast():
+        with self._autocast():
+            for batch in self._bar(loader, desc, len(loader)):
                 features = self.model.image_tokens(batch.to(self.model.device, non_blocking=True))
-            tokens.extend(_real_tokens(features))
-            embeds.append(F.normalize(features.embeds.float(), dim=-1).cpu())
+                tokens.extend(_real_tokens(features))
+                embeds.append(F.normalize(features.embeds.float(), dim=-1).cpu())
         return tokens, torch.cat(embeds)
 
     @torch.inference_mode()
@@ -232,11 +256,11 @@ class FeatureExtractor:
         embeddings from the same pass (not sharded)."""
         batches = [texts[i : i + self.text_batch_size] for i in range(0, len(texts), self.text_batch_size)]
         tokens, embeds = [], []
-        for batch in self._bar(batches, desc, len(batches)):
-            with self._autocast():
+        with self._autocast():
+            for batch in self._bar(batches, desc, len(batches)):
                 features = self.model.text_tokens(list(batch), kind)
-            tokens.extend(_real_tokens(features))
-            embeds.append(F.normalize(features.embeds.float(), dim=-1).cpu())
+                tokens.extend(_real_tokens(features))
+                embeds.append(F.normalize(features.embeds.float(), dim=-1).cpu())
         return tokens, torch.cat(embeds)
 
     # ------------------------------------------------------------------ texts
@@ -245,19 +269,21 @@ class FeatureExtractor:
     text_batch_overhead_tokens = 512
 
     def _text_batches(self, texts: list[str], path: str) -> tuple[list[str], list[tuple[int, int]]]:
-        """``texts`` sorted by token count, and ``(start, end)`` batches of at most ``text_batch_size``
-        cut where padding each to its longest text costs least (:func:`length_buckets`). Families
-        that pad every text to the kind's full length get equal widths, so only the size cuts."""
+        """``texts`` sorted by token count, and ``(start, end)`` batches cut where padding each to its
+        longest text costs least (:func:`length_buckets`), each of at most :meth:`texts_per_call`
+        texts. Families that pad every text to the kind's full length get equal widths, so only the
+        size cuts."""
         processor = self.model.processor
         if processor.minimal_padding == "longest":
             lengths = processor(text=texts, text_kind=path, padding="longest")["attention_mask"].sum(dim=1).tolist()
         else:
-            lengths = [0] * len(texts)
+            lengths = [processor.max_length(path)] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: (lengths[i], texts[i]))
+        widths = [lengths[i] for i in order]
         batches = []
-        for start, end in length_buckets([lengths[i] for i in order], self.text_batch_overhead_tokens):
-            batches.extend((first, min(first + self.text_batch_size, end))
-                           for first in range(start, end, self.text_batch_size))
+        for start, end in length_buckets(widths, self.text_batch_overhead_tokens):
+            size = self.texts_per_call(widths[end - 1])
+            batches.extend((first, min(first + size, end)) for first in range(start, end, size))
         return [texts[i] for i in order], batches
 
     @torch.inference_mode()
@@ -272,8 +298,8 @@ class FeatureExtractor:
             missing, batches = self._text_batches(missing, path)
             mine = batches[rank::world]
             encoded = []
-            for start, end in self._bar(mine, f"{desc} ({path})", len(mine)):
-                with self._autocast():
+            with self._autocast():
+                for start, end in self._bar(mine, f"{desc} ({path})", len(mine)):
                     encoded.append(self.model.encode_texts(missing[start:end], path).float().cpu())
             local = torch.cat(encoded) if encoded else torch.zeros(0, self._feature_dim())
             new_rows = torch.empty(len(missing), local.shape[-1])
