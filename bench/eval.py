@@ -1,232 +1,226 @@
-"""Throughput of the evaluation suite next to the upstream scripts' way of working.
+"""The whole ``fgclip eval`` command, stage by stage, against the machine's floor (and upstream's script).
 
-FG-OVD items/s and box-classification boxes/s at the ViT-B/16 configuration (random weights),
-measured in one run for
+    python bench/eval.py --threads 2 --fgovd-file h_attributes_llava.jsonl          # FG-OVD, 150 items + whole file
+    python bench/eval.py --threads 2 --workloads retrieval boxcls --scenes 3000
+    python bench/eval.py --threads 2 $UPSTREAM --workloads fgovd-150 fgovd-hard   # with upstream's fgovd_eval.py
 
-* ours: :class:`fgclip.eval.FeatureExtractor` -- batched images, one backbone pass per image for
-  all its boxes, each distinct caption encoded once, captions batched by length;
-* upstream way, as FG-CLIP's ``fgovd_eval.py`` works: one image per forward and one backbone
-  pass per box -- the whole vision tower with ``output_hidden_states=True``, then the value
-  path on ``hidden_states[-2]`` and RoIAlign, as upstream ``get_image_box_roi_features`` does;
-  FG-OVD encodes each item's positive and negatives padded to 77 tokens.
+Workloads (``--workloads``; stand-in data written once under ``--work-dir`` and reused), all on one
+random ViT-B/16 checkpoint in the upstream layout:
 
-Both read the same JPEG files (640x480 noise) from disk and run in the same precision. The
-box-classification classifier (class-prompt embeddings) is computed once before timing and
-shared, so boxes/s measures the image side. FG-OVD captions are all distinct, the least
-favourable case for the caption cache: FG-OVD end to end is then bounded by caption encoding,
-which batching cannot remove (upstream's 77-token padding is its only waste there); the time
-split is printed with the ratios.
+* ``fgovd-150``: the first 150 items of FG-CLIP's released FG-OVD hard file
+  (``h_attributes_llava.jsonl``; ``--fgovd-file``, default ``data/fgovd/`` of ``--upstream-src``),
+  noise JPEGs at the recorded image sizes (`bench/fgovd_workload.py`);
+* ``fgovd-hard``: the whole hard file (3545 items, 1707 images); ``--max-images N`` keeps only the
+  items of its first N images, for a machine where the whole file takes too long, and says so;
+* ``retrieval``: ``--scenes`` shapes scenes, image <-> long caption (`bench/sample_workload.py`);
+* ``boxcls``: the same scenes' objects as COCO boxes, 7 classes x 80 templates.
 
-    python bench/eval.py                     # 8 images x 10 boxes, best of 2
-    python bench/eval.py --images 16 --repeats 3 --threads 2 --bf16
+For each workload and precision (``--precisions``, fp32 and ``--bf16``) it runs
 
-With ``--upstream-src DIR --upstream-python PY`` it also times upstream FG-CLIP v1's own
-``fgovd_eval.py`` (run by ``bench/upstream_fgovd.py``) against the whole ``fgclip eval`` command,
-each as a fresh process, on the first ``--items`` items of FG-CLIP's released hard file
-(``--fgovd-file``, ``data/fgovd/h_attributes_llava.jsonl`` of the upstream checkout) with noise
-JPEG stand-ins at the recorded image sizes and one random ViT-B/16 checkpoint in the upstream
-layout (see `bench/fgovd_workload.py`); it prints the ratio, the image decode + resize share,
-the achieved GFLOP/s and the fraction of the machine's measured matmul rate.
+1. the real command (``fgclip eval --device cpu --no-progress`` and the workload's task options,
+   otherwise its defaults, e.g. ``--workers``: min(4, cores)) as a fresh process, timed whole:
+   the best of ``--repeats``;
+2. the same command with ``--workers 0`` under `bench/eval_stages.py`, which times its stages in
+   one process (images read in line, so their cost shows) and counts the FLOPs of its work;
+3. with ``--upstream-src`` / ``--upstream-python`` (FG-OVD workloads, once, fp32: upstream has no
+   bf16) upstream FG-CLIP v1's own ``fgovd_eval.py`` as a fresh process.
+
+The floor is the fastest any command doing this evaluation could be here:
+
+    floor = imports + (image FLOPs + text FLOPs) / matmul rate
+
+* imports: ``import torch, transformers, transformers.models.clip.modeling_clip`` in a fresh
+  process, the best of 3 (what an FG-CLIP command cannot avoid; bench/startup.py's baseline);
+* FLOPs: the model FLOPs of the work, counted by torch's FlopCounterMode in the stages run: each
+  image once (region benchmarks: the blocks before the last and the last block's value path;
+  retrieval: the whole tower) and each distinct text once at its own token count, no padding;
+* matmul rate: the best GFLOP/s of a 2048 x 2048 product in the run's precision (float32, or
+  bfloat16 for ``--bf16``) at the same thread count, measured by `bench/rates.py` in this process
+  before and after the workload (the better of the two).
+
+Nothing else counts towards the floor: no Python start, no model load, no image decoding or
+resizing, no tokenizing, no elementwise work or attention beyond its matmul FLOPs. The image and
+text tower stages are also set against their own part of it (their FLOPs at the matmul rate).
+The load average is printed: benchmarks must run alone on the machine.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import random
+import json
+import os
+import shutil
+import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from fgclip import FGCLIPConfig, FGCLIPModel, FGCLIPProcessor
-from fgclip.eval.boxcls import BoxClassificationSet, evaluate_boxcls
-from fgclip.eval.common import RegionRequests
-from fgclip.eval.features import FeatureExtractor
-from fgclip.eval.fgovd import FGOVDBenchmark, FGOVDItem, evaluate_fgovd
-from fgclip.encoders import Encoder
-from fgclip.eval.templates import IMAGENET_TEMPLATES
-from fgclip.eval.zeroshot import build_classifier
+from eval_stages import IMAGE_STAGES, STAGES, TEXT_STAGES
+from fgovd_workload import find_accuracy, run_upstream, timed_run, upstream_flops, write_workload
+from rates import matmul_gflops
+from sample_workload import write_scenes
+from startup import BASELINE, best_seconds
 
-COLORS = ["black", "white", "red", "dark blue", "light green", "yellow", "grey", "brown", "pink", "orange"]
-MATERIALS = ["plastic", "metal", "wooden", "leather", "glass", "wool", "velvet", "ceramic"]
-OBJECTS = ["telephone", "laptop", "chair", "mug", "backpack", "umbrella", "bottle", "clock"]
-PARTS = ["buttons", "handle", "legs", "strap", "bezel", "lid", "logo", "base"]
+BENCH = Path(__file__).resolve().parent
+WORKLOADS = ("fgovd-150", "fgovd-hard", "retrieval", "boxcls")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def caption(rng: random.Random) -> str:
-    """An FG-OVD-like caption (about 15 words, like the real ones)."""
-    return (f"A {rng.choice(COLORS)} {rng.choice(MATERIALS)} {rng.choice(OBJECTS)} with {rng.choice(COLORS)} "
-            f"{rng.choice(PARTS)} and a {rng.choice(COLORS)} {rng.choice(MATERIALS)} {rng.choice(PARTS)}.")
+def prepare(name: str, args) -> dict:
+    """Data root, checkpoint, ``fgclip eval`` options and a one-line description of a workload."""
+    work = Path(args.work_dir).expanduser()
+    if name.startswith("fgovd"):
+        fgovd_file = args.fgovd_file or (args.upstream_src and Path(args.upstream_src, "data/fgovd/h_attributes_llava.jsonl"))
+        if not fgovd_file or not Path(fgovd_file).is_file():
+            raise SystemExit(f"{name}: give --fgovd-file (FG-CLIP's data/fgovd/h_attributes_llava.jsonl) or --upstream-src")
+        whole = name == "fgovd-hard"
+        cap = args.max_images if whole else None
+        folder = work / (f"fgovd-hard-{cap or 'all'}" if whole else "fgovd-150")
+        workload = write_workload(folder, Path(fgovd_file), None if whole else 150, args.seed, cap)
+        total = len(Path(fgovd_file).read_text().splitlines())
+        scope = (f"the whole hard file ({total} items)" if whole and cap is None else
+                 f"the items of the first {cap} images of the hard file (CAPPED: {len(workload['records'])} of "
+                 f"{total} items)" if whole else "the first 150 items of the hard file")
+        workload.update(options=["--tasks", "fgovd"], title=f"FG-OVD, {scope}: {len(workload['records'])} items, "
+                                                            f"{len(workload['images'])} noise JPEGs at the recorded sizes")
+        return workload
+    checkpoint = work / "fgovd-150" / "checkpoint"
+    if not checkpoint.is_dir():
+        from fgovd_workload import write_model_base, write_upstream_checkpoint
+
+        write_upstream_checkpoint(checkpoint, args.seed)
+        write_model_base(work / "fgovd-150" / "clip-base")
+    root = work / f"scenes-{args.scenes}"
+    counts = write_scenes(root, args.scenes, args.seed)
+    if name == "retrieval":
+        return {"root": root, "checkpoint": checkpoint,
+                "options": ["--datasets", "tsv", "--tsv-text-kind", "long"],
+                "title": f"retrieval, {counts['images']} shapes scenes (224 px PNG) <-> {counts['captions']} long captions"}
+    return {"root": root, "checkpoint": checkpoint, "options": ["--datasets", "coco_boxes"],
+            "title": f"box classification, {counts['boxes']} boxes on {counts['images']} shapes scenes, "
+                     "7 classes x 80 templates"}
 
 
-def make_images(directory: Path, count: int, boxes_per_image: int, seed: int) -> list[tuple[str, list]]:
-    """``count`` 640x480 noise JPEGs, each with ``boxes_per_image`` random xyxy boxes."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for index in range(count):
-        path = directory / f"{index:04d}.jpg"
-        Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(path, quality=90)
-        boxes = []
-        for _ in range(boxes_per_image):
-            x1, y1 = rng.uniform(0, 500), rng.uniform(0, 360)
-            boxes.append((x1, y1, x1 + rng.uniform(20, 140), y1 + rng.uniform(20, 120)))
-        images.append((str(path), boxes))
-    return images
+def eval_arguments(workload: dict, output: Path, bf16: bool) -> list[str]:
+    return ["eval", "--model", str(workload["checkpoint"]), "--data-root", str(workload["root"]),
+            *workload["options"], "--output-dir", str(output), "--no-progress", "--device", "cpu",
+            *(["--bf16"] if bf16 else [])]
 
 
-def timed(function):
-    start = time.perf_counter()
-    result = function()
-    return result, time.perf_counter() - start
+def whole_command(workload: dict, bf16: bool, threads: int, repeats: int, scratch: Path) -> tuple[float, dict]:
+    """Best wall seconds of the real command over ``repeats`` fresh processes, and its results."""
+    best = float("inf")
+    for repeat in range(repeats):
+        output = scratch / f"command-{int(bf16)}-{repeat}"
+        command = [sys.executable, "-c", "import sys; from fgclip.cli import main; sys.exit(main())",
+                   *eval_arguments(workload, output, bf16)]
+        seconds, _ = timed_run(command, scratch, threads)
+        best = min(best, seconds)
+    return best, json.loads((output / "results.json").read_text())
 
 
-def upstream_region_feature(model, processor, image: str, box) -> torch.Tensor:
-    """(1, D) region embedding of one box the upstream way: open and pre-process the image, run
-    the whole vision tower keeping every hidden state, value path on ``hidden_states[-2]``."""
-    batch = processor(images=[image], boxes=[torch.tensor([box])])
-    pixel_values, boxes = batch["pixel_values"], batch["boxes"]
-    hidden_states = model.vision_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
-    tokens = model.value_path_features(hidden_states[-2])
-    grid = processor.image_size // model.config.vision_config.patch_size
-    dense = tokens.reshape(1, grid, grid, tokens.shape[-1])
-    return model.pool_regions(dense, [boxes[0].clamp(0, processor.image_size)], normalize=True)
+def stages_run(workload: dict, bf16: bool, threads: int, scratch: Path) -> tuple[float, dict, dict]:
+    """Wall seconds of the instrumented command (``--workers 0``), its stage report and its results."""
+    output, report = scratch / f"stages-{int(bf16)}", scratch / f"stages-{int(bf16)}.json"
+    command = [sys.executable, str(BENCH / "eval_stages.py"), str(report),
+               *eval_arguments(workload, output, bf16), "--workers", "0"]
+    seconds, _ = timed_run(command, scratch, threads)
+    return seconds, json.loads(report.read_text()), json.loads((output / "results.json").read_text())
 
 
-def upstream_fgovd(model, processor, items: list[FGOVDItem]) -> tuple[float, float, float]:
-    """One item at a time: one backbone pass for the box, its captions at 77 tokens.
-    Returns accuracy, seconds on the image side, seconds on the text side."""
-    correct, image_seconds, text_seconds = 0, 0.0, 0.0
-    for item in items:
-        start = time.perf_counter()
-        region = upstream_region_feature(model, processor, item.image, item.box)
-        middle = time.perf_counter()
-        captions = processor(text=[item.positive, *item.negatives], text_kind="region", padding="max_length")
-        texts = model.get_text_features(captions["input_ids"], text_kind="region", normalize=True)
-        scores = (region @ texts.t())[0]
-        correct += bool(scores[0] >= scores[1:].max())
-        image_seconds += middle - start
-        text_seconds += time.perf_counter() - middle
-    return correct / len(items), image_seconds, text_seconds
+def metrics_of(results: dict) -> str:
+    """The first model's metrics of a results.json, as a short string (to check both runs agree)."""
+    values = next(iter(results["results"].values()))
+    return "; ".join(f"{label} " + ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()
+                                             if isinstance(value, float) and key != "seconds")
+                     for label, metrics in values.items())
 
 
-def upstream_boxcls(model, processor, dataset: BoxClassificationSet, classifier: torch.Tensor) -> float:
-    """One box at a time: one backbone pass, score against the shared classifier."""
-    correct = 0
-    for image, box, label in zip(dataset.images, dataset.boxes, dataset.labels):
-        region = upstream_region_feature(model, processor, image, box)
-        correct += int((region @ classifier.t()).argmax()) == label
-    return correct / len(dataset.labels)
+def report(title: str, precision: str, threads: int, command_seconds: float, command_results: dict,
+           stage_seconds: float, stages: dict, results: dict, imports: float, rate: float, workers: str) -> float:
+    """Print one workload x precision; returns the floor."""
+    flops = stages["flops"]
+    image_floor, text_floor = flops["image"] / (rate * 1e9), flops["text"] / (rate * 1e9)
+    floor = imports + image_floor + text_floor
+    print(f"\n== {title}; {precision}; {threads} threads; load average {os.getloadavg()[0]:.1f} ==")
+    print(f"work: {flops['images']} images ({flops['image'] / 1e12:.2f} TFLOP), {flops['texts']} distinct texts, "
+          f"{flops['text_tokens']} tokens ({flops['text'] / 1e12:.2f} TFLOP); matmul rate {rate:.0f} GFLOP/s "
+          f"({precision}, {threads} threads)")
+    print(f"floor = imports {imports:.2f} s + {(flops['image'] + flops['text']) / 1e12:.2f} TFLOP at {rate:.0f} GFLOP/s "
+          f"= {floor:.2f} s")
+    print(f"whole command (fgclip eval, default --workers {workers}), best of the runs: {command_seconds:.2f} s = "
+          f"{command_seconds / floor:.2f}x the floor")
+    stage_seconds -= stages["counting"]  # the FLOP counting after the command
+    seconds = dict(stages["seconds"])
+    # The floor's import baseline is a whole process: interpreter start, the imports, exit.
+    start_imports = "Python start and exit + imports: torch + transformers"
+    seconds[start_imports] = stage_seconds - stages["total"] + seconds.pop(STAGES[0])
+    floors = {start_imports: imports, "image tower": image_floor, "text tower": text_floor}
+
+    def row(name: str, value: float, floor_value: float | None = None) -> None:
+        cells = f"{floor_value:>9.2f}{value / floor_value:>9.2f}" if floor_value else ""
+        print(f"  {name:<54}{value:>9.2f}{100 * value / stage_seconds:>7.1f}%{cells}")
+
+    print(f"  {'stage':<54}{'seconds':>9}{'share':>8}{'floor s':>9}{'x floor':>9}")
+    for stage in (start_imports, *STAGES[1:]):
+        row(stage, seconds[stage], floors.get(stage))
+    row("image side (decoding .. image batching)", sum(seconds[stage] for stage in IMAGE_STAGES), image_floor)
+    row("text side (tokenizing .. text batching)", sum(seconds[stage] for stage in TEXT_STAGES), text_floor)
+    row("total (same command, --workers 0, stages timed)", stage_seconds, floor)
+    same = "agree" if metrics_of(command_results) == metrics_of(results) else "DIFFER"
+    print(f"results ({same} between the two runs): {metrics_of(command_results)}")
+    return floor
 
 
-def _requests(items: list[FGOVDItem]):
-    """The image requests of FG-OVD items (boxes grouped per image)."""
-    regions = RegionRequests()
-    for item in items:
-        regions.add(item.image, item.box, item.source, item.size)
-    return regions.requests()
-
-
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=8, help="images (each with --boxes-per-image boxes)")
-    parser.add_argument("--boxes-per-image", type=int, default=10)
-    parser.add_argument("--negatives", type=int, default=10, help="FG-OVD negatives per item")
-    parser.add_argument("--classes", type=int, default=80, help="box-classification classes")
-    parser.add_argument("--templates", type=int, default=1, help="prompt templates per class (first N of the 80)")
-    parser.add_argument("--batch-size", type=int, default=16, help="our images per forward")
-    parser.add_argument("--text-batch-size", type=int, default=256, help="our texts per forward")
-    parser.add_argument("--workers", type=int, default=0, help="our DataLoader workers")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for both ways")
-    parser.add_argument("--repeats", type=int, default=2, help="measure each way N times, keep the fastest")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=["fgovd-150", "fgovd-hard"])
+    parser.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=list(PRECISIONS))
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch / OpenMP threads")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of the whole command; the best counts")
+    parser.add_argument("--fgovd-file", help="FG-CLIP's data/fgovd/h_attributes_llava.jsonl")
+    parser.add_argument("--max-images", type=int, help="fgovd-hard: only the items of the first N images")
+    parser.add_argument("--scenes", type=int, default=3000, help="retrieval / boxcls: shapes scenes")
+    parser.add_argument("--work-dir", default="~/.cache/fgclip/bench_eval", help="stand-in data, written once")
     parser.add_argument("--upstream-src", help="upstream FG-CLIP checkout (branch v1.0): time its fgovd_eval.py")
     parser.add_argument("--upstream-python", help="the Python that runs the upstream code (transformers 4.41)")
-    parser.add_argument("--fgovd-file", help="FG-CLIP's h_attributes_llava.jsonl (default: in --upstream-src)")
-    parser.add_argument("--items", type=int, default=150, help="first N items of --fgovd-file")
-    parser.add_argument("--skip-in-process", action="store_true", help="only the upstream comparison")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.upstream_src:
-        from fgovd_workload import compare_with_upstream
-
-        compare_with_upstream(args)
-        if args.skip_in_process:
-            return
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-
-    config = FGCLIPConfig.vit_b16()
-    model = FGCLIPModel(config).eval()
-    processor = FGCLIPProcessor.for_config(config)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
-
-    with tempfile.TemporaryDirectory() as directory, torch.inference_mode(), autocast:
-        images = make_images(Path(directory), args.images, args.boxes_per_image, args.seed)
-        items = [
-            FGOVDItem(path, box, (640, 480), caption(rng), [caption(rng) for _ in range(args.negatives)], f"{path} box {k}")
-            for path, boxes in images for k, box in enumerate(boxes)
-        ]
-        classnames = [f"object class {i}" for i in range(args.classes)]
-        boxes = BoxClassificationSet("bench", directory, classnames)
-        for path, image_boxes in images:
-            for box in image_boxes:
-                boxes.add(path, box, rng.randrange(args.classes), (640, 480), path)
-        eval_model = Encoder(model, processor)
-
-        def extractor() -> FeatureExtractor:
-            return FeatureExtractor(eval_model, batch_size=args.batch_size, text_batch_size=args.text_batch_size,
-                                    num_workers=args.workers, bf16=args.bf16, progress=False)
-
-        # Warm-up of both code paths (first-call allocations), not timed.
-        upstream_fgovd(model, processor, items[:1])
-        extractor().encode_regions(_requests(items[: args.boxes_per_image]))
-        extractor().encode_texts([items[0].positive], "region")
-
-        benchmark = FGOVDBenchmark("bench", directory, items)
-        captions = sorted({text for item in items for text in (item.positive, *item.negatives)})
-        ours = extractor()
-        templates = IMAGENET_TEMPLATES[: args.templates]
-        classifier = build_classifier(ours, classnames, templates)  # shared, and cached in `ours`
-        best: dict[str, float] = {}
-        accuracy: dict = {}
-        for _ in range(args.repeats):  # interleaved; the fastest of the repeats counts
-            accuracy["ours_fgovd"], ours_fgovd = timed(lambda: evaluate_fgovd(extractor(), [benchmark]))
-            accuracy["ours_boxcls"], ours_boxcls = timed(lambda: evaluate_boxcls(ours, boxes, templates))
-            accuracy["up_boxcls"], up_boxcls = timed(lambda: upstream_boxcls(model, processor, boxes, classifier))
-            (accuracy["up_fgovd"], up_regions, up_texts), up_fgovd = timed(lambda: upstream_fgovd(model, processor, items))
-            measured = {
-                "ours_fgovd": ours_fgovd, "ours_boxcls": ours_boxcls, "up_boxcls": up_boxcls,
-                "up_fgovd": up_fgovd, "up_regions": up_regions, "up_texts": up_texts,
-                "ours_captions": timed(lambda: extractor().encode_texts(captions, "region"))[1],
-                "ours_regions": timed(lambda: extractor().encode_regions(_requests(items)))[1],
-            }
-            best = {key: min(value, best.get(key, value)) for key, value in measured.items()}
-
-    num_items = len(items)
-    rows = [
-        ("FG-OVD items/s (end to end)", best["ours_fgovd"], best["up_fgovd"]),
-        ("  region features only", best["ours_regions"], best["up_regions"]),
-        ("box classification boxes/s", best["ours_boxcls"], best["up_boxcls"]),
-    ]
-    print(f"ViT-B/16 random weights, CPU, {torch.get_num_threads()} threads, {'bf16' if args.bf16 else 'fp32'}; "
-          f"{args.images} images x {args.boxes_per_image} boxes, {args.negatives} negatives per FG-OVD item, "
-          f"best of {args.repeats}")
-    print(f"{'':32s}{'ours':>12s}{'upstream way':>15s}{'ratio':>9s}")
-    for name, ours_seconds, upstream_seconds in rows:
-        print(f"{name:32s}{num_items / ours_seconds:12.2f}{num_items / upstream_seconds:15.2f}"
-              f"{upstream_seconds / ours_seconds:8.1f}x")
-    print(f"FG-OVD time split: upstream images {best['up_regions']:.1f}s, captions {best['up_texts']:.1f}s "
-          f"({num_items * (1 + args.negatives)} at 77 tokens); ours captions {best['ours_captions']:.1f}s "
-          f"({len(captions)} distinct, padded per length-sorted batch)")
-    print(f"accuracy, ours / upstream way (same weights, must agree): FG-OVD "
-          f"{accuracy['ours_fgovd']['bench']['accuracy']:.4f} / {accuracy['up_fgovd']:.4f}, box top-1 "
-          f"{accuracy['ours_boxcls']['top1']:.4f} / {accuracy['up_boxcls']:.4f}")
+    torch.set_num_threads(args.threads)
+    workers = str(min(4, len(os.sched_getaffinity(0))))
+    print(f"bench/eval.py: {args.threads} threads, load average {os.getloadavg()[0]:.1f} (run alone on the machine)")
+    imports = best_seconds([sys.executable, "-c", BASELINE], repeats=3)
+    print(f"imports baseline ({BASELINE}), best of 3 fresh processes: {imports:.2f} s")
+    for name in args.workloads:
+        workload = prepare(name, args)
+        rates = {kind: matmul_gflops(PRECISIONS[kind]) for kind in args.precisions}
+        measured = {}
+        scratch = Path(tempfile.mkdtemp(prefix="bench-eval-"))
+        try:
+            for kind in args.precisions:
+                bf16 = kind == "bf16"
+                command = whole_command(workload, bf16, args.threads, args.repeats, scratch)
+                measured[kind] = (*command, *stages_run(workload, bf16, args.threads, scratch))
+            upstream = None
+            if args.upstream_src and name.startswith("fgovd"):
+                upstream = run_upstream(args.upstream_src, args.upstream_python, workload, args.threads)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        rates = {kind: max(rate, matmul_gflops(PRECISIONS[kind])) for kind, rate in rates.items()}
+        for kind in args.precisions:
+            report(workload["title"], kind, args.threads, *measured[kind], imports, rates[kind], workers)
+        if upstream is not None:
+            seconds, accuracy = upstream
+            flops = upstream_flops(workload)
+            print(f"\nupstream fgovd_eval.py (fp32), whole process: {seconds:.2f} s, accuracy {accuracy:.4f}, "
+                  f"{flops / 1e12:.2f} TFLOP")
+            for kind in args.precisions:
+                ours = measured[kind][0]
+                print(f"  fgclip eval ({kind}): {ours:.2f} s, accuracy {find_accuracy(measured[kind][1]):.4f}: "
+                      f"{seconds / ours:.2f}x upstream's speed")
+    print(f"\nload average {os.getloadavg()[0]:.1f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
