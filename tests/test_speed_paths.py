@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
 
+import fgclip.modeling_fgclip as fgclip_modeling
 from fgclip import FGCLIPModel
 from fgclip.data.collate import length_buckets
 from fgclip.losses import FGCLIPLoss
@@ -353,3 +354,56 @@ def test_feature_extractor_text_batches_follow_token_counts_and_keep_features():
         alone = torch.cat([F.normalize(model.get_text_features(**processor(text=[text], text_kind="region")), dim=-1)
                            for text in texts])
     assert_close_to_reference(features, alone, terms=tower_terms(model.config.text_config, 77))
+
+
+# ---------------------------------------------------------------------------------- per device
+def recorded_sdpa(monkeypatch) -> list:
+    """Replace the sdpa function the attention calls by one that records its query and returns it."""
+    calls = []
+
+    def record(module, query, key, value, attention_mask, **kwargs):
+        calls.append(query)
+        return query.transpose(1, 2), None
+
+    monkeypatch.setattr("fgclip.modeling_fgclip.sdpa_attention_forward", record)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_with_gradients_off_the_cpu_is_sdpa(monkeypatch, dtype):
+    """CUDA (here: any device but the CPU, on meta tensors) keeps sdpa where gradients flow: flash or
+    memory-efficient attention, their softmax in float32 registers; no math path, no bf16 softmax."""
+    calls = recorded_sdpa(monkeypatch)
+    query, key, value = (torch.empty(2, 4, 9, 8, device="meta", dtype=dtype).requires_grad_() for _ in range(3))
+    output, _ = sdpa_or_math_attention(Attention(is_causal=True), query, key, value, None, scaling=0.3)
+    assert len(calls) == 1 and calls[0] is query and output.device.type == "meta"
+
+
+def test_attention_on_the_cpu_takes_the_math_path_only_where_gradients_flow(monkeypatch):
+    calls = recorded_sdpa(monkeypatch)
+    query, key, value = (torch.randn(2, 4, 9, 8) for _ in range(3))
+    sdpa_or_math_attention(Attention(is_causal=True), query, key, value, None, scaling=0.3)
+    assert len(calls) == 1  # no gradients: sdpa, bit for bit
+    inputs = [tensor.clone().requires_grad_() for tensor in (query, key, value)]
+    sdpa_or_math_attention(Attention(is_causal=True), *inputs, None, scaling=0.3)
+    assert len(calls) == 1  # gradients on the CPU: the math path
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_folded_mlp_and_joined_projections_follow_gradients_on_every_device(monkeypatch, device):
+    """The two training-kernel choices that are not per device: where gradients flow, on the CPU and
+    on CUDA alike (meta stands in), the MLP folds QuickGELU's scalings and q/k/v run as one product;
+    without gradients both are transformers' modules."""
+    exact, separate = [], []
+    original = fgclip_modeling.quick_gelu_in_place
+    monkeypatch.setattr(fgclip_modeling, "quick_gelu_in_place", lambda hidden: exact.append(1) or original(hidden))
+    layer = FGCLIPModel(tiny_config()).text_model.encoder.layers[0].to(device)
+    layer.self_attn.q_proj.register_forward_hook(lambda *args: separate.append(1))
+    hidden = torch.randn(2, 5, 32).to(device)
+    layer.mlp(hidden.requires_grad_())
+    layer.self_attn(hidden, is_causal=True)
+    assert exact == [] and separate == []
+    with torch.no_grad():
+        layer.mlp(hidden)
+        layer.self_attn(hidden, is_causal=True)
+    assert exact == [1] and separate == [1]
