@@ -20,11 +20,12 @@ Variants, each in its own process (peak memory is its own), same weights (seed 0
   ``FGCLIPModel.forward`` in its own environment (``bench/upstream_train_step.py``).
 
 Printed: seconds per step (the median over ``--rounds``, each round running every variant in
-turn, so that a slow spell of a shared machine hits all of them), the ratio to upstream measured in
-this run (the median of the rounds' ratios, and each round's), the FLOPs of one step
-(torch's FlopCounterMode) and the achieved GFLOP/s against the machine's measured bf16 matmul
-rate. The load average is printed before and after: other processes on the cores slow
-every variant.
+turn, so that a slow spell of a shared machine hits all of them; where the machine drifts, run more
+rounds rather than pick some), the ratio to upstream measured in this run (the median of the
+rounds' ratios, and each round's), the FLOPs of one step (torch's FlopCounterMode), and per round
+the machine's bf16 matmul rate measured just before it (``bench/rates.py``) with each variant's
+achieved GFLOP/s as a fraction of that rate: a round whose rate dropped ran on a slower machine.
+The load average is printed before and after: other processes on the cores slow every variant.
 """
 from __future__ import annotations
 
@@ -146,7 +147,7 @@ def run_json(command: list[str], threads: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1, help="timed steps per variant and round")
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of every variant in turn; medians and per-round ratios are printed")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (AdamW state, allocator)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -163,9 +164,9 @@ def main() -> int:
     print(f"stage-2 step, ViT-B/16 (random weights), batch 8 x 4 boxes x (1 + 10) texts, long captions 150 tokens, "
           f"other texts 20, bf16 autocast, AdamW, {args.threads} threads; {args.warmup} warm-up + {args.steps} timed "
           f"steps; load average {os.getloadavg()[0]:.1f}")
-    peak = matmul_gflops(torch.bfloat16)
-    rounds = []  # each round runs every variant once, in turn, so slow spells of the machine hit all of them
+    rounds, round_rates = [], []  # each round runs every variant once, in turn: slow spells hit all of them
     for _ in range(args.rounds):
+        round_rates.append(matmul_gflops(torch.bfloat16))
         results = {}
         for variant in args.variants:
             command = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
@@ -175,7 +176,7 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as directory:
                 results["upstream"] = run_upstream(args, Path(directory))
         rounds.append(results)
-    peak = max(peak, matmul_gflops(torch.bfloat16))  # the better of before and after: load varies
+    peak = max(*round_rates, matmul_gflops(torch.bfloat16))  # the best seen: load varies
 
     first = rounds[0]
     baseline = next(name for name in ("upstream", "upstream-style", *first) if name in first)
@@ -189,6 +190,14 @@ def main() -> int:
               f"{per_round:>24} {result['losses'][0]:>11.4f}")
     for name, result in first.items():
         print(describe_rate(name, result["flops"], statistics.median(seconds[name]), peak))
+    print("per round: bf16 matmul rate measured before it; each variant's s/step, GFLOP/s and % of that rate")
+    for index, (rate, results) in enumerate(zip(round_rates, rounds)):
+        cells = []
+        for name, result in results.items():
+            step = result["seconds_per_step"]
+            achieved = first[name]["flops"] / step / 1e9
+            cells.append(f"{name} {step:.2f} s {achieved:.0f} GFLOP/s {100 * achieved / rate:.0f}%")
+        print(f"  round {index + 1}: {rate:.0f} GFLOP/s | " + " | ".join(cells))
     if "upstream" in first:
         print(f"upstream started from fgclip's weights; its keys left unfilled: {first['upstream']['weights_missing']}, "
               f"weights it has no key for: {first['upstream']['weights_unexpected']}")
