@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from fgclip import FGCLIPConfig, FGCLIPModel, FGCLIPProcessor
+from fgclip import FGCLIPConfig, FGCLIPModel
+from fgclip.encoders import load_encoder
 from fgclip.image_io import load_image
 from fgclip.processing_fgclip import _clip_bpe_vocab
 
@@ -156,8 +156,8 @@ def find_accuracy(results) -> float | None:
 def upstream_flops(workload: dict) -> float:
     """FLOPs of upstream's loop: per item the whole vision tower and the value path, and the item's
     captions at 77 tokens (torch's FlopCounterMode on one image and one text)."""
-    model = FGCLIPModel.from_pretrained(workload["checkpoint"]).eval()
-    processor = FGCLIPProcessor.for_config(model.config)
+    encoder = load_encoder(workload["checkpoint"])
+    model, processor = encoder.model, encoder.processor
     pixels = processor(images=[load_image(workload["images"][0])])["pixel_values"]
     box = [torch.tensor([[10.0, 10.0, 100.0, 100.0]])]
 
