@@ -11,7 +11,8 @@ Variants, each in its own process (peak memory is its own), same weights (seed 0
 
 * ``fgclip``: `FGCLIPForTraining` as shipped (where gradients flow: math-path attention on the
   CPU, joined q/k/v projections, QuickGELU's scalings folded into the MLP weights around one silu;
-  short-path texts bucketed by length), with the fused AdamW its trainer runs;
+  short-path texts bucketed by length), with the fused AdamW (transformers' default optimizer; the
+  shipped recipes set ``optim: adamw_torch``, torch's default AdamW: a loop over tensors on the CPU);
 * ``fgclip-plain``: the same step on transformers' own ``sdpa`` attention, ``CLIPAttention`` and
   ``CLIPMLP`` (what the step ran before those choices);
 * ``upstream-style``: the same step with upstream's text side in-process (no de-duplication,
@@ -94,8 +95,8 @@ def run_variant(variant: str, steps: int, warmup: int) -> dict:
         batch["long_input_ids"] = F.pad(batch["long_input_ids"], (0, width), value=eos)
     step_class = UpstreamTextStep if variant == "upstream-style" else FGCLIPForTraining
     step = step_class(model, FGCLIPLoss(), regional=True, hard_negatives=True)
-    # fused: what fgclip's trainer runs (transformers' default optim, adamw_torch_fused); upstream's
-    # trainer (transformers 4.41) defaults to the unfused adamw_torch, as bench/upstream_train_step.py runs.
+    # fused: transformers' default optim (adamw_torch_fused; the recipes' adamw_torch is torch's default AdamW);
+    # upstream's trainer (transformers 4.41) defaults to the unfused adamw_torch, as bench/upstream_train_step.py runs.
     optimizer = torch.optim.AdamW([p for p in step.parameters() if p.requires_grad], lr=1e-6,
                                   betas=(0.9, 0.98), eps=1e-6, weight_decay=0.001, fused=True)
 
