@@ -152,7 +152,8 @@ class FeatureExtractor:
     # Most images and text tokens per tower call, by device type (other devices: the batch sizes as
     # given). On the CPU a ViT-B/16 call of 64 images holds 150 MB per MLP activation, faulted in and
     # streamed from memory at every layer; 8 images (1576 tokens) or about 1000 text tokens keep the
-    # activations in the caches and ran the towers 10-12% faster in float32 (bench/eval.py).
+    # activations in the caches: about 10% faster towers in float32 in a first profile (one thread,
+    # docs/benchmarks.md; bench/eval.py measures the whole command).
     device_images_per_call = {"cpu": 8}
     device_text_tokens_per_call = {"cpu": 1024}
 
