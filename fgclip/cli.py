@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError, check_output_file, command, print_output, write_atomically
+from .errors import CommandParser, ConfigError, check_output_file, command, print_output, write_atomically
 from .eval.cli import add_eval_subcommand
 
 if TYPE_CHECKING:  # torch and the models load when a command runs, not for --help
@@ -132,7 +132,7 @@ def attach_negative_boxes(argv: list[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fgclip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog="fgclip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
 
     def add_common(sub):

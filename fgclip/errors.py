@@ -12,8 +12,10 @@ traceback instead. Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
+import re
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -140,6 +142,16 @@ def check_output_file(path: str | os.PathLike, name: str) -> None:
     if os.path.isdir(path):
         raise ConfigError(f"{name} {path}: is a directory, not a file (give a file name)")
     check_output_dir(os.path.dirname(os.fspath(path)), name, given=path)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one line, ``error: <flag>: <what> (see <prog>
+    --help)``, with exit status 2, like every other input error (argparse prints the whole usage first).
+    Its sub-command parsers are of the same class."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument ([^:]+): ", r"\1: ", message)
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
 
 
 def debug_requested(argv: Sequence[str]) -> bool:

@@ -19,7 +19,6 @@ reloads with :func:`load_llava` alone.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -48,7 +47,7 @@ from transformers.utils import logging
 from fgclip import FGCLIPProcessor
 from fgclip.checkpoint_files import check_checkpoint_files, read_tensor_file
 from fgclip.encoders import locate_config
-from fgclip.errors import CheckpointError, run_command
+from fgclip.errors import CheckpointError, CommandParser, run_command
 
 from .tower import LEGACY_TOWER_TYPE, clip_vision_config_dict, patch_tokens, vision_tower_from_fgclip
 
@@ -321,7 +320,7 @@ def load_llava(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Assemble LLaVA-1.5 from a causal LM and an FG-CLIP checkpoint.")
+    parser = CommandParser(description="Assemble LLaVA-1.5 from a causal LM and an FG-CLIP checkpoint.")
     parser.add_argument("--language-model", required=True, help="causal LM directory or hub id (e.g. Vicuna)")
     parser.add_argument("--fgclip", required=True, help="FG-CLIP checkpoint directory")
     parser.add_argument("--output", required=True, help="where to write the assembled model and processor")

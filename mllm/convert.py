@@ -74,7 +74,7 @@ from fgclip.checkpoint_files import (
     read_json_object,
     read_tensor_file,
 )
-from fgclip.errors import CheckpointError, ConfigError, run_command, write_atomically
+from fgclip.errors import CheckpointError, CommandParser, ConfigError, run_command, write_atomically
 from fgclip.processing_fgclip import CLIP_MEAN, CLIP_STD
 
 from .builder import (
@@ -592,7 +592,7 @@ def save_converted(weights: dict[str, torch.Tensor], config: LlavaConfig, genera
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Convert LLaVA-1.5 checkpoints between LLaVA's layout and ours.",
+    parser = CommandParser(description="Convert LLaVA-1.5 checkpoints between LLaVA's layout and ours.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     out = commands.add_parser("to-llava", help="ours -> an official LLaVA-1.5 directory")

@@ -16,7 +16,7 @@ import sys
 from peft import PeftConfig, PeftModel
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-from fgclip.errors import CheckpointError, run_command
+from fgclip.errors import CheckpointError, CommandParser, run_command
 
 from .builder import load_llava, save_llava
 
@@ -36,7 +36,7 @@ def merge_lora(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adapter", required=True, help="output directory of a --lora training run")
     parser.add_argument("--output", required=True, help="where to write the merged model")
     parser.add_argument("--base", default=None, help="assembled model the LoRA run started from")

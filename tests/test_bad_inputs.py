@@ -41,6 +41,13 @@ def last_error(capsys) -> str:
     return err.strip().splitlines()[-1]
 
 
+def usage_error(capsys) -> str:
+    """A command-line mistake's whole output: one line (no usage text), returned without its ``(see ...)``."""
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith(" --help)"), lines
+    return lines[0][: lines[0].rindex(" (see ")]
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
@@ -114,7 +121,7 @@ def test_fgclip_score_refuses_an_empty_text(model_dir, capsys):
         fgclip_main(["score", str(model_dir / "scene.png"), "--box", "0,0,4,4", "--text", " ",
                      "--model", str(model_dir)])
     assert exit_status.value.code == 2
-    assert last_error(capsys).endswith("argument --text: a text is empty; give words to look for")
+    assert usage_error(capsys) == "error: --text: a text is empty; give words to look for"
 
 
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, monkeypatch):
@@ -357,8 +364,8 @@ def test_evaluation_command_bad_input(model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_status:
         main(["--model", str(model_dir), "--tasks", "fgovd,nope"])
     assert exit_status.value.code == 2
-    assert last_error(capsys).endswith("argument --tasks: unknown task(s) ['nope']; expected some of fgovd, boxcls, "
-                                       "retrieval, zeroshot, matching")
+    assert usage_error(capsys) == ("error: --tasks: unknown task(s) ['nope']; expected some of fgovd, boxcls, "
+                                   "retrieval, zeroshot, matching")
     data = tmp_path / "layout"
     data.mkdir()
     assert main(["--model", str(model_dir), "--data-root", str(data), "--datasets", "nope"]) == 2
@@ -368,7 +375,7 @@ def test_evaluation_command_bad_input(model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_status:
         main(["--model", str(model_dir), "--batch-size", "0"])
     assert exit_status.value.code == 2
-    assert last_error(capsys).endswith("argument --batch-size: expected an integer >= 1, got 0")
+    assert usage_error(capsys) == "error: --batch-size: expected an integer >= 1, got 0"
 
 
 def test_output_folders_are_checked_before_any_work(model_dir, shapes, tmp_path, capsys, monkeypatch):

@@ -15,7 +15,7 @@ import logging
 import os
 
 from fgclip.curation import LLMNegativeWriter, PipelineGrounder, SpacyExpressionParser, VLMCaptioner, curate, find_images
-from fgclip.errors import DataError, check_output_file, run_command
+from fgclip.errors import CommandParser, DataError, check_output_file, run_command
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -30,7 +30,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", required=True, help="image folder (searched recursively); f_path is relative to it")
     parser.add_argument("--output", required=True, help="JSONL file the records are appended to")
     parser.add_argument("--vlm", default="Qwen/Qwen2-VL-7B-Instruct", help="image-text-to-text model")

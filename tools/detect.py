@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 
-from fgclip.errors import CheckpointError, ConfigError, atomic_output, print_output, run_command
+from fgclip.errors import CheckpointError, CommandParser, ConfigError, atomic_output, print_output, run_command
 
 if __name__ == "__main__" and (status := run_command(lambda _: import_module("detection"))):
     sys.exit(status)  # mmcv or mmdet missing: one line saying to run `make setup-detection`
@@ -42,7 +42,7 @@ COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Open-vocabulary detection on one image")
+    parser = CommandParser(description="Open-vocabulary detection on one image")
     parser.add_argument("image", help="input image file")
     parser.add_argument("--vocab", required=True, help='comma-separated class names, e.g. "cat,red cup"')
     parser.add_argument("--config", required=True, help="detection config used for training")

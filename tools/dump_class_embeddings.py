@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 
-from fgclip.errors import ConfigError, DataError, run_command
+from fgclip.errors import CommandParser, ConfigError, DataError, run_command
 
 if __name__ == "__main__" and (status := run_command(lambda _: import_module("detection"))):
     sys.exit(status)  # mmcv or mmdet missing: one line saying to run `make setup-detection`
@@ -34,7 +34,7 @@ from fgclip.encoders import load_encoder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="detection config: default vocabulary (bbox_head.class_names), "
                         "model (backbone.checkpoint) and output (bbox_head.class_embeddings)")
     parser.add_argument("--model", help="FG-CLIP checkpoint directory or hub id")

@@ -10,11 +10,11 @@ import sys
 import time
 
 from fgclip.data.shapes import write_shapes_dataset
-from fgclip.errors import run_command
+from fgclip.errors import CommandParser, run_command
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output directory (also the image root)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--train", type=int, required=True, help="number of training scenes")

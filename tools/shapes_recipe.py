@@ -25,7 +25,7 @@ from fgclip.data.shapes import write_shapes_dataset
 from fgclip.eval.features import FeatureExtractor
 from fgclip.eval.fgovd import evaluate_fgovd, load_fgovd
 from fgclip.encoders import load_encoder
-from fgclip.errors import run_command, write_atomically
+from fgclip.errors import CommandParser, run_command, write_atomically
 from fgclip.eval.retrieval import RetrievalSet, evaluate_retrieval
 from fgclip.training import load_config, train
 
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("outputs/shapes"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-scenes", type=int, default=2000)

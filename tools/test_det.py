@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 
-from fgclip.errors import print_output, run_command, write_atomically
+from fgclip.errors import CommandParser, print_output, run_command, write_atomically
 
 if __name__ == "__main__" and (status := run_command(lambda _: import_module("detection"))):
     sys.exit(status)  # mmcv or mmdet missing: one line saying to run `make setup-detection`
@@ -34,7 +34,7 @@ from detection.runner import QuietRunner
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Evaluate a detector checkpoint with mmengine's Runner")
+    parser = CommandParser(description="Evaluate a detector checkpoint with mmengine's Runner")
     parser.add_argument("config", help="config file")
     parser.add_argument("checkpoint", help="checkpoint file (.pth) written by tools/train_det.py")
     parser.add_argument("--work-dir", help="where logs go (default work_dirs/<config name>)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 
-from fgclip.errors import ConfigError, run_command
+from fgclip.errors import CommandParser, ConfigError, run_command
 
 if __name__ == "__main__" and (status := run_command(lambda _: import_module("detection"))):
     sys.exit(status)  # mmcv or mmdet missing: one line saying to run `make setup-detection`
@@ -37,7 +37,7 @@ from detection.runner import QuietRunner
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train a detector with mmengine's Runner")
+    parser = CommandParser(description="Train a detector with mmengine's Runner")
     parser.add_argument("config", help="config file")
     parser.add_argument("--work-dir", help="where logs and checkpoints go (default work_dirs/<config name>)")
     parser.add_argument("--resume", nargs="?", const="auto", help="resume from CHECKPOINT, or from the latest one in work_dir")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from fgclip.errors import close_progress_bars, run_command
+from fgclip.errors import CommandParser, close_progress_bars, run_command
 from fgclip.training import last_complete_checkpoint, load_config, train
 
 
@@ -41,7 +41,7 @@ def interrupted(output_dir: Path, argv: list[str]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="recipe YAML")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     parser.add_argument("--resume", nargs="?", const=True, default=False,

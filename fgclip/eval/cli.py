@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import CheckpointError, ConfigError, check_output_dir, run_command
+from ..errors import CheckpointError, CommandParser, ConfigError, check_output_dir, run_command
 from ..families import model_type_choices
 from ..names import EVAL_TASKS as TASKS
 
@@ -199,5 +199,5 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tools/eval_fgclip.py``: an input error prints one line and gives status 2."""
-    parser = add_eval_arguments(argparse.ArgumentParser(description=DESCRIPTION))
+    parser = add_eval_arguments(CommandParser(description=DESCRIPTION))
     return run_command(lambda arguments: run_eval(parser.parse_args(arguments)), argv)

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-from fgclip.errors import command, outside_root_reason
+from fgclip.errors import CommandParser, command, outside_root_reason
 
 from ..builder import load_llava
 from ..data import encode_text, get_format, open_image, with_image_first
@@ -115,7 +115,7 @@ def generate_answers(
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="assembled LLaVA directory (training or merge output)")
     parser.add_argument("--questions", required=True, help="question JSONL")
     parser.add_argument("--answers", required=True, help="output answer JSONL")

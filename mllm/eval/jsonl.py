@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from fgclip.errors import DataError, atomic_output, print_output
+from fgclip.errors import CommandParser, DataError, atomic_output, print_output
 
 Numbered = tuple[int, dict]  # (line number, record)
 
@@ -21,7 +21,7 @@ Numbered = tuple[int, dict]  # (line number, record)
 def build_and_score_parsers(description: str, build_help: str | None = None):
     """The command line every benchmark module has: ``build`` (its question file) and ``score`` (answers
     against the gold); returns the parser and the two sub-parsers to add their options to."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     return parser, commands.add_parser("build", help=build_help), commands.add_parser("score")
 
