@@ -1,6 +1,7 @@
 """The fast paths give the plain paths' numbers: math-path attention on the CPU, joined q/k/v
 projections and the MLP with QuickGELU's scalings folded into its weights where gradients flow, short-path texts bucketed by length;
-inference stays bit for bit."""
+inference stays bit for bit; each per-device choice is the one docs/benchmarks.md
+(GPU readiness) describes."""
 from __future__ import annotations
 
 import itertools
