@@ -167,12 +167,13 @@ class FGCLIPProcessor(DualEncoderProcessor):
             square, offset_x, offset_y = self._square(image)
             squares.append(square)
             if boxes is not None:
-                image_boxes = torch.as_tensor(boxes[index], dtype=torch.float32).reshape(-1, 4)
+                # in float64, so that a box edge on the image's edge maps onto the input's edge exactly in float32
+                image_boxes = torch.as_tensor(boxes[index], dtype=torch.float64).reshape(-1, 4)
                 scale_x = self.image_size / square.width
                 scale_y = self.image_size / square.height
-                offset = torch.tensor([offset_x, offset_y, offset_x, offset_y])
-                scale = torch.tensor([scale_x, scale_y, scale_x, scale_y])
-                mapped.append((image_boxes + offset) * scale)
+                offset = torch.tensor([offset_x, offset_y, offset_x, offset_y], dtype=torch.float64)
+                scale = torch.tensor([scale_x, scale_y, scale_x, scale_y], dtype=torch.float64)
+                mapped.append(((image_boxes + offset) * scale).float())
         data = {"pixel_values": self.image_processor(squares, return_tensors="pt")["pixel_values"]}
         if boxes is not None:
             data["boxes"] = mapped

@@ -220,6 +220,7 @@ class FGCLIP2Processor(DualEncoderProcessor):
             data["boxes"] = []
             for image, image_boxes, (grid_h, grid_w) in zip(images, boxes, data["spatial_shapes"].tolist()):
                 width, height = image.size
-                scale = torch.tensor([grid_w * patch / width, grid_h * patch / height] * 2)
-                data["boxes"].append(torch.as_tensor(image_boxes, dtype=torch.float32).reshape(-1, 4) * scale)
+                scale = torch.tensor([grid_w * patch / width, grid_h * patch / height] * 2, dtype=torch.float64)
+                # in float64, so that a box edge on the image's edge maps onto the grid's edge exactly in float32
+                data["boxes"].append((torch.as_tensor(image_boxes, dtype=torch.float64).reshape(-1, 4) * scale).float())
         return data

@@ -79,6 +79,18 @@ def test_box_mapping_squash_and_pad():
     assert_close_to_reference(padded[0], torch.tensor([[20 * scale, 60 * scale, 120 * scale, 140 * scale]]), terms=2)
 
 
+@pytest.mark.parametrize("mode", ["squash", "pad"])
+def test_a_box_on_the_image_edge_maps_onto_the_input_edge(mode):
+    """Whole-image boxes of 640 x h images, h = 100..399: their far edges map to exactly 224 (in float32
+    arithmetic, h * (224 / h) exceeds 224 for 37 of these heights, e.g. 102, 104 and 105, and the model
+    then refuses the box as outside its input; FG-OVD's released hard file has such images)."""
+    processor = FGCLIPProcessor(image_size=224, resize_mode=mode)
+    images = [Image.new("RGB", (640, height)) for height in range(100, 400)]
+    boxes = [torch.tensor([[0.0, 0.0, 640.0, float(height)]]) for height in range(100, 400)]
+    mapped = torch.cat(processor(images=images, boxes=boxes)["boxes"])
+    assert float(mapped[:, 2:].max()) == 224.0 and float(mapped.min()) >= 0.0
+
+
 def test_pad_mode_fills_with_mean_colour():
     white = Image.new("RGB", (64, 16), (255, 255, 255))
     pixels = FGCLIPProcessor(image_size=32, resize_mode="pad")(images=white)["pixel_values"]
