@@ -323,6 +323,27 @@ def test_bucketed_short_path_equals_each_text_alone_at_full_length():
                                       terms=tower_terms(step.model.config.text_config, 77))
 
 
+def test_text_buckets_are_cut_for_the_device_the_texts_are_on(monkeypatch):
+    """A text-tower call costs about 256 ViT-B/16 text tokens on the CPU and 4096 on a GPU (other
+    accelerators are taken as GPUs): the CPU cuts a batch's short texts into more length buckets."""
+    step = FGCLIPForTraining(tiny_model(), FGCLIPLoss(), regional=True, hard_negatives=True)
+    text = step.model.config.text_config
+    scale = 12 * 512**2 / (text.num_hidden_layers * text.hidden_size**2)
+    assert step.bucket_overhead("cpu") == 256 * scale
+    assert step.bucket_overhead("cuda") == step.bucket_overhead("mps") == 4096 * scale
+    widths = sorted([4] * 200 + [9] * 100 + [31] * 60 + [70] * 40)  # a ViT-B/16 batch: 4 calls on the CPU, 2 on a GPU
+    assert length_buckets(widths, 256) == [(0, 200), (200, 300), (300, 360), (360, 400)]
+    assert length_buckets(widths, 4096) == [(0, 300), (300, 400)]
+    seen = []
+    monkeypatch.setattr("fgclip.training.module.length_buckets",
+                        lambda widths, overhead: seen.append(overhead) or [(0, len(widths))])
+    batch = stage2_batch([4] * 36 + [70] * 8)
+    with torch.no_grad():
+        step.encode_short_path(batch["short_input_ids"], batch["short_attention_mask"], batch["short_text_inverse"],
+                               batch["short_text_ranges"], ["short"])
+    assert seen == [step.bucket_overhead("cpu")]  # texts on the CPU
+
+
 def test_one_call_when_the_model_cannot_trim():
     """All texts at the model's full length (nothing to trim): one short-path call."""
     batch = stage2_batch([77] * 44)

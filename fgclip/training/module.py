@@ -171,6 +171,14 @@ class FGCLIPForTraining(nn.Module):
         heads = {"short": "short", "region": "region", "hard_negative": "region"}
         return {kind: model.project_text(part, heads[kind]) for kind, part in zip(kinds, pooled.split(sizes))}
 
+    def bucket_overhead(self, device_type: str) -> float:
+        """The cost of one more text-tower call on ``device_type``, in this model's text tokens
+        (:attr:`bucket_overhead_tokens` scaled from a ViT-B/16-sized tower; a device type it does not
+        list is taken as a GPU)."""
+        text = self.model.config.text_config
+        scale = 12 * 512**2 / (text.num_hidden_layers * text.hidden_size**2)
+        return scale * self.bucket_overhead_tokens.get(device_type, max(self.bucket_overhead_tokens.values()))
+
     def _pooled_by_length(self, input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """(T, C) pooled states of the rows of ``input_ids``, in row order, from length buckets."""
         model = self.model
@@ -178,10 +186,7 @@ class FGCLIPForTraining(nn.Module):
             widths, order = torch.sort(mask.sum(dim=1), stable=True)
         if mask is None or model.trim_padding(input_ids[order[:1]])[0].shape[1] == input_ids.shape[1]:
             return model.pooled_text(*model.trim_padding(input_ids, mask))
-        text = model.config.text_config
-        scale = 12 * 512**2 / (text.num_hidden_layers * text.hidden_size**2)
-        overhead = scale * self.bucket_overhead_tokens.get(input_ids.device.type,
-                                                           max(self.bucket_overhead_tokens.values()))
+        overhead = self.bucket_overhead(input_ids.device.type)
         pieces = [model.pooled_text(*model.trim_padding(input_ids[order[start:end]], mask[order[start:end]]))
                   for start, end in length_buckets(widths.tolist(), overhead)]
         return torch.cat(pieces)[torch.argsort(order)]
