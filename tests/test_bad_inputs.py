@@ -184,6 +184,9 @@ def test_training_command_bad_input(shapes, tmp_path, capsys):
         (train_argv(shapes, shapes / "train.jsonl", tmp_path, "training.learning_rate=-0.01"),
          f"error: {REPO}/configs/fgclip/shapes_stage2.yaml: training.learning_rate: expected a learning rate >= 0, "
          "got -0.01"),
+        (train_argv(shapes, shapes / "train.jsonl", tmp_path, "training.output_dir=null"),
+         f"error: {REPO}/configs/fgclip/shapes_stage2.yaml: training.output_dir: not set; give the folder for "
+         "checkpoints and the final model (e.g. training.output_dir=outputs/run)"),
         (train_argv(shapes, shapes / "train.jsonl", tmp_path, "training.per_device_train_batch_size=0"),
          f"error: {REPO}/configs/fgclip/shapes_stage2.yaml: training.per_device_train_batch_size: expected a batch "
          "size of at least 1, got 0"),

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     overrides = args.overrides + (["data.allow_outside_root=true"] if args.allow_outside_root else [])
     config = load_config(args.config, overrides)
     main_process = int(os.environ.get("RANK", "0")) == 0  # set by torchrun
-    output_dir = Path(config.training["output_dir"])
+    output_dir = Path(config.training.get("output_dir") or ".")
     if main_process and args.verbose:
         print(json.dumps(config.to_dict(), indent=2, default=str))
     distributed = torch.distributed.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1

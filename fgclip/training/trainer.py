@@ -507,6 +507,9 @@ def train(config: TrainConfig, resume: bool | str = False, callbacks: list | Non
         callbacks: extra ``TrainerCallback`` objects.
     """
     config.check_hardware()  # before a one-process world is set up for nothing
+    if not config.training.get("output_dir"):  # checkpoints, recipe.json and final/ go there; no silent default
+        raise ConfigError(f"{config.source}: training.output_dir: not set; give the folder for checkpoints and "
+                          "the final model (e.g. training.output_dir=outputs/run)")
     check_output_dir(config.training["output_dir"], f"{config.source}: training.output_dir")
     with one_process_world(config.training.get("deepspeed") and f"{config.source}: training.deepspeed"):
         return _train(config, resume, callbacks)
