@@ -17,6 +17,12 @@ class Detection:
     query: int
 
 
+def without_area(detection: Detection) -> bool:
+    """A box whose far corner is not beyond its near one (an inverted or flat detection)."""
+    x1, y1, x2, y2 = detection.box
+    return x2 <= x1 or y2 <= y1
+
+
 def select_regions(
     detections: list[Detection], threshold: float = 0.4, iou_threshold: float = 0.5, max_regions: int | None = None
 ) -> list[Detection]:
@@ -27,8 +33,7 @@ def select_regions(
     """
     best: dict[int, Detection] = {}
     for detection in detections:
-        x1, y1, x2, y2 = detection.box
-        if detection.score <= threshold or x2 <= x1 or y2 <= y1:
+        if detection.score <= threshold or without_area(detection):
             continue
         if detection.query not in best or detection.score > best[detection.query].score:
             best[detection.query] = detection

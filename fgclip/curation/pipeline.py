@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data.finehard import FineHARDRecord, RecordError, Region, is_image_file, load_rgb, parse_record
 from ..errors import DataError, ImageError, writing
-from .grounding import select_regions
+from .grounding import select_regions, without_area
 
 @dataclass
 class CurationStats:
@@ -86,8 +86,7 @@ def curate_image(image, f_path: str, captioner, parser, grounder, negative_write
     expressions = parser(caption)
     detections = grounder(image, [expression.text for expression in expressions])
     if dropped_boxes is not None:
-        dropped_boxes["inverted box"] += sum(d.score > threshold and (d.box[2] <= d.box[0] or d.box[3] <= d.box[1])
-                                             for d in detections)
+        dropped_boxes["inverted box"] += sum(d.score > threshold and without_area(d) for d in detections)
     width, height = image.size
     regions = []
     for detection in select_regions(detections, threshold, iou_threshold, max_regions):
