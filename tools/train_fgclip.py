@@ -20,6 +20,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -62,11 +63,13 @@ def main(argv=None) -> int:
     try:
         result = train(config, resume=args.resume)
     except KeyboardInterrupt:
+        # The interrupted DataLoader's resource-sharing thread may still fail ("connection reset by
+        # peer") while this process ends: its traceback would follow the line below. Silence threads,
+        # then leave without the interpreter's teardown, where it would print one too.
+        threading.excepthook = lambda args: None
         if main_process:
             close_progress_bars()
             print(interrupted(output_dir, argv if argv is not None else sys.argv[1:]), file=sys.stderr)
-        # Leave without the interpreter's teardown, where the interrupted DataLoader's resource-sharing
-        # thread would print a traceback of its own after the line above.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)
