@@ -151,13 +151,14 @@ def test_ctrl_c_prints_the_last_complete_checkpoint_and_the_resume_command(runs,
     out = tmp_path / "interrupted"
     argv = [str(RECIPE), *overrides(data, out), "training.num_train_epochs=50", "training.save_steps=2"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # Its own process group, signalled as a whole: a terminal's Ctrl-C reaches the DataLoader worker too.
     process = subprocess.Popen([sys.executable, str(REPO / "tools" / "train_fgclip.py"), *argv], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 240
     while not (out / "checkpoint-2" / COMPLETE_MARKER).is_file():
         assert process.poll() is None and time.monotonic() < deadline, "no checkpoint-2 before the deadline"
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
@@ -167,6 +168,47 @@ def test_ctrl_c_prints_the_last_complete_checkpoint_and_the_resume_command(runs,
                                        f"{shlex.join(['python', 'tools/train_fgclip.py', *argv, '--resume'])}")
     assert '"training": {' not in stdout  # the resolved recipe is printed only with --verbose
     assert json.loads((out / "recipe.json").read_text())["training"]["save_steps"] == 2
+
+
+FINALIZER_DRIVER = """
+import os, runpy, signal, sys
+from fgclip.training.trainer import FGCLIPTrainer
+
+
+class SignalledWhileCollected:
+    def __del__(self):  # Python drops an exception raised in here ("Exception ignored in ...")
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+save = FGCLIPTrainer._save_checkpoint
+
+
+def save_then_ctrl_c_in_a_finalizer(self, model, trial):
+    save(self, model, trial)
+    if self.state.global_step == {signal_step}:
+        SignalledWhileCollected()
+
+
+FGCLIPTrainer._save_checkpoint = save_then_ctrl_c_in_a_finalizer
+sys.argv = ["tools/train_fgclip.py", *sys.argv[1:]]
+runpy.run_path("tools/train_fgclip.py", run_name="__main__")
+"""
+
+
+def test_ctrl_c_landing_in_a_finalizer_still_stops_before_the_next_step(runs, tmp_path):
+    """Ctrl-C delivered while an object's ``__del__`` runs (as a DataLoader iterator's or a tqdm bar's at an
+    epoch's end): Python's own KeyboardInterrupt would be dropped there and training would go on to the end.
+    It stops before step 5 instead, with the step-4 checkpoint complete and status 130."""
+    data, _, _ = runs
+    out = tmp_path / "finalizer"
+    (tmp_path / "driver.py").write_text(FINALIZER_DRIVER.format(signal_step=4))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(RECIPE), *overrides(data, out)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 130, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr
+    assert run.stderr.splitlines()[-1].startswith(f"interrupted: last complete checkpoint {out / 'checkpoint-4'};")
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-4"]
 
 
 FULL_DISK_DRIVER = """

@@ -12,24 +12,69 @@ Overrides are ``section.key=value`` (sections: model, data, loss, training). A b
 file or checkpoint prints ``error: <file>[:<line>]: <what>`` and exits with status 2 (``--debug``
 shows the traceback). The resolved recipe is written to ``training.output_dir/recipe.json``
 (``--verbose`` prints it too). Ctrl-C stops with one line naming the last complete checkpoint and
-the command that resumes from it, and exit status 130.
+the command that resumes from it, and exit status 130: while steps run, after the step in progress
+(and its checkpoint, if one is due); a second Ctrl-C stops at once.
 """
 import argparse
 import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import threading
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from transformers import TrainerCallback
 
 from fgclip.errors import CommandParser, close_progress_bars, run_command
 from fgclip.training import last_complete_checkpoint, load_config, train
 
 
 EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
+
+
+class StopBetweenSteps(TrainerCallback):
+    """Ctrl-C while training steps run raises ``KeyboardInterrupt`` when the next step begins.
+
+    Python raises it wherever the main thread is, and there it can land in a finalizer (a tqdm bar's
+    or a DataLoader iterator's ``__del__``): Python drops it there and training goes on, at times with
+    a lock left held, so the run hangs. Here the first Ctrl-C only sets a flag; a second one, or one
+    outside the steps (loading, indexing), raises at once. Under torchrun every rank stops at the
+    same step: the flag is reduced over the ranks. DataLoader workers, forked with this handler, let
+    their parent decide (a terminal's Ctrl-C reaches them too)."""
+
+    def __init__(self, announce: bool):
+        self.announce = announce
+        self.process = os.getpid()
+        self.stepping = False
+        self.requested = False
+
+    def on_sigint(self, signum, frame) -> None:
+        if os.getpid() != self.process:
+            return
+        if not self.stepping or self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.announce:
+            os.write(2, b"\nCtrl-C: stopping before the next step (Ctrl-C again stops now)\n")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.stepping = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.stepping = False
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        requested = self.requested
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flag = torch.tensor([int(requested)], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            requested = bool(flag.item())
+        if requested:
+            raise KeyboardInterrupt
 
 
 def interrupted(output_dir: Path, argv: list[str]) -> str:
@@ -59,9 +104,11 @@ def main(argv=None) -> int:
     output_dir = Path(config.training.get("output_dir") or ".")
     if main_process and args.verbose:
         print(json.dumps(config.to_dict(), indent=2, default=str))
-    distributed = torch.distributed.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = dist.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    stop = StopBetweenSteps(announce=main_process)
+    signal.signal(signal.SIGINT, stop.on_sigint)
     try:
-        result = train(config, resume=args.resume)
+        result = train(config, resume=args.resume, callbacks=[stop])
     except KeyboardInterrupt:
         # The interrupted DataLoader's resource-sharing thread may still fail ("connection reset by
         # peer") while this process ends: its traceback would follow the line below. Silence threads,
@@ -74,8 +121,9 @@ def main(argv=None) -> int:
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     if main_process:
         print(f"final model: {result.final_model_dir}")
         print(result.skipped_summary)
