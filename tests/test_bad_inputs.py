@@ -2,7 +2,6 @@
 status 2 (no traceback, no silent result), the traceback with --debug, and skip modes that count."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -22,17 +21,11 @@ from fgclip.data.shapes import write_shapes_dataset
 from fgclip.errors import DataError, ImageError, run_command
 from fgclip.testing import tiny_config
 from fgclip.training import load_config, train
+from tiny_detection import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "{preset: tiny, image_size: 32, patch_size: 8, hidden_size: 32, num_layers: 2}"
 FULL_DISK = "No space left on device"
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def last_error(capsys) -> str:

@@ -26,6 +26,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from fgclip.data.shapes import write_shapes_dataset
 from fgclip.training import last_complete_checkpoint, load_config, train
 from fgclip.training.trainer import COMPLETE_MARKER
+from forked_ranks import run_forked_ranks
+from tiny_detection import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "fgclip" / "shapes_stage2.yaml"
@@ -209,6 +211,28 @@ def test_ctrl_c_landing_in_a_finalizer_still_stops_before_the_next_step(runs, tm
     assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr
     assert run.stderr.splitlines()[-1].startswith(f"interrupted: last complete checkpoint {out / 'checkpoint-4'};")
     assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-4"]
+
+
+def stop_flag_worker(rank: int, port: int, out_dir: str) -> None:
+    """Rank 0 got Ctrl-C, rank 1 did not: both must stop when the next step begins."""
+    import torch.distributed as dist
+    from transformers import TrainerControl, TrainerState
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    stop = load_tool("train_fgclip").StopBetweenSteps(announce=False)
+    stop.requested = rank == 0
+    args = type("Args", (), {"device": torch.device("cpu")})()
+    try:
+        stop.on_step_begin(args, TrainerState(), TrainerControl())
+        stopped = False
+    except KeyboardInterrupt:
+        stopped = True
+    dist.destroy_process_group()
+    torch.save({"stopped": stopped}, Path(out_dir) / f"rank{rank}.pt")
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    assert [result["stopped"] for result in run_forked_ranks(stop_flag_worker, tmp_path, 2, 120)] == [True, True]
 
 
 FULL_DISK_DRIVER = """
