@@ -78,3 +78,18 @@ def one_process_world(setting: str | None) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def exit_distributed(status: int) -> int:
+    """``status`` for ``sys.exit``; in a multi-process run (torchrun), first take the process group down
+    and leave without the interpreter's teardown, where a finished rank occasionally aborts
+    ("terminate called without an active exception", SIGABRT) while torch's C++ threads are destroyed."""
+    import sys
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return status
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -31,6 +31,7 @@ from detection.checkpoint import check_checkpoint_file, loading_checkpoint
 from detection.config_file import load_config, naming_config
 from detection.launch import setup_launcher
 from detection.runner import QuietRunner
+from fgclip.launch import exit_distributed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,4 +70,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(exit_distributed(run_command(main)))

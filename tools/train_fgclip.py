@@ -30,6 +30,7 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 
 from fgclip.errors import CommandParser, close_progress_bars, run_command
+from fgclip.launch import exit_distributed
 from fgclip.training import last_complete_checkpoint, load_config, train
 
 
@@ -104,7 +105,6 @@ def main(argv=None) -> int:
     output_dir = Path(config.training.get("output_dir") or ".")
     if main_process and args.verbose:
         print(json.dumps(config.to_dict(), indent=2, default=str))
-    distributed = dist.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     stop = StopBetweenSteps(announce=main_process)
     signal.signal(signal.SIGINT, stop.on_sigint)
     try:
@@ -127,14 +127,7 @@ def main(argv=None) -> int:
     if main_process:
         print(f"final model: {result.final_model_dir}")
         print(result.skipped_summary)
-    if distributed:
-        # Everything is written and the process group is down. Leave without the interpreter's
-        # teardown: there, a finished multi-process run occasionally aborts ("terminate called
-        # without an active exception", SIGABRT) while torch's C++ threads are destroyed.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0
+    return exit_distributed(0)
 
 
 if __name__ == "__main__":
