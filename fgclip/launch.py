@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import socket
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -84,8 +85,6 @@ def exit_distributed(status: int) -> int:
     """``status`` for ``sys.exit``; in a multi-process run (torchrun), first take the process group down
     and leave without the interpreter's teardown, where a finished rank occasionally aborts
     ("terminate called without an active exception", SIGABRT) while torch's C++ threads are destroyed."""
-    import sys
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return status
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -221,9 +222,8 @@ def stop_flag_worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     stop = load_tool("train_fgclip").StopBetweenSteps(announce=False)
     stop.requested = rank == 0
-    args = type("Args", (), {"device": torch.device("cpu")})()
     try:
-        stop.on_step_begin(args, TrainerState(), TrainerControl())
+        stop.on_step_begin(SimpleNamespace(device=torch.device("cpu")), TrainerState(), TrainerControl())
         stopped = False
     except KeyboardInterrupt:
         stopped = True
