@@ -43,19 +43,36 @@ from .modeling_common import (IMAGE_BATCH_KEYS, TEXT_BATCH_KEYS, FGCLIPImageOutp
                              check_text_kind, ignore_batch_keys, roi_pool, start_long_positions)
 
 
+# Most queries x keys per head for which CPU inference in bfloat16 takes the math path. Measured
+# (docs/benchmarks.md, AVX-512 at 2 threads): the fused kernel takes 1.5-2x the math path's time for
+# ViT-B/16's 197 tokens and for captions up to 248 tokens, and less than it from ViT-L/14's 257.
+MATH_PATH_MAX_SCORES = 256 * 256
+
+
+def takes_math_path(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """Whether :func:`sdpa_or_math_attention` runs the math path: on the CPU only, where gradients flow,
+    and without gradients in bfloat16 for at most :data:`MATH_PATH_MAX_SCORES` scores per head."""
+    if query.device.type != "cpu":
+        return False
+    if torch.is_grad_enabled() and query.requires_grad:
+        return True
+    return query.dtype == torch.bfloat16 and query.shape[-2] * key.shape[-2] <= MATH_PATH_MAX_SCORES
+
+
 def sdpa_or_math_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, is_causal=None,
                            **kwargs):
-    """transformers' ``sdpa`` attention, except on the CPU where gradients flow.
+    """transformers' ``sdpa`` attention, except on the CPU where gradients flow or in bfloat16.
 
-    There the fused CPU kernel's backward is slow (in bf16 about 15x its own forward for many
-    short causal sequences), so the math path runs: matmul, softmax, matmul. The softmax runs in
-    the scores' dtype: the CPU kernel accumulates reduced precisions in float32, so its bfloat16
-    probabilities are a float32 softmax's rounded (a few entries of long rows one bfloat16 step
-    off), without two copies of the scores. Inference
-    and every other device call ``sdpa`` unchanged (CUDA keeps flash attention), so features
-    without gradients are bit for bit those of ``sdpa``.
+    There the fused CPU kernel is slow: its backward (in bf16 about 15x its own forward for many
+    short causal sequences), and its bfloat16 forward (about twice the math path's time for
+    ViT-B/16's 197 tokens and for captions), so the math path runs: matmul, softmax, matmul. The
+    softmax runs in the scores' dtype: the CPU kernel accumulates reduced precisions in float32, so
+    its bfloat16 probabilities are a float32 softmax's rounded (a few entries of long rows one
+    bfloat16 step off), without two copies of the scores. Long sequences at inference, float32
+    inference and every other device call ``sdpa`` unchanged (CUDA keeps flash attention), so
+    float32 features without gradients are bit for bit those of ``sdpa``.
     """
-    if query.device.type != "cpu" or not (torch.is_grad_enabled() and query.requires_grad):
+    if not takes_math_path(query, key):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fgclip import FGCLIPModel, FGCLIPProcessor
 from fgclip.encoders import Encoder, prepare_images
@@ -154,3 +155,31 @@ def test_bf16_pass_under_one_autocast_region_equals_one_region_per_batch(encoder
             by_text.update(zip(ordered[start:end], rows))
     assert torch.equal(features, torch.cat(reference))
     assert torch.equal(text_features, torch.stack([by_text[text] for text in texts]))
+
+
+class CastRecorder(TorchDispatchMode):
+    """Records the storage of every float32 tensor cast to bfloat16."""
+
+    def __init__(self):
+        super().__init__()
+        self.sources = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16:
+            self.sources.append(args[0].untyped_storage().data_ptr())
+        return func(*args, **kwargs)
+
+
+def test_bf16_pass_casts_each_weight_once(encoder, requests):
+    """The pass keeps autocast's casts (no inference mode, under which autocast caches nothing): over
+    three image batches and two text batches every parameter is cast to bfloat16 at most once."""
+    extractor = FeatureExtractor(encoder, batch_size=64, num_workers=0, bf16=True, progress=False)
+    extractor.device_images_per_call = {"cpu": 2}
+    extractor.text_batch_size = 3
+    parameters = {parameter.untyped_storage().data_ptr() for parameter in encoder.model.parameters()}
+    with CastRecorder() as recorder:
+        extractor.encode_regions(requests[:6])
+        extractor.encode_texts([f"object {index}" for index in range(6)], "short")
+    weight_casts = [source for source in recorder.sources if source in parameters]
+    assert weight_casts and len(weight_casts) == len(set(weight_casts))

@@ -1,6 +1,6 @@
 """The fast paths give the plain paths' numbers: math-path attention on the CPU, joined q/k/v
 projections and the MLP with QuickGELU's scalings folded into its weights where gradients flow, short-path texts bucketed by length;
-inference stays bit for bit; each per-device choice is the one docs/benchmarks.md
+float32 inference stays bit for bit (bfloat16 inference on the CPU takes the math path); each per-device choice is the one docs/benchmarks.md
 (GPU readiness) describes."""
 from __future__ import annotations
 
@@ -116,6 +116,28 @@ def test_attention_without_gradients_is_sdpa_bit_for_bit():
         fast, _ = sdpa_or_math_attention(module, query, key, value, None, scaling=0.125, is_causal=True)
         reference, _ = sdpa_attention_forward(module, query, key, value, None, scaling=0.125, is_causal=True)
     assert torch.equal(fast, reference)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_inference_in_bf16_is_a_float32_softmax_rounded(causal):
+    """bf16 inference on the CPU takes the math path: the products in bf16, the probabilities a float32
+    softmax's rounded to bf16 (written out here), bit for bit where the roundings agree."""
+    generator = torch.Generator().manual_seed(4)
+    query, key, value = (torch.randn(3, 2, 13, 8, generator=generator).bfloat16() for _ in range(3))
+    with torch.inference_mode():
+        fast, _ = sdpa_or_math_attention(Attention(is_causal=causal), query, key, value, None, scaling=0.3,
+                                         is_causal=causal)
+        scores = query @ key.transpose(-1, -2) * 0.3
+        if causal:
+            scores = scores.masked_fill(torch.ones(13, 13, dtype=torch.bool).triu(1), float("-inf"))
+        weights = scores.softmax(dim=-1, dtype=torch.float32).to(torch.bfloat16)
+        reference = (weights @ value).transpose(1, 2)
+        fused, _ = sdpa_attention_forward(Attention(is_causal=causal), query, key, value, None, scaling=0.3,
+                                          is_causal=causal)
+    assert torch.equal(fast, reference)
+    # and the fused kernel's within bf16 rounding: a probability one bf16 step (2^-8 relative) off,
+    # summed over 13 values of size ~3, plus the output's own rounding
+    assert (fast.float() - fused.float()).abs().max() <= 13 * 2**-8 * 3 + 2**-7 * fused.float().abs().max()
 
 
 def mlp_terms(mlp, hidden: torch.Tensor) -> int:
@@ -400,14 +422,30 @@ def test_attention_with_gradients_off_the_cpu_is_sdpa(monkeypatch, dtype):
     assert len(calls) == 1 and calls[0] is query and output.device.type == "meta"
 
 
-def test_attention_on_the_cpu_takes_the_math_path_only_where_gradients_flow(monkeypatch):
+def test_attention_on_the_cpu_takes_the_math_path_where_gradients_flow_or_in_short_bf16(monkeypatch):
     calls = recorded_sdpa(monkeypatch)
     query, key, value = (torch.randn(2, 4, 9, 8) for _ in range(3))
     sdpa_or_math_attention(Attention(is_causal=True), query, key, value, None, scaling=0.3)
-    assert len(calls) == 1  # no gradients: sdpa, bit for bit
+    assert len(calls) == 1  # float32 without gradients: sdpa, bit for bit
     inputs = [tensor.clone().requires_grad_() for tensor in (query, key, value)]
     sdpa_or_math_attention(Attention(is_causal=True), *inputs, None, scaling=0.3)
     assert len(calls) == 1  # gradients on the CPU: the math path
+    with torch.no_grad():
+        sdpa_or_math_attention(Attention(is_causal=True), query.bfloat16(), key.bfloat16(), value.bfloat16(), None)
+        assert len(calls) == 1  # bfloat16 inference, 9 x 9 scores per head: the math path
+        image, caption = (torch.empty(1, 1, length, 8, dtype=torch.bfloat16) for length in (257, 248))
+        assert fgclip_modeling.takes_math_path(caption, caption)  # a long caption: the math path
+        assert fgclip_modeling.takes_math_path(image[:, :, :197], image[:, :, :197])  # ViT-B/16 at 224 px
+        assert not fgclip_modeling.takes_math_path(image, image)  # ViT-L/14 at 224 px, 257 tokens: sdpa
+
+
+def test_attention_inference_off_the_cpu_is_sdpa_in_every_dtype(monkeypatch):
+    calls = recorded_sdpa(monkeypatch)
+    for dtype in (torch.float32, torch.bfloat16):
+        query, key, value = (torch.empty(2, 4, 9, 8, device="meta", dtype=dtype) for _ in range(3))
+        with torch.no_grad():
+            sdpa_or_math_attention(Attention(is_causal=True), query, key, value, None, scaling=0.3)
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("device", ["cpu", "meta"])

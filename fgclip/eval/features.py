@@ -168,7 +168,9 @@ class FeatureExtractor:
 
     def _autocast(self):
         """bfloat16 autocast for a whole pass when ``bf16``: autocast keeps each weight's cast until its
-        region ends, so one region over all batches casts every weight once (the same values)."""
+        region ends, so one region over all batches casts every weight once (the same values). The
+        passes run under ``torch.no_grad``, not ``inference_mode``: under inference mode autocast
+        keeps no casts and every call casts every weight again."""
         if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
@@ -192,7 +194,7 @@ class FeatureExtractor:
                 pieces.append(features.float().cpu())
         return torch.cat(pieces) if pieces else torch.zeros(0, self._feature_dim())
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_images(self, requests: Sequence[ImageRequest], desc: str = "images") -> torch.Tensor:
         """(N, D) global embeddings of ``requests`` (boxes ignored), gathered over ranks."""
         if not requests:
@@ -204,7 +206,7 @@ class FeatureExtractor:
             features[list(range(source_rank, len(requests), world))] = rows
         return features
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_regions(self, requests: Sequence[ImageRequest], desc: str = "images") -> RegionFeatures:
         """Region embeddings of every box of ``requests`` (one backbone pass per image), gathered over ranks."""
         if not requests:
@@ -229,7 +231,7 @@ class FeatureExtractor:
         return self.model.encode_texts(["a"], "short").shape[-1]
 
     # ------------------------------------------------------------------ tokens (re-ranking)
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_image_tokens(
         self, requests: Sequence[ImageRequest], desc: str = "image tokens"
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -249,7 +251,7 @@ class FeatureExtractor:
                 embeds.append(F.normalize(features.embeds.float(), dim=-1).cpu())
         return tokens, torch.cat(embeds)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_text_tokens(
         self, texts: Sequence[str], kind: str, desc: str = "text tokens"
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -287,7 +289,7 @@ class FeatureExtractor:
             batches.extend((first, min(first + size, end)) for first in range(start, end, size))
         return [texts[i] for i in order], batches
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], kind: str, desc: str = "texts") -> torch.Tensor:
         """(len(texts), D) features; each distinct text of a path is encoded once per run, in
         batches of similar token counts."""
