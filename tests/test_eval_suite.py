@@ -16,7 +16,9 @@ from PIL import Image, ImageDraw
 from torchvision.ops import roi_align
 from transformers import CLIPConfig, CLIPModel
 
+import fgclip.modeling_fgclip as fgclip_modeling
 from fgclip import FGCLIPModel, FGCLIPProcessor
+from fgclip.cli import main
 from fgclip.eval.boxcls import evaluate_boxcls, load_coco_boxes
 from fgclip.eval.common import DataError, ImageRequest
 from fgclip.eval.features import FeatureExtractor
@@ -267,31 +269,67 @@ def test_image_size_must_match_the_annotation(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- shared FG-OVD excerpt
-def test_shared_fgovd_excerpt_matches_one_box_per_forward(checkpoints, tmp_path):
+def shared_fgovd_records(image_root: Path) -> list[dict]:
+    """The shared FG-OVD excerpt's 200 records, with stand-in images at their sizes under ``image_root``."""
     records = [json.loads(line) for line in SHARED_FGOVD.read_text().splitlines() if line.strip()]
     for seed, record in enumerate({r["img_path"]: r for r in records}.values()):
-        stand_in_image(tmp_path / "coco" / record["img_path"], record["width"], record["height"], seed)
+        stand_in_image(image_root / record["img_path"], record["width"], record["height"], seed)
+    return records
+
+
+def one_box_per_forward_accuracy(model, processor, records: list[dict], image_root: Path) -> float:
+    """Upstream way: one forward per box, the item's 11 captions padded to 77 tokens; correct when the
+    positive scores at least as high as every negative."""
+    correct = 0
+    with torch.no_grad():
+        for record in records:
+            x, y, w, h = record["bbox"]
+            batch = processor(images=str(image_root / record["img_path"]),
+                              boxes=[torch.tensor([[x, y, x + w, y + h]])])
+            box = batch["boxes"][0].clamp(0, processor.image_size)
+            region = model.get_region_features(batch["pixel_values"], [box], normalize=True)
+            captions = record["pos_expression"] + record["neg_expression"]
+            texts = model.get_text_features(**processor(text=captions, text_kind="region"), normalize=True)
+            scores = (region.float() @ texts.float().t())[0]
+            correct += bool(scores[0] >= scores[1:].max())
+    return correct / len(records)
+
+
+def test_shared_fgovd_excerpt_matches_one_box_per_forward(checkpoints, tmp_path):
+    records = shared_fgovd_records(tmp_path / "coco")
     benchmark = load_fgovd(SHARED_FGOVD, tmp_path / "coco", name="easy")
     assert len(benchmark.items) == len(records) == 200
     model = FGCLIPModel.from_pretrained(checkpoints / "fgclip").eval()
     processor = FGCLIPProcessor.from_pretrained(checkpoints / "fgclip")
     extractor = FeatureExtractor(Encoder(model, processor), batch_size=16, num_workers=0, progress=False)
     result = evaluate_fgovd(extractor, [benchmark])["easy"]
+    reference = one_box_per_forward_accuracy(model, processor, records, tmp_path / "coco")
+    assert result == {"accuracy": pytest.approx(reference), "num_items": 200}
 
-    # Upstream way: one forward per box, the item's 11 captions padded to 77 tokens.
-    correct = 0
-    with torch.no_grad():
-        for record in records:
-            x, y, w, h = record["bbox"]
-            batch = processor(images=str(tmp_path / "coco" / record["img_path"]),
-                              boxes=[torch.tensor([[x, y, x + w, y + h]])])
-            box = batch["boxes"][0].clamp(0, processor.image_size)
-            region = model.get_region_features(batch["pixel_values"], [box], normalize=True)
-            captions = record["pos_expression"] + record["neg_expression"]
-            texts = model.get_text_features(**processor(text=captions, text_kind="region"), normalize=True)
-            scores = (region @ texts.t())[0]
-            correct += bool(scores[0] >= scores[1:].max())
-    assert result == {"accuracy": pytest.approx(correct / len(records)), "num_items": 200}
+
+def test_eval_command_in_bf16_matches_one_box_per_forward_under_bf16_autocast(checkpoints, tmp_path, monkeypatch):
+    """``fgclip eval --bf16`` as users run it (the CPU's bf16 math-path attention, one autocast region
+    per pass) against the upstream way under ``torch.autocast("cpu", bfloat16)``."""
+    attention_dtypes, takes_math_path = set(), fgclip_modeling.takes_math_path
+    monkeypatch.setattr(fgclip_modeling, "takes_math_path",
+                        lambda query, key: attention_dtypes.add(query.dtype) or takes_math_path(query, key))
+    records = shared_fgovd_records(tmp_path / "coco")
+    fgovd = tmp_path / "fgovd"
+    fgovd.mkdir()
+    os.symlink(SHARED_FGOVD, fgovd / "easy.jsonl")
+    output = tmp_path / "results"
+    assert main(["eval", "--model", f"tiny={checkpoints / 'fgclip'}", "--tasks", "fgovd", "--datasets", "fgovd",
+                 "--path", f"fgovd.dir={fgovd}", "--path", f"fgovd.images={tmp_path / 'coco'}", "--bf16",
+                 "--output-dir", str(output), "--device", "cpu", "--workers", "0", "--no-progress"]) == 0
+    assert attention_dtypes == {torch.bfloat16}  # every attention of the command ran in bf16
+    report = json.loads((output / "results.json").read_text())
+    model = FGCLIPModel.from_pretrained(checkpoints / "fgclip").eval()
+    processor = FGCLIPProcessor.from_pretrained(checkpoints / "fgclip")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = one_box_per_forward_accuracy(model, processor, records, tmp_path / "coco")
+    assert report["settings"]["bf16"] is True
+    result = report["results"]["tiny"]["fgovd/easy"]
+    assert (result["accuracy"], result["num_items"]) == (pytest.approx(reference), 200)
 
 
 # ---------------------------------------------------------------------------------- invariance
