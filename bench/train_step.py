@@ -7,7 +7,8 @@ Workload (`bench/stage2_workload.py`): batch 8 at 224 px, 4 boxes per image with
 hard-negative texts each, long captions of 150 tokens, every other text 20 tokens, every text
 distinct; L = L_global + 0.1 L_regional + 0.5 L_hard; forward under
 ``torch.autocast("cpu", torch.bfloat16)``, backward, then an AdamW step on float32 weights.
-Variants, each in its own process (peak memory is its own), same weights (seed 0):
+Variants, each in its own process (peak memory is its own; glibc keeps freed memory for reuse, as in
+every CPU training run: `fgclip.host_memory`), same weights (seed 0):
 
 * ``fgclip``: `FGCLIPForTraining` as shipped (where gradients flow: math-path attention on the
   CPU, joined q/k/v projections, QuickGELU's scalings folded into the MLP weights around one silu;
@@ -47,6 +48,7 @@ from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from fgclip import FGCLIPConfig, FGCLIPModel
+from fgclip.host_memory import keep_freed_memory
 from fgclip.losses import FGCLIPLoss
 from fgclip.training import FGCLIPForTraining
 from rates import describe_rate, matmul_gflops
@@ -84,6 +86,7 @@ def plain_kernels(model: FGCLIPModel) -> None:
 
 
 def run_variant(variant: str, steps: int, warmup: int) -> dict:
+    keep_freed_memory()  # as every CPU training run does (fgclip.training.train)
     batch = collated(stage2_batch())
     batch["short_attention_mask"] = torch.ones_like(batch["short_input_ids"])
     model = initial_model()

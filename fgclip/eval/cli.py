@@ -146,6 +146,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from ..distributed import get_rank
     from ..encoders import resolve_device
+    from ..host_memory import keep_freed_memory
     from .runner import EvalOptions, RunConfig, describe_layout, markdown_table, parse_path_overrides, run_evaluation
 
     if args.list_datasets:
@@ -157,6 +158,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--data-root {args.data_root}: directory not found")
     check_output_dir(args.output_dir, "--output-dir")
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     started_group = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if device.type == "cuda":

@@ -60,6 +60,7 @@ from ..checkpoint_files import check_checkpoint_files, check_file
 from ..encoders import locate_config, processor_for
 from ..families import get_family, resolve
 from ..errors import CheckpointError, ConfigError, DataError, check_output_dir, write_atomically, writing
+from ..host_memory import keep_freed_memory
 from ..launch import one_process_world
 from ..losses import clamp_logit_scales, copy_logit_scale_to_region_scales
 from ..rerank import CrossEncoderReranker, CrossEncoderRerankerConfig, RerankerForTraining
@@ -522,6 +523,8 @@ def _train(config: TrainConfig, resume: bool | str, callbacks: list | None) -> T
         raise
     except ValueError as error:
         raise ConfigError(f"{config.source}: training: {error}") from None
+    if arguments.use_cpu or not torch.cuda.is_available():
+        keep_freed_memory()
     set_seed(arguments.seed)  # the random initialisation of `init: config` models
     model = build_model(config)
     processor = build_processor(config, model)
