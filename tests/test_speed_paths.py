@@ -313,8 +313,8 @@ def test_bucketed_step_equals_plain_one_call_step_in_fp32():
     reference = FGCLIPForTraining(plain(tiny_model()), FGCLIPLoss(), regional=True, hard_negatives=True)
     plain_batch = {**batch, "short_attention_mask": None}  # no lengths: one call padded to the longest
     calls = []
-    fast.model.text_model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape),
-                                                    with_kwargs=True)
+    fast.model.text_model.embeddings.register_forward_pre_hook(  # once per text-tower call
+        lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
     loss, grads = run_step(fast, batch)
     reference_loss, reference_grads = run_step(reference, plain_batch)
     assert len(calls) >= 1 + 3 and sorted(width for _, width in calls[1:]) == [4, 9, 31, 70]
@@ -370,7 +370,7 @@ def test_one_call_when_the_model_cannot_trim():
     batch = stage2_batch([77] * 44)
     step = FGCLIPForTraining(tiny_model(), FGCLIPLoss(), regional=True, hard_negatives=True)
     calls = []
-    step.model.text_model.register_forward_pre_hook(lambda *args: calls.append(1))
+    step.model.text_model.embeddings.register_forward_pre_hook(lambda *args: calls.append(1))  # once per call
     with torch.no_grad():
         step.encode_short_path(batch["short_input_ids"], batch["short_attention_mask"], batch["short_text_inverse"],
                                batch["short_text_ranges"], ["short", "region", "hard_negative"])
@@ -466,3 +466,84 @@ def test_folded_mlp_and_joined_projections_follow_gradients_on_every_device(monk
         layer.mlp(hidden)
         layer.self_attn(hidden, is_causal=True)
     assert exact == [1] and separate == [1]
+
+
+def whole_tower_text_features(model: FGCLIPModel, ids: torch.Tensor) -> torch.Tensor:
+    """transformers' ``CLIPTextModel`` pooled output (every layer at every row), projected."""
+    return model.text_projection(model.text_model(input_ids=ids).pooler_output)
+
+
+def whole_tower_image_features(model: FGCLIPModel, pixels: torch.Tensor) -> torch.Tensor:
+    """transformers' ``CLIPVisionModel`` pooled output (the CLS row of every layer), projected."""
+    return model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+
+
+@pytest.mark.parametrize("eos_token_id", [EOS, 2])
+def test_pooled_text_equals_the_whole_tower_with_gradients(eos_token_id):
+    """The last text layer runs at the pooled rows only; features and every gradient are the whole
+    tower's (transformers' own forward), including the pre-2023 configs that pool at the largest id."""
+    torch.manual_seed(3)
+    config = tiny_config(num_layers=3)
+    config.text_config.eos_token_id = eos_token_id
+    model = FGCLIPModel(config).double()
+    ids, _ = texts([4, 11, 7, 16])
+    results = []
+    for encode in (lambda: model.get_text_features(ids), lambda: whole_tower_text_features(model, ids)):
+        model.zero_grad(set_to_none=True)
+        features = encode()
+        features.square().sum().backward()
+        results.append([features.detach()] + [p.grad for _, p in model.text_model.named_parameters()])
+    names = ["features"] + [name for name, _ in model.text_model.named_parameters()]
+    terms = 2 * tower_terms(model.config.text_config, ids.shape[1]) + ids.numel()
+    reference = dict(zip(names, results[1]))
+    for name, fast in zip(names, results[0]):
+        assert_close_to_reference(fast, reference[name], terms=terms, scale=key_bias_scale(reference, name),
+                                  msg=name)
+
+
+def test_image_embeds_equal_the_whole_tower_and_share_the_value_path_with_gradients():
+    """The CLS row of the last vision block alone, with the layer norm and values the dense path
+    uses: global embeddings and gradients as transformers' tower gives them, dense features as the
+    value path alone gives them (bit for bit)."""
+    torch.manual_seed(4)
+    model = FGCLIPModel(tiny_config(num_layers=3)).double()
+    pixels = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    results = []
+    for encode in (lambda: model.encode_image(pixels, dense=False).image_embeds,
+                   lambda: whole_tower_image_features(model, pixels)):
+        model.zero_grad(set_to_none=True)
+        features = encode()
+        features.square().sum().backward()
+        results.append([features.detach()] + [p.grad for _, p in model.vision_model.named_parameters()])
+    names = ["features"] + [name for name, _ in model.vision_model.named_parameters()]
+    terms = 2 * tower_terms(model.config.vision_config, 17) + 2 * 17
+    reference = dict(zip(names, results[1]))
+    for name, fast in zip(names, results[0]):
+        assert_close_to_reference(fast, reference[name], terms=terms, scale=key_bias_scale(reference, name),
+                                  msg=name)
+    with torch.no_grad():
+        both = model.encode_image(pixels, dense=True)
+        value_path = fgclip_modeling.value_path_tokens(model.vision_model, model.visual_projection,
+                                                       model._block_outputs(pixels)[0])
+        assert torch.equal(both.dense_features.reshape(value_path.shape), value_path)
+
+
+def test_the_pooled_last_layer_skips_its_other_rows_flops():
+    """Matmul FLOPs counted by torch (its counter leaves the CPU's fused attention out): the whole
+    tower's minus, in the last layer, the query and output projections and the MLP of every row but
+    the pooled one (a closed form)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = FGCLIPModel(tiny_config(num_layers=2)).eval()
+    ids, _ = texts([9, 9, 9])
+    counts = []
+    with torch.no_grad():
+        for encode in (lambda: model.pooled_text(ids), lambda: model.text_model(input_ids=ids)):
+            with FlopCounterMode(display=False) as counter:
+                encode()
+            counts.append(counter.get_total_flops())
+    config = model.config.text_config
+    rows, length, width, inner = ids.shape[0], ids.shape[1], config.hidden_size, config.intermediate_size
+    other_rows = rows * (length - 1)
+    skipped = 2 * other_rows * (2 * width * width + 2 * width * inner)
+    assert counts[1] - counts[0] == skipped

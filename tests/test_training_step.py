@@ -84,19 +84,20 @@ def upstream_style_loss(model, processor, samples, regional: bool, hard_negative
 
 @contextlib.contextmanager
 def text_tower_spy(model):
-    """Record the input_ids of every call of the text transformer."""
+    """Record the input_ids of every call of the text transformer (its embeddings run once per call)."""
     calls: list[torch.Tensor] = []
-    original = model.text_model.forward
+    embeddings = model.text_model.embeddings
+    original = embeddings.forward
 
     def spy(*args, **kwargs):
         calls.append(kwargs["input_ids"].clone())
         return original(*args, **kwargs)
 
-    model.text_model.forward = spy
+    embeddings.forward = spy
     try:
         yield calls
     finally:
-        del model.text_model.forward
+        del embeddings.forward
 
 
 def true_rows(processor, texts: list[str]) -> set[tuple[int, ...]]:
