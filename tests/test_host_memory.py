@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -85,3 +86,22 @@ def test_cpu_training_keeps_freed_memory(monkeypatch, tmp_path):
     with pytest.raises(ModelBuilt):
         fgclip.training.trainer.train(recipe(tmp_path, "train.jsonl", tmp_path / "run"))
     assert calls == [True]
+
+
+def test_training_with_a_gpu_leaves_the_host_allocator_alone(monkeypatch, tmp_path):
+    from test_training_runs import recipe
+
+    class ModelBuilt(Exception):
+        pass
+
+    def stop(config):
+        raise ModelBuilt
+
+    calls = []
+    monkeypatch.setattr(fgclip.training.trainer, "keep_freed_memory", lambda: calls.append(True))
+    monkeypatch.setattr(fgclip.training.trainer, "build_model", stop)
+    # A GPU host as the trainer sees it (the rest of the stack keeps this machine's answer, no CUDA to start)
+    monkeypatch.setattr(fgclip.training.trainer, "torch", SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: True)))
+    with pytest.raises(ModelBuilt):
+        fgclip.training.trainer.train(recipe(tmp_path, "train.jsonl", tmp_path / "run", "training.use_cpu=false"))
+    assert calls == []
