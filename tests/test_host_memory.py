@@ -71,28 +71,13 @@ def test_eval_on_the_cpu_keeps_freed_memory(monkeypatch, tmp_path):
     assert calls == [True]
 
 
-def test_cpu_training_keeps_freed_memory(monkeypatch, tmp_path):
+class ModelBuilt(Exception):
+    """Stops a training run where it builds its model: the allocator is set before that."""
+
+
+def allocator_calls_until_the_model_is_built(monkeypatch, tmp_path, *overrides: str) -> list:
+    """Start ``train()`` on the shapes recipe; the ``keep_freed_memory`` calls made before the model."""
     from test_training_runs import recipe
-
-    class ModelBuilt(Exception):
-        pass
-
-    def stop(config):
-        raise ModelBuilt
-
-    calls = []
-    monkeypatch.setattr(fgclip.training.trainer, "keep_freed_memory", lambda: calls.append(True))
-    monkeypatch.setattr(fgclip.training.trainer, "build_model", stop)  # the allocator is set before the model
-    with pytest.raises(ModelBuilt):
-        fgclip.training.trainer.train(recipe(tmp_path, "train.jsonl", tmp_path / "run"))
-    assert calls == [True]
-
-
-def test_training_with_a_gpu_leaves_the_host_allocator_alone(monkeypatch, tmp_path):
-    from test_training_runs import recipe
-
-    class ModelBuilt(Exception):
-        pass
 
     def stop(config):
         raise ModelBuilt
@@ -100,8 +85,16 @@ def test_training_with_a_gpu_leaves_the_host_allocator_alone(monkeypatch, tmp_pa
     calls = []
     monkeypatch.setattr(fgclip.training.trainer, "keep_freed_memory", lambda: calls.append(True))
     monkeypatch.setattr(fgclip.training.trainer, "build_model", stop)
+    with pytest.raises(ModelBuilt):
+        fgclip.training.trainer.train(recipe(tmp_path, "train.jsonl", tmp_path / "run", *overrides))
+    return calls
+
+
+def test_cpu_training_keeps_freed_memory(monkeypatch, tmp_path):
+    assert allocator_calls_until_the_model_is_built(monkeypatch, tmp_path) == [True]
+
+
+def test_training_with_a_gpu_leaves_the_host_allocator_alone(monkeypatch, tmp_path):
     # A GPU host as the trainer sees it (the rest of the stack keeps this machine's answer, no CUDA to start)
     monkeypatch.setattr(fgclip.training.trainer, "torch", SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: True)))
-    with pytest.raises(ModelBuilt):
-        fgclip.training.trainer.train(recipe(tmp_path, "train.jsonl", tmp_path / "run", "training.use_cpu=false"))
-    assert calls == []
+    assert allocator_calls_until_the_model_is_built(monkeypatch, tmp_path, "training.use_cpu=false") == []
