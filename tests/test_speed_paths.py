@@ -178,11 +178,15 @@ def test_folded_mlp_gives_input_gradients_through_frozen_weights():
     assert_close_to_reference(fast_input.grad, exact_input.grad, terms=mlp_terms(mlp, hidden))
 
 
+ONEDNN_BF16 = fgclip_modeling.onednn_bf16_inference(torch.zeros(1, dtype=torch.bfloat16))
+
+
 def test_folded_mlp_without_gradients_is_transformers_bit_for_bit():
+    """float32 inference (and bf16 where oneDNN has no bf16 products) is transformers' formula."""
     torch.manual_seed(2)
     mlp = FGCLIPModel(tiny_config()).text_model.encoder.layers[1].mlp
     with torch.no_grad():
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in [torch.float32] + [torch.bfloat16] * (not ONEDNN_BF16):
             mlp.to(dtype)
             hidden = torch.randn(2, 7, 32).to(dtype)
             fast = mlp(hidden)
@@ -547,3 +551,62 @@ def test_the_pooled_last_layer_skips_its_other_rows_flops():
     other_rows = rows * (length - 1)
     skipped = 2 * other_rows * (2 * width * width + 2 * width * inner)
     assert counts[1] - counts[0] == skipped
+
+
+def autocast_reference(layer, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's MLP and query projection as transformers computes them under bf16 autocast."""
+    mlp, query = layer.mlp, layer.self_attn.q_proj
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        inner = F.linear(hidden, mlp.fc1.weight, mlp.fc1.bias)
+        return (F.linear(inner * torch.sigmoid(1.702 * inner), mlp.fc2.weight, mlp.fc2.bias),
+                F.linear(hidden, query.weight, query.bias))
+
+
+@pytest.mark.skipif(not ONEDNN_BF16, reason="oneDNN has no bf16 products on this CPU")
+def test_bf16_inference_runs_prepacked_onednn_products_within_bf16_rounding():
+    """bf16 inference on the CPU: the MLP (silu in the epilogue, QuickGELU's scalings folded into the
+    packed weights) and the attention's projections on oneDNN's prepacked products; the values of
+    transformers' layers under autocast within bf16 rounding; a changed weight is packed again."""
+    torch.manual_seed(5)
+    layer = FGCLIPModel(tiny_config()).vision_model.encoder.layers[0]
+    assert type(layer.self_attn.q_proj) is fgclip_modeling.PackedBf16Linear
+    hidden = torch.randn(3, 9, 32) * 2
+    for change in (0.0, 0.25):
+        with torch.no_grad():
+            layer.mlp.fc1.weight.add_(change)
+            layer.self_attn.q_proj.bias.add_(change)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                mlp_output, query = layer.mlp(hidden), layer.self_attn.q_proj(hidden)
+        assert {layer.mlp.fc1, layer.mlp.fc2, layer.self_attn.q_proj} <= set(fgclip_modeling._PACKED_BF16)
+        mlp_reference, query_reference = autocast_reference(layer, hidden)
+        assert mlp_output.dtype == query.dtype == torch.bfloat16
+        # fc1's sum, the activation's three roundings, fc2's sum; the weights' bf16 roundings
+        assert_close_to_reference(mlp_output, mlp_reference, terms=32 + 64 + 3 + 2, dtype=torch.bfloat16)
+        assert_close_to_reference(query, query_reference, terms=32 + 2, dtype=torch.bfloat16)
+
+
+def test_prepacked_products_stay_off_where_gradients_flow_in_float32_and_off_the_cpu():
+    torch.manual_seed(6)
+    model = FGCLIPModel(tiny_config())
+    projection = model.text_model.encoder.layers[0].self_attn.k_proj
+    hidden = torch.randn(2, 5, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # gradients flow: nn.Linear under autocast, same bits
+        assert torch.equal(projection(hidden), F.linear(hidden, projection.weight, projection.bias))
+    with torch.no_grad():
+        assert torch.equal(projection(hidden), F.linear(hidden, projection.weight, projection.bias))
+    assert projection not in fgclip_modeling._PACKED_BF16
+    assert not fgclip_modeling.onednn_bf16_inference(torch.zeros(1, dtype=torch.bfloat16, device="meta"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fgclip_modeling.onednn_bf16_inference(torch.zeros(1)) == ONEDNN_BF16
+
+
+def test_a_model_copies_after_bf16_inference():
+    """The packed weights (oneDNN's opaque tensors, which do not copy) are kept outside the modules."""
+    import copy
+
+    model = FGCLIPModel(tiny_config()).eval()
+    ids, _ = texts([5, 8])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        features = model.get_text_features(ids)
+        copied = copy.deepcopy(model)
+        assert torch.equal(copied.get_text_features(ids), features)
