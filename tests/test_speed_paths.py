@@ -182,11 +182,14 @@ ONEDNN_BF16 = fgclip_modeling.onednn_bf16_inference(torch.zeros(1, dtype=torch.b
 
 
 def test_folded_mlp_without_gradients_is_transformers_bit_for_bit():
-    """float32 inference (and bf16 where oneDNN has no bf16 products) is transformers' formula."""
+    """float32 inference (and bf16 in the text tower, or where oneDNN has no bf16 products) is
+    transformers' formula."""
     torch.manual_seed(2)
-    mlp = FGCLIPModel(tiny_config()).text_model.encoder.layers[1].mlp
+    model = FGCLIPModel(tiny_config())
     with torch.no_grad():
-        for dtype in [torch.float32] + [torch.bfloat16] * (not ONEDNN_BF16):
+        for mlp, dtype in [(model.text_model.encoder.layers[1].mlp, torch.bfloat16),
+                           (model.vision_model.encoder.layers[1].mlp, torch.float32)] + \
+                          [(model.vision_model.encoder.layers[1].mlp, torch.bfloat16)] * (not ONEDNN_BF16):
             mlp.to(dtype)
             hidden = torch.randn(2, 7, 32).to(dtype)
             fast = mlp(hidden)
@@ -568,8 +571,10 @@ def test_bf16_inference_runs_prepacked_onednn_products_within_bf16_rounding():
     packed weights) and the attention's projections on oneDNN's prepacked products; the values of
     transformers' layers under autocast within bf16 rounding; a changed weight is packed again."""
     torch.manual_seed(5)
-    layer = FGCLIPModel(tiny_config()).vision_model.encoder.layers[0]
+    model = FGCLIPModel(tiny_config())
+    layer = model.vision_model.encoder.layers[0]
     assert type(layer.self_attn.q_proj) is fgclip_modeling.PackedBf16Linear
+    assert type(model.text_model.encoder.layers[0].self_attn.q_proj) is torch.nn.Linear  # shapes vary there
     hidden = torch.randn(3, 9, 32) * 2
     for change in (0.0, 0.25):
         with torch.no_grad():
@@ -588,7 +593,7 @@ def test_bf16_inference_runs_prepacked_onednn_products_within_bf16_rounding():
 def test_prepacked_products_stay_off_where_gradients_flow_in_float32_and_off_the_cpu():
     torch.manual_seed(6)
     model = FGCLIPModel(tiny_config())
-    projection = model.text_model.encoder.layers[0].self_attn.k_proj
+    projection = model.vision_model.encoder.layers[0].self_attn.k_proj
     hidden = torch.randn(2, 5, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # gradients flow: nn.Linear under autocast, same bits
         assert torch.equal(projection(hidden), F.linear(hidden, projection.weight, projection.bias))
@@ -605,8 +610,8 @@ def test_a_model_copies_after_bf16_inference():
     import copy
 
     model = FGCLIPModel(tiny_config()).eval()
-    ids, _ = texts([5, 8])
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        features = model.get_text_features(ids)
+        features = model.get_image_features(pixels)
         copied = copy.deepcopy(model)
-        assert torch.equal(copied.get_text_features(ids), features)
+        assert torch.equal(copied.get_image_features(pixels), features)
