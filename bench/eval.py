@@ -18,7 +18,7 @@ random ViT-B/16 checkpoint in the upstream layout:
 For each workload and precision (``--precisions``, fp32 and ``--bf16``) it runs
 
 1. the real command (``fgclip eval --device cpu --no-progress`` and the workload's task options,
-   otherwise its defaults, e.g. ``--workers``: min(4, cores)) as a fresh process, timed whole:
+   otherwise its defaults, e.g. ``--workers``: none on the CPU) as a fresh process, timed whole:
    the best of ``--repeats``;
 2. the same command with ``--workers 0`` under `bench/eval_stages.py`, which times its stages in
    one process (images read in line, so their cost shows) and counts the FLOPs of its work;
@@ -59,6 +59,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from fgclip.eval.cli import default_workers
 
 from eval_stages import IMAGE_STAGES, STAGES, TEXT_STAGES
 from fgovd_workload import find_accuracy, run_upstream, timed_run, upstream_flops, write_workload
@@ -199,7 +200,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    workers = str(min(4, len(os.sched_getaffinity(0))))
+    workers = str(default_workers("cpu"))
     print(f"bench/eval.py: {args.threads} threads, load average {os.getloadavg()[0]:.1f} (run alone on the machine)")
     imports = best_seconds([sys.executable, "-c", BASELINE], repeats=3)
     print(f"imports baseline ({BASELINE}), best of 3 fresh processes: {imports:.2f} s")

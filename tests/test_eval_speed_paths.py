@@ -4,6 +4,8 @@ one text per call (within the rounding of a different batch), and a bfloat16 pas
 autocast region gives the features of one region per batch bit for bit."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,25 @@ def test_bf16_pass_casts_each_weight_once(encoder, requests):
         extractor.encode_texts([f"object {index}" for index in range(6)], "short")
     weight_casts = [source for source in recorder.sources if source in parameters]
     assert weight_casts and len(weight_casts) == len(set(weight_casts))
+
+
+@pytest.mark.parametrize("given, expected", [([], 0), (["--workers", "3"], 3)])
+def test_eval_on_the_cpu_decodes_images_in_line_unless_told(monkeypatch, tmp_path, given, expected):
+    """The CPU's towers use every core: no DataLoader workers by default there; other devices take up to 4."""
+    import fgclip.eval.cli as cli
+    import fgclip.eval.runner as runner
+    from fgclip.cli import main
+    from fgclip.errors import ConfigError
+
+    seen = []
+
+    def capture(entries, config):
+        seen.append(config.num_workers)
+        raise ConfigError("captured")
+
+    monkeypatch.setattr(cli, "_model_entries", lambda *args: [])
+    monkeypatch.setattr(runner, "run_evaluation", capture)
+    assert main(["eval", "--model", f"m={tmp_path}", "--data-root", str(tmp_path), "--output-dir",
+                 str(tmp_path / "out"), "--device", "cpu", "--no-progress", *given]) == 2
+    assert seen == [expected]
+    assert cli.default_workers("cuda") == min(4, len(os.sched_getaffinity(0))) and cli.default_workers("cpu") == 0

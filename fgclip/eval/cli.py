@@ -67,8 +67,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (torchrun: cuda:LOCAL_RANK)")
     parser.add_argument("--batch-size", type=_at_least(1), default=64, help="images per forward pass")
     parser.add_argument("--text-batch-size", type=_at_least(1), default=256, help="texts per forward pass")
-    parser.add_argument("--workers", type=_at_least(0), default=min(4, len(os.sched_getaffinity(0))),
-                        help="DataLoader workers reading images (default: 4, at most the cores this process may use)")
+    parser.add_argument("--workers", type=_at_least(0), default=None,
+                        help="DataLoader workers reading images (default: none on the CPU, whose cores the "
+                             "towers use; elsewhere 4, at most the cores this process may use)")
     parser.add_argument("--bf16", action="store_true",
                         help="bfloat16 autocast (GPUs; CPUs with AVX512-BF16 or AMX run it about twice as fast); "
                              "default float32, recorded in results.json")
@@ -139,6 +140,14 @@ def _reranker_paths(specs: Sequence[str], model_names: list[str]) -> dict[str, s
     return paths
 
 
+def default_workers(device_type: str) -> int:
+    """DataLoader workers when ``--workers`` is not given. On the CPU none: the towers' threads use
+    every core, and workers decoding beside them slowed a bf16 FG-OVD run on 2 cores by 10%
+    (docs/benchmarks.md) while decoding in line costs about 3%. Elsewhere the device computes and
+    up to 4 workers decode the next images meanwhile."""
+    return 0 if device_type == "cpu" else min(4, len(os.sched_getaffinity(0)))
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Run the evaluation described by parsed arguments (see :func:`add_eval_arguments`)."""
     import torch
@@ -160,6 +169,7 @@ def run_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if device.type == "cpu":
         keep_freed_memory()
+    workers = default_workers(device.type) if args.workers is None else args.workers
     started_group = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if device.type == "cuda":
@@ -183,7 +193,7 @@ def run_eval(args: argparse.Namespace) -> int:
             ),
             batch_size=args.batch_size,
             text_batch_size=args.text_batch_size,
-            num_workers=args.workers,
+            num_workers=workers,
             bf16=args.bf16,
             progress=not args.no_progress,
             rerank_top_k=args.rerank_top_k,
