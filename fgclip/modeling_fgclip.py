@@ -360,8 +360,7 @@ class FGCLIPModel(CLIPPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The shortest inputs with the same features: columns after the last first-eos are dropped
         (causal mask + first-eos pooling)."""
-        first_eos = (input_ids == self.config.text_config.eos_token_id).int().argmax(dim=1)
-        width = int(first_eos.max()) + 1
+        width = int(self.pooled_positions(input_ids).max()) + 1
         return input_ids[:, :width], None if attention_mask is None else attention_mask[:, :width]
 
     def get_text_features(
