@@ -185,18 +185,16 @@ class FoldedQuickGELUMLP(CLIPMLP):
     a trained model) it runs as ``silu(h W1'^T + b1') W2'^T + b2`` with ``W1' = 1.702 W1``,
     ``b1' = 1.702 b1``, ``W2' = W2 / 1.702``: the same function (equal up to rounding) with QuickGELU's
     two scalings moved from the (tokens x 4C) activations, four elementwise passes forward and
-    backward, onto the weights, and one fused kernel. With ``prepacked_bf16``, bfloat16 inference
-    on the CPU runs the same folded form as two oneDNN products, the silu in the first one's
-    epilogue (:func:`onednn_bf16_linear`). Otherwise it is the exact formula, in place (same bits)."""
-
-    prepacked_bf16 = False  # set per layer by use_fast_kernels
+    backward, onto the weights, and one fused kernel. bfloat16 inference on the CPU runs the same
+    folded form as two oneDNN products, the silu in the first one's epilogue
+    (:func:`onednn_bf16_linear`). Otherwise it is the exact formula, in place (same bits)."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         fc1, fc2 = self.fc1, self.fc2
         if not fc1.weight.numel():  # partitioned by DeepSpeed ZeRO-3, gathered only when fc1 itself runs
             return super().forward(hidden_states)
         if not gradients_flow(hidden_states, fc1.weight):
-            if self.prepacked_bf16 and onednn_bf16_inference(hidden_states):
+            if onednn_bf16_inference(hidden_states):
                 inner = onednn_bf16_linear(hidden_states, fc1, "swish", QUICK_GELU_SCALE, QUICK_GELU_SCALE)
                 return onednn_bf16_linear(inner, fc2, weight_scale=1 / QUICK_GELU_SCALE)
             return fc2(quick_gelu_in_place(fc1(hidden_states)))
@@ -204,15 +202,11 @@ class FoldedQuickGELUMLP(CLIPMLP):
         return F.linear(hidden, fc2.weight / QUICK_GELU_SCALE, fc2.bias)
 
 
-def use_fast_kernels(model: CLIPPreTrainedModel, towers: Sequence[nn.Module],
-                     prepacked: Sequence[nn.Module] = ()) -> None:
+def use_fast_kernels(model: CLIPPreTrainedModel, towers: Sequence[nn.Module]) -> None:
     """The choices above for ``towers`` (CLIP encoders): the attention function only where ``sdpa``
-    was chosen (an explicit ``attn_implementation`` stays); joined projections; the folded MLP. The
-    towers in ``prepacked`` also take oneDNN's prepacked bf16 products at inference
-    (:class:`PackedBf16Linear`, the MLP's ``prepacked_bf16``): oneDNN builds its kernels for each new
-    number of rows (tens of ms per product shape), which a vision tower's fixed-size calls pay once
-    and a text tower's calls, sized by their captions, pay again and again. Parameters and their
-    names are unchanged."""
+    was chosen (an explicit ``attn_implementation`` stays); joined projections; the folded MLP;
+    oneDNN's prepacked bf16 products for the attention's projections at inference
+    (:class:`PackedBf16Linear`). Parameters and their names are unchanged."""
     if model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(SDPA_OR_MATH)
     for tower in towers:
@@ -220,14 +214,11 @@ def use_fast_kernels(model: CLIPPreTrainedModel, towers: Sequence[nn.Module],
             attention = layer.self_attn
             if type(attention) is CLIPAttention:
                 attention.__class__ = FusedProjectionsAttention
+            for projection in (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj):
+                if type(projection) is nn.Linear:
+                    projection.__class__ = PackedBf16Linear
             if type(layer.mlp) is CLIPMLP and isinstance(layer.mlp.activation_fn, QuickGELUActivation):
                 layer.mlp.__class__ = FoldedQuickGELUMLP
-            if any(tower is packed for packed in prepacked):
-                for projection in (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj):
-                    if type(projection) is nn.Linear:
-                        projection.__class__ = PackedBf16Linear
-                if isinstance(layer.mlp, FoldedQuickGELUMLP):
-                    layer.mlp.prepacked_bf16 = True
 
 
 class FGCLIPTextEmbeddings(LongPositionEmbeddings, CLIPTextEmbeddings):
@@ -265,7 +256,7 @@ class FGCLIPModel(CLIPPreTrainedModel):
         long_ids = torch.arange(config.long_text_length) + config.short_text_length
         self.long_position_ids = nn.Buffer(long_ids[None], persistent=False)
         self.post_init()
-        use_fast_kernels(self, (self.text_model, self.vision_model), prepacked=(self.vision_model,))
+        use_fast_kernels(self, (self.text_model, self.vision_model))
 
     @torch.no_grad()
     def _init_weights(self, module):

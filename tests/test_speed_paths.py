@@ -182,12 +182,11 @@ ONEDNN_BF16 = fgclip_modeling.onednn_bf16_inference(torch.zeros(1, dtype=torch.b
 
 
 def test_folded_mlp_without_gradients_is_transformers_bit_for_bit():
-    """float32 inference (and bf16 in the text tower, or where oneDNN has no bf16 products) is
-    transformers' formula."""
+    """float32 inference (and bf16 where oneDNN has no bf16 products) is transformers' formula."""
     torch.manual_seed(2)
     model = FGCLIPModel(tiny_config())
     with torch.no_grad():
-        for mlp, dtype in [(model.text_model.encoder.layers[1].mlp, torch.bfloat16),
+        for mlp, dtype in [(model.text_model.encoder.layers[1].mlp, torch.float32),
                            (model.vision_model.encoder.layers[1].mlp, torch.float32)] + \
                           [(model.vision_model.encoder.layers[1].mlp, torch.bfloat16)] * (not ONEDNN_BF16):
             mlp.to(dtype)
@@ -572,22 +571,21 @@ def test_bf16_inference_runs_prepacked_onednn_products_within_bf16_rounding():
     transformers' layers under autocast within bf16 rounding; a changed weight is packed again."""
     torch.manual_seed(5)
     model = FGCLIPModel(tiny_config())
-    layer = model.vision_model.encoder.layers[0]
-    assert type(layer.self_attn.q_proj) is fgclip_modeling.PackedBf16Linear
-    assert type(model.text_model.encoder.layers[0].self_attn.q_proj) is torch.nn.Linear  # shapes vary there
     hidden = torch.randn(3, 9, 32) * 2
-    for change in (0.0, 0.25):
-        with torch.no_grad():
-            layer.mlp.fc1.weight.add_(change)
-            layer.self_attn.q_proj.bias.add_(change)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                mlp_output, query = layer.mlp(hidden), layer.self_attn.q_proj(hidden)
-        assert {layer.mlp.fc1, layer.mlp.fc2, layer.self_attn.q_proj} <= set(fgclip_modeling._PACKED_BF16)
-        mlp_reference, query_reference = autocast_reference(layer, hidden)
-        assert mlp_output.dtype == query.dtype == torch.bfloat16
-        # fc1's sum, the activation's three roundings, fc2's sum; the weights' bf16 roundings
-        assert_close_to_reference(mlp_output, mlp_reference, terms=32 + 64 + 3 + 2, dtype=torch.bfloat16)
-        assert_close_to_reference(query, query_reference, terms=32 + 2, dtype=torch.bfloat16)
+    for layer in (model.vision_model.encoder.layers[0], model.text_model.encoder.layers[0]):
+        assert type(layer.self_attn.q_proj) is fgclip_modeling.PackedBf16Linear
+        for change in (0.0, 0.25):
+            with torch.no_grad():
+                layer.mlp.fc1.weight.add_(change)
+                layer.self_attn.q_proj.bias.add_(change)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    mlp_output, query = layer.mlp(hidden), layer.self_attn.q_proj(hidden)
+            assert {layer.mlp.fc1, layer.mlp.fc2, layer.self_attn.q_proj} <= set(fgclip_modeling._PACKED_BF16)
+            mlp_reference, query_reference = autocast_reference(layer, hidden)
+            assert mlp_output.dtype == query.dtype == torch.bfloat16
+            # fc1's sum, the activation's three roundings, fc2's sum; the weights' bf16 roundings
+            assert_close_to_reference(mlp_output, mlp_reference, terms=32 + 64 + 3 + 2, dtype=torch.bfloat16)
+            assert_close_to_reference(query, query_reference, terms=32 + 2, dtype=torch.bfloat16)
 
 
 def test_prepacked_products_stay_off_where_gradients_flow_in_float32_and_off_the_cpu():
