@@ -95,8 +95,10 @@ def test_attention_math_path_in_bf16_is_a_float32_softmax_rounded():
         inputs = [tensor.clone().requires_grad_() for tensor in (query, key, value)]
         if fast:
             output, _ = sdpa_or_math_attention(module, *inputs, None, scaling=0.3, is_causal=True)
-        else:  # the float32 softmax written out, its probabilities rounded to bfloat16
-            scores = (inputs[0] @ inputs[1].transpose(-1, -2) * 0.3).masked_fill(future, float("-inf"))
+        else:  # the float32 softmax written out, its probabilities rounded to bfloat16; the causal
+            # scores are rounded once (the scaling and the mask in the product's epilogue)
+            scores = (inputs[0].float() @ inputs[1].float().transpose(-1, -2) * 0.3).bfloat16()
+            scores = scores.masked_fill(future, float("-inf"))
             weights = scores.softmax(dim=-1, dtype=torch.float32).to(torch.bfloat16)
             output = (weights @ inputs[2]).transpose(1, 2).contiguous()
         output.float().square().sum().backward()
@@ -127,9 +129,11 @@ def test_attention_inference_in_bf16_is_a_float32_softmax_rounded(causal):
     with torch.inference_mode():
         fast, _ = sdpa_or_math_attention(Attention(is_causal=causal), query, key, value, None, scaling=0.3,
                                          is_causal=causal)
-        scores = query @ key.transpose(-1, -2) * 0.3
-        if causal:
+        if causal:  # rounded once: the scaling and the mask in the product's epilogue
+            scores = (query.float() @ key.float().transpose(-1, -2) * 0.3).bfloat16()
             scores = scores.masked_fill(torch.ones(13, 13, dtype=torch.bool).triu(1), float("-inf"))
+        else:
+            scores = query @ key.transpose(-1, -2) * 0.3
         weights = scores.softmax(dim=-1, dtype=torch.float32).to(torch.bfloat16)
         reference = (weights @ value).transpose(1, 2)
         fused, _ = sdpa_attention_forward(Attention(is_causal=causal), query, key, value, None, scaling=0.3,
