@@ -268,7 +268,7 @@ class FeatureExtractor:
 
     # ------------------------------------------------------------------ texts
     # Fixed cost of one more text batch, in tokens, when cutting texts into length buckets (on the
-    # CPU a new batch shape builds its bf16 matmul kernels, about 20 ms each).
+    # CPU a pass of small ops over every layer, and the first bf16 product of each new shape).
     text_batch_overhead_tokens = 512
 
     def _text_batches(self, texts: list[str], path: str) -> tuple[list[str], list[tuple[int, int]]]:

@@ -79,8 +79,8 @@ class FGCLIPForTraining(nn.Module):
     accepts_loss_kwargs = False
     # Fixed cost of one more short-path text-tower call when bucketing texts by length, in tokens of
     # a ViT-B/16-sized text tower (width 512, 12 layers; scaled by the tower's width^2 x depth), by
-    # device type (CPU: small ops, and bf16 matmul kernels built for each new shape, about 20 ms
-    # each; GPU: kernel launches dominate short texts).
+    # device type (CPU: a pass of small ops over every layer, and the first product of each new
+    # shape, 1-5 ms per product shape in bf16; GPU: kernel launches dominate short texts).
     bucket_overhead_tokens = {"cpu": 256, "cuda": 4096}
 
     def __init__(self, model: nn.Module, loss: nn.Module, regional: bool = False, hard_negatives: bool = False):
